@@ -1,0 +1,245 @@
+"""Convolution building blocks: padding rules, norm/activation tables and ``ConvNormAct``.
+
+Padding follows DESIGN.md: odd kernels get the symmetric ``(k - 1) // 2 * dilation`` padding
+of PyTorch and timm (needed for weight parity), even kernels get TensorFlow's "same" padding
+(the extra row/column at the bottom/right), so that by default ``out = ceil(in / stride)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "NORMS",
+    "ActLike",
+    "NormLike",
+    "Conv2dSame",
+    "ConvNormAct",
+    "DepthwiseConv",
+    "PointwiseConv",
+    "create_act",
+    "create_conv2d",
+    "create_norm",
+    "pair",
+]
+
+IntPair = Union[int, Sequence[int]]
+ActLike = Union[str, Callable[[], nn.Module], None]
+NormLike = Union[str, Callable[[int], nn.Module], None]
+
+# Strings map to classes through these explicit tables, never through eval.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "relu6": lambda: nn.ReLU6(inplace=True),
+    "silu": lambda: nn.SiLU(inplace=True),
+    "hardswish": lambda: nn.Hardswish(inplace=True),
+    "gelu": nn.GELU,
+    "identity": nn.Identity,
+}
+NORMS: dict[str, Callable[..., nn.Module]] = {
+    "batchnorm": nn.BatchNorm2d,
+}
+
+
+def pair(value: IntPair, name: str = "value") -> tuple[int, int]:
+    """Return ``(h, w)`` from an int or a 2-sequence of ints."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def _close(name: str, choices: Sequence[str]) -> str:
+    import difflib
+
+    matches = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+def create_act(act: ActLike) -> nn.Module:
+    """Activation module from a name in ``ACTIVATIONS``, a zero-argument callable, or ``None``."""
+    if act is None:
+        return nn.Identity()
+    if isinstance(act, str):
+        if act not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {act!r}; allowed: {', '.join(sorted(ACTIVATIONS))}"
+                + _close(act, list(ACTIVATIONS))
+            )
+        return ACTIVATIONS[act]()
+    return act()
+
+
+def create_norm(norm: NormLike, num_features: int) -> nn.Module:
+    """Norm module from a name in ``NORMS``, a callable taking the channel count, or ``None``."""
+    if norm is None:
+        return nn.Identity()
+    if isinstance(norm, str):
+        if norm not in NORMS:
+            raise ValueError(
+                f"unknown norm {norm!r}; allowed: {', '.join(sorted(NORMS))}"
+                + _close(norm, list(NORMS))
+            )
+        return NORMS[norm](num_features)
+    return norm(num_features)
+
+
+def _tf_same_pad(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "same" padding computed from the input size at run time.
+
+    Used for even kernels, whose "same" padding is asymmetric (more at the bottom/right).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = _tf_same_pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
+        left, right = _tf_same_pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        x = F.pad(x, [left, right, top, bottom])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def create_conv2d(
+    in_chs: int,
+    out_chs: int,
+    kernel_size: IntPair,
+    *,
+    stride: IntPair = 1,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    bias: bool = False,
+    padding: Union[str, int] = "same",
+) -> nn.Conv2d:
+    """A Conv2d with the project's padding rule.
+
+    Args:
+        padding: ``"same"`` (out = ceil(in / stride)), ``"valid"`` (no padding) or an int.
+    """
+    kh, kw = pair(kernel_size, "kernel_size")
+    sh, sw = pair(stride, "stride")
+    dh, dw = pair(dilation, "dilation")
+    for name, v in (("in_chs", in_chs), ("out_chs", out_chs), ("groups", groups)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if min(kh, kw, sh, sw, dh, dw) <= 0:
+        raise ValueError(
+            f"kernel_size, stride and dilation must be positive, got "
+            f"{(kh, kw)}, {(sh, sw)}, {(dh, dw)}"
+        )
+    if in_chs % groups or out_chs % groups:
+        raise ValueError(f"in_chs {in_chs} and out_chs {out_chs} must be divisible by groups {groups}")
+    common = dict(stride=(sh, sw), dilation=(dh, dw), groups=groups, bias=bias)
+    if padding == "valid":
+        return nn.Conv2d(in_chs, out_chs, (kh, kw), padding=0, **common)
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        return nn.Conv2d(in_chs, out_chs, (kh, kw), padding=padding, **common)
+    if padding != "same":
+        raise ValueError(f"padding must be 'same', 'valid' or an int, got {padding!r}")
+    if kh % 2 and kw % 2:
+        sym = ((kh - 1) // 2 * dh, (kw - 1) // 2 * dw)
+        return nn.Conv2d(in_chs, out_chs, (kh, kw), padding=sym, **common)
+    return Conv2dSame(in_chs, out_chs, (kh, kw), padding=0, **common)
+
+
+class ConvNormAct(nn.Module):
+    """conv -> norm -> act, the unit every network here is made of.
+
+    Attributes:
+        out_chs: output channels.
+        stride: the ``(h, w)`` stride of the conv.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: IntPair = 3,
+        *,
+        stride: IntPair = 1,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = False,
+        padding: Union[str, int] = "same",
+        norm: NormLike = "batchnorm",
+        act: ActLike = "relu",
+    ) -> None:
+        super().__init__()
+        self.conv = create_conv2d(
+            in_chs, out_chs, kernel_size, stride=stride, dilation=dilation,
+            groups=groups, bias=bias, padding=padding,
+        )
+        self.norm = create_norm(norm, out_chs)
+        self.act = create_act(act)
+        self.in_chs = in_chs
+        self.out_chs = out_chs
+        self.stride = pair(stride, "stride")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class DepthwiseConv(ConvNormAct):
+    """Depthwise conv: one ``k x k`` filter per input channel (``groups = in_chs``).
+
+    ``depth_multiplier`` m (the seeds' ``kernels_per_layer``) gives ``in_chs * m`` outputs and
+    ``in_chs * m * k_h * k_w`` weights (MobileNets, Howard et al. 2017, section 3.1).
+    Norm and activation default to none: a bare depthwise conv.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int | None = None,
+        *,
+        depth_multiplier: int = 1,
+        kernel_size: IntPair = 3,
+        stride: IntPair = 1,
+        dilation: IntPair = 1,
+        bias: bool = False,
+        padding: Union[str, int] = "same",
+        norm: NormLike = None,
+        act: ActLike = None,
+    ) -> None:
+        if not isinstance(depth_multiplier, int) or isinstance(depth_multiplier, bool) or depth_multiplier <= 0:
+            raise ValueError(f"depth_multiplier must be a positive int, got {depth_multiplier!r}")
+        if out_chs is None:
+            out_chs = in_chs * depth_multiplier
+        elif out_chs != in_chs * depth_multiplier:
+            raise ValueError(
+                f"a depthwise conv gives in_chs * depth_multiplier = {in_chs * depth_multiplier} "
+                f"channels, got out_chs={out_chs}"
+            )
+        super().__init__(
+            in_chs, out_chs, kernel_size, stride=stride, dilation=dilation, groups=in_chs,
+            bias=bias, padding=padding, norm=norm, act=act,
+        )
+        self.depth_multiplier = depth_multiplier
+
+
+class PointwiseConv(ConvNormAct):
+    """1x1 conv mixing channels: always stride 1 and no padding, so the map keeps its size.
+
+    Norm and activation default to none: a bare pointwise conv.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        *,
+        bias: bool = False,
+        norm: NormLike = None,
+        act: ActLike = None,
+    ) -> None:
+        super().__init__(in_chs, out_chs, 1, stride=1, bias=bias, padding=0, norm=norm, act=act)

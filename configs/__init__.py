@@ -1,0 +1,1 @@
+"""The model zoo's YAML configs, one file per family (shipped as package data)."""

@@ -1,0 +1,230 @@
+"""The one generic builder: stem -> stages -> head, from a validated ``ModelConfig``.
+
+Each stage asks ``BLOCK_BUILDERS`` for its block type; ``separable=False`` swaps every
+depthwise-separable conv for a standard conv with the same channels, kernel and stride
+(MobileNets, Table 4 "Conv MobileNet").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from blocks import ConvNormAct, DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, pair, standard_conv
+from blocks.layers import NormLike
+
+from .config import ConvStage, DSStage, ModelConfig, XceptionStage
+
+__all__ = ["BLOCK_BUILDERS", "ZooNet", "build_model", "make_divisible"]
+
+
+def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+    """Round a channel count to a multiple of ``divisor``, never losing more than 10%."""
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if new < round_limit * value:
+        new += divisor
+    return new
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What every block builder needs besides its own stage spec."""
+
+    norm: NormLike
+    act: str
+    separable: bool
+    width_mult: float
+    channel_divisor: int
+
+    def chs(self, channels: int) -> int:
+        return make_divisible(channels * self.width_mult, self.channel_divisor)
+
+
+def _conv_block(in_chs: int, spec: ConvStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    return ConvNormAct(
+        in_chs, ctx.chs(spec.out), spec.kernel, stride=stride, dilation=spec.dilation,
+        padding=spec.padding, norm=ctx.norm, act=ctx.act,
+    )
+
+
+def _ds_block(in_chs: int, spec: DSStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    if not ctx.separable:
+        return ConvNormAct(
+            in_chs, ctx.chs(spec.out), spec.kernel, stride=stride, dilation=spec.dilation,
+            norm=ctx.norm, act=ctx.act,
+        )
+    return DepthwiseSeparableConv(
+        in_chs, ctx.chs(spec.out), kernel_size=spec.kernel, stride=stride, dilation=spec.dilation,
+        depth_multiplier=spec.depth_multiplier, norm=ctx.norm, act=ctx.act,
+        mid_norm_act=spec.mid_norm_act,
+    )
+
+
+def _xception_block(in_chs: int, spec: XceptionStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    return XceptionBlock(
+        in_chs, ctx.chs(spec.out), stride=stride, num_convs=spec.convs, kernel_size=spec.kernel,
+        start_with_act=spec.start_with_act, grow_first=spec.grow_first, norm=ctx.norm, act=ctx.act,
+        sep_conv=_sep_conv if ctx.separable else standard_conv,
+    )
+
+
+def _sep_conv(in_chs: int, out_chs: int, kernel_size: Any, stride: Any) -> nn.Module:
+    return SeparableConv2d(in_chs, out_chs, kernel_size=kernel_size, stride=stride)
+
+
+BlockBuilder = Callable[[int, Any, Any, BuildContext], nn.Module]
+BLOCK_BUILDERS: dict[str, BlockBuilder] = {
+    "conv": _conv_block,
+    "ds": _ds_block,
+    "xception": _xception_block,
+}
+"""Stage ``type`` -> function building one block; the stride applies to a stage's first block."""
+
+
+def _build_stage(spec: Any, in_chs: int, ctx: BuildContext) -> tuple[list[nn.Module], int, tuple[int, int]]:
+    blocks: list[nn.Module] = []
+    for i in range(spec.repeat):
+        block = BLOCK_BUILDERS[spec.type](in_chs, spec, spec.stride if i == 0 else 1, ctx)
+        blocks.append(block)
+        in_chs = block.out_chs
+    if spec.dropout > 0:
+        blocks.append(nn.Dropout(spec.dropout))
+    return blocks, in_chs, pair(spec.stride)
+
+
+class ZooNet(nn.Module):
+    """A network built from a ``ModelConfig``, with timm's model interface.
+
+    ``forward_features`` -> ``forward_head`` (global pool, dropout, Linear); logits out.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        norm = None if cfg.norm.type == "none" else partial(nn.BatchNorm2d, eps=cfg.norm.eps, momentum=cfg.norm.momentum)
+        ctx = BuildContext(norm, cfg.act, cfg.separable, cfg.width_mult, cfg.channel_divisor)
+        self.in_chans = cfg.in_chans
+        self.min_input_size = cfg.min_input_size or (1, 1)
+
+        chs, red_h, red_w = cfg.in_chans, 1, 1
+        points: list[tuple[str, int, int]] = []  # (module, channels, reduction) after each stage
+        stem: list[nn.Module] = []
+        for spec in cfg.stem:
+            layers, chs, (sh, sw) = _build_stage(spec, chs, ctx)
+            stem += layers
+            red_h, red_w = red_h * sh, red_w * sw
+        self.stem = nn.Sequential(*stem)
+        points.append(("stem", chs, max(red_h, red_w)))
+        stages: list[nn.Module] = []
+        for i, spec in enumerate(cfg.stages):
+            layers, chs, (sh, sw) = _build_stage(spec, chs, ctx)
+            stages.append(nn.Sequential(*layers))
+            red_h, red_w = red_h * sh, red_w * sw
+            points.append((f"stages.{i}", chs, max(red_h, red_w)))
+        self.stages = nn.Sequential(*stages)
+        # timm's convention: one feature map per reduction, the last one at that reduction.
+        self.feature_info: list[dict[str, Any]] = [
+            dict(num_chs=c, reduction=r, module=m)
+            for k, (m, c, r) in enumerate(points)
+            if k == len(points) - 1 or points[k + 1][2] != r
+        ]
+        self.num_features = chs
+        self.global_pool = nn.AdaptiveAvgPool2d(1) if cfg.head.pool == "avg" else nn.AdaptiveMaxPool2d(1)
+        self.head_drop = nn.Dropout(cfg.head.dropout)
+        self.num_classes = cfg.num_classes
+        self.classifier: nn.Module = self._make_classifier(cfg.num_classes)
+        self.pretrained_cfg = self._pretrained_cfg((red_h, red_w))
+        self._init_weights()
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _pretrained_cfg(self, reduction: tuple[int, int]) -> dict[str, Any]:
+        p = self.cfg.pretrained_cfg
+        c, h, w = self.cfg.input_size
+        mean, std = tuple(p.mean), tuple(p.std)
+        if len(mean) != c:  # e.g. a 3-channel recipe on 1-channel input: average the channels
+            mean, std = (sum(mean) / len(mean),) * c, (sum(std) / len(std),) * c
+        return dict(
+            architecture=self.cfg.name,
+            input_size=(c, h, w),
+            min_input_size=(c, *self.min_input_size),
+            fixed_input_size=False,
+            mean=mean,
+            std=std,
+            crop_pct=p.crop_pct,
+            crop_mode="center",
+            interpolation=p.interpolation,
+            num_classes=self.cfg.num_classes,
+            pool_size=(-(-h // reduction[0]), -(-w // reduction[1])),
+            first_conv="stem.0.conv",
+            classifier="classifier",
+        )
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """Older timm name of ``pretrained_cfg``."""
+        return self.pretrained_cfg
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the Linear head (``num_classes=0`` removes it: features out)."""
+        if global_pool is not None:
+            if global_pool not in ("avg", "max"):
+                raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
+            self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.AdaptiveMaxPool2d(1)
+        self.num_classes = num_classes
+        self.classifier = self._make_classifier(num_classes)
+        if isinstance(self.classifier, nn.Linear):
+            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+            nn.init.zeros_(self.classifier.bias)
+        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` naming what was expected for a wrongly shaped input."""
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D input (batch, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected {self.in_chans} input channels (in_chans={self.in_chans}), got {x.shape[1]} "
+                f"in input of shape {tuple(x.shape)}"
+            )
+        if x.shape[2] < self.min_input_size[0] or x.shape[3] < self.min_input_size[1]:
+            raise ValueError(
+                f"input {x.shape[2]}x{x.shape[3]} is smaller than the minimum "
+                f"{self.min_input_size[0]}x{self.min_input_size[1]} for {self.cfg.name}"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(torch.flatten(self.global_pool(x), 1))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def build_model(cfg: ModelConfig) -> ZooNet:
+    """Build the network a validated config describes."""
+    return ZooNet(cfg)

@@ -1,0 +1,360 @@
+"""Config schema (pydantic), YAML loading and merging: base + variant + call overrides.
+
+A family file (``configs/<family>.yaml``) has ``family``, ``defaults`` and ``variants``; a
+variant is a mapping merged over ``defaults`` (mappings merge key by key, lists are replaced).
+A user's own file may be a family file or a flat model config. Every problem is reported at
+once in one ``ConfigError`` naming the file, the key path and the bad value.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from blocks import ACTIVATIONS, NORMS
+
+__all__ = [
+    "ConfigError",
+    "ConvStage",
+    "DSStage",
+    "HeadConfig",
+    "ModelConfig",
+    "NormConfig",
+    "OVERRIDE_KEYS",
+    "XceptionStage",
+    "close_matches",
+    "load_family_file",
+    "resolve_config",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid model config: every problem, each as ``source: key.path: message``."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {p}" for p in problems]
+        super().__init__(lines[0] if len(lines) == 1 else f"{len(lines)} problems:\n  " + "\n  ".join(lines))
+
+
+def close_matches(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> list[str]:
+    """Close spellings of ``name`` among ``choices`` (for "did you mean")."""
+    return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+
+
+def _did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
+    matches = close_matches(name, choices)
+    return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+PosInt = Annotated[int, Field(strict=True, gt=0)]
+Stride = Union[Literal[1, 2], tuple[Literal[1, 2], Literal[1, 2]]]
+Kernel = Union[PosInt, tuple[PosInt, PosInt]]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NormConfig(_Strict):
+    """Normalisation after each conv (``type: none`` removes it)."""
+
+    type: str = "batchnorm"
+    eps: Annotated[float, Field(gt=0)] = 1e-5
+    momentum: Annotated[float, Field(ge=0, le=1)] = 0.1
+
+    @field_validator("type")
+    @classmethod
+    def _known_norm(cls, v: str) -> str:
+        allowed = [*NORMS, "none"]
+        if v not in allowed:
+            raise ValueError(f"unknown norm {v!r}; allowed: {', '.join(allowed)}{_did_you_mean(v, allowed)}")
+        return v
+
+
+class _Stage(_Strict):
+    out: PosInt
+    repeat: PosInt = 1
+    stride: Stride = 1
+    kernel: Kernel = 3
+    dropout: Fraction = 0.0
+
+
+class ConvStage(_Stage):
+    """``repeat`` x standard conv -> norm -> act. The stride applies to the first one."""
+
+    type: Literal["conv"] = "conv"
+    padding: Union[Literal["same", "valid"], Annotated[int, Field(strict=True, ge=0)]] = "same"
+    dilation: PosInt = 1
+
+
+class DSStage(_Stage):
+    """``repeat`` x MobileNet depthwise-separable conv (dw, norm, act, pw, norm, act)."""
+
+    type: Literal["ds"]
+    depth_multiplier: PosInt = 1
+    dilation: PosInt = 1
+    mid_norm_act: bool = True
+
+
+class XceptionStage(_Stage):
+    """``repeat`` x Xception residual unit of ``convs`` separable convs."""
+
+    type: Literal["xception"]
+    stride: Literal[1, 2] = 1
+    convs: PosInt = 2
+    start_with_act: bool = True
+    grow_first: bool = True
+
+
+StageConfig = Annotated[Union[ConvStage, DSStage, XceptionStage], Field(discriminator="type")]
+STAGE_TYPES = ("conv", "ds", "xception")
+
+
+class HeadConfig(_Strict):
+    """Global pool -> dropout -> Linear."""
+
+    pool: Literal["avg", "max"] = "avg"
+    dropout: Fraction = 0.0
+
+
+class PretrainedConfig(_Strict):
+    """Preprocessing the weights expect (timm's ``pretrained_cfg`` fields)."""
+
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    crop_pct: Annotated[float, Field(gt=0, le=1)] = 0.875
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+
+
+class ModelConfig(_Strict):
+    """One fully resolved, validated and immutable model config."""
+
+    name: str
+    family: str
+    paper: str = ""
+    input_size: tuple[PosInt, PosInt, PosInt] = (3, 224, 224)
+    min_input_size: Optional[tuple[PosInt, PosInt]] = None
+    num_classes: Annotated[int, Field(strict=True, ge=0)] = 1000
+    width_mult: Annotated[float, Field(gt=0)] = 1.0
+    channel_divisor: PosInt = 8
+    separable: bool = True
+    act: str = "relu"
+    norm: NormConfig = NormConfig()
+    stem: tuple[ConvStage, ...]
+    stages: tuple[StageConfig, ...]
+    head: HeadConfig = HeadConfig()
+    pretrained_cfg: PretrainedConfig = PretrainedConfig()
+
+    @field_validator("act")
+    @classmethod
+    def _known_act(cls, v: str) -> str:
+        if v not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {v!r}; allowed: {', '.join(sorted(ACTIVATIONS))}{_did_you_mean(v, list(ACTIVATIONS))}"
+            )
+        return v
+
+    @field_validator("stem", mode="before")
+    @classmethod
+    def _stem_as_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, Mapping) else v
+
+    @property
+    def in_chans(self) -> int:
+        return self.input_size[0]
+
+
+# create_model keywords that are not top-level config keys, and the paths they set.
+OVERRIDE_KEYS = {"in_chans": "input_size[0]", "drop_rate": "head.dropout"}
+STAGE_CLASSES: dict[str, type[BaseModel]] = {"conv": ConvStage, "ds": DSStage, "xception": XceptionStage}
+
+
+def _known_fields(loc: tuple) -> list[str]:
+    """Field names allowed where ``loc`` points (for "did you mean" on unknown keys)."""
+    model: Optional[type[BaseModel]] = ModelConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if part in STAGE_CLASSES:
+            model = STAGE_CLASSES[part]
+        elif model is ModelConfig and part == "stem":
+            model = ConvStage
+        elif model is ModelConfig and part == "stages":
+            model = None  # the discriminator tag that follows names the class
+        elif model is not None:
+            field = model.model_fields.get(part)
+            ann = field.annotation if field else None
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    prev_int = False
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            prev_int = True
+            continue
+        if prev_int and part in STAGE_TYPES:
+            prev_int = False
+            continue  # pydantic's discriminator tag, not a key the user wrote
+        if part in ("tuple[int, int]",) or str(part).startswith(("tuple[", "literal[", "constrained-int")):
+            continue  # union branch names
+        out += f".{part}" if out else str(part)
+        prev_int = False
+    return out or "<top level>"
+
+
+def _problems(err: ValidationError) -> list[str]:
+    seen: dict[str, str] = {}
+    for e in err.errors():
+        loc = e["loc"]
+        path = _format_loc(loc)
+        kind = e["type"]
+        value = e.get("input")
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            allowed = _known_fields(loc)
+            msg = f"unknown key{_did_you_mean(key, allowed) or ''}"
+            if allowed:
+                msg += f" (allowed: {', '.join(allowed)})"
+        elif kind == "union_tag_invalid":
+            tag = e.get("ctx", {}).get("tag", value)
+            msg = f"unknown block type {tag!r}; allowed: {', '.join(STAGE_TYPES)}{_did_you_mean(str(tag), STAGE_TYPES)}"
+            path = f"{path}.type"
+        elif kind == "union_tag_not_found":
+            msg = f"missing 'type'; allowed: {', '.join(STAGE_TYPES)}"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            text = e["msg"].removeprefix("Value error, ")
+            if kind in ("literal_error",) and "stride" in path:
+                text = "must be 1 or 2"
+            msg = f"{text}, got {value!r}"
+        # Union branches repeat the same problem for one path: keep the first message.
+        seen.setdefault(path, msg)
+    return [f"{p}: {m}" for p, m in seen.items()]
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict: ``update`` merged over ``base``; mappings merge, everything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: Path) -> Any:
+    """``yaml.safe_load`` a file; syntax errors and missing files become ``ConfigError``."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        pos = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"invalid YAML syntax: {pos}{problem}"]) from None
+
+
+_FAMILY_KEYS = ("family", "description", "defaults", "variants")
+
+
+def load_family_file(path: Path) -> tuple[str, dict[str, Any], dict[str, dict[str, Any]]]:
+    """Read a config file: ``(family, defaults, {variant: overrides})``.
+
+    A flat file (no ``variants``) is one variant named after the file.
+    """
+    data = read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(str(path), [f"<top level>: must be a mapping, got {type(data).__name__}"])
+    if "variants" not in data:
+        name = str(data.get("name", path.stem))
+        body = {k: v for k, v in data.items() if k not in ("family", "name")}
+        return str(data.get("family", name)), body, {name: {}}
+    problems = [
+        f"{k}: unknown key{_did_you_mean(str(k), _FAMILY_KEYS)} (allowed: {', '.join(_FAMILY_KEYS)})"
+        for k in data if k not in _FAMILY_KEYS
+    ]
+    defaults = data.get("defaults") or {}
+    variants = data.get("variants") or {}
+    if not isinstance(defaults, Mapping):
+        problems.append(f"defaults: must be a mapping, got {defaults!r}")
+    if not isinstance(variants, Mapping) or not variants:
+        problems.append(f"variants: must be a non-empty mapping of name -> overrides, got {variants!r}")
+    else:
+        problems += [
+            f"variants.{n}: must be a mapping, got {v!r}" for n, v in variants.items() if not isinstance(v, (Mapping, type(None)))
+        ]
+    if problems:
+        raise ConfigError(str(path), problems)
+    family = str(data.get("family", path.stem))
+    return family, dict(defaults), {str(n): dict(v or {}) for n, v in variants.items()}
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], source: str) -> dict[str, Any]:
+    allowed = sorted(set(ModelConfig.model_fields) - {"name", "family"} | set(OVERRIDE_KEYS))
+    unknown = [k for k in overrides if k not in allowed]
+    if unknown:
+        raise ConfigError(
+            source,
+            [f"{k}: unknown override{_did_you_mean(k, allowed)} (allowed: {', '.join(allowed)})" for k in unknown],
+        )
+    out = copy.deepcopy(raw)
+    size = list(out.get("input_size", ModelConfig.model_fields["input_size"].default))
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "in_chans":
+            size[0] = value
+        elif key == "drop_rate":
+            out = deep_merge(out, {"head": {"dropout": value}})
+        elif key == "input_size":
+            if isinstance(value, int):
+                size[1:] = [value, value]
+            elif isinstance(value, (list, tuple)) and len(value) == 2:
+                size[1:] = list(value)
+            elif isinstance(value, (list, tuple)) and len(value) == 3:
+                size = list(value)
+            else:
+                raise ConfigError(source, [f"input_size: must be an int, (H, W) or (C, H, W), got {value!r}"])
+        elif isinstance(value, Mapping):
+            out = deep_merge(out, {key: value})
+        else:
+            out[key] = value
+    out["input_size"] = size
+    return out
+
+
+def resolve_config(
+    name: str,
+    family: str,
+    defaults: Mapping[str, Any],
+    variant: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    source: str,
+) -> ModelConfig:
+    """Merge defaults + variant + overrides and validate, or raise one ``ConfigError``."""
+    raw = deep_merge(defaults, variant)
+    raw = _apply_overrides(raw, overrides, f"{source} (overrides for {name!r})" if overrides else source)
+    raw.update(name=name, family=family)
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as err:
+        where = f"{source}: variant {name}" if variant else source
+        raise ConfigError(where, _problems(err)) from None

@@ -1,0 +1,210 @@
+"""Blocks: shapes, the separable-conv cost formulas, and the seeds' mistakes made impossible."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blocks import (
+    ConvNormAct,
+    DepthwiseConv,
+    DepthwiseSeparableConv,
+    PointwiseConv,
+    SeparableConv2d,
+    XceptionBlock,
+    create_conv2d,
+)
+from models import count_macs, count_params
+
+BLOCK_FACTORIES = {
+    "ConvNormAct": lambda c, s: ConvNormAct(c, 2 * c, 3, stride=s),
+    "ConvNormAct_k4": lambda c, s: ConvNormAct(c, 2 * c, 4, stride=s),
+    "ConvNormAct_k10x4": lambda c, s: ConvNormAct(c, 2 * c, (10, 4), stride=s),
+    "ConvNormAct_dilated": lambda c, s: ConvNormAct(c, 2 * c, 3, stride=s, dilation=2),
+    "DepthwiseConv": lambda c, s: DepthwiseConv(c, stride=s),
+    "DepthwiseConv_m2": lambda c, s: DepthwiseConv(c, depth_multiplier=2, stride=s),
+    "DepthwiseSeparableConv": lambda c, s: DepthwiseSeparableConv(c, 2 * c, stride=s),
+    "DepthwiseSeparableConv_k5": lambda c, s: DepthwiseSeparableConv(c, 2 * c, kernel_size=5, stride=s),
+    "SeparableConv2d": lambda c, s: SeparableConv2d(c, 2 * c, stride=s),
+    "XceptionBlock": lambda c, s: XceptionBlock(c, 2 * c, stride=s),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCK_FACTORIES))
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(15, 15), (16, 16), (49, 10), (7, 8)])
+def test_output_is_ceil_of_input_over_stride(name: str, stride: int, size: tuple[int, int]) -> None:
+    block = BLOCK_FACTORIES[name](4, stride)
+    out = block(torch.randn(2, 4, *size))
+    assert out.shape[1] == block.out_chs
+    assert tuple(out.shape[2:]) == (math.ceil(size[0] / stride), math.ceil(size[1] / stride))
+    assert block.stride == (stride, stride)
+
+
+def test_tuple_stride_and_kernel() -> None:
+    conv = ConvNormAct(1, 8, (10, 4), stride=(2, 1))
+    assert tuple(conv(torch.randn(1, 1, 49, 10)).shape) == (1, 8, 25, 10)
+
+
+def test_even_kernel_pads_like_tensorflow_same() -> None:
+    """The extra row/column of "same" padding goes at the bottom/right (TensorFlow's rule)."""
+    conv = create_conv2d(1, 3, (10, 4), stride=2)
+    x = torch.randn(2, 1, 49, 10)
+    # TF: total pad H = (25-1)*2 + 10 - 49 = 9 -> 4 top, 5 bottom; W = (5-1)*2 + 4 - 10 = 2 -> 1, 1
+    expected = F.conv2d(F.pad(x, [1, 1, 4, 5]), conv.weight, None, 2)
+    torch.testing.assert_close(conv(x), expected)
+
+
+def test_valid_padding_shrinks_the_map() -> None:
+    conv = create_conv2d(3, 8, 3, stride=2, padding="valid")
+    assert tuple(conv(torch.randn(1, 3, 299, 299)).shape) == (1, 8, 149, 149)
+
+
+@pytest.mark.parametrize("c,k,m,o", [(3, 3, 1, 3), (32, 3, 1, 64), (16, 5, 2, 24), (512, 3, 1, 512)])
+def test_separable_param_formula(c: int, k: int, m: int, o: int) -> None:
+    sep = SeparableConv2d(c, o, kernel_size=k, depth_multiplier=m)
+    std = create_conv2d(c, o, k)
+    assert count_params(sep) == c * k * k * m + c * m * o
+    assert count_params(std) == c * k * k * o
+
+
+@pytest.mark.parametrize("h,c,k,o", [(14, 512, 3, 512), (112, 32, 3, 64), (9, 7, 5, 3)])
+def test_separable_mac_formula(h: int, c: int, k: int, o: int) -> None:
+    sep_macs = count_macs(SeparableConv2d(c, o, kernel_size=k), (c, h, h))
+    std_macs = count_macs(create_conv2d(c, o, k), (c, h, h))
+    assert sep_macs == h * h * c * (k * k + o)
+    assert std_macs == h * h * c * k * k * o
+    assert sep_macs / std_macs == pytest.approx(1 / o + 1 / k**2)
+
+
+def test_mobilenets_table3_layer() -> None:
+    """MobileNets Table 3: K=3, M=N=512 at 14x14."""
+    sep = SeparableConv2d(512, 512)
+    std = create_conv2d(512, 512, 3)
+    assert count_macs(sep, (512, 14, 14)) == 52_283_392
+    assert count_macs(std, (512, 14, 14)) == 462_422_016
+    assert count_params(sep) == 266_752
+    assert count_params(std) == 2_359_296
+
+
+def test_seed_worked_example_3x3x3() -> None:
+    """The blog's example: 3 channels in and out, 3x3: 81 weights standard, 27 + 9 separable."""
+    sep = SeparableConv2d(3, 3)
+    assert count_params(create_conv2d(3, 3, 3)) == 81
+    assert count_params(sep.dw) == 27
+    assert count_params(sep.pw) == 9
+
+
+def test_depth_multiplier_is_kernels_per_layer() -> None:
+    dw = DepthwiseConv(8, depth_multiplier=3)
+    assert dw.out_chs == 24 and dw.conv.groups == 8
+    assert count_params(dw) == 8 * 3 * 9
+    assert dw(torch.randn(1, 8, 5, 5)).shape[1] == 24
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_depth_multiplier_must_be_positive_int(bad: object) -> None:
+    with pytest.raises(ValueError, match="depth_multiplier must be a positive int"):
+        DepthwiseConv(8, depth_multiplier=bad)  # type: ignore[arg-type]
+
+
+def test_depthwise_out_chs_must_match_multiplier() -> None:
+    with pytest.raises(ValueError, match=r"in_chs \* depth_multiplier = 16 channels, got out_chs=12"):
+        DepthwiseConv(8, 12, depth_multiplier=2)
+
+
+# --- the seeds' mistakes, made impossible ------------------------------------------------------
+
+def test_seed002_stride_is_applied_once() -> None:
+    """Seed 002 strides both dw and pw; ours strides the depthwise conv only."""
+    block = DepthwiseSeparableConv(8, 16, stride=2)
+    assert block.dw.conv.stride == (2, 2)
+    assert block.pw.conv.stride == (1, 1)
+    assert tuple(block(torch.randn(1, 8, 64, 64)).shape) == (1, 16, 32, 32)
+
+
+def test_seed002_pointwise_is_never_padded() -> None:
+    """Seed 002 pads its 1x1 conv, turning 64x64 into 66x66."""
+    pw = PointwiseConv(32, 128)
+    assert pw.conv.padding == (0, 0) and pw.conv.kernel_size == (1, 1)
+    assert tuple(pw(torch.randn(1, 32, 64, 64)).shape) == (1, 128, 64, 64)
+    with pytest.raises(TypeError):
+        PointwiseConv(32, 128, padding=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        PointwiseConv(32, 128, stride=2)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("block", [DepthwiseConv(32), SeparableConv2d(32, 32), DepthwiseSeparableConv(32, 32)])
+def test_seed003_3x3_is_padded(block: nn.Module) -> None:
+    """Seed 003 leaves the 3x3 conv unpadded, shrinking the map; ours keeps it."""
+    assert tuple(block(torch.randn(1, 32, 64, 64)).shape[2:]) == (64, 64)
+
+
+def test_seed000_every_block_constructs() -> None:
+    """Seed 000 calls super() with the wrong class, so its blocks cannot even be built."""
+    for name, factory in BLOCK_FACTORIES.items():
+        block = factory(4, 1)
+        assert isinstance(block, nn.Module) and count_params(block) > 0, name
+
+
+# --- norm and activation options ---------------------------------------------------------------
+
+def test_norm_and_act_none_remove_them() -> None:
+    block = DepthwiseSeparableConv(4, 8, norm=None, act=None)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.ReLU)) for m in block.modules())
+    x = torch.randn(1, 4, 5, 5)
+    assert torch.equal(block(x), block.pw.conv(block.dw.conv(x)))
+
+
+def test_norm_and_act_accept_callables() -> None:
+    block = ConvNormAct(4, 8, norm=lambda c: nn.GroupNorm(2, c), act=nn.Tanh)
+    assert isinstance(block.norm, nn.GroupNorm) and isinstance(block.act, nn.Tanh)
+
+
+def test_separable_conv2d_has_nothing_between_dw_and_pw() -> None:
+    sep = SeparableConv2d(4, 8)
+    kinds = [type(m) for m in sep.modules() if not isinstance(m, (nn.Identity, SeparableConv2d))]
+    assert all(k not in (nn.BatchNorm2d, nn.ReLU, nn.ReLU6) for k in kinds)
+
+
+def test_mid_norm_act_false_is_xception_sepconv_bn_relu() -> None:
+    block = DepthwiseSeparableConv(4, 8, mid_norm_act=False)
+    assert isinstance(block.dw.norm, nn.Identity) and isinstance(block.dw.act, nn.Identity)
+    assert isinstance(block.pw.norm, nn.BatchNorm2d) and isinstance(block.pw.act, nn.ReLU)
+
+
+@pytest.mark.parametrize("kind,value,allowed", [("act", "relu7", "relu6"), ("norm", "batchnrm", "batchnorm")])
+def test_unknown_names_suggest_close_matches(kind: str, value: str, allowed: str) -> None:
+    label = {"act": "activation", "norm": "norm"}[kind]
+    with pytest.raises(ValueError, match=f"unknown {label} '{value}'.*did you mean.*'{allowed}'"):
+        ConvNormAct(4, 8, **{kind: value})
+
+
+def test_xception_block_shortcut_and_input_untouched() -> None:
+    entry = XceptionBlock(8, 16, stride=2, start_with_act=True)
+    middle = XceptionBlock(16, 16, num_convs=3)
+    assert isinstance(entry.shortcut, ConvNormAct) and entry.shortcut.conv.stride == (2, 2)
+    assert isinstance(middle.shortcut, nn.Identity)
+    x = torch.randn(2, 16, 9, 9)
+    x_before = x.clone()
+    middle.eval()
+    out = middle(x)
+    assert torch.equal(x, x_before), "the leading activation must not modify the shortcut's input"
+    torch.testing.assert_close(out, middle.body(x_before) + x_before)
+
+
+@pytest.mark.parametrize("grow_first,expected", [(True, [16, 16]), (False, [8, 16])])
+def test_xception_block_grow_first(grow_first: bool, expected: list[int]) -> None:
+    block = XceptionBlock(8, 16, grow_first=grow_first)
+    outs = [m.out_chs for m in block.body if isinstance(m, SeparableConv2d)]
+    assert outs == expected
+
+
+def test_invalid_conv_arguments_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="out_chs must be a positive int, got 0"):
+        ConvNormAct(4, 0)
+    with pytest.raises(ValueError, match="padding must be 'same', 'valid' or an int"):
+        create_conv2d(4, 4, 3, padding="full")
