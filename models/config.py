@@ -235,10 +235,10 @@ def _problems(err: ValidationError) -> list[str]:
         elif kind == "missing":
             msg = "required key is missing"
         else:
-            text = e["msg"].removeprefix("Value error, ")
-            if kind in ("literal_error",) and "stride" in path:
-                text = "must be 1 or 2"
-            msg = f"{text}, got {value!r}"
+            text = e["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+            if kind == "literal_error" and path.endswith("stride"):
+                text = "must be 1 or 2 (or a pair of them)" if "xception" not in str(loc) else "must be 1 or 2"
+            msg = text if kind == "value_error" else f"{text}, got {value!r}"
         # Union branches repeat the same problem for one path: keep the first message.
         seen.setdefault(path, msg)
     return [f"{p}: {m}" for p, m in seen.items()]
@@ -269,7 +269,7 @@ def read_yaml(path: Path) -> Any:
         where = getattr(exc, "problem_mark", None)
         pos = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(str(path), [f"invalid YAML syntax: {pos}{problem}"]) from None
+        raise ConfigError(str(path), [f"invalid YAML: {pos}{problem}"]) from None
 
 
 _FAMILY_KEYS = ("family", "description", "defaults", "variants")
@@ -357,4 +357,6 @@ def resolve_config(
         return ModelConfig.model_validate(raw)
     except ValidationError as err:
         where = f"{source}: variant {name}" if variant else source
+        if overrides:
+            where += f" + overrides {dict(overrides)}"
         raise ConfigError(where, _problems(err)) from None

@@ -9,12 +9,23 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["count_macs", "count_params", "layer_macs"]
+__all__ = ["count_macs", "count_params", "layer_macs", "module_macs"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """``sum(p.numel())`` over parameters (BatchNorm running statistics are buffers, excluded)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def module_macs(module: nn.Module, output: torch.Tensor) -> int:
+    """MACs of one Conv2d or Linear call for the first image of ``output`` (0 for other layers)."""
+    per_image = output[0].numel()
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return per_image * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return per_image * module.in_features
+    return 0
 
 
 @torch.no_grad()
@@ -25,12 +36,7 @@ def layer_macs(model: nn.Module, input_size: Sequence[int]) -> dict[str, int]:
 
     def hook(name: str):
         def fn(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            per_out = output[0].numel()  # one image
-            if isinstance(module, nn.Conv2d):
-                kh, kw = module.kernel_size
-                macs[name] = macs.get(name, 0) + per_out * (module.in_channels // module.groups) * kh * kw
-            else:
-                macs[name] = macs.get(name, 0) + per_out * module.in_features
+            macs[name] = macs.get(name, 0) + module_macs(module, output)
         return fn
 
     for name, module in model.named_modules():

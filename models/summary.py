@@ -1,0 +1,207 @@
+"""Summaries that show what depthwise-separable convolution saves.
+
+``summarize`` returns plain data (per-layer rows, per-stage rows, totals and, on request, the
+same network with every separable conv replaced by a standard conv); ``scripts/summarize.py``
+only formats it. One forward pass feeds both torchinfo's table and our MAC counts.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from blocks import DepthwiseSeparableConv, SeparableConv2d
+
+from .builder import ZooNet
+from .profile import count_params, module_macs
+from .registry import create_model
+
+__all__ = ["CompareRow", "LayerRow", "ModelSummary", "StageRow", "StandardComparison", "summarize"]
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One Conv2d, Linear or norm layer."""
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """Totals of one top-level part: the stem, each stage, and the head."""
+
+    name: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One separable conv against the standard conv that would replace it.
+
+    ``theoretical_ratio`` is MobileNets' eq. 5, ``1/N + 1/K^2`` (times the depth multiplier).
+    """
+
+    name: str
+    in_chs: int
+    out_chs: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    params: int
+    macs: int
+    standard_params: int
+    standard_macs: int
+    ratio: float
+    theoretical_ratio: float
+
+
+@dataclass(frozen=True)
+class StandardComparison:
+    """The same network with every separable conv a standard conv (``separable=False``)."""
+
+    params: int
+    macs: int
+    layers: list[CompareRow]
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """Everything ``scripts/summarize.py`` prints, as plain data."""
+
+    model: str
+    input_size: tuple[int, int, int]
+    params: int
+    trainable_params: int
+    macs: int
+    torchinfo_mult_adds: int
+    output_shape: tuple[int, ...]
+    size_mb: float
+    layers: list[LayerRow]
+    stages: list[StageRow]
+    table: str = field(repr=False, default="")
+    standard: Optional[StandardComparison] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the torchinfo text table is left out)."""
+        out = asdict(self)
+        out.pop("table")
+        return out
+
+
+_MEASURED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+
+
+@torch.no_grad()
+def _profile(model: nn.Module, input_size: Sequence[int], depth: int) -> tuple[list[LayerRow], tuple[int, ...], str, int]:
+    """One forward pass: per-layer rows (hooks) and torchinfo's table and mult-adds."""
+    import torchinfo  # imported here: only summaries need it
+
+    rows: dict[str, LayerRow] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, _MEASURED):
+            def hook(mod: nn.Module, inp: Any, out: torch.Tensor, name: str = name) -> None:
+                if name not in rows:  # torchinfo may call twice; count each layer once
+                    own = sum(p.numel() for p in mod.parameters(recurse=False))
+                    rows[name] = LayerRow(name, type(mod).__name__, tuple(out.shape[1:]), own, module_macs(mod, out))
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        stats = torchinfo.summary(
+            model, input_size=(1, *input_size), depth=depth, verbose=0, mode="eval",
+            col_names=("output_size", "num_params", "mult_adds"), device="cpu",
+        )
+    finally:
+        for h in hooks:
+            h.remove()
+    out_shape = tuple(stats.summary_list[0].output_size[1:])
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(rows.values(), key=lambda r: order[r.name]), out_shape, str(stats), int(stats.total_mult_adds)
+
+
+def _stage_rows(model: ZooNet, layers: list[LayerRow]) -> list[StageRow]:
+    parts = [("stem", model.stem)] + [(f"stages.{i}", s) for i, s in enumerate(model.stages)]
+    parts.append(("head", model.classifier))
+    rows = []
+    for prefix, module in parts:
+        mine = [r for r in layers if r.name == prefix or r.name.startswith(prefix + ".")]
+        if prefix == "head":
+            mine = [r for r in layers if r.name == "classifier"]
+        shape = mine[-1].output_shape if mine else ()
+        rows.append(StageRow(prefix, shape, count_params(module), sum(r.macs for r in mine)))
+    return rows
+
+
+def _compare(model: ZooNet, layers: list[LayerRow], std_layers: list[LayerRow], std_model: ZooNet) -> StandardComparison:
+    by_name = {r.name: r for r in layers}
+    std_by_name = {r.name: r for r in std_layers}
+    std_modules = dict(std_model.named_modules())
+    rows = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (DepthwiseSeparableConv, SeparableConv2d)) or name not in std_modules:
+            continue
+        dw = module.dw.conv
+        mine = [r for n, r in by_name.items() if n.startswith(name + ".")]
+        theirs = [r for n, r in std_by_name.items() if n == name or n.startswith(name + ".")]
+        macs, std_macs = sum(r.macs for r in mine), sum(r.macs for r in theirs)
+        kh, kw = dw.kernel_size
+        rows.append(CompareRow(
+            name=name, in_chs=module.in_chs, out_chs=module.out_chs, kernel=(kh, kw), stride=tuple(dw.stride),
+            params=count_params(module), macs=macs,
+            standard_params=count_params(std_modules[name]), standard_macs=std_macs,
+            ratio=macs / std_macs if std_macs else float("nan"),
+            theoretical_ratio=module.dw.depth_multiplier * (1 / module.out_chs + 1 / (kh * kw)),
+        ))
+    return StandardComparison(count_params(std_model), sum(r.macs for r in std_layers), rows)
+
+
+def summarize(
+    model_or_name: Union[str, ZooNet],
+    input_size: Optional[Sequence[int]] = None,
+    *,
+    depth: int = 3,
+    compare_standard: bool = False,
+    **overrides: Any,
+) -> ModelSummary:
+    """Summarise a model (a ``ZooNet`` or a name/YAML path with ``create_model`` overrides).
+
+    Args:
+        input_size: (C, H, W) to profile at; the model's default input when ``None``.
+        depth: nesting depth of torchinfo's table.
+        compare_standard: also profile the network with every separable conv standard.
+    """
+    model = model_or_name if isinstance(model_or_name, ZooNet) else create_model(model_or_name, **overrides)
+    model.eval()
+    size = tuple(input_size) if input_size is not None else tuple(model.cfg.input_size)
+    if len(size) != 3:
+        raise ValueError(f"input_size must be (C, H, W), got {size}")
+    model.check_input(torch.empty(1, *size, device="meta"))
+    layers, out_shape, table, mult_adds = _profile(model, size, depth)
+    macs = sum(r.macs for r in layers)
+    params = count_params(model)
+    standard = None
+    if compare_standard:
+        std_model = ZooNet(model.cfg.model_copy(update={"separable": False})).eval()
+        std_model.reset_classifier(model.num_classes)
+        std_layers, _, _, _ = _profile(std_model, size, 1)
+        standard = _compare(model, layers, std_layers, std_model)
+    return ModelSummary(
+        model=model.cfg.name,
+        input_size=size,  # type: ignore[arg-type]
+        params=params,
+        trainable_params=count_params(model, trainable_only=True),
+        macs=macs,
+        torchinfo_mult_adds=mult_adds,
+        output_shape=out_shape,
+        size_mb=params * 4 / 2**20,
+        layers=layers,
+        stages=_stage_rows(model, layers),
+        table=table,
+        standard=standard,
+    )

@@ -1,0 +1,189 @@
+"""Config loading: user YAML, overrides, immutability, and errors that name file, key and value."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pydantic
+import pytest
+import torch
+
+from models import ConfigError, count_params, create_model, get_model_config, list_models, register_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """\
+family: tiny
+defaults:
+  input_size: [1, 16, 16]
+  num_classes: 4
+  act: relu
+  stem: {out: 8, kernel: 3, stride: 2}
+  stages:
+    - {type: ds, out: 16, repeat: 2, stride: 2}
+variants:
+  tiny_a: {}
+  tiny_b: {width_mult: 2.0}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "net.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(exc: pytest.ExceptionInfo[ConfigError]) -> list[str]:
+    return exc.value.problems
+
+
+def test_user_yaml_flat_config(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        input_size: [3, 32, 32]
+        num_classes: 5
+        stem: {out: 16, kernel: 3, stride: 2}
+        stages:
+          - {type: ds, out: 32, stride: 2}
+          - {type: conv, out: 32, kernel: 1}
+        """, "my_net.yaml")
+    model = create_model(str(path))
+    assert model.cfg.name == "my_net"
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    # 3*9*16 + 32 (bn) + 16*9 + 32 + 16*32 + 64 + 32*32 + 64 + 32*5 + 5
+    assert count_params(model) == 432 + 32 + 144 + 32 + 512 + 64 + 1024 + 64 + 165
+
+
+def test_user_yaml_family_file_variants(tmp_path: Path) -> None:
+    path = write(tmp_path, TINY)
+    assert create_model(f"{path}:tiny_b").num_features == 32
+    with pytest.raises(ConfigError, match="defines 2 models \\(tiny_a, tiny_b\\); name one as"):
+        create_model(str(path))
+    with pytest.raises(ConfigError, match="no variant 'tiny_c'; did you mean 'tiny_b', 'tiny_a'"):
+        create_model(f"{path}:tiny_c")
+
+
+def test_register_model_from_mapping_and_file(tmp_path: Path) -> None:
+    register_model("test_registered_tiny", {"stem": {"out": 8}, "stages": [{"type": "ds", "out": 8}], "num_classes": 3})
+    assert "test_registered_tiny" in list_models("test_*")
+    assert create_model("test_registered_tiny").get_classifier().out_features == 3
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("test_registered_tiny", {"stem": {"out": 8}, "stages": []})
+    with pytest.raises(ConfigError, match="stem\\[0\\].out: must be greater than 0, got 0"):
+        register_model("test_bad", {"stem": {"out": 0}, "stages": []})
+    assert "test_bad" not in list_models()
+
+
+def test_merge_order_defaults_variant_overrides() -> None:
+    cfg = get_model_config("ds_cnn_m", num_classes=35, in_chans=2, input_size=(40, 12))
+    assert cfg.stem[0].out == 172 and cfg.stem[0].stride == (2, 1)  # variant merged over defaults
+    assert cfg.stem[0].kernel == (10, 4) and cfg.stem[0].dropout == 0.2  # defaults kept
+    assert cfg.num_classes == 35 and cfg.input_size == (2, 40, 12)
+
+
+def test_config_is_immutable_and_shared_defaults_untouched() -> None:
+    cfg = get_model_config("mobilenet_v1")
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        cfg.num_classes = 3  # type: ignore[misc]
+    assert isinstance(cfg.stages, tuple)
+    get_model_config("mobilenet_v1", width_mult=0.5, head={"dropout": 0.5})
+    assert get_model_config("mobilenet_v1") == cfg
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+def test_all_problems_at_once_with_file_path_and_value(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        stem: {out: 0, kernel: 3, stride: 3}
+        act: relu7
+        stages:
+          - {type: ds, out: 64, stride: 0, depth_multipler: 2}
+          - {type: dss, out: 64}
+          - {type: ds, out: -5, depth_multiplier: 1.5}
+        head: {dropuot: 0.1}
+        """)
+    with pytest.raises(ConfigError) as exc:
+        create_model(str(path))
+    assert str(path) in str(exc.value)
+    assert problems(exc) == [
+        "act: unknown activation 'relu7'; allowed: gelu, hardswish, identity, relu, relu6, silu; "
+        "did you mean 'relu', 'relu6', 'gelu'?",
+        "stem[0].out: must be greater than 0, got 0",
+        "stem[0].stride: must be 1 or 2 (or a pair of them), got 3",
+        "stages[0].stride: must be 1 or 2 (or a pair of them), got 0",
+        "stages[0].depth_multipler: unknown key; did you mean 'depth_multiplier'? "
+        "(allowed: out, repeat, stride, kernel, dropout, type, depth_multiplier, dilation, mid_norm_act)",
+        "stages[1].type: unknown block type 'dss'; allowed: conv, ds, xception; did you mean 'ds'?",
+        "stages[2].out: must be greater than 0, got -5",
+        "stages[2].depth_multiplier: must be a valid integer, got 1.5",
+        "head.dropuot: unknown key; did you mean 'dropout'? (allowed: pool, dropout)",
+    ]
+
+
+@pytest.mark.parametrize("multiplier,message", [
+    (0, "must be greater than 0, got 0"),
+    ("two", "must be a valid integer, got 'two'"),
+    (True, "must be a valid integer, got True"),
+])
+def test_depth_multiplier_must_be_positive_int(tmp_path: Path, multiplier: object, message: str) -> None:
+    path = write(tmp_path, f"stem: {{out: 8}}\nstages: [{{type: ds, out: 8, depth_multiplier: {str(multiplier).lower() if multiplier is True else multiplier}}}]\n")
+    with pytest.raises(ConfigError) as exc:
+        create_model(str(path))
+    assert problems(exc) == [f"stages[0].depth_multiplier: {message}"]
+
+
+def test_malformed_yaml_syntax(tmp_path: Path) -> None:
+    path = write(tmp_path, "stem: {out: 8\nstages: [\n")
+    with pytest.raises(ConfigError, match=f"{path}: invalid YAML: line 2"):
+        create_model(str(path))
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="no_such_dir/net.yaml: file not found"):
+        create_model("no_such_dir/net.yaml")
+
+
+def test_top_level_must_be_mapping_and_family_keys_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="<top level>: must be a mapping, got list"):
+        create_model(str(write(tmp_path, "- 1\n- 2\n")))
+    with pytest.raises(ConfigError, match="varients: unknown key; did you mean 'variants'"):
+        create_model(str(write(tmp_path, TINY + "varients: {}\n")))
+
+
+def test_unknown_override_suggests_close_match() -> None:
+    with pytest.raises(ConfigError, match="num_clases: unknown override; did you mean 'num_classes'"):
+        create_model("mobilenet_v1", num_clases=10)
+
+
+def test_bad_override_values_name_the_key() -> None:
+    with pytest.raises(ConfigError) as exc:
+        create_model("mobilenet_v1", num_classes=-3, width_mult=0)
+    assert "overrides" in str(exc.value)
+    assert problems(exc) == [
+        "num_classes: must be greater than or equal to 0, got -3",
+        "width_mult: must be greater than 0, got 0",
+    ]
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    path = write(tmp_path, "stem: !!python/object/apply:os.system ['echo pwned']\nstages: []\n")
+    with pytest.raises(ConfigError, match="invalid YAML: .*could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"):
+        create_model(str(path))
+
+
+def test_non_editable_install_ships_the_configs(tmp_path: Path) -> None:
+    """``pip install .`` (not editable) must find the YAML configs from any directory."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(REPO)],
+        check=True, capture_output=True,
+    )
+    assert sorted(p.name for p in (target / "configs").glob("*.yaml")) == ["ds_cnn.yaml", "mobilenet_v1.yaml", "xception.yaml"]
+    out = subprocess.run(
+        [sys.executable, "-c", "import models; print(models.__file__); print(models.count_params(models.create_model('mobilenet_v1')))"],
+        cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""}, check=True, capture_output=True, text=True,
+    ).stdout.split()
+    assert out[0].startswith(str(target)) and out[1] == "4231976"

@@ -1,0 +1,239 @@
+"""Every registered model: reference numbers, the model interface, and the blog's mistakes."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from conftest import small_input_size
+from models import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models
+
+ALL_MODELS = list_models()
+
+# (name, overrides, input (C, H, W), params, MACs, final feature map (C, H, W)) - DESIGN.md table
+REFERENCE = [
+    ("mobilenet_v1", {}, (3, 224, 224), 4_231_976, 568_740_352, (1024, 7, 7)),
+    ("mobilenet_v1_075", {}, (3, 224, 224), 2_585_560, 325_400_448, (768, 7, 7)),
+    ("mobilenet_v1_050", {}, (3, 224, 224), 1_331_592, 149_497_088, (512, 7, 7)),
+    ("mobilenet_v1_025", {}, (3, 224, 224), 470_072, 41_030_272, (256, 7, 7)),
+    ("mobilenet_v1", {"input_size": 192}, (3, 192, 192), 4_231_976, 418_121_728, (1024, 6, 6)),
+    ("mobilenet_v1", {"input_size": 160}, (3, 160, 160), 4_231_976, 290_675_200, (1024, 5, 5)),
+    ("mobilenet_v1", {"input_size": 128}, (3, 128, 128), 4_231_976, 186_400_768, (1024, 4, 4)),
+    ("mobilenet_v1", {"separable": False}, (3, 224, 224), 29_294_088, 4_867_293_184, (1024, 7, 7)),
+    ("mobilenet_v1_shallow", {}, (3, 224, 224), 2_887_976, 307_323_392, (1024, 7, 7)),
+    ("xception", {}, (3, 299, 299), 22_855_952, 8_357_403_496, (2048, 10, 10)),
+    ("ds_cnn_s", {}, (1, 49, 10), 23_180, 2_656_768, (64, 25, 5)),
+    ("ds_cnn_m", {}, (1, 49, 10), 136_580, 9_816_384, (172, 13, 5)),
+    ("ds_cnn_l", {}, (1, 49, 10), 413_736, 28_327_812, (276, 13, 5)),
+]
+
+
+@pytest.mark.parametrize(
+    "name,overrides,input_size,params,macs,final_map", REFERENCE,
+    ids=[f"{r[0]}-{'-'.join(f'{k}={v}' for k, v in r[1].items()) or 'default'}" for r in REFERENCE],
+)
+def test_reference_numbers(name, overrides, input_size, params, macs, final_map) -> None:
+    model = create_model(name, **overrides).eval()
+    assert model.pretrained_cfg["input_size"] == input_size
+    assert count_params(model) == params
+    assert count_macs(model, input_size) == macs
+    with torch.no_grad():
+        assert tuple(model.forward_features(torch.zeros(1, *input_size)).shape[1:]) == final_map
+
+
+@pytest.mark.parametrize("ours,theirs", [("mobilenet_v1", "mobilenetv1_100"), ("xception", "legacy_xception")])
+def test_parameter_count_equals_timm(ours: str, theirs: str) -> None:
+    assert count_params(create_model(ours)) == count_params(timm.create_model(theirs))
+
+
+def test_list_models_shows_every_family() -> None:
+    assert list_models("mobilenet*") == [
+        "mobilenet_v1", "mobilenet_v1_025", "mobilenet_v1_050", "mobilenet_v1_075", "mobilenet_v1_shallow",
+    ]
+    assert set(list_models()) >= {"xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l"}
+    assert list_models("nothing*") == []
+
+
+# --- registry-wide interface tests (timm's test design) ---------------------------------------
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_small_input(name: str) -> None:
+    model = create_model(name).eval()
+    size = small_input_size(model.cfg)
+    with torch.no_grad():
+        out = model(torch.randn(2, *size))
+    assert out.shape == (2, model.cfg.num_classes)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_backward_new_head_reaches_every_parameter(name: str) -> None:
+    model = create_model(name, num_classes=7).train()
+    size = small_input_size(model.cfg)
+    out = model(torch.randn(2, *size))
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_feature_info_matches_feature_maps(name: str) -> None:
+    model = create_model(name).eval()
+    c, h, w = small_input_size(model.cfg)
+    maps: dict[str, torch.Tensor] = {}
+    for info in model.feature_info:
+        model.get_submodule(info["module"]).register_forward_hook(
+            lambda mod, inp, out, key=info["module"]: maps.__setitem__(key, out)
+        )
+    with torch.no_grad():
+        final = model.forward_features(torch.randn(1, c, h, w))
+    reductions = [info["reduction"] for info in model.feature_info]
+    assert reductions == sorted(set(reductions)), "one map per reduction, increasing"
+    prev_h, prev_red = h, 1
+    for info in model.feature_info:
+        fmap = maps[info["module"]]
+        assert fmap.shape[1] == info["num_chs"]
+        # each map is the previous one divided by the extra reduction ("valid" convs may trim a few pixels)
+        expected = math.ceil(prev_h / (info["reduction"] // prev_red))
+        assert expected - 4 <= fmap.shape[2] <= expected, info
+        prev_h, prev_red = fmap.shape[2], info["reduction"]
+    assert model.feature_info[-1]["num_chs"] == model.num_features == final.shape[1]
+    assert torch.equal(maps[model.feature_info[-1]["module"]], final)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_reset_classifier_and_pre_logits(name: str) -> None:
+    model = create_model(name).eval()
+    x = torch.randn(2, *small_input_size(model.cfg))
+    model.reset_classifier(5)
+    assert isinstance(model.get_classifier(), nn.Linear) and model.get_classifier().out_features == 5
+    assert model.pretrained_cfg["num_classes"] == 5
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert model.forward_head(feats).shape == (2, 5)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.num_features)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_pretrained_cfg_works_with_timm_data_config(name: str) -> None:
+    model = create_model(name)
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    assert data_cfg["input_size"] == model.cfg.input_size
+    assert len(data_cfg["mean"]) == model.cfg.in_chans
+    assert data_cfg["interpolation"] == model.cfg.pretrained_cfg.interpolation
+    assert model.get_submodule(model.pretrained_cfg["first_conv"]).in_channels == model.cfg.in_chans
+    assert model.get_submodule(model.pretrained_cfg["classifier"]) is model.get_classifier()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_wrong_channel_count_names_in_chans(name: str) -> None:
+    model = create_model(name)
+    c, h, w = small_input_size(model.cfg)
+    with pytest.raises(ValueError, match=f"expected {c} input channels \\(in_chans={c}\\), got {c + 1}"):
+        model(torch.randn(1, c + 1, h, w))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_separable_false_replaces_every_separable_conv(name: str) -> None:
+    sep = create_model(name)
+    std = create_model(name, separable=False)
+    depthwise = [m for m in std.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert depthwise == []
+    assert count_params(std) > count_params(sep)
+    size = small_input_size(sep.cfg)
+    assert std.eval()(torch.randn(1, *size)).shape == sep.eval()(torch.randn(1, *size)).shape
+
+
+def test_overrides_in_chans_num_classes_width() -> None:
+    model = create_model("mobilenet_v1_025", num_classes=10, in_chans=1)
+    assert model.stem[0].conv.in_channels == 1 and model.get_classifier().out_features == 10
+    assert model(torch.randn(3, 1, 64, 64)).shape == (3, 10)
+    assert create_model("mobilenet_v1", width_mult=0.5).num_features == 512
+    assert create_model("mobilenet_v1", drop_rate=0.3).head_drop.p == 0.3
+    assert create_model("mobilenet_v1", input_size=(3, 160, 128)).pretrained_cfg["input_size"] == (3, 160, 128)
+
+
+# --- corrections of the blog (seed 001) --------------------------------------------------------
+
+def test_blog_no_two_blocks_share_weights() -> None:
+    model = create_model("mobilenet_v1")
+    ptrs = [p.data_ptr() for p in model.parameters()]
+    assert len(ptrs) == len(set(ptrs))
+    assert len(ptrs) == len(dict(model.named_parameters(remove_duplicate=False)))
+
+
+def test_blog_every_conv_followed_by_bn_and_relu6() -> None:
+    model = create_model("mobilenet_v1")
+    units = [m for m in model.modules() if hasattr(m, "conv") and isinstance(m.conv, nn.Conv2d)]
+    assert len(units) == 27  # 1 stem conv + 13 x (dw + pw)
+    assert all(isinstance(u.norm, nn.BatchNorm2d) and isinstance(u.act, nn.ReLU6) and u.conv.bias is None for u in units)
+
+
+def test_blog_second_to_last_depthwise_has_stride_1() -> None:
+    model = create_model("mobilenet_v1")
+    dw_strides = [m.stride[0] for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert dw_strides == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+
+
+@pytest.mark.parametrize("size", [224, 160, 256])
+def test_blog_batch_of_b_images_gives_b_rows(size: int) -> None:
+    model = create_model("mobilenet_v1").eval()
+    with torch.no_grad():
+        assert model(torch.randn(3, 3, size, size)).shape == (3, 1000)
+
+
+def test_blog_classifier_is_used_and_no_softmax() -> None:
+    model = create_model("mobilenet_v1").eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        before = model(x)
+        model.get_classifier().bias.add_(1.0)
+        after = model(x)
+    torch.testing.assert_close(after, before + 1.0)  # logits: a bias shift shows up unchanged
+    assert not any(isinstance(m, (nn.Softmax, nn.LogSoftmax)) for m in model.modules())
+
+
+# --- Xception and DS-CNN specifics -------------------------------------------------------------
+
+def test_xception_structure_matches_keras() -> None:
+    model = create_model("xception")
+    assert [m.conv.padding for m in model.stem] == [(0, 0), (0, 0)]
+    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    assert [(p.kernel_size, p.stride, p.padding) for p in pools] == [(3, 2, 1)] * 4
+    first = model.stages[0][0]
+    assert not isinstance(first.body[0], nn.ReLU), "the first entry block starts without ReLU"
+    assert isinstance(model.stages[1][0].body[0], nn.ReLU)
+    assert len(model.stages[3]) == 8
+
+
+@pytest.mark.parametrize("size,final", [(224, 7), (71, 3), (299, 10)])
+def test_xception_other_sizes(size: int, final: int) -> None:
+    model = create_model("xception").eval()
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, size, size)).shape == (1, 2048, final, final)
+
+
+def test_xception_below_minimum_is_a_clear_error() -> None:
+    model = create_model("xception")
+    with pytest.raises(ValueError, match="input 70x70 is smaller than the minimum 71x71 for xception"):
+        model(torch.randn(1, 3, 70, 70))
+
+
+def test_ds_cnn_stem_dropout_and_35_words() -> None:
+    model = create_model("ds_cnn_s", num_classes=35)
+    assert isinstance(model.stem[-1], nn.Dropout) and model.stem[-1].p == 0.2
+    assert model.head_drop.p == 0.4
+    assert model.eval()(torch.randn(4, 1, 49, 10)).shape == (4, 35)
+
+
+def test_unknown_model_suggests_close_matches() -> None:
+    with pytest.raises(UnknownModelError, match="unknown model 'mobilenetv1'; did you mean 'mobilenet_v1'"):
+        create_model("mobilenetv1")
+    with pytest.raises(UnknownModelError, match="did you mean 'xception'"):
+        get_model_config("xceptoin")

@@ -1,0 +1,88 @@
+"""models.summarize and scripts/summarize.py: exact totals, ratios, JSON, plot and error exits."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models import count_macs, count_params, create_model, list_models
+from models.summary import summarize
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / "scripts" / "summarize.py")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_summary_totals_equal_reference_counts(name: str) -> None:
+    model = create_model(name)
+    s = summarize(model)
+    assert s.params == count_params(model) and s.macs == count_macs(model, model.cfg.input_size)
+    assert s.macs == sum(r.macs for r in s.stages) == sum(r.macs for r in s.layers)
+    assert s.params == sum(r.params for r in s.stages)
+    assert s.output_shape == (model.cfg.num_classes,)
+
+
+def test_json_totals_and_compare_standard_for_mobilenet_v1() -> None:
+    res = run("--model", "mobilenet_v1", "--format", "json", "--compare-standard")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert (data["model"], data["input_size"], data["output_shape"]) == ("mobilenet_v1", [3, 224, 224], [1000])
+    assert (data["params"], data["trainable_params"], data["macs"]) == (4_231_976, 4_231_976, 568_740_352)
+    assert (data["standard"]["params"], data["standard"]["macs"]) == (29_294_088, 4_867_293_184)
+    assert len(data["standard"]["layers"]) == 13
+    assert {"name", "type", "output_shape", "params", "macs"} <= set(data["layers"][0])
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "xception", "ds_cnn_m"])
+def test_theoretical_ratio_matches_measured(name: str) -> None:
+    s = summarize(name, compare_standard=True)
+    assert s.standard is not None and s.standard.layers
+    for row in s.standard.layers:
+        if row.stride == (1, 1):
+            assert row.ratio == pytest.approx(row.theoretical_ratio, rel=1e-12), row.name
+
+
+def test_list_shows_every_model_with_reference_numbers() -> None:
+    res = run("--list", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    rows = {r["model"]: r for r in json.loads(res.stdout)}
+    assert sorted(rows) == list_models()
+    assert (rows["xception"]["params"], rows["xception"]["macs"]) == (22_855_952, 8_357_403_496)
+    assert rows["ds_cnn_s"]["input_size"] == [1, 49, 10]
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    out = tmp_path / "ds.png"
+    res = run("--model", "ds_cnn_s", "--plot", str(out), "--format", "markdown")
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    assert "| stages.0.0 | 64->64 | 3x3 | 1x1 |" in res.stdout
+
+
+def test_table_output_has_torchinfo_and_totals() -> None:
+    res = run("--model", "ds_cnn_s", "--depth", "2", "--set", "num_classes=35")
+    assert res.returncode == 0, res.stderr
+    assert "Layer (type:depth-idx)" in res.stdout and "torchinfo mult-adds" in res.stdout
+    assert "MACs (conv + linear, one image)  2,658,240" in res.stdout  # 2,656,768 + 64 * (35 - 12)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "mobilenetv1"], "error: unknown model 'mobilenetv1'; did you mean 'mobilenet_v1'"),
+    (["--model", "xception", "--input-size", "3", "64", "64"],
+     "error: input 64x64 is smaller than the minimum 71x71 for xception"),
+    (["--model", "mobilenet_v1", "--input-size", "1", "224", "224"],
+     "error: expected 3 input channels (in_chans=3), got 1"),
+    (["--model", "mobilenet_v1", "--set", "width_mult=-1"], "error: configs/mobilenet_v1.yaml"),
+])
+def test_errors_exit_2_with_one_line(args: list[str], message: str) -> None:
+    res = run(*args)
+    assert res.returncode == 2
+    assert res.stderr.startswith(message)
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
