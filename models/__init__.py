@@ -3,11 +3,13 @@ from .builder import BLOCK_BUILDERS, ZooNet, build_model, make_divisible
 from .config import ConfigError, ModelConfig
 from .profile import count_macs, count_params, layer_macs
 from .registry import UnknownModelError, create_model, get_model_config, list_models, register_model
+from .summary import ModelSummary, summarize
 
 __all__ = [
     "BLOCK_BUILDERS",
     "ConfigError",
     "ModelConfig",
+    "ModelSummary",
     "UnknownModelError",
     "ZooNet",
     "build_model",
@@ -19,4 +21,5 @@ __all__ = [
     "list_models",
     "make_divisible",
     "register_model",
+    "summarize",
 ]
