@@ -1,24 +1,31 @@
 """dszoo models: config schema and loader, the generic builder, the registry and profiling."""
-from .builder import BLOCK_BUILDERS, ZooNet, build_model, make_divisible
+from .builder import BLOCK_BUILDERS, ZooFeatures, ZooNet, build_model, make_divisible
 from .config import ConfigError, ModelConfig
 from .profile import count_macs, count_params, layer_macs
 from .registry import UnknownModelError, create_model, get_model_config, list_models, register_model
 from .summary import ModelSummary, summarize
+from .weights import CheckpointError, export_to_timm, load_pretrained, read_state_dict, save_state_dict
 
 __all__ = [
     "BLOCK_BUILDERS",
+    "CheckpointError",
     "ConfigError",
     "ModelConfig",
     "ModelSummary",
     "UnknownModelError",
+    "ZooFeatures",
     "ZooNet",
     "build_model",
     "count_macs",
     "count_params",
     "create_model",
+    "export_to_timm",
     "get_model_config",
     "layer_macs",
     "list_models",
+    "load_pretrained",
+    "read_state_dict",
+    "save_state_dict",
     "make_divisible",
     "register_model",
     "summarize",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from blocks.layers import NormLike
 
 from .config import ConvStage, DSStage, ModelConfig, XceptionStage
 
-__all__ = ["BLOCK_BUILDERS", "ZooNet", "build_model", "make_divisible"]
+__all__ = ["BLOCK_BUILDERS", "ZooFeatures", "ZooNet", "build_model", "make_divisible"]
 
 
 def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
@@ -95,11 +95,25 @@ def _build_stage(spec: Any, in_chs: int, ctx: BuildContext) -> tuple[list[nn.Mod
     return blocks, in_chs, pair(spec.stride)
 
 
+def check_input(x: torch.Tensor, in_chans: int, min_size: tuple[int, int], name: str) -> None:
+    """Raise ``ValueError`` naming the expected channels or minimum size (TorchScript-able)."""
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4-D input (batch, {in_chans}, H, W), got {x.dim()} dimensions")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channels (in_chans={in_chans}), got {x.shape[1]}")
+    if x.shape[2] < min_size[0] or x.shape[3] < min_size[1]:
+        raise ValueError(
+            f"input {x.shape[2]}x{x.shape[3]} is smaller than the minimum {min_size[0]}x{min_size[1]} for {name}"
+        )
+
+
 class ZooNet(nn.Module):
     """A network built from a ``ModelConfig``, with timm's model interface.
 
     ``forward_features`` -> ``forward_head`` (global pool, dropout, Linear); logits out.
     """
+
+    __jit_unused_properties__ = ["default_cfg"]
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -107,7 +121,8 @@ class ZooNet(nn.Module):
         norm = None if cfg.norm.type == "none" else partial(nn.BatchNorm2d, eps=cfg.norm.eps, momentum=cfg.norm.momentum)
         ctx = BuildContext(norm, cfg.act, cfg.separable, cfg.width_mult, cfg.channel_divisor)
         self.in_chans = cfg.in_chans
-        self.min_input_size = cfg.min_input_size or (1, 1)
+        self.min_input_size: tuple[int, int] = cfg.min_input_size or (1, 1)
+        self.model_name = cfg.name
 
         chs, red_h, red_w = cfg.in_chans, 1, 1
         points: list[tuple[str, int, int]] = []  # (module, channels, reduction) after each stage
@@ -200,18 +215,7 @@ class ZooNet(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` naming what was expected for a wrongly shaped input."""
-        if x.dim() != 4:
-            raise ValueError(f"expected a 4-D input (batch, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected {self.in_chans} input channels (in_chans={self.in_chans}), got {x.shape[1]} "
-                f"in input of shape {tuple(x.shape)}"
-            )
-        if x.shape[2] < self.min_input_size[0] or x.shape[3] < self.min_input_size[1]:
-            raise ValueError(
-                f"input {x.shape[2]}x{x.shape[3]} is smaller than the minimum "
-                f"{self.min_input_size[0]}x{self.min_input_size[1]} for {self.cfg.name}"
-            )
+        check_input(x, self.in_chans, self.min_input_size, self.model_name)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -228,3 +232,42 @@ class ZooNet(nn.Module):
 def build_model(cfg: ModelConfig) -> ZooNet:
     """Build the network a validated config describes."""
     return ZooNet(cfg)
+
+
+class ZooFeatures(nn.Module):
+    """Backbone returning the feature maps of ``feature_info`` at ``out_indices`` (timm's
+    ``features_only``). Stages after the last requested map are dropped."""
+
+    def __init__(self, model: ZooNet, out_indices: Sequence[int] = (0, 1, 2, 3, 4)) -> None:
+        super().__init__()
+        levels = len(model.feature_info)
+        picked: list[int] = []
+        for i in out_indices:
+            if not isinstance(i, int) or not -levels <= i < levels:
+                raise ValueError(
+                    f"out_indices {tuple(out_indices)} invalid for {model.cfg.name}: it has {levels} feature "
+                    f"levels, use indices 0..{levels - 1} (or -{levels}..-1)"
+                )
+            picked.append(i % levels)
+        if len(set(picked)) != len(picked) or not picked:
+            raise ValueError(f"out_indices must be distinct and non-empty, got {tuple(out_indices)}")
+        self.feature_info = [model.feature_info[i] for i in sorted(picked)]
+        names = [info["module"] for info in self.feature_info]
+        # part 0 is the stem, part k the (k-1)-th stage
+        self.out_parts: list[int] = [0 if n == "stem" else int(n.split(".")[1]) + 1 for n in names]
+        last = max(self.out_parts)
+        self.parts = nn.ModuleList([model.stem, *list(model.stages)[:last]])
+        self.in_chans = model.in_chans
+        self.min_input_size = model.min_input_size
+        self.model_name = model.model_name
+        self.pretrained_cfg = model.pretrained_cfg
+        self.cfg = model.cfg
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        check_input(x, self.in_chans, self.min_input_size, self.model_name)
+        out: list[torch.Tensor] = []
+        for i, part in enumerate(self.parts):
+            x = part(x)
+            if i in self.out_parts:
+                out.append(x)
+        return out

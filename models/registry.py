@@ -6,12 +6,15 @@ an import someone might forget (mmpretrain's pitfall).
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
-from .builder import ZooNet, build_model
+from torch import nn
+
+from .builder import ZooFeatures, ZooNet, build_model
 from .config import ConfigError, ModelConfig, close_matches, load_family_file, resolve_config
 
 __all__ = ["UnknownModelError", "create_model", "get_model_config", "list_models", "register_model"]
@@ -123,12 +126,36 @@ def get_model_config(name: str, **overrides: Any) -> ModelConfig:
     return resolve_config(resolved, entry.family, entry.defaults, entry.variant, overrides, entry.source)
 
 
-def create_model(name: str, **overrides: Any) -> ZooNet:
+def create_model(
+    name: str,
+    *,
+    pretrained: Optional[PathLike] = None,
+    features_only: bool = False,
+    out_indices: Optional[Sequence[int]] = None,
+    **overrides: Any,
+) -> nn.Module:
     """Build a model by registered name or YAML path.
 
     Args:
         name: a name from ``list_models()``, a YAML file, or ``file.yaml:variant``.
+        pretrained: a checkpoint of ours or a timm state dict (``models.load_pretrained``).
+        features_only: return a ``ZooFeatures`` backbone giving the ``feature_info`` maps.
+        out_indices: which feature levels ``features_only`` returns (default: all).
         **overrides: ``num_classes``, ``in_chans``, ``width_mult``, ``drop_rate``,
             ``input_size`` (int, (H, W) or (C, H, W)), ``separable`` or any top-level config key.
     """
-    return build_model(get_model_config(name, **overrides))
+    model = build_model(get_model_config(name, **overrides))
+    if pretrained is not None:
+        from .weights import load_pretrained
+
+        report = load_pretrained(model, pretrained)
+        if report["head_reset"]:
+            warnings.warn(
+                f"{pretrained}: classifier shape differs from num_classes={model.num_classes}; "
+                "the head was freshly initialised", stacklevel=2,
+            )
+    if features_only:
+        return ZooFeatures(model, tuple(range(len(model.feature_info))) if out_indices is None else out_indices)
+    if out_indices is not None:
+        raise ValueError("out_indices needs features_only=True")
+    return model

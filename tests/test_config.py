@@ -11,6 +11,7 @@ import pydantic
 import pytest
 import torch
 
+from models import registry
 from models import ConfigError, count_params, create_model, get_model_config, list_models, register_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +66,9 @@ def test_user_yaml_family_file_variants(tmp_path: Path) -> None:
         create_model(f"{path}:tiny_c")
 
 
-def test_register_model_from_mapping_and_file(tmp_path: Path) -> None:
+def test_register_model_from_mapping_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    list_models()  # load the built-in families, then isolate this test's registrations
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_model("test_registered_tiny", {"stem": {"out": 8}, "stages": [{"type": "ds", "out": 8}], "num_classes": 3})
     assert "test_registered_tiny" in list_models("test_*")
     assert create_model("test_registered_tiny").get_classifier().out_features == 3
@@ -74,6 +77,8 @@ def test_register_model_from_mapping_and_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="stem\\[0\\].out: must be greater than 0, got 0"):
         register_model("test_bad", {"stem": {"out": 0}, "stages": []})
     assert "test_bad" not in list_models()
+    register_model("test_from_file", str(write(tmp_path, TINY)) + ":tiny_b")
+    assert create_model("test_from_file").num_features == 32
 
 
 def test_merge_order_defaults_variant_overrides() -> None:

@@ -1,0 +1,210 @@
+"""Loading and saving weights: our checkpoints and timm's, safely.
+
+timm publishes ImageNet weights for ``mobilenetv1_100`` and ``legacy_xception``; our networks
+are the same layer for layer, so a map between module paths (derived from our model, not
+hard-coded per width or depth) turns one state dict into the other exactly.
+Only ``torch.load(weights_only=True)`` and safetensors are used: no arbitrary unpickling.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from blocks import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock
+
+from .atomic import atomic_path
+from .builder import ZooNet
+
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "export_to_timm",
+    "from_timm_state_dict",
+    "load_pretrained",
+    "read_state_dict",
+    "save_state_dict",
+    "timm_module_map",
+]
+
+PathLike = Union[str, Path]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read safely or does not fit the model."""
+
+
+def _mobilenet_map(model: ZooNet) -> dict[str, str]:
+    out = {"conv_stem": "stem.0.conv", "bn1": "stem.0.norm", "classifier": "classifier"}
+    for i, stage in enumerate(model.stages):
+        for j, block in enumerate(stage):
+            if isinstance(block, DepthwiseSeparableConv):
+                ours = f"stages.{i}.{j}"
+                out.update({
+                    f"blocks.{i}.{j}.conv_dw": f"{ours}.dw.conv", f"blocks.{i}.{j}.bn1": f"{ours}.dw.norm",
+                    f"blocks.{i}.{j}.conv_pw": f"{ours}.pw.conv", f"blocks.{i}.{j}.bn2": f"{ours}.pw.norm",
+                })
+    return out
+
+
+def _xception_map(model: ZooNet) -> dict[str, str]:
+    out = {"conv1": "stem.0.conv", "bn1": "stem.0.norm", "conv2": "stem.1.conv", "bn2": "stem.1.norm", "fc": "classifier"}
+    blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, XceptionBlock)]
+    for number, (ours, block) in enumerate(blocks, start=1):  # timm numbers blocks 1..12
+        theirs = f"block{number}"
+        out.update({f"{theirs}.skip": f"{ours}.shortcut.conv", f"{theirs}.skipbn": f"{ours}.shortcut.norm"})
+        for k, layer in enumerate(block.body):
+            if isinstance(layer, SeparableConv2d):
+                out.update({f"{theirs}.rep.{k}.conv1": f"{ours}.body.{k}.dw.conv",
+                            f"{theirs}.rep.{k}.pointwise": f"{ours}.body.{k}.pw.conv"})
+            elif isinstance(layer, nn.BatchNorm2d):
+                out[f"{theirs}.rep.{k}"] = f"{ours}.body.{k}"
+    tail = [n for n, m in model.named_modules() if isinstance(m, DepthwiseSeparableConv)]
+    for number, ours in enumerate(tail, start=3):  # timm: conv3/bn3, conv4/bn4
+        out.update({f"conv{number}.conv1": f"{ours}.dw.conv", f"conv{number}.pointwise": f"{ours}.pw.conv",
+                    f"bn{number}": f"{ours}.pw.norm"})
+    return out
+
+
+# family -> (timm architecture, a key only that architecture has, module-path map builder)
+TIMM_MODELS: dict[str, tuple[str, str, Callable[[ZooNet], dict[str, str]]]] = {
+    "mobilenet_v1": ("mobilenetv1_100", "conv_stem.weight", _mobilenet_map),
+    "xception": ("legacy_xception", "block1.rep.0.conv1.weight", _xception_map),
+}
+
+
+def timm_module_map(model: ZooNet) -> dict[str, str]:
+    """timm module path -> our module path, for a model whose family has a timm counterpart."""
+    if model.cfg.family not in TIMM_MODELS:
+        raise CheckpointError(
+            f"{model.cfg.name}: no timm counterpart for family {model.cfg.family!r} "
+            f"(timm weights load into: {', '.join(TIMM_MODELS)})"
+        )
+    return TIMM_MODELS[model.cfg.family][2](model)
+
+
+def _rename(state: Mapping[str, torch.Tensor], mapping: Mapping[str, str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    out, unknown = {}, []
+    for key, value in state.items():
+        module, _, leaf = key.rpartition(".")
+        if module in mapping:
+            out[f"{mapping[module]}.{leaf}"] = value
+        else:
+            unknown.append(key)
+            out[key] = value
+    return out, unknown
+
+
+def from_timm_state_dict(model: ZooNet, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's key names -> ours (keys the map does not know are passed through unchanged)."""
+    return _rename(state, timm_module_map(model))[0]
+
+
+def export_to_timm(model: ZooNet) -> dict[str, torch.Tensor]:
+    """Our state dict with timm's key names: ``timm.create_model(arch).load_state_dict(...)``."""
+    inverse = {ours: theirs for theirs, ours in timm_module_map(model).items()}
+    state, unknown = _rename(model.state_dict(), inverse)
+    if unknown:
+        raise CheckpointError(f"{model.cfg.name}: no timm name for {', '.join(unknown[:8])}")
+    return state
+
+
+def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    """Read tensors from ``.safetensors``, or ``.pt/.pth/.pth.tar`` with ``weights_only=True``.
+
+    A training checkpoint (a dict holding ``model``, ``state_dict`` or ``state_dict_ema``)
+    gives its model weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused: the file needs arbitrary pickled objects to load, which is unsafe "
+            f"(weights_only=True: {first}); save a plain state dict or safetensors instead"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())[:200]})") from None
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict", "state_dict_ema"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: does not hold a state dict (a mapping of names to tensors)")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+def _some(keys: list[str], limit: int = 8) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+class LoadReport(dict):
+    """What ``load_pretrained`` did: ``source``, ``head_reset``, ``missing``, ``unexpected``."""
+
+
+def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadReport:
+    """Load our checkpoint or a timm state dict into ``model``.
+
+    The source is detected from the keys. A classifier whose shape differs from the model's
+    (another ``num_classes``) is dropped and the model keeps its fresh head; that is reported.
+    Any other missing, unexpected or mis-shaped key raises ``CheckpointError`` listing the keys
+    (with ``strict=False`` missing and unexpected keys are only reported).
+    """
+    state = read_state_dict(path)
+    source = "dszoo"
+    for family, (arch, marker, _) in TIMM_MODELS.items():
+        if marker in state:
+            if family != model.cfg.family:
+                raise CheckpointError(f"{path}: holds timm {arch} weights, which do not fit {model.cfg.name}")
+            state, source = from_timm_state_dict(model, state), f"timm {arch}"
+    own = model.state_dict()
+    head = model.pretrained_cfg["classifier"]
+    head_keys = [k for k in state if k.startswith(head + ".")]
+    head_reset = any(k in own and own[k].shape != state[k].shape for k in head_keys) or (
+        head_keys and not any(k.startswith(head + ".") for k in own)
+    )
+    if head_reset:
+        for k in head_keys:
+            state.pop(k)
+    missing = [k for k in own if k not in state and not (head_reset and k.startswith(head + "."))]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatch: {_some(mismatched)}")
+    if strict and missing:
+        problems.append(f"missing keys: {_some(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys: {_some(unexpected)}")
+    if problems:
+        raise CheckpointError(f"{path} ({source}) does not fit {model.cfg.name}: " + "; ".join(problems))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return LoadReport(source=source, head_reset=bool(head_reset), missing=missing, unexpected=unexpected)
+
+
+def save_state_dict(model: nn.Module, path: PathLike) -> None:
+    """Write ``model``'s weights as safetensors (or ``torch.save`` for other suffixes), atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        if Path(path).suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, tmp)
+        else:
+            torch.save(state, tmp)

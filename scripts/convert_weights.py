@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Convert a timm checkpoint (mobilenetv1_100, legacy_xception) into a dszoo safetensors file.
+
+    python scripts/convert_weights.py mobilenetv1_100.pth mobilenet_v1.safetensors --model mobilenet_v1
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from models import create_model, load_pretrained, save_state_dict
+from models.cli import UsageError, run_cli
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="timm checkpoint: .pth, .pth.tar or .safetensors")
+    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("--model", required=True, help="our model name, e.g. mobilenet_v1 or xception")
+    p.add_argument("--num-classes", type=int, help="default: the model's")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    args = p.parse_args(argv)
+    if Path(args.dst).suffix != ".safetensors":
+        raise UsageError(f"DST must end in .safetensors, got {args.dst}")
+    if Path(args.dst).exists() and not args.overwrite:
+        raise UsageError(f"{args.dst} exists; pass --overwrite to replace it")
+    overrides = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+    model = create_model(args.model, **overrides)
+    report = load_pretrained(model, args.src)
+    save_state_dict(model, args.dst)
+    note = ", head freshly initialised" if report["head_reset"] else ""
+    print(f"{args.src} ({report['source']}) -> {args.dst} ({args.model}{note})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Export a dszoo model to TorchScript, ONNX or torch.export (.pt2), verified against eager.
+
+    python scripts/export.py --model mobilenet_v1 --format onnx --out mobilenet_v1.onnx
+    python scripts/export.py --model xception --pretrained xception.safetensors --format pt2 --out x.pt2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from models import create_model
+from models.cli import UsageError, run_cli
+from models.export import EXPORT_FORMATS, ExportError, export_model
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="registered name or config.yaml")
+    p.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--pretrained", help="checkpoint to load first (ours or timm's)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), help="default: the model's")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    args = p.parse_args(argv)
+    if Path(args.out).exists() and not args.overwrite:
+        raise UsageError(f"{args.out} exists; pass --overwrite to replace it")
+    overrides = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+    model = create_model(args.model, pretrained=args.pretrained, **overrides)
+    size = tuple(args.input_size) if args.input_size else model.cfg.input_size
+    try:
+        diff = export_model(model, args.format, args.out, size)
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {args.out} ({args.format}, input {'x'.join(map(str, size))}, dynamic batch); "
+          f"max abs difference vs eager on a fresh batch: {diff:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,224 @@
+"""timm weights both ways, safe checkpoint loading, features, export, scripting, compile, hub."""
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from conftest import small_input_size
+from models import CheckpointError, create_model, export_to_timm, list_models, load_pretrained, save_state_dict
+from models.export import ExportError, export_model
+
+REPO = Path(__file__).resolve().parents[1]
+PAIRS = [("mobilenet_v1", "mobilenetv1_100", 160), ("xception", "legacy_xception", 224)]
+
+
+def random_timm(arch: str, **kwargs) -> nn.Module:
+    """A timm model with random weights and random BatchNorm statistics, in eval mode."""
+    model = timm.create_model(arch, **kwargs)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.normal_(1.0, 0.2)
+                m.bias.normal_(0.0, 0.2)
+                m.running_mean.normal_(0.0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("ours,arch,other_size", PAIRS)
+@pytest.mark.parametrize("fmt", [".pth", ".pth.tar", ".safetensors"])
+def test_timm_weights_give_identical_logits(tmp_path: Path, ours: str, arch: str, other_size: int, fmt: str) -> None:
+    theirs = random_timm(arch)
+    path = tmp_path / f"{arch}{fmt}"
+    if fmt == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(path))
+    elif fmt == ".pth.tar":
+        torch.save({"epoch": 3, "arch": arch, "state_dict": theirs.state_dict()}, path)
+    else:
+        torch.save(theirs.state_dict(), path)
+    model = create_model(ours, pretrained=path).eval()
+    size = model.cfg.input_size[1]
+    with torch.no_grad():
+        for s in (size, other_size):
+            x = torch.randn(2, 3, s, s)
+            assert (model(x) - theirs(x)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("ours,arch,other_size", PAIRS)
+def test_export_to_timm_loads_strictly(ours: str, arch: str, other_size: int) -> None:
+    model = create_model(ours).eval()
+    with torch.no_grad():  # make BN statistics non-trivial
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 1.5)
+    theirs = timm.create_model(arch).eval()
+    theirs.load_state_dict(export_to_timm(model), strict=True)
+    x = torch.randn(2, 3, other_size, other_size)
+    with torch.no_grad():
+        assert (model(x) - theirs(x)).abs().max().item() <= 1e-5
+
+
+def test_new_num_classes_resets_head_and_reports(tmp_path: Path) -> None:
+    path = tmp_path / "t.pth"
+    theirs = random_timm("mobilenetv1_100")
+    torch.save(theirs.state_dict(), path)
+    with pytest.warns(UserWarning, match="classifier shape differs from num_classes=10; the head was freshly initialised"):
+        model = create_model("mobilenet_v1", num_classes=10, pretrained=path)
+    report = load_pretrained(create_model("mobilenet_v1", num_classes=10), path)
+    assert report["head_reset"] and report["source"] == "timm mobilenetv1_100"
+    torch.testing.assert_close(model.stages[4][1].pw.conv.weight, theirs.blocks[4][1].conv_pw.weight)
+
+
+def test_mismatched_missing_and_foreign_keys_are_listed(tmp_path: Path) -> None:
+    path = tmp_path / "ours.safetensors"
+    save_state_dict(create_model("mobilenet_v1"), path)
+    with pytest.raises(CheckpointError, match=r"shape mismatch: stem.0.conv.weight \(checkpoint \(32, 3, 3, 3\), model \(16, 3, 3, 3\)\)"):
+        load_pretrained(create_model("mobilenet_v1_050"), path)
+    partial = tmp_path / "partial.pt"
+    state = create_model("mobilenet_v1").state_dict()
+    del state["stages.0.0.dw.conv.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, partial)
+    with pytest.raises(CheckpointError, match="missing keys: stages.0.0.dw.conv.weight; unexpected keys: extra.weight"):
+        load_pretrained(create_model("mobilenet_v1"), partial)
+    report = load_pretrained(create_model("mobilenet_v1"), partial, strict=False)
+    assert report["missing"] == ["stages.0.0.dw.conv.weight"] and report["unexpected"] == ["extra.weight"]
+    xc = tmp_path / "x.pth"
+    torch.save(timm.create_model("legacy_xception").state_dict(), xc)
+    with pytest.raises(CheckpointError, match="holds timm legacy_xception weights, which do not fit mobilenet_v1"):
+        load_pretrained(create_model("mobilenet_v1"), xc)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_unsafe_pickles_and_corrupt_files_are_refused(tmp_path: Path, capsys) -> None:
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as fh:
+        pickle.dump({"model": Payload()}, fh)
+    with pytest.raises(CheckpointError, match="refused: the file needs arbitrary pickled objects"):
+        load_pretrained(create_model("ds_cnn_s"), evil)
+    assert "this must never run" not in capsys.readouterr().out
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt.pth"):
+        load_pretrained(create_model("ds_cnn_s"), corrupt)
+    with pytest.raises(CheckpointError, match="checkpoint file not found"):
+        load_pretrained(create_model("ds_cnn_s"), tmp_path / "nope.pth")
+
+
+def test_convert_weights_script(tmp_path: Path) -> None:
+    src, dst = tmp_path / "xception.pth", tmp_path / "xception.safetensors"
+    theirs = random_timm("legacy_xception")
+    torch.save(theirs.state_dict(), src)
+    script = [sys.executable, str(REPO / "scripts" / "convert_weights.py")]
+    res = subprocess.run(script + [str(src), str(dst), "--model", "xception"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    model = create_model("xception", pretrained=dst).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert (model(x) - theirs(x)).abs().max().item() <= 1e-5
+    again = subprocess.run(script + [str(src), str(dst), "--model", "xception"], capture_output=True, text=True)
+    assert again.returncode == 2 and again.stderr.strip().endswith("exists; pass --overwrite to replace it")
+    wrong = subprocess.run(script + [str(src), str(tmp_path / "m.safetensors"), "--model", "mobilenet_v1"],
+                           capture_output=True, text=True)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr and wrong.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("ours,arch", [("mobilenet_v1", "mobilenetv1_100"), ("xception", "legacy_xception")])
+def test_features_only_matches_timm(ours: str, arch: str) -> None:
+    feats = create_model(ours, features_only=True)
+    theirs = timm.create_model(arch, features_only=True)
+    assert [(i["num_chs"], i["reduction"]) for i in feats.feature_info] == list(
+        zip(theirs.feature_info.channels(), theirs.feature_info.reduction())
+    )
+    maps = feats(torch.randn(1, 3, 128, 128))
+    assert [m.shape[1] for m in maps] == theirs.feature_info.channels()
+    sub = create_model(ours, features_only=True, out_indices=(1, -1))
+    assert [m.shape[1] for m in sub(torch.randn(1, 3, 128, 128))] == [128, theirs.feature_info.channels()[-1]]
+
+
+def test_invalid_out_indices() -> None:
+    with pytest.raises(ValueError, match=r"out_indices \(5,\) invalid for mobilenet_v1: it has 5 feature levels, use indices 0..4"):
+        create_model("mobilenet_v1", features_only=True, out_indices=(5,))
+    with pytest.raises(ValueError, match="out_indices needs features_only=True"):
+        create_model("mobilenet_v1", out_indices=(1,))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_torchscript_scripting(name: str) -> None:
+    model = create_model(name).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, *small_input_size(model.cfg))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+    with pytest.raises(Exception, match="input channels"):
+        scripted(torch.randn(1, model.cfg.in_chans + 1, *x.shape[2:]))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_torch_compile_full_graph(name: str) -> None:
+    """Dynamo captures every model as one graph (no graph breaks); codegen is tested below."""
+    torch._dynamo.reset()
+    model = create_model(name).eval()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = torch.randn(2, *small_input_size(model.cfg))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_torch_compile_inductor() -> None:
+    torch._dynamo.reset()
+    model = create_model("ds_cnn_s").eval()
+    compiled = torch.compile(model)
+    x = torch.randn(4, 1, 49, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("torchscript", ".pt"), ("pt2", ".pt2"), ("onnx", ".onnx")])
+def test_export_script_writes_verified_files(tmp_path: Path, fmt: str, suffix: str) -> None:
+    ckpt = tmp_path / "w.safetensors"
+    save_state_dict(create_model("ds_cnn_s"), ckpt)
+    out = tmp_path / f"m{suffix}"
+    cmd = [sys.executable, str(REPO / "scripts" / "export.py"), "--model", "ds_cnn_s", "--pretrained", str(ckpt),
+           "--format", fmt, "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert out.stat().st_size > 10_000 and "dynamic batch" in res.stdout
+    assert float(res.stdout.rsplit(": ", 1)[1]) <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["w.safetensors", out.name])
+
+
+def test_onnx_without_onnxruntime_is_a_clear_message(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ExportError, match=r"verified with onnxruntime: pip install 'dszoo\[onnx\]'"):
+        export_model(create_model("ds_cnn_s"), "onnx", tmp_path / "m.onnx", (1, 49, 10))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_torch_hub_local(name: str) -> None:
+    model = torch.hub.load(str(REPO), name, source="local", num_classes=10, trust_repo=True)
+    assert model.cfg.name == name and model.get_classifier().out_features == 10
+
+
+@pytest.mark.parametrize("ours,arch", [("mobilenet_v1", "mobilenetv1_100"), ("xception", "legacy_xception")])
+def test_timm_transforms_match_the_timm_weights(ours: str, arch: str) -> None:
+    from timm.data import create_transform, resolve_data_config
+
+    cfg = resolve_data_config({}, model=create_model(ours))
+    expected = resolve_data_config({}, model=timm.create_model(arch))
+    assert {k: cfg[k] for k in expected} == expected
+    assert str(create_transform(**cfg)) == str(create_transform(**expected))
