@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from models import create_model, load_pretrained, save_state_dict
-from models.cli import UsageError, run_cli
+from models.cli import ArgumentParser, UsageError, run_cli
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="timm checkpoint: .pth, .pth.tar or .safetensors")
     p.add_argument("dst", help="output .safetensors file")
     p.add_argument("--model", required=True, help="our model name, e.g. mobilenet_v1 or xception")

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from models import create_model
-from models.cli import UsageError, run_cli
+from models.cli import ArgumentParser, UsageError, run_cli
 from models.export import EXPORT_FORMATS, ExportError, export_model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="registered name or config.yaml")
     p.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
     p.add_argument("--out", required=True, help="output file")

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from models import count_macs, count_params, create_model, list_models
-from models.cli import UsageError, run_cli
+from models.cli import ArgumentParser, UsageError, run_cli
 from models.summary import ModelSummary, summarize
 
 
@@ -106,7 +106,7 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="registered name, config.yaml or config.yaml:variant")
     p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), help="default: the model's")
     p.add_argument("--num-classes", type=int)

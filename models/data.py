@@ -1,0 +1,128 @@
+"""Datasets for fine-tuning: scikit-learn's bundled digits, ImageFolder, CIFAR-10, FakeData.
+
+Images go through the model's ``pretrained_cfg`` (timm's ``create_transform``) unless the
+dataset needs its own (the 8x8 digits are resized once, as tensors). Nothing is downloaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from .cli import UsageError
+
+__all__ = ["DATASETS", "DataSplits", "build_datasets"]
+
+DATASETS = ("digits", "imagefolder", "cifar10", "fake")
+
+
+@dataclass
+class DataSplits:
+    """Train and validation sets and their class count."""
+
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    description: str
+
+
+def _digits(input_size: Sequence[int], classes: Optional[Sequence[int]], mean: Sequence[float], std: Sequence[float]) -> DataSplits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32) / 16.0  # 1797 x 8 x 8 in [0, 1]
+    labels = torch.tensor(data.target, dtype=torch.long)
+    if classes:
+        bad = [c for c in classes if not 0 <= c <= 9]
+        if bad:
+            raise UsageError(f"--classes for digits must be in 0..9, got {bad}")
+        keep = torch.isin(labels, torch.tensor(list(classes)))
+        images, labels = images[keep], labels[keep]
+        remap = {c: i for i, c in enumerate(classes)}
+        labels = torch.tensor([remap[int(v)] for v in labels])
+    c, h, w = input_size
+    x = F.interpolate(images[:, None], size=(h, w), mode="bilinear", align_corners=False).expand(-1, c, -1, -1)
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    # A fixed stratified split: the same 20% validation digits on every machine and run.
+    train_idx, val_idx = train_test_split(
+        range(len(labels)), test_size=0.2, stratify=labels.numpy(), random_state=0,
+    )
+    num_classes = len(classes) if classes else 10
+    return DataSplits(
+        TensorDataset(x[train_idx].contiguous(), labels[train_idx]),
+        TensorDataset(x[val_idx].contiguous(), labels[val_idx]),
+        num_classes,
+        f"digits ({len(train_idx)} train / {len(val_idx)} val, {num_classes} classes)",
+    )
+
+
+def _transforms(pretrained_cfg: dict[str, Any], in_chans: int, training: bool) -> Any:
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    c, h, w = pretrained_cfg["input_size"]
+    tf = create_transform(
+        input_size=(c, h, w), is_training=training, interpolation=pretrained_cfg["interpolation"],
+        mean=pretrained_cfg["mean"], std=pretrained_cfg["std"], crop_pct=pretrained_cfg["crop_pct"],
+        hflip=0.5 if training else 0.0,
+    )
+    if in_chans == 1:  # grayscale models read RGB files as one channel
+        return T.Compose([T.Grayscale(num_output_channels=1), tf])
+    return tf
+
+
+def build_datasets(
+    name: str,
+    pretrained_cfg: dict[str, Any],
+    *,
+    data_dir: Optional[str] = None,
+    classes: Optional[Sequence[int]] = None,
+    fake_size: int = 64,
+) -> DataSplits:
+    """Train/val datasets for ``name`` shaped for a model with this ``pretrained_cfg``."""
+    input_size = pretrained_cfg["input_size"]
+    if name == "digits":
+        return _digits(input_size, classes, pretrained_cfg["mean"], pretrained_cfg["std"])
+    if classes:
+        raise UsageError("--classes is only supported for --dataset digits")
+    train_tf = _transforms(pretrained_cfg, input_size[0], True)
+    val_tf = _transforms(pretrained_cfg, input_size[0], False)
+    if name == "fake":
+        from torchvision.datasets import FakeData
+
+        size = (3, *input_size[1:])
+        return DataSplits(
+            FakeData(fake_size, size, 10, train_tf, random_offset=0),
+            FakeData(max(fake_size // 4, 8), size, 10, val_tf, random_offset=10_000),
+            10, f"FakeData ({fake_size} train images)",
+        )
+    if name not in ("imagefolder", "cifar10"):
+        raise UsageError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    if not data_dir:
+        raise UsageError(f"--dataset {name} needs --data-dir DIR")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UsageError(f"--data-dir {root}: no such directory")
+    if name == "imagefolder":
+        from torchvision.datasets import ImageFolder
+
+        missing = [d for d in ("train", "val") if not (root / d).is_dir()]
+        if missing:
+            raise UsageError(f"--data-dir {root}: ImageFolder needs {' and '.join(f'{d}/' for d in missing)} inside")
+        train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
+        if train.classes != val.classes:
+            raise UsageError(f"{root}: train/ has classes {train.classes} but val/ has {val.classes}")
+        return DataSplits(train, val, len(train.classes), f"ImageFolder {root} ({len(train)} / {len(val)})")
+    from torchvision.datasets import CIFAR10
+
+    try:
+        train = CIFAR10(str(root), train=True, transform=train_tf, download=False)
+        val = CIFAR10(str(root), train=False, transform=val_tf, download=False)
+    except RuntimeError as exc:
+        raise UsageError(f"--data-dir {root}: {exc} (expected cifar-10-batches-py/ inside; nothing is downloaded)") from None
+    return DataSplits(train, val, 10, f"CIFAR-10 {root}")

@@ -1,0 +1,444 @@
+"""Fine-tuning: the training loop behind ``scripts/train.py``, importable so tests call it.
+
+Optimizer, scheduler and EMA come from timm; multi-process training is torch's own DDP
+(``torchrun``); checkpoints are written atomically and resume exactly (model, optimizer,
+scheduler, EMA, epoch, RNG states, best metric, history).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .atomic import atomic_path
+from .builder import ZooNet
+from .cli import ArgumentParser, RunError, UsageError
+from .data import DATASETS, build_datasets
+from .registry import create_model
+from .weights import CheckpointError, load_pretrained
+
+__all__ = ["TrainConfig", "TrainResult", "build_parser", "evaluate", "main", "train"]
+
+CHECKPOINT_FORMAT = "dszoo-train-1"
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "args.json", "curves.png")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``scripts/train.py`` (``--help`` explains them)."""
+
+    model: str = "mobilenet_v1_025"
+    num_classes: Optional[int] = None
+    in_chans: Optional[int] = None
+    img_size: Optional[int] = None
+    pretrained: Optional[str] = None
+    freeze: str = "none"
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    classes: Optional[list[int]] = None
+    fake_size: int = 64
+    epochs: Optional[int] = None
+    batch_size: int = 32
+    opt: str = "adamw"
+    lr: float = 1e-2
+    lr_head: Optional[float] = None
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    clip_grad: Optional[float] = 5.0
+    drop_rate: Optional[float] = None
+    ema: bool = False
+    ema_decay: float = 0.998
+    amp: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    workers: int = 0
+    out_dir: str = "runs/train"
+    resume: Optional[str] = None
+    overwrite: bool = False
+    eval_only: bool = False
+    max_batches: Optional[int] = None
+    quiet: bool = False
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else 15
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: per-epoch metrics and the best validation top-1."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_top1: float = 0.0
+    out_dir: Optional[Path] = None
+    val_loss: float = float("nan")
+    val_top1: float = float("nan")
+
+
+def build_parser() -> ArgumentParser:
+    d = TrainConfig()
+    p = ArgumentParser(description="Fine-tune a dszoo model. With no arguments: mobilenet_v1_025 on "
+                       "scikit-learn's bundled digits, a few minutes on a laptop CPU.")
+    a = p.add_argument
+    a("--model", default=d.model, help="registered name or config.yaml (default %(default)s)")
+    a("--num-classes", type=int, help="must agree with the dataset (default: the dataset's)")
+    a("--in-chans", type=int, help="input channels (default: 1 for digits, else the model's)")
+    a("--img-size", type=int, help="input side (default: 32 for digits, else the model's)")
+    a("--pretrained", help="our checkpoint or a timm state dict (.pth/.safetensors)")
+    a("--freeze", default=d.freeze, help="none | backbone | stages:K (stem + first K stages)")
+    a("--dataset", default=d.dataset, choices=DATASETS)
+    a("--data-dir", help="for imagefolder (train/ and val/ inside) and cifar10 (local files)")
+    a("--classes", type=lambda s: [int(c) for c in s.split(",")], help="digits only: e.g. 0,1,2,3,4")
+    a("--fake-size", type=int, default=d.fake_size, help="images in --dataset fake")
+    a("--epochs", type=int, help="default 15 (on --resume: the saved run's)")
+    a("--batch-size", type=int, default=d.batch_size, help="per process")
+    a("--opt", default=d.opt, help="any timm optimizer name (default %(default)s)")
+    a("--lr", type=float, default=d.lr, help="backbone learning rate")
+    a("--lr-head", type=float, help="classifier learning rate (default: --lr)")
+    a("--weight-decay", type=float, default=d.weight_decay)
+    a("--warmup-epochs", type=int, default=d.warmup_epochs)
+    a("--label-smoothing", type=float, default=d.label_smoothing)
+    a("--clip-grad", type=float, default=d.clip_grad, help="max gradient norm (0: off)")
+    a("--drop-rate", type=float, help="classifier dropout (default: the model's)")
+    a("--ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3) and evaluate it")
+    a("--ema-decay", type=float, default=d.ema_decay)
+    a("--amp", action="store_true", help="torch.autocast: bfloat16 on CPU, float16 on GPU")
+    a("--channels-last", action="store_true")
+    a("--seed", type=int, default=d.seed)
+    a("--deterministic", action="store_true", help="deterministic algorithms: exact resumes")
+    a("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    a("--out-dir", default=d.out_dir)
+    a("--resume", help="OUT/last.pt: continue that run")
+    a("--overwrite", action="store_true", help="replace the run files in --out-dir")
+    a("--eval-only", action="store_true", help="evaluate --pretrained on the validation set")
+    a("--max-batches", type=int, help="train on at most this many batches per epoch (smoke tests)")
+    a("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+# --- distributed -------------------------------------------------------------------------------
+
+def _init_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, world, device
+
+
+# --- model, freezing, optimizer ----------------------------------------------------------------
+
+def frozen_parts(model: ZooNet, spec: str) -> list[nn.Module]:
+    """Modules ``--freeze`` names: none, backbone (all but the head) or stages:K."""
+    if spec == "none":
+        return []
+    if spec == "backbone":
+        return [model.stem, model.stages]
+    if spec.startswith("stages:") and spec[7:].isdigit() and int(spec[7:]) <= len(model.stages):
+        return [model.stem, *list(model.stages)[: int(spec[7:])]]
+    raise UsageError(f"--freeze must be none, backbone or stages:K with K in 0..{len(model.stages)}, got {spec!r}")
+
+
+def _set_train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
+    model.train()
+    for part in frozen:
+        part.eval()  # frozen BatchNorm keeps its statistics
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+# --- checkpoints and run files -----------------------------------------------------------------
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(path: str) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"--resume {path}: no such file") from None
+    except Exception as exc:  # corrupt, truncated or unsafe files all end here
+        raise CheckpointError(f"--resume {path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"--resume {path}: not a dszoo training checkpoint (use --pretrained for weights)")
+    return ckpt
+
+
+def _write_metrics(out: Path, history: list[dict[str, float]]) -> None:
+    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["epoch", "train_loss", "val_loss", "val_top1", "lr", "seconds"])
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _plot(out: Path, history: list[dict[str, float]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed, so no curves.png (pip install 'dszoo[plot]')")
+        return
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
+    ax1.plot(epochs, [h["val_loss"] for h in history], marker="o", label="val loss")
+    ax1.set_xlabel("epoch")
+    ax1.legend()
+    ax2.plot(epochs, [h["val_top1"] for h in history], marker="o", color="tab:green")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("val top-1 (%)")
+    fig.tight_layout()
+    with atomic_path(out / "curves.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
+    existing = [f for f in RUN_FILES if (out / f).exists()]
+    if existing and not cfg.resume and not cfg.overwrite:
+        raise UsageError(f"{out} holds another run ({', '.join(existing)}); pass --resume {out / 'last.pt'} "
+                         "or --overwrite, or choose another --out-dir")
+
+
+# --- evaluation and the loop -------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
+             channels_last: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (%) over ``loader``."""
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        count += y.numel()
+    return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
+
+
+def _build_model(cfg: TrainConfig) -> ZooNet:
+    overrides: dict[str, Any] = {}
+    in_chans = cfg.in_chans if cfg.in_chans is not None else (1 if cfg.dataset == "digits" else None)
+    img = cfg.img_size if cfg.img_size is not None else (32 if cfg.dataset == "digits" else None)
+    if in_chans is not None:
+        overrides["in_chans"] = in_chans
+    if img is not None:
+        overrides["input_size"] = img
+    if cfg.drop_rate is not None:
+        overrides["drop_rate"] = cfg.drop_rate
+    model = create_model(cfg.model, **overrides)
+    if not isinstance(model, ZooNet):
+        raise UsageError(f"{cfg.model} is not a classification model")
+    return model
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or resume, or only evaluate) one fine-tuning job as ``cfg`` describes."""
+    resume_ckpt = None
+    if cfg.resume:
+        resume_ckpt = _load_checkpoint(cfg.resume)
+        saved = TrainConfig(**{k: v for k, v in resume_ckpt["config"].items() if k in {f.name for f in fields(TrainConfig)}})
+        saved.resume, saved.out_dir = cfg.resume, str(Path(cfg.resume).parent)
+        saved.epochs = cfg.epochs if cfg.epochs is not None else saved.epochs
+        saved.quiet = cfg.quiet
+        cfg = saved
+    if cfg.eval_only and not cfg.pretrained:
+        raise UsageError("--eval-only needs --pretrained PATH")
+    rank, world, device = _init_distributed()
+    _seed_everything(cfg.seed, cfg.deterministic)
+    out = Path(cfg.out_dir)
+    if rank == 0 and not cfg.eval_only:
+        _check_out_dir(cfg, out)
+        if cfg.overwrite and not cfg.resume:
+            for f in RUN_FILES:
+                (out / f).unlink(missing_ok=True)
+
+    model = _build_model(cfg)
+    data = build_datasets(cfg.dataset, model.pretrained_cfg, data_dir=cfg.data_dir, classes=cfg.classes,
+                          fake_size=cfg.fake_size)
+    if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
+        raise UsageError(f"--num-classes {cfg.num_classes} disagrees with {data.description}: it has {data.num_classes} classes")
+    if model.num_classes != data.num_classes:
+        model.reset_classifier(data.num_classes)
+    if cfg.pretrained and resume_ckpt is None:
+        report = load_pretrained(model, cfg.pretrained)
+        if rank == 0 and report["head_reset"] and not cfg.quiet:
+            print(f"note: {cfg.pretrained}: new {data.num_classes}-class head, freshly initialised")
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    val_loader = DataLoader(data.val, batch_size=max(cfg.batch_size, 128), shuffle=False, num_workers=cfg.workers)
+    if cfg.eval_only:
+        val_loss, top1 = evaluate(model, val_loader, device, amp=cfg.amp, channels_last=cfg.channels_last)
+        if rank == 0:
+            print(f"{cfg.pretrained}: val_loss {val_loss:.4f}  val_top1 {top1:.2f}%  ({data.description})")
+        return TrainResult(val_loss=val_loss, val_top1=top1)
+
+    frozen = frozen_parts(model, cfg.freeze)
+    for part in frozen:
+        part.requires_grad_(False)
+    head = [p for p in model.get_classifier().parameters() if p.requires_grad]
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [g for g in ({"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.lr_head or cfg.lr}) if g["params"]]
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    from timm.utils import ModelEmaV3
+
+    optimizer = create_optimizer_v2(groups, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    epochs = cfg.total_epochs
+    scheduler = CosineLRScheduler(optimizer, t_initial=epochs, lr_min=cfg.lr * 0.01,
+                                  warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.lr * 0.1, warmup_prefix=True)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    train_loader = DataLoader(data.train, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                              drop_last=len(data.train) // world > cfg.batch_size)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    start, result = 0, TrainResult(out_dir=out)
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["model"])
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        scheduler.load_state_dict(resume_ckpt["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(resume_ckpt["ema"])
+        start = resume_ckpt["epoch"]
+        result.history, result.best_top1 = list(resume_ckpt["history"]), resume_ckpt["best_top1"]
+        torch.set_rng_state(resume_ckpt["rng"]["torch"])
+        random.setstate(_to_random_state(resume_ckpt["rng"]["python"]))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "args.json") as tmp:
+            Path(tmp).write_text(json.dumps({**asdict(cfg), "world_size": world, "dataset_info": data.description}, indent=2))
+        if not cfg.quiet:
+            print(f"training {cfg.model} on {data.description}, {epochs} epochs, {world} process(es) -> {out}")
+
+    from tqdm import tqdm
+
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        _set_train_mode(model, frozen)
+        lr = optimizer.param_groups[0]["lr"]
+        loss_sum, seen = 0.0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=cfg.quiet or rank != 0 or None)
+        for step, (x, y) in enumerate(bar):
+            if cfg.max_batches is not None and step >= cfg.max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, cfg.amp):
+                loss = criterion(train_model(x).float(), y)
+            if not torch.isfinite(loss):
+                raise RunError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped, the last "
+                               f"good checkpoint is {out / 'last.pt'} (try a lower --lr or --clip-grad)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            loss_sum += loss.item() * y.numel()
+            seen += y.numel()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        scheduler.step(epoch + 1)
+        eval_model = ema.module if ema is not None else model
+        val_loss, top1 = evaluate(eval_model, val_loader, device, amp=cfg.amp, channels_last=cfg.channels_last)
+        row = dict(epoch=epoch + 1, train_loss=round(loss_sum / max(seen, 1), 6), val_loss=round(val_loss, 6),
+                   val_top1=round(top1, 4), lr=lr, seconds=round(time.perf_counter() - t0, 3))
+        result.history.append(row)
+        improved = top1 > result.best_top1
+        result.best_top1 = max(result.best_top1, top1)
+        if rank == 0:
+            payload = {
+                "format": CHECKPOINT_FORMAT, "model_name": cfg.model, "config": asdict(cfg), "epoch": epoch + 1,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "best_top1": result.best_top1,
+                "history": result.history, "val_top1": top1,
+                "rng": {"torch": torch.get_rng_state(), "python": _from_random_state(random.getstate())},
+            }
+            if improved:
+                _save_checkpoint(out / "best.pt", {**payload, "model": eval_model.state_dict()})
+            _save_checkpoint(out / "last.pt", payload)
+            _write_metrics(out, result.history)
+            if not cfg.quiet:
+                tqdm.write(f"epoch {epoch + 1:>3}/{epochs}  train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
+                           f"val_top1 {top1:6.2f}%  lr {lr:.2e}  {row['seconds']:.1f}s")
+    result.val_loss, result.val_top1 = (result.history[-1]["val_loss"], result.history[-1]["val_top1"]) if result.history else (math.nan, math.nan)
+    if rank == 0 and result.history:
+        _plot(out, result.history)
+        if not cfg.quiet:
+            print(f"best val_top1 {result.best_top1:.2f}%; wrote {out}/last.pt, best.pt, metrics.csv, args.json, curves.png")
+    if dist.is_initialized():
+        dist.barrier()
+    return result
+
+
+def _from_random_state(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _to_random_state(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = TrainConfig(**vars(args))
+    try:
+        train(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
