@@ -1,0 +1,191 @@
+"""Fine-tuning: the default run, transfer, exact resume after SIGKILL, DDP, freezing, errors."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from models import create_model, load_pretrained
+from models.cli import RunError, UsageError
+from models.data import build_datasets
+from models.training import TrainConfig, evaluate, train
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]
+# A quick configuration: the smallest MobileNet on 16x16 digits.
+QUICK = dict(model="mobilenet_v1_025", img_size=16, warmup_epochs=0, quiet=True)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_default_run_reaches_93_percent_on_digits(tmp_path: Path) -> None:
+    """The README's main job, exactly as a user runs it (only the output folder differs)."""
+    out = tmp_path / "run"
+    res = subprocess.run(TRAIN + ["--out-dir", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = rows(out / "metrics.csv")
+    assert len(metrics) == 15
+    assert float(metrics[-1]["val_top1"]) >= 93.0
+    epoch_lines = [l for l in res.stdout.splitlines() if l.startswith("epoch ")]
+    assert len(epoch_lines) == 15 and all(" lr " in l and "val_loss" in l for l in epoch_lines)
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    args = json.loads((out / "args.json").read_text())
+    assert args["model"] == "mobilenet_v1_025" and args["dataset"] == "digits"
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["best_top1"] == max(float(r["val_top1"]) for r in metrics)
+
+
+def test_finetuning_beats_scratch(tmp_path: Path) -> None:
+    """Pretrain on digits 0-4, fine-tune on 5-9 with a new 5-class head: better than scratch."""
+    pre = train(TrainConfig(**QUICK, classes=[0, 1, 2, 3, 4], epochs=4, out_dir=str(tmp_path / "pre")))
+    assert pre.best_top1 > 80
+    common = dict(**QUICK, classes=[5, 6, 7, 8, 9], epochs=2)
+    tuned = train(TrainConfig(**common, pretrained=str(tmp_path / "pre" / "last.pt"), out_dir=str(tmp_path / "ft")))
+    scratch = train(TrainConfig(**common, out_dir=str(tmp_path / "scratch")))
+    print(f"fine-tuned {tuned.val_top1:.2f}% vs scratch {scratch.val_top1:.2f}% after 2 epochs")
+    assert tuned.val_top1 > scratch.val_top1 + 10
+
+
+def _final_state(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "last.pt", weights_only=True)["model"]
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    args = ["--img-size", "16", "--epochs", "4", "--max-batches", "8", "--deterministic", "--quiet", "--ema"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(TRAIN + args + ["--out-dir", str(full)], check=True, capture_output=True)
+    proc = subprocess.Popen(TRAIN + args + ["--out-dir", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = torch.load(killed / "last.pt", weights_only=True)["epoch"]
+    assert stopped_at < 4, "killed too late to test a resume"
+    res = subprocess.run(TRAIN + ["--resume", str(killed / "last.pt"), "--quiet"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    a, b = _final_state(full), _final_state(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(rows(full / "metrics.csv")) == strip(rows(killed / "metrics.csv"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real = nn.CrossEntropyLoss.forward
+
+    def flaky(self, logits, target):
+        calls["n"] += 1
+        loss = real(self, logits, target)
+        return loss * float("nan") if calls["n"] > 3 else loss
+
+    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", flaky)
+    with pytest.raises(RunError, match=r"loss became nan at epoch 2, step 1; stopped, the last good checkpoint is .*last.pt"):
+        train(TrainConfig(**QUICK, epochs=3, max_batches=3, out_dir=str(tmp_path)))
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_freeze_backbone_keeps_weights_and_bn_statistics(tmp_path: Path) -> None:
+    train(TrainConfig(**QUICK, epochs=1, max_batches=4, out_dir=str(tmp_path / "a")))
+    before = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    train(TrainConfig(**QUICK, epochs=1, max_batches=4, pretrained=str(tmp_path / "a" / "last.pt"),
+                      freeze="backbone", out_dir=str(tmp_path / "b")))
+    after = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    backbone = [k for k in before if not k.startswith("classifier.")]
+    assert any("running_mean" in k for k in backbone)
+    assert all(torch.equal(before[k], after[k]) for k in backbone)
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+
+
+def test_freeze_stages_k_and_bad_spec(tmp_path: Path) -> None:
+    train(TrainConfig(**QUICK, epochs=1, max_batches=2, freeze="stages:2", out_dir=str(tmp_path / "a")))
+    with pytest.raises(UsageError, match="--freeze must be none, backbone or stages:K with K in 0..5, got 'stages:9'"):
+        train(TrainConfig(**QUICK, epochs=1, freeze="stages:9", out_dir=str(tmp_path / "b")))
+
+
+def test_eval_only_reproduces_the_logged_accuracy(tmp_path: Path) -> None:
+    result = train(TrainConfig(**QUICK, epochs=2, out_dir=str(tmp_path)))
+    evaluated = train(TrainConfig(**QUICK, eval_only=True, pretrained=str(tmp_path / "best.pt")))
+    assert evaluated.val_top1 == result.best_top1
+
+
+def test_torchrun_two_processes(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "scripts" / "train.py"), "--img-size", "16", "--epochs", "3", "--warmup-epochs", "0", "--quiet", "--out-dir", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((out / "args.json").read_text())["world_size"] == 2
+    logged = float(rows(out / "metrics.csv")[-1]["val_top1"])
+    model = create_model("mobilenet_v1_025", in_chans=1, input_size=16, num_classes=10)
+    load_pretrained(model, out / "last.pt")
+    data = build_datasets("digits", model.pretrained_cfg)
+    _, top1 = evaluate(model, torch.utils.data.DataLoader(data.val, batch_size=128), torch.device("cpu"))
+    assert round(top1, 4) == logged
+    assert logged > 30, "the two processes trained one model together (chance is 10%)"
+
+
+def test_fake_data_with_amp_channels_last_ema(tmp_path: Path) -> None:
+    result = train(TrainConfig(model="ds_cnn_s", dataset="fake", fake_size=32, img_size=None, in_chans=3,
+                               epochs=1, batch_size=8, amp=True, channels_last=True, ema=True, quiet=True,
+                               out_dir=str(tmp_path)))
+    assert len(result.history) == 1 and (tmp_path / "best.pt").exists()
+
+
+def test_imagefolder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (20, 20), colour).save(tmp_path / "data" / split / label / f"{i}.png")
+    result = train(TrainConfig(model="mobilenet_v1_025", dataset="imagefolder", data_dir=str(tmp_path / "data"),
+                               img_size=32, epochs=3, batch_size=4, warmup_epochs=0, quiet=True, out_dir=str(tmp_path / "run")))
+    assert len(result.history) == 3 and 0 <= result.history[-1]["val_top1"] <= 100
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["model"]["classifier.weight"].shape == (2, 256)  # two classes found on disk
+
+
+def one_line_error(args: list[str], cwd: Path) -> str:
+    res = subprocess.run(TRAIN + args, capture_output=True, text=True, cwd=cwd)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
+    return res.stderr.strip()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "imagefolder", "--data-dir", "missing"], "error: --data-dir missing: no such directory"),
+    (["--dataset", "cifar10"], "error: --dataset cifar10 needs --data-dir DIR"),
+    (["--dataset", "mnist"], "error: argument --dataset: invalid choice: 'mnist'"),
+    (["--model", "mobilenetv1"], "error: unknown model 'mobilenetv1'; did you mean 'mobilenet_v1'"),
+    (["--num-classes", "7"], "error: --num-classes 7 disagrees with digits (1437 train / 360 val, 10 classes): it has 10 classes"),
+    (["--pretrained", "corrupt.pt"], "error: corrupt.pt: not a readable PyTorch checkpoint"),
+    (["--resume", "corrupt.pt"], "error: --resume corrupt.pt: not a readable training checkpoint"),
+    (["--eval-only"], "error: --eval-only needs --pretrained PATH"),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated")
+    assert one_line_error(args + ["--epochs", "1"], tmp_path).startswith(message)
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"the user's earlier run")
+    message = one_line_error(["--out-dir", str(out), "--epochs", "1"], tmp_path)
+    assert message.startswith(f"error: {out} holds another run (last.pt); pass --resume")
+    assert (out / "last.pt").read_bytes() == b"the user's earlier run"
