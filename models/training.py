@@ -209,7 +209,7 @@ def _plot(out: Path, history: list[dict[str, float]]) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("note: matplotlib is not installed, so no curves.png (pip install 'dszoo[plot]')")
+        print("note: matplotlib is not installed, so no curves.png (pip install matplotlib)")
         return
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))

@@ -75,7 +75,7 @@ def plot(s: ModelSummary, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'dszoo[plot]'") from None
+        raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
     assert s.standard is not None
     rows = s.standard.layers
     if not rows:
