@@ -3,6 +3,7 @@ from .builder import BLOCK_BUILDERS, ZooFeatures, ZooNet, build_model, make_divi
 from .config import ConfigError, ModelConfig
 from .profile import count_macs, count_params, layer_macs
 from .registry import UnknownModelError, create_model, get_model_config, list_models, register_model
+from .inference import OptimizedModel, fold_batchnorm, optimize_for_inference
 from .summary import ModelSummary, summarize
 from .weights import CheckpointError, export_to_timm, load_pretrained, read_state_dict, save_state_dict
 
@@ -12,6 +13,7 @@ __all__ = [
     "ConfigError",
     "ModelConfig",
     "ModelSummary",
+    "OptimizedModel",
     "UnknownModelError",
     "ZooFeatures",
     "ZooNet",
@@ -20,6 +22,7 @@ __all__ = [
     "count_params",
     "create_model",
     "export_to_timm",
+    "fold_batchnorm",
     "get_model_config",
     "layer_macs",
     "list_models",
@@ -27,6 +30,7 @@ __all__ = [
     "read_state_dict",
     "save_state_dict",
     "make_divisible",
+    "optimize_for_inference",
     "register_model",
     "summarize",
 ]

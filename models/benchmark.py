@@ -1,0 +1,153 @@
+"""Benchmarks: latency and throughput of our models against timm's, the optimized path,
+the standard-conv counterpart, and the machine's fp32 GEMM ceiling, all in one process.
+
+Every figure is a median over ``repeats`` timed runs after warm-up, with the spread
+(min-max) beside it. Fraction of ceiling = 2 x MACs x batch / time / GEMM FLOP/s.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .inference import optimize_for_inference
+from .profile import count_macs
+from .registry import create_model
+from .weights import TIMM_MODELS, export_to_timm
+
+__all__ = ["BenchRow", "gemm_gflops", "machine_info", "run_benchmarks", "timed"]
+
+
+@dataclass
+class BenchRow:
+    """One measured configuration."""
+
+    model: str
+    variant: str  # ours | timm | optimized | standard | ours-train | timm-train
+    batch: int
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    images_per_s: float
+    gmacs_per_s: float
+    ceiling_fraction: float
+    note: str = ""
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def gemm_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Median fp32 GFLOP/s of an n x n matrix product: this machine's practical ceiling."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / statistics.median(timed(lambda: torch.mm(a, b), repeats)) / 1e9
+
+
+def machine_info() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "threads": str(torch.get_num_threads()), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _row(model: str, variant: str, batch: int, secs: list[float], macs: int, ceiling: float, note: str = "") -> BenchRow:
+    med = statistics.median(secs)
+    gmacs = macs * batch / med / 1e9
+    return BenchRow(model, variant, batch, med * 1e3, min(secs) * 1e3, max(secs) * 1e3, batch / med,
+                    gmacs, 2 * gmacs / ceiling, note)
+
+
+def _timm_twin(model: nn.Module) -> Optional[nn.Module]:
+    """timm's counterpart loaded with our weights, for the default-width families."""
+    fam = model.cfg.family
+    if fam not in TIMM_MODELS or model.cfg.width_mult != 1.0 or model.cfg.name.endswith("shallow"):
+        return None
+    import timm
+
+    twin = timm.create_model(TIMM_MODELS[fam][0], num_classes=model.num_classes)
+    twin.load_state_dict(export_to_timm(model), strict=True)
+    return twin.eval()
+
+
+@torch.no_grad()
+def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling: float,
+                    backends: Sequence[str], log: Callable[[str], None]) -> list[BenchRow]:
+    model = create_model(name).eval()
+    size = model.cfg.input_size
+    macs = count_macs(model, size)
+    twin = _timm_twin(model)
+    rows = []
+    for batch in batch_sizes:
+        x = torch.randn(batch, *size)
+        rows.append(_row(name, "ours", batch, timed(lambda: model(x), repeats), macs, ceiling))
+        if twin is not None:
+            rows.append(_row(name, "timm", batch, timed(lambda: twin(x), repeats), macs, ceiling))
+        opt = optimize_for_inference(model, x, backends=backends)
+        note = f"{opt.backend}, {'channels_last' if opt.channels_last else 'contiguous'}, compile {opt.compile_seconds:.1f}s"
+        rows.append(_row(name, "optimized", batch, timed(lambda: opt(x), repeats), macs, ceiling, note))
+        if batch == min(batch_sizes):  # the standard-conv twin is ~8x the work: latency only
+            std = create_model(name, separable=False).eval()
+            std_macs = count_macs(std, size)
+            rows.append(_row(name, "standard", batch, timed(lambda: std(x), max(3, repeats // 2)), std_macs, ceiling,
+                             f"{std_macs / macs:.1f}x the MACs"))
+        for r in rows[-4:]:
+            if r.model == name and r.batch == batch:
+                log(f"{name:<20} {r.variant:<10} b{batch:<3} {r.median_ms:9.2f} ms  {r.ceiling_fraction:6.1%} {r.note}")
+    return rows
+
+
+def _training_rows(name: str, batch: int, repeats: int, ceiling: float, log: Callable[[str], None]) -> list[BenchRow]:
+    model = create_model(name).train()
+    size = model.cfg.input_size
+    macs = count_macs(model, size)
+    twin = _timm_twin(model)
+    rows = []
+    x, y = torch.randn(batch, *size), torch.randint(0, model.num_classes, (batch,))
+    for variant, net in (("ours-train", model), ("timm-train", twin)):
+        if net is None:
+            continue
+        net.train()
+        opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+
+        # training does ~3x the forward MACs (forward, input grads, weight grads)
+        row = _row(name, variant, batch, timed(step, repeats, warmup=1), 3 * macs, ceiling, "3x forward MACs")
+        rows.append(row)
+        log(f"{name:<20} {variant:<10} b{batch:<3} {row.median_ms:9.2f} ms  {row.images_per_s:8.1f} img/s")
+    return rows
+
+
+def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), repeats: int = 10,
+                   train_batch: int = 16, backends: Sequence[str] = ("inductor", "torchscript", "eager"),
+                   log: Callable[[str], None] = print) -> dict:
+    """Everything ``scripts/benchmark.py`` reports, as a JSON-ready dict."""
+    ceiling = gemm_gflops()
+    log(f"fp32 GEMM ceiling: {ceiling:.1f} GFLOP/s")
+    rows: list[BenchRow] = []
+    for name in models:
+        rows += _inference_rows(name, batch_sizes, repeats, ceiling, backends, log)
+    for name in models:
+        rows += _training_rows(name, train_batch, max(3, repeats // 3), ceiling, log)
+    return {"machine": machine_info(), "gemm_gflops": ceiling, "repeats": repeats,
+            "rows": [asdict(r) for r in rows]}

@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Benchmark dszoo models against timm, the optimized path, standard convs and the GEMM ceiling.
+
+    python scripts/benchmark.py                      # the README's performance table
+    python scripts/benchmark.py --quick              # a smoke test (CI)
+    python scripts/benchmark.py --models xception --batch-sizes 1 8 32 --json out.json --plot out.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from models import list_models
+from models.benchmark import run_benchmarks
+from models.cli import ArgumentParser, UsageError, run_cli
+
+DEFAULT_MODELS = ["mobilenet_v1", "mobilenet_v1_075", "mobilenet_v1_050", "mobilenet_v1_025",
+                  "xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l"]
+
+
+def markdown(result: dict) -> str:
+    lines = ["| model | variant | batch | median ms | spread ms | img/s | GMAC/s | of GEMM ceiling | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} | {r['variant']} | {r['batch']} | {r['median_ms']:.2f} | "
+                     f"{r['min_ms']:.2f}-{r['max_ms']:.2f} | {r['images_per_s']:.1f} | {r['gmacs_per_s']:.1f} | "
+                     f"{r['ceiling_fraction']:.1%} | {r['note']} |")
+    m = result["machine"]
+    head = (f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}; fp32 GEMM ceiling "
+            f"{result['gemm_gflops']:.1f} GFLOP/s; medians of {result['repeats']} runs after warm-up")
+    return head + "\n\n" + "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for variant in ("ours", "timm", "optimized", "standard"):
+        pts = [(r["gmacs_per_s"] * r["median_ms"] / 1e3 / r["batch"], r["median_ms"] / r["batch"])
+               for r in result["rows"] if r["variant"] == variant and r["batch"] == 1]
+        if pts:
+            ax.scatter(*zip(*pts), label=variant)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("GMACs per image")
+    ax.set_ylabel("latency at batch 1 (ms)")
+    ax.legend()
+    ax.set_title("latency against MACs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--backends", nargs="+", default=["inductor", "torchscript", "eager"])
+    p.add_argument("--json", help="write the results as JSON")
+    p.add_argument("--plot", help="write a PNG of latency against MACs")
+    p.add_argument("--quick", action="store_true", help="small models, few repeats, no inductor (smoke test)")
+    args = p.parse_args(argv)
+    unknown = [m for m in args.models if m not in list_models()]
+    if unknown:
+        raise UsageError(f"unknown models {unknown}; available: {', '.join(list_models())}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.models, args.batch_sizes, args.repeats, args.train_batch = ["ds_cnn_s", "mobilenet_v1_025"], [1, 2], 3, 4
+        args.backends = ["torchscript", "eager"]
+    result = run_benchmarks(args.models, args.batch_sizes, args.repeats, args.train_batch, args.backends,
+                            log=lambda s: print(s, file=sys.stderr))
+    print(markdown(result))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
