@@ -20,7 +20,7 @@ from .profile import count_macs
 from .registry import create_model
 from .weights import TIMM_MODELS, export_to_timm
 
-__all__ = ["BenchRow", "gemm_gflops", "machine_info", "run_benchmarks", "timed"]
+__all__ = ["BenchRow", "gemm_gflops", "machine_info", "run_benchmarks", "timed", "timed_interleaved"]
 
 
 @dataclass
@@ -51,10 +51,29 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float
     return out
 
 
-def gemm_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """Median fp32 GFLOP/s of an n x n matrix product: this machine's practical ceiling."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / statistics.median(timed(lambda: torch.mm(a, b), repeats)) / 1e9
+def timed_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Like ``timed`` for several callables, run round-robin so that drift in the machine's
+    speed (other load, frequency) affects them alike and their ratios stay fair."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            out[key].append(time.perf_counter() - t0)
+    return out
+
+
+def gemm_gflops(sizes: Sequence[int] = (2048, 4096), repeats: int = 10) -> float:
+    """fp32 GFLOP/s of large square matrix products (the best median over ``sizes``): the
+    practical ceiling that convolutions, which lower to GEMM-like kernels, can approach."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        best = max(best, 2 * n**3 / statistics.median(timed(lambda: torch.mm(a, b), repeats, warmup=3)) / 1e9)
+    return best
 
 
 def machine_info() -> dict[str, str]:
@@ -96,20 +115,22 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
     rows = []
     for batch in batch_sizes:
         x = torch.randn(batch, *size)
-        rows.append(_row(name, "ours", batch, timed(lambda: model(x), repeats), macs, ceiling))
-        if twin is not None:
-            rows.append(_row(name, "timm", batch, timed(lambda: twin(x), repeats), macs, ceiling))
         opt = optimize_for_inference(model, x, backends=backends)
+        fns: dict[str, Callable[[], object]] = {"ours": lambda: model(x)}
+        if twin is not None:
+            fns["timm"] = lambda: twin(x)
+        fns["optimized"] = lambda: opt(x)
+        times = timed_interleaved(fns, repeats)
         note = f"{opt.backend}, {'channels_last' if opt.channels_last else 'contiguous'}, compile {opt.compile_seconds:.1f}s"
-        rows.append(_row(name, "optimized", batch, timed(lambda: opt(x), repeats), macs, ceiling, note))
+        batch_rows = [_row(name, k, batch, v, macs, ceiling, note if k == "optimized" else "") for k, v in times.items()]
         if batch == min(batch_sizes):  # the standard-conv twin is ~8x the work: latency only
             std = create_model(name, separable=False).eval()
             std_macs = count_macs(std, size)
-            rows.append(_row(name, "standard", batch, timed(lambda: std(x), max(3, repeats // 2)), std_macs, ceiling,
-                             f"{std_macs / macs:.1f}x the MACs"))
-        for r in rows[-4:]:
-            if r.model == name and r.batch == batch:
-                log(f"{name:<20} {r.variant:<10} b{batch:<3} {r.median_ms:9.2f} ms  {r.ceiling_fraction:6.1%} {r.note}")
+            batch_rows.append(_row(name, "standard", batch, timed(lambda: std(x), max(3, repeats // 2)), std_macs,
+                                   ceiling, f"{std_macs / macs:.1f}x the MACs"))
+        for r in batch_rows:
+            log(f"{name:<20} {r.variant:<10} b{batch:<3} {r.median_ms:9.2f} ms  {r.ceiling_fraction:6.1%} {r.note}")
+        rows += batch_rows
     return rows
 
 
@@ -120,9 +141,8 @@ def _training_rows(name: str, batch: int, repeats: int, ceiling: float, log: Cal
     twin = _timm_twin(model)
     rows = []
     x, y = torch.randn(batch, *size), torch.randint(0, model.num_classes, (batch,))
-    for variant, net in (("ours-train", model), ("timm-train", twin)):
-        if net is None:
-            continue
+
+    def make_step(net: nn.Module) -> Callable[[], None]:
         net.train()
         opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
 
@@ -131,8 +151,14 @@ def _training_rows(name: str, batch: int, repeats: int, ceiling: float, log: Cal
             nn.functional.cross_entropy(net(x), y).backward()
             opt.step()
 
-        # training does ~3x the forward MACs (forward, input grads, weight grads)
-        row = _row(name, variant, batch, timed(step, repeats, warmup=1), 3 * macs, ceiling, "3x forward MACs")
+        return step
+
+    fns = {"ours-train": make_step(model)}
+    if twin is not None:
+        fns["timm-train"] = make_step(twin)
+    # training does ~3x the forward MACs (forward, input gradients, weight gradients)
+    for variant, secs in timed_interleaved(fns, repeats, warmup=1).items():
+        row = _row(name, variant, batch, secs, 3 * macs, ceiling, "3x forward MACs")
         rows.append(row)
         log(f"{name:<20} {variant:<10} b{batch:<3} {row.median_ms:9.2f} ms  {row.images_per_s:8.1f} img/s")
     return rows

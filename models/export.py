@@ -5,6 +5,7 @@ size (the batch dimension is dynamic in every format), so a broken export never 
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Callable, Union
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
+from .inference import fold_batchnorm
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "export_model"]
 
@@ -61,17 +63,19 @@ EXPORT_FORMATS: dict[str, Callable[[nn.Module, torch.Tensor, str], Callable[[tor
 
 
 @torch.no_grad()
-def export_model(model: nn.Module, fmt: str, out: PathLike, input_size: tuple[int, ...], atol: float = 1e-4) -> float:
+def export_model(model: nn.Module, fmt: str, out: PathLike, input_size: tuple[int, ...], atol: float = 1e-4,
+                 fold_bn: bool = True) -> float:
     """Write ``model`` (eval mode) as ``fmt`` to ``out``, reload it and return the max abs
-    difference against eager on a fresh batch; raise ``ExportError`` above ``atol``.
-
-    The file appears at ``out`` only once it has been verified.
+    difference against the original eager model on a fresh batch; raise ``ExportError`` above
+    ``atol``. With ``fold_bn`` the exported graph has every BatchNorm folded into its conv
+    (``optimize_for_inference``'s first step). The file appears at ``out`` only once verified.
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
     model = model.eval()
+    exported = fold_batchnorm(copy.deepcopy(model)) if fold_bn else model
     with atomic_path(out) as tmp:
-        run = EXPORT_FORMATS[fmt](model, torch.randn(2, *input_size), tmp)
+        run = EXPORT_FORMATS[fmt](exported, torch.randn(2, *input_size), tmp)
         fresh = torch.randn(3, *input_size)
         diff = (run(fresh) - model(fresh)).abs().max().item()
         if not diff <= atol:

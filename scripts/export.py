@@ -25,6 +25,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--num-classes", type=int)
     p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), help="default: the model's")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers (default: folded into convs)")
     args = p.parse_args(argv)
     if Path(args.out).exists() and not args.overwrite:
         raise UsageError(f"{args.out} exists; pass --overwrite to replace it")
@@ -32,7 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = create_model(args.model, pretrained=args.pretrained, **overrides)
     size = tuple(args.input_size) if args.input_size else model.cfg.input_size
     try:
-        diff = export_model(model, args.format, args.out, size)
+        diff = export_model(model, args.format, args.out, size, fold_bn=not args.no_fold_bn)
     except ExportError as exc:
         raise UsageError(str(exc)) from None
     print(f"wrote {args.out} ({args.format}, input {'x'.join(map(str, size))}, dynamic batch); "

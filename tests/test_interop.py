@@ -191,6 +191,10 @@ def test_export_script_writes_verified_files(tmp_path: Path, fmt: str, suffix: s
     assert out.stat().st_size > 10_000 and "dynamic batch" in res.stdout
     assert float(res.stdout.rsplit(": ", 1)[1]) <= 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["w.safetensors", out.name])
+    if fmt == "torchscript":  # BatchNorm is folded into the convs of the exported graph
+        loaded = torch.jit.load(str(out))
+        assert not any(m.original_name == "BatchNorm2d" for m in loaded.modules())
+        assert sum(m.original_name in ("Conv2d", "Conv2dSame") for m in loaded.modules()) == 9
 
 
 def test_onnx_without_onnxruntime_is_a_clear_message(tmp_path: Path, monkeypatch) -> None:
