@@ -18,6 +18,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from blocks import ConvNormAct, SeparableConv2d
 
+from .profile import timed
+
 __all__ = ["BACKENDS", "OptimizedModel", "fold_batchnorm", "optimize_for_inference", "relative_difference"]
 
 BACKENDS = ("inductor", "torchscript", "eager")
@@ -55,16 +57,6 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item() / scale if scale else (a - b).abs().max().item()
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 class OptimizedModel(nn.Module):
     """The optimized callable, and how it was made.
 
@@ -98,6 +90,10 @@ def _build(backend: str, model: nn.Module, example: torch.Tensor) -> Callable[[t
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # constant-fold weights into the graph
+        # Every ZooNet shares one forward code object, and dynamo caches graphs per code object:
+        # without room for more entries the ninth model compiled would silently run eagerly.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
         compiled = torch.compile(model, backend="inductor", dynamic=False)
         return lambda x: compiled(x)
     if backend == "torchscript":
@@ -127,7 +123,9 @@ def optimize_for_inference(
     if memory_format is None:
         cl = copy.deepcopy(folded).to(memory_format=torch.channels_last)
         x_cl = example_input.contiguous(memory_format=torch.channels_last)
-        channels_last = _median_seconds(lambda: cl(x_cl), 3) < _median_seconds(lambda: folded(example_input), 3)
+        channels_last = statistics.median(timed(lambda: cl(x_cl), 3, warmup=1)) < statistics.median(
+            timed(lambda: folded(example_input), 3, warmup=1)
+        )
     elif memory_format in ("channels_last", "contiguous"):
         channels_last = memory_format == "channels_last"
     else:

@@ -4,12 +4,13 @@ MACs count Conv2d and Linear layers only (no bias, norm, activation or pooling),
 """
 from __future__ import annotations
 
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["count_macs", "count_params", "layer_macs", "module_macs"]
+__all__ = ["count_macs", "count_params", "layer_macs", "module_macs", "timed"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -58,3 +59,15 @@ def layer_macs(model: nn.Module, input_size: Sequence[int]) -> dict[str, int]:
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     """Total Conv2d + Linear MACs for one image of ``input_size`` (C, H, W)."""
     return sum(layer_macs(model, input_size).values())
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out

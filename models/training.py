@@ -11,7 +11,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 torch.set_num_threads(2)
 
@@ -19,3 +20,15 @@ def small_input_size(cfg) -> tuple[int, int, int]:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def with_random_bn_statistics(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm non-trivial affine weights and running statistics; eval mode."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.normal_(1.0, 0.2)
+                m.bias.normal_(0.0, 0.2)
+                m.running_mean.normal_(0.0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()

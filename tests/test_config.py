@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 
 import pydantic

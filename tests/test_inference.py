@@ -10,23 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import small_input_size
+from conftest import small_input_size, with_random_bn_statistics
 from models import create_model, list_models
 from models import inference
 from models.inference import fold_batchnorm, optimize_for_inference, relative_difference
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def with_random_bn_statistics(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0.0, 0.2)
-                m.running_mean.normal_(0.0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 @pytest.mark.parametrize("name", list_models())

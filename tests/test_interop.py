@@ -11,7 +11,7 @@ import timm
 import torch
 from torch import nn
 
-from conftest import small_input_size
+from conftest import small_input_size, with_random_bn_statistics
 from models import CheckpointError, create_model, export_to_timm, list_models, load_pretrained, save_state_dict
 from models.export import ExportError, export_model
 
@@ -21,15 +21,7 @@ PAIRS = [("mobilenet_v1", "mobilenetv1_100", 160), ("xception", "legacy_xception
 
 def random_timm(arch: str, **kwargs) -> nn.Module:
     """A timm model with random weights and random BatchNorm statistics, in eval mode."""
-    model = timm.create_model(arch, **kwargs)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0.0, 0.2)
-                m.running_mean.normal_(0.0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return with_random_bn_statistics(timm.create_model(arch, **kwargs))
 
 
 @pytest.mark.parametrize("ours,arch,other_size", PAIRS)
@@ -55,11 +47,7 @@ def test_timm_weights_give_identical_logits(tmp_path: Path, ours: str, arch: str
 
 @pytest.mark.parametrize("ours,arch,other_size", PAIRS)
 def test_export_to_timm_loads_strictly(ours: str, arch: str, other_size: int) -> None:
-    model = create_model(ours).eval()
-    with torch.no_grad():  # make BN statistics non-trivial
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 1.5)
+    model = with_random_bn_statistics(create_model(ours))
     theirs = timm.create_model(arch).eval()
     theirs.load_state_dict(export_to_timm(model), strict=True)
     x = torch.randn(2, 3, other_size, other_size)
