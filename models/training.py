@@ -67,7 +67,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     workers: int = 0
-    out_dir: str = "runs/train"
+    out_dir: Optional[str] = None
     resume: Optional[str] = None
     overwrite: bool = False
     eval_only: bool = False
@@ -122,7 +122,7 @@ def build_parser() -> ArgumentParser:
     a("--seed", type=int, default=d.seed)
     a("--deterministic", action="store_true", help="deterministic algorithms: exact resumes")
     a("--workers", type=int, default=d.workers, help="DataLoader worker processes")
-    a("--out-dir", default=d.out_dir)
+    a("--out-dir", help="default: runs/train, or runs/train2, train3 ... if taken (never reuses a run)")
     a("--resume", help="OUT/last.pt: continue that run")
     a("--overwrite", action="store_true", help="replace the run files in --out-dir")
     a("--eval-only", action="store_true", help="evaluate --pretrained on the validation set")
@@ -225,6 +225,22 @@ def _plot(out: Path, history: list[dict[str, float]]) -> None:
     plt.close(fig)
 
 
+def _free_run_dir(root: Path, stem: str, world: int) -> Path:
+    """``root/stem``, else ``root/stem2``, ``stem3`` ...: the first without run files.
+
+    With several processes every rank must pick the same folder, so rank 0 chooses.
+    """
+    choice = [""]
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        n = 1
+        while any((root / f"{stem}{n if n > 1 else ''}" / f).exists() for f in RUN_FILES):
+            n += 1
+        choice[0] = str(root / f"{stem}{n if n > 1 else ''}")
+    if world > 1 and dist.is_initialized():
+        dist.broadcast_object_list(choice, src=0)
+    return Path(choice[0])
+
+
 def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
     existing = [f for f in RUN_FILES if (out / f).exists()]
     if existing and not cfg.resume and not cfg.overwrite:
@@ -288,6 +304,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise UsageError("--eval-only needs --pretrained PATH")
     rank, world, device = _init_distributed()
     _seed_everything(cfg.seed, cfg.deterministic)
+    if cfg.out_dir is None:
+        cfg.out_dir = str(_free_run_dir(Path("runs"), "train", world))
     out = Path(cfg.out_dir)
     if rank == 0 and not cfg.eval_only:
         _check_out_dir(cfg, out)

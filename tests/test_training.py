@@ -189,3 +189,11 @@ def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
     message = one_line_error(["--out-dir", str(out), "--epochs", "1"], tmp_path)
     assert message.startswith(f"error: {out} holds another run (last.pt); pass --resume")
     assert (out / "last.pt").read_bytes() == b"the user's earlier run"
+
+
+def test_default_out_dir_never_reuses_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = train(TrainConfig(**QUICK, epochs=1, max_batches=1))
+    second = train(TrainConfig(**QUICK, epochs=1, max_batches=1))
+    assert (first.out_dir, second.out_dir) == (Path("runs/train"), Path("runs/train2"))
+    assert (tmp_path / "runs" / "train" / "last.pt").exists() and (tmp_path / "runs" / "train2" / "last.pt").exists()
