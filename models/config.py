@@ -206,8 +206,8 @@ def _format_loc(loc: tuple) -> str:
         if prev_int and part in STAGE_TYPES:
             prev_int = False
             continue  # pydantic's discriminator tag, not a key the user wrote
-        if part in ("tuple[int, int]",) or str(part).startswith(("tuple[", "literal[", "constrained-int")):
-            continue  # union branch names
+        if str(part).startswith(("tuple[", "literal[", "constrained-int")):
+            continue  # names of union branches (e.g. the int-or-pair stride), not keys
         out += f".{part}" if out else str(part)
         prev_int = False
     return out or "<top level>"

@@ -6,7 +6,6 @@ scheduler, EMA, epoch, RNG states, best metric, history).
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -28,13 +27,19 @@ from .builder import ZooNet
 from .cli import ArgumentParser, RunError, UsageError
 from .data import DATASETS, build_datasets
 from .registry import create_model
-from .weights import CheckpointError, load_pretrained
+from .run_files import (
+    CHECKPOINT_FORMAT,
+    RUN_FILES,
+    check_out_dir,
+    free_run_dir,
+    load_checkpoint,
+    plot_curves,
+    save_checkpoint,
+    write_metrics,
+)
+from .weights import load_pretrained
 
 __all__ = ["TrainConfig", "TrainResult", "build_parser", "evaluate", "main", "train"]
-
-CHECKPOINT_FORMAT = "dszoo-train-1"
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "args.json", "curves.png")
-
 
 @dataclass
 class TrainConfig:
@@ -175,79 +180,6 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-# --- checkpoints and run files -----------------------------------------------------------------
-
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _load_checkpoint(path: str) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UsageError(f"--resume {path}: no such file") from None
-    except Exception as exc:  # corrupt, truncated or unsafe files all end here
-        raise CheckpointError(f"--resume {path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"--resume {path}: not a dszoo training checkpoint (use --pretrained for weights)")
-    return ckpt
-
-
-def _write_metrics(out: Path, history: list[dict[str, float]]) -> None:
-    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["epoch", "train_loss", "val_loss", "val_top1", "lr", "seconds"])
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def _plot(out: Path, history: list[dict[str, float]]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed, so no curves.png (pip install matplotlib)")
-        return
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
-    ax1.plot(epochs, [h["val_loss"] for h in history], marker="o", label="val loss")
-    ax1.set_xlabel("epoch")
-    ax1.legend()
-    ax2.plot(epochs, [h["val_top1"] for h in history], marker="o", color="tab:green")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("val top-1 (%)")
-    fig.tight_layout()
-    with atomic_path(out / "curves.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-
-
-def _free_run_dir(root: Path, stem: str, world: int) -> Path:
-    """``root/stem``, else ``root/stem2``, ``stem3`` ...: the first without run files.
-
-    With several processes every rank must pick the same folder, so rank 0 chooses.
-    """
-    choice = [""]
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        n = 1
-        while any((root / f"{stem}{n if n > 1 else ''}" / f).exists() for f in RUN_FILES):
-            n += 1
-        choice[0] = str(root / f"{stem}{n if n > 1 else ''}")
-    if world > 1 and dist.is_initialized():
-        dist.broadcast_object_list(choice, src=0)
-    return Path(choice[0])
-
-
-def _check_out_dir(cfg: TrainConfig, out: Path) -> None:
-    existing = [f for f in RUN_FILES if (out / f).exists()]
-    if existing and not cfg.resume and not cfg.overwrite:
-        raise UsageError(f"{out} holds another run ({', '.join(existing)}); pass --resume {out / 'last.pt'} "
-                         "or --overwrite, or choose another --out-dir")
-
-
 # --- evaluation and the loop -------------------------------------------------------------------
 
 @torch.no_grad()
@@ -294,7 +226,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume, or only evaluate) one fine-tuning job as ``cfg`` describes."""
     resume_ckpt = None
     if cfg.resume:
-        resume_ckpt = _load_checkpoint(cfg.resume)
+        resume_ckpt = load_checkpoint(cfg.resume)
         saved = TrainConfig(**{k: v for k, v in resume_ckpt["config"].items() if k in {f.name for f in fields(TrainConfig)}})
         saved.resume, saved.out_dir = cfg.resume, str(Path(cfg.resume).parent)
         saved.epochs = cfg.epochs if cfg.epochs is not None else saved.epochs
@@ -305,10 +237,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     rank, world, device = _init_distributed()
     _seed_everything(cfg.seed, cfg.deterministic)
     if cfg.out_dir is None:
-        cfg.out_dir = str(_free_run_dir(Path("runs"), "train", world))
+        cfg.out_dir = str(free_run_dir(Path("runs"), "train", world))
     out = Path(cfg.out_dir)
     if rank == 0 and not cfg.eval_only:
-        _check_out_dir(cfg, out)
+        check_out_dir(cfg, out)
         if cfg.overwrite and not cfg.resume:
             for f in RUN_FILES:
                 (out / f).unlink(missing_ok=True)
@@ -424,15 +356,15 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "rng": {"torch": torch.get_rng_state(), "python": _from_random_state(random.getstate())},
             }
             if improved:
-                _save_checkpoint(out / "best.pt", {**payload, "model": eval_model.state_dict()})
-            _save_checkpoint(out / "last.pt", payload)
-            _write_metrics(out, result.history)
+                save_checkpoint(out / "best.pt", {**payload, "model": eval_model.state_dict()})
+            save_checkpoint(out / "last.pt", payload)
+            write_metrics(out, result.history)
             if not cfg.quiet:
                 tqdm.write(f"epoch {epoch + 1:>3}/{epochs}  train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
                            f"val_top1 {top1:6.2f}%  lr {lr:.2e}  {row['seconds']:.1f}s")
     result.val_loss, result.val_top1 = (result.history[-1]["val_loss"], result.history[-1]["val_top1"]) if result.history else (math.nan, math.nan)
     if rank == 0 and result.history:
-        _plot(out, result.history)
+        plot_curves(out, result.history)
         if not cfg.quiet:
             print(f"best val_top1 {result.best_top1:.2f}%; wrote {out}/last.pt, best.pt, metrics.csv, args.json, curves.png")
     if dist.is_initialized():
