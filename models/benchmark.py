@@ -162,7 +162,7 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
     for name in models:
         rows += _inference_rows(name, batch_sizes, repeats, ceiling, backends, log)
     for name in models:
-        rows += _training_rows(name, train_batch, max(3, repeats // 3), ceiling, log)
+        rows += _training_rows(name, train_batch, max(5, repeats // 2), ceiling, log)
     # The ceiling is measured again at the end and the best kept: a slow moment of the machine
     # at the start must not make every fraction look better than it is.
     end_ceiling = gemm_gflops()

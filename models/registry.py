@@ -82,7 +82,7 @@ def _is_path(name: str) -> bool:
 
 def _entry_from_file(spec: str) -> _Entry:
     """``path.yaml`` (one variant, or a flat config) or ``path.yaml:variant``."""
-    path_str, _, wanted = spec.partition(":") if ".yaml:" in spec or ".yml:" in spec else (spec, "", "")
+    path_str, _, wanted = spec.rpartition(":") if ".yaml:" in spec or ".yml:" in spec else (spec, "", "")
     path = Path(path_str).expanduser()
     family, defaults, variants = load_family_file(path)
     if not wanted:
