@@ -1,6 +1,6 @@
 """dszoo models: config schema and loader, the generic builder, the registry and profiling."""
 from .builder import BLOCK_BUILDERS, ZooFeatures, ZooNet, build_model, make_divisible
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, config_json_schema
 from .profile import count_macs, count_params, layer_macs
 from .registry import UnknownModelError, create_model, get_model_config, list_models, register_model
 from .inference import OptimizedModel, fold_batchnorm, optimize_for_inference
@@ -18,6 +18,7 @@ __all__ = [
     "ZooFeatures",
     "ZooNet",
     "build_model",
+    "config_json_schema",
     "count_macs",
     "count_params",
     "create_model",

@@ -27,6 +27,7 @@ __all__ = [
     "OVERRIDE_KEYS",
     "XceptionStage",
     "close_matches",
+    "config_json_schema",
     "load_family_file",
     "resolve_config",
 ]
@@ -242,6 +243,16 @@ def _problems(err: ValidationError) -> list[str]:
         # Union branches repeat the same problem for one path: keep the first message.
         seen.setdefault(path, msg)
     return [f"{p}: {m}" for p, m in seen.items()]
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema of one model config (a flat user YAML), for editors' YAML checking."""
+    schema = ModelConfig.model_json_schema()
+    schema["properties"].pop("name", None)
+    schema["properties"].pop("family", None)
+    schema["required"] = [r for r in schema.get("required", []) if r not in ("name", "family")]
+    schema["title"] = "dszoo model config"
+    return schema
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

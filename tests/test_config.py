@@ -191,3 +191,15 @@ def test_non_editable_install_ships_the_configs(tmp_path: Path) -> None:
         cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""}, check=True, capture_output=True, text=True,
     ).stdout.split()
     assert out[0].startswith(str(target)) and out[1] == "4231976"
+
+
+def test_json_schema_describes_the_config() -> None:
+    import json
+
+    from models import config_json_schema
+
+    schema = json.loads(json.dumps(config_json_schema()))
+    assert schema["required"] == ["stem", "stages"]
+    assert {"input_size", "width_mult", "separable", "act"} <= set(schema["properties"])
+    stage_types = {d["properties"]["type"].get("const") for d in schema["$defs"].values() if "type" in d.get("properties", {})}
+    assert {"ds", "xception"} <= stage_types
