@@ -197,3 +197,28 @@ def test_default_out_dir_never_reuses_a_run(tmp_path: Path, monkeypatch: pytest.
     second = train(TrainConfig(**QUICK, epochs=1, max_batches=1))
     assert (first.out_dir, second.out_dir) == (Path("runs/train"), Path("runs/train2"))
     assert (tmp_path / "runs" / "train" / "last.pt").exists() and (tmp_path / "runs" / "train2" / "last.pt").exists()
+
+
+def test_cifar10_from_local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CIFAR-10's python batches on disk (tiny stand-ins; their checksums are waived)."""
+    import pickle
+
+    import numpy as np
+    from torchvision.datasets import CIFAR10
+
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": list(range(4))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    import torchvision.datasets.cifar as cifar_module
+
+    monkeypatch.setattr(cifar_module, "check_integrity", lambda *args, **kwargs: True)
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    result = train(TrainConfig(model="ds_cnn_s", dataset="cifar10", data_dir=str(tmp_path / "cifar"), in_chans=3,
+                               img_size=32, epochs=1, batch_size=8, quiet=True, out_dir=str(tmp_path / "run")))
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert len(result.history) == 1 and best["model"]["classifier.weight"].shape == (10, 64)
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["dataset_info"].startswith("CIFAR-10")
