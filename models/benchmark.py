@@ -82,14 +82,17 @@ def _row(model: str, variant: str, batch: int, secs: list[float], macs: int, cei
 
 
 def _timm_twin(model: nn.Module) -> Optional[nn.Module]:
-    """timm's counterpart loaded with our weights, for the default-width families."""
-    fam = model.cfg.family
-    if fam not in TIMM_MODELS or model.cfg.width_mult != 1.0 or model.cfg.name.endswith("shallow"):
+    """timm's counterpart loaded with our weights, where its architecture fits ours exactly
+    (mobilenet_v1 and xception; not the width or depth variants)."""
+    if model.cfg.family not in TIMM_MODELS:
         return None
     import timm
 
-    twin = timm.create_model(TIMM_MODELS[fam][0], num_classes=model.num_classes)
-    twin.load_state_dict(export_to_timm(model), strict=True)
+    twin = timm.create_model(TIMM_MODELS[model.cfg.family][0], num_classes=model.num_classes)
+    ours, theirs = export_to_timm(model), twin.state_dict()
+    if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+        return None
+    twin.load_state_dict(ours, strict=True)
     return twin.eval()
 
 

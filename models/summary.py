@@ -126,15 +126,14 @@ def _profile(model: nn.Module, input_size: Sequence[int], depth: int) -> tuple[l
 
 
 def _stage_rows(model: ZooNet, layers: list[LayerRow]) -> list[StageRow]:
-    parts = [("stem", model.stem)] + [(f"stages.{i}", s) for i, s in enumerate(model.stages)]
-    parts.append(("head", model.classifier))
+    parts = [("stem", "stem", model.stem)]
+    parts += [(f"stages.{i}", f"stages.{i}", stage) for i, stage in enumerate(model.stages)]
+    parts.append(("head", "classifier", model.classifier))
     rows = []
-    for prefix, module in parts:
+    for label, prefix, module in parts:
         mine = [r for r in layers if r.name == prefix or r.name.startswith(prefix + ".")]
-        if prefix == "head":
-            mine = [r for r in layers if r.name == "classifier"]
         shape = mine[-1].output_shape if mine else ()
-        rows.append(StageRow(prefix, shape, count_params(module), sum(r.macs for r in mine)))
+        rows.append(StageRow(label, shape, count_params(module), sum(r.macs for r in mine)))
     return rows
 
 
