@@ -1,5 +1,6 @@
 """dszoo models: config schema and loader, the generic builder, the registry and profiling."""
-from .builder import BLOCK_BUILDERS, ZooFeatures, ZooNet, build_model, make_divisible
+from .builder import BLOCK_BUILDERS, ZooFeatures, ZooNet, build_model
+from .plan import ModelPlan, ModelTooLargeError, make_divisible, min_input_size, plan_model
 from .config import ConfigError, ModelConfig, config_json_schema
 from .profile import count_macs, count_params, layer_macs
 from .registry import UnknownModelError, create_model, get_model_config, list_models, register_model
@@ -12,7 +13,9 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "ModelConfig",
+    "ModelPlan",
     "ModelSummary",
+    "ModelTooLargeError",
     "OptimizedModel",
     "UnknownModelError",
     "ZooFeatures",
@@ -31,7 +34,9 @@ __all__ = [
     "read_state_dict",
     "save_state_dict",
     "make_divisible",
+    "min_input_size",
     "optimize_for_inference",
+    "plan_model",
     "register_model",
     "summarize",
 ]

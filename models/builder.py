@@ -17,16 +17,9 @@ from blocks import ConvNormAct, DepthwiseSeparableConv, SeparableConv2d, Xceptio
 from blocks.layers import NormLike
 
 from .config import ConvStage, DSStage, ModelConfig, XceptionStage
+from .plan import check_model_size, make_divisible, min_input_size, plan_model
 
-__all__ = ["BLOCK_BUILDERS", "ZooFeatures", "ZooNet", "build_model", "make_divisible"]
-
-
-def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
-    """Round a channel count to a multiple of ``divisor``, never losing more than 10%."""
-    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if new < round_limit * value:
-        new += divisor
-    return new
+__all__ = ["BLOCK_BUILDERS", "ZooFeatures", "ZooNet", "build_model"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +89,12 @@ def _build_stage(spec: Any, in_chs: int, ctx: BuildContext) -> tuple[list[nn.Mod
 
 
 def check_input(x: torch.Tensor, in_chans: int, min_size: tuple[int, int], name: str) -> None:
-    """Raise ``ValueError`` naming the expected channels or minimum size (TorchScript-able)."""
+    """Raise ``TypeError``/``ValueError`` naming the expected type, rank, dtype, channels or
+    minimum size (TorchScript-able)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor (batch, {in_chans}, H, W), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point input (e.g. torch.float32), got {x.dtype}; convert with x.float()")
     if x.dim() != 4:
         raise ValueError(f"expected a 4-D input (batch, {in_chans}, H, W), got {x.dim()} dimensions")
     if x.shape[1] != in_chans:
@@ -115,13 +113,18 @@ class ZooNet(nn.Module):
 
     __jit_unused_properties__ = ["default_cfg"]
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, allow_large: bool = False) -> None:
+        """Build ``cfg``; unless ``allow_large``, first refuse (``ModelTooLargeError``) a config
+        whose closed-form size exceeds ``models.plan``'s limits, before allocating anything."""
         super().__init__()
+        if not allow_large:
+            check_model_size(plan_model(cfg))
         self.cfg = cfg
         norm = None if cfg.norm.type == "none" else partial(nn.BatchNorm2d, eps=cfg.norm.eps, momentum=cfg.norm.momentum)
         ctx = BuildContext(norm, cfg.act, cfg.separable, cfg.width_mult, cfg.channel_divisor)
         self.in_chans = cfg.in_chans
-        self.min_input_size: tuple[int, int] = cfg.min_input_size or (1, 1)
+        declared, smallest = cfg.min_input_size or (1, 1), min_input_size(cfg)
+        self.min_input_size: tuple[int, int] = (max(declared[0], smallest[0]), max(declared[1], smallest[1]))
         self.model_name = cfg.name
 
         chs, red_h, red_w = cfg.in_chans, 1, 1
@@ -229,9 +232,9 @@ class ZooNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build_model(cfg: ModelConfig) -> ZooNet:
-    """Build the network a validated config describes."""
-    return ZooNet(cfg)
+def build_model(cfg: ModelConfig, allow_large: bool = False) -> ZooNet:
+    """Build the network a validated config describes (see ``ZooNet`` for ``allow_large``)."""
+    return ZooNet(cfg, allow_large)
 
 
 class ZooFeatures(nn.Module):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 import difflib
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from blocks import ACTIVATIONS, NORMS
 
@@ -27,6 +28,7 @@ __all__ = [
     "OVERRIDE_KEYS",
     "XceptionStage",
     "close_matches",
+    "short_repr",
     "config_json_schema",
     "load_family_file",
     "resolve_config",
@@ -48,27 +50,41 @@ def close_matches(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -
     return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def short_repr(value: Any) -> str:
+    """A bounded ``repr``: a hostile file's value (a billion laughs, a cycle) never floods a message."""
+    return _REPR.repr(value)
+
+
 def _did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     matches = close_matches(name, choices)
     return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
 
 
-PosInt = Annotated[int, Field(strict=True, gt=0)]
+MAX_INT = 2**31 - 1  # any count above this is a typo, and torch's int32 kernels would reject it
+MAX_REPEAT = 1000  # blocks per stage and convs per Xception unit: bounds the work of checking a config
+PosInt = Annotated[int, Field(strict=True, gt=0, le=MAX_INT)]
 Stride = Union[Literal[1, 2], tuple[Literal[1, 2], Literal[1, 2]]]
 Kernel = Union[PosInt, tuple[PosInt, PosInt]]
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+# Floats are strict (ints allowed, not bools or strings) and finite (no .inf or .nan).
+Fraction = Annotated[float, Field(strict=True, ge=0.0, lt=1.0)]
+PosFloat = Annotated[float, Field(strict=True, gt=0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NormConfig(_Strict):
     """Normalisation after each conv (``type: none`` removes it)."""
 
     type: str = "batchnorm"
-    eps: Annotated[float, Field(gt=0)] = 1e-5
-    momentum: Annotated[float, Field(ge=0, le=1)] = 0.1
+    eps: PosFloat = 1e-5
+    momentum: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.1
 
     @field_validator("type")
     @classmethod
@@ -81,7 +97,7 @@ class NormConfig(_Strict):
 
 class _Stage(_Strict):
     out: PosInt
-    repeat: PosInt = 1
+    repeat: Annotated[int, Field(strict=True, gt=0, le=MAX_REPEAT)] = 1
     stride: Stride = 1
     kernel: Kernel = 3
     dropout: Fraction = 0.0
@@ -91,7 +107,7 @@ class ConvStage(_Stage):
     """``repeat`` x standard conv -> norm -> act. The stride applies to the first one."""
 
     type: Literal["conv"] = "conv"
-    padding: Union[Literal["same", "valid"], Annotated[int, Field(strict=True, ge=0)]] = "same"
+    padding: Union[Literal["same", "valid"], Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]] = "same"
     dilation: PosInt = 1
 
 
@@ -101,7 +117,7 @@ class DSStage(_Stage):
     type: Literal["ds"]
     depth_multiplier: PosInt = 1
     dilation: PosInt = 1
-    mid_norm_act: bool = True
+    mid_norm_act: StrictBool = True
 
 
 class XceptionStage(_Stage):
@@ -109,9 +125,9 @@ class XceptionStage(_Stage):
 
     type: Literal["xception"]
     stride: Literal[1, 2] = 1
-    convs: PosInt = 2
-    start_with_act: bool = True
-    grow_first: bool = True
+    convs: Annotated[int, Field(strict=True, gt=0, le=MAX_REPEAT)] = 2
+    start_with_act: StrictBool = True
+    grow_first: StrictBool = True
 
 
 StageConfig = Annotated[Union[ConvStage, DSStage, XceptionStage], Field(discriminator="type")]
@@ -128,9 +144,9 @@ class HeadConfig(_Strict):
 class PretrainedConfig(_Strict):
     """Preprocessing the weights expect (timm's ``pretrained_cfg`` fields)."""
 
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    crop_pct: Annotated[float, Field(gt=0, le=1)] = 0.875
+    mean: Annotated[tuple[Annotated[float, Field(strict=True)], ...], Field(min_length=1)] = (0.485, 0.456, 0.406)
+    std: Annotated[tuple[PosFloat, ...], Field(min_length=1)] = (0.229, 0.224, 0.225)
+    crop_pct: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.875
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
 
 
@@ -142,10 +158,10 @@ class ModelConfig(_Strict):
     paper: str = ""
     input_size: tuple[PosInt, PosInt, PosInt] = (3, 224, 224)
     min_input_size: Optional[tuple[PosInt, PosInt]] = None
-    num_classes: Annotated[int, Field(strict=True, ge=0)] = 1000
-    width_mult: Annotated[float, Field(gt=0)] = 1.0
+    num_classes: Annotated[int, Field(strict=True, ge=0, le=MAX_INT)] = 1000
+    width_mult: Annotated[float, Field(strict=True, gt=0, le=100)] = 1.0
     channel_divisor: PosInt = 8
-    separable: bool = True
+    separable: StrictBool = True
     act: str = "relu"
     norm: NormConfig = NormConfig()
     stem: tuple[ConvStage, ...]
@@ -239,7 +255,7 @@ def _problems(err: ValidationError) -> list[str]:
             text = e["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
             if kind == "literal_error" and path.endswith("stride"):
                 text = "must be 1 or 2 (or a pair of them)" if "xception" not in str(loc) else "must be 1 or 2"
-            msg = text if kind == "value_error" else f"{text}, got {value!r}"
+            msg = text if kind == "value_error" else f"{text}, got {short_repr(value)}"
         # Union branches repeat the same problem for one path: keep the first message.
         seen.setdefault(path, msg)
     return [f"{p}: {m}" for p, m in seen.items()]
@@ -253,6 +269,23 @@ def config_json_schema() -> dict[str, Any]:
     schema["required"] = [r for r in schema.get("required", []) if r not in ("name", "family")]
     schema["title"] = "dszoo model config"
     return schema
+
+
+def _key_problems(obj: Any, path: str = "", seen: Optional[set[int]] = None) -> list[str]:
+    """Mapping keys that are not strings (YAML allows ``1: x`` or ``null: x``), with their paths."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or not isinstance(obj, (Mapping, list, tuple)):
+        return []
+    seen.add(id(obj))  # shared YAML aliases are walked once
+    if isinstance(obj, Mapping):
+        out = []
+        for key, value in obj.items():
+            if isinstance(key, str):
+                out += _key_problems(value, f"{path}.{key}" if path else key, seen)
+            else:
+                out.append(f"{path or '<top level>'}: key {short_repr(key)} must be a string")
+        return out
+    return [p for i, value in enumerate(obj) for p in _key_problems(value, f"{path}[{i}]", seen)]
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -269,13 +302,17 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 def read_yaml(path: Path) -> Any:
     """``yaml.safe_load`` a file; syntax errors and missing files become ``ConfigError``."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(str(path), ["file not found"]) from None
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset {exc.start}"]) from None
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(str(path), ["invalid YAML: nested too deeply"]) from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         pos = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
@@ -295,6 +332,9 @@ def load_family_file(path: Path) -> tuple[str, dict[str, Any], dict[str, dict[st
     if not isinstance(data, Mapping):
         raise ConfigError(str(path), [f"<top level>: must be a mapping, got {type(data).__name__}"])
     if "variants" not in data:
+        bad = [f"{k}: must be a string, got {short_repr(data[k])}" for k in ("name", "family") if not isinstance(data.get(k, ""), str)]
+        if bad:
+            raise ConfigError(str(path), bad)
         name = str(data.get("name", path.stem))
         body = {k: v for k, v in data.items() if k not in ("family", "name")}
         return str(data.get("family", name)), body, {name: {}}
@@ -302,6 +342,8 @@ def load_family_file(path: Path) -> tuple[str, dict[str, Any], dict[str, dict[st
         f"{k}: unknown key{_did_you_mean(str(k), _FAMILY_KEYS)} (allowed: {', '.join(_FAMILY_KEYS)})"
         for k in data if k not in _FAMILY_KEYS
     ]
+    problems += [f"{k}: must be a string, got {short_repr(data[k])}"
+                 for k in ("family", "description") if not isinstance(data.get(k, ""), str)]
     defaults = data.get("defaults") or {}
     variants = data.get("variants") or {}
     if not isinstance(defaults, Mapping):
@@ -361,13 +403,29 @@ def resolve_config(
     source: str,
 ) -> ModelConfig:
     """Merge defaults + variant + overrides and validate, or raise one ``ConfigError``."""
-    raw = deep_merge(defaults, variant)
-    raw = _apply_overrides(raw, overrides, f"{source} (overrides for {name!r})" if overrides else source)
-    raw.update(name=name, family=family)
+    where = f"{source}: variant {name}" if variant else source
+    if overrides:
+        where += f" + overrides {short_repr(dict(overrides))}"
     try:
-        return ModelConfig.model_validate(raw)
+        raw = deep_merge(defaults, variant)
+        raw = _apply_overrides(raw, overrides, f"{source} (overrides for {name!r})" if overrides else source)
+        raw.update(name=name, family=family)
+        problems = _key_problems(raw)
+        if problems:
+            raise ConfigError(where, problems)
+        cfg = ModelConfig.model_validate(raw)
     except ValidationError as err:
-        where = f"{source}: variant {name}" if variant else source
-        if overrides:
-            where += f" + overrides {dict(overrides)}"
         raise ConfigError(where, _problems(err)) from None
+    except RecursionError:
+        raise ConfigError(where, ["<top level>: nested too deeply"]) from None
+    from .plan import min_input_size  # deferred: the plan module imports this one
+
+    smallest = min_input_size(cfg)
+    declared = cfg.min_input_size or (1, 1)
+    least = (max(smallest[0], declared[0]), max(smallest[1], declared[1]))
+    c, h, w = cfg.input_size
+    if h < least[0] or w < least[1]:
+        why = "min_input_size" if least == tuple(declared) else "its layers leave an empty map below that"
+        raise ConfigError(where, [f"input_size: {c}x{h}x{w} is smaller than the minimum {least[0]}x{least[1]} "
+                                  f"of this network ({why})"])
+    return cfg

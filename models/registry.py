@@ -132,6 +132,7 @@ def create_model(
     pretrained: Optional[PathLike] = None,
     features_only: bool = False,
     out_indices: Optional[Sequence[int]] = None,
+    allow_large: bool = False,
     **overrides: Any,
 ) -> nn.Module:
     """Build a model by registered name or YAML path.
@@ -141,10 +142,12 @@ def create_model(
         pretrained: a checkpoint of ours or a timm state dict (``models.load_pretrained``).
         features_only: return a ``ZooFeatures`` backbone giving the ``feature_info`` maps.
         out_indices: which feature levels ``features_only`` returns (default: all).
+        allow_large: build even above ``models.plan.MAX_PARAMS`` parameters or
+            ``MAX_ACTIVATION_BYTES`` of activations per image (else ``ModelTooLargeError``).
         **overrides: ``num_classes``, ``in_chans``, ``width_mult``, ``drop_rate``,
             ``input_size`` (int, (H, W) or (C, H, W)), ``separable`` or any top-level config key.
     """
-    model = build_model(get_model_config(name, **overrides))
+    model = build_model(get_model_config(name, **overrides), allow_large)
     if pretrained is not None:
         from .weights import load_pretrained
 

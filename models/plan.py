@@ -1,0 +1,280 @@
+"""Closed-form shapes, parameter and MAC counts of a config, computed without building it.
+
+The arithmetic is the papers' (MobileNets, Howard et al. 2017, section 3.1: a ``K x K`` conv
+of ``M -> N`` channels on a ``D_F x D_F`` map costs ``D_K^2 * M * N * D_F^2`` MACs, its
+depthwise-separable factorisation ``D_K^2 * M * D_F^2 + M * N * D_F^2``) applied layer by layer
+with the padding rule of ``blocks/layers.py``. Nothing is allocated, so a plan is how a config
+is checked before it is built: an input too small for the network, or a size beyond sane
+limits (a typo of 1024000 channels), fails here with the key path that causes it. The
+property-based tests check every plan against the built model.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from .config import ConfigError, ModelConfig
+
+__all__ = [
+    "MAX_ACTIVATION_BYTES",
+    "MAX_LAYERS",
+    "MAX_PARAMS",
+    "LayerPlan",
+    "ModelPlan",
+    "ModelTooLargeError",
+    "SpatialOp",
+    "check_model_size",
+    "make_divisible",
+    "min_input_size",
+    "plan_model",
+]
+
+MAX_PARAMS = 1_000_000_000
+"""Above this many parameters (4 GB of fp32 weights) a model is only built with ``allow_large``."""
+MAX_ACTIVATION_BYTES = 8 * 2**30
+"""Above this much fp32 activation memory for one image of the default input, likewise."""
+MAX_LAYERS = 10_000
+"""Above this many conv, norm and linear layers (Xception has 160), likewise."""
+
+
+def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+    """Round a channel count to a multiple of ``divisor``, never losing more than 10%."""
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if new < round_limit * value:
+        new += divisor
+    return new
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+@dataclass(frozen=True)
+class SpatialOp:
+    """A conv or pool along one axis. ``padding="same"`` gives ``ceil(n / stride)`` (symmetric
+    padding for odd kernels, TensorFlow's for even ones); an int pads both sides."""
+
+    kernel: int
+    stride: int = 1
+    dilation: int = 1
+    padding: Union[str, int] = "same"
+
+    def out(self, n: int) -> int:
+        """Output length for input length ``n`` (below 1: the input is too small)."""
+        if self.padding == "same":
+            return -(-n // self.stride)
+        span = self.dilation * (self.kernel - 1) + 1
+        return (n + 2 * int(self.padding) - span) // self.stride + 1
+
+    def min_in(self, out: int) -> int:
+        """The smallest input length giving at least ``out`` outputs."""
+        if self.padding == "same":
+            return (out - 1) * self.stride + 1
+        span = self.dilation * (self.kernel - 1) + 1
+        return max(1, (out - 1) * self.stride + span - 2 * int(self.padding))
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One Conv2d (or Conv2dSame), BatchNorm2d or Linear of the built model, predicted.
+
+    ``name`` is its module path in the built model; ``key`` the config entry that makes it.
+    """
+
+    name: str
+    type: str
+    key: str
+    in_chs: int
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Every layer of a config at one input size, and the totals."""
+
+    name: str
+    input_size: tuple[int, int, int]
+    min_input_size: tuple[int, int]
+    layers: list[LayerPlan] = field(repr=False)
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+    activation_bytes: int
+    """fp32 bytes of every conv, norm and linear output for one image (as kept for backward)."""
+
+
+class _Walker:
+    """Follows the builder's construction order, recording layers and the spatial chain."""
+
+    def __init__(self, cfg: ModelConfig, size: tuple[int, int, int]) -> None:
+        self.cfg = cfg
+        self.norm = cfg.norm.type != "none"
+        self.layers: list[LayerPlan] = []
+        self.chain: list[tuple[SpatialOp, SpatialOp]] = []
+        self.c, self.h, self.w = size
+
+    def chs(self, channels: int) -> int:
+        return make_divisible(channels * self.cfg.width_mult, self.cfg.channel_divisor)
+
+    def conv(self, name: str, key: str, c_in: int, c_out: int, kernel: Any, stride: Any = 1, dilation: Any = 1,
+             padding: Union[str, int] = "same", groups: int = 1, main: bool = True) -> None:
+        """A Conv2d (plus its norm when ``name`` ends in ``.conv``); ``main`` moves the chain on."""
+        (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
+        padding = 0 if padding == "valid" else padding
+        kind = "Conv2dSame" if padding == "same" and not (kh % 2 and kw % 2) else "Conv2d"
+        ops = (SpatialOp(kh, sh, dh, padding), SpatialOp(kw, sw, dw, padding))
+        h, w = ops[0].out(self.h), ops[1].out(self.w)
+        per_out = c_in // groups * kh * kw
+        self.layers.append(LayerPlan(name, kind, key, c_in, (c_out, h, w), c_out * per_out, c_out * h * w * per_out))
+        if main:
+            self.chain.append(ops)
+            self.c, self.h, self.w = c_out, h, w
+
+    def bn(self, name: str, key: str, channels: int, h: int, w: int) -> None:
+        if self.norm:
+            self.layers.append(LayerPlan(name, "BatchNorm2d", key, channels, (channels, h, w), 2 * channels, 0))
+
+    def conv_norm(self, prefix: str, key: str, c_out: int, kernel: Any, stride: Any = 1, dilation: Any = 1,
+                  padding: Union[str, int] = "same", groups: int = 1, norm: bool = True) -> None:
+        """``ConvNormAct``: ``prefix.conv`` then ``prefix.norm``."""
+        self.conv(f"{prefix}.conv", key, self.c, c_out, kernel, stride, dilation, padding, groups)
+        if norm:
+            self.bn(f"{prefix}.norm", key, self.c, self.h, self.w)
+
+    def block(self, prefix: str, key: str, spec: Any, stride: Any) -> None:
+        out = self.chs(spec.out)
+        if spec.type == "conv" or (spec.type == "ds" and not self.cfg.separable):
+            padding = getattr(spec, "padding", "same")
+            self.conv_norm(prefix, key, out, spec.kernel, stride, spec.dilation, padding)
+        elif spec.type == "ds":
+            mid = self.c * spec.depth_multiplier
+            self.conv_norm(f"{prefix}.dw", key, mid, spec.kernel, stride, spec.dilation, groups=self.c,
+                           norm=spec.mid_norm_act)
+            self.conv_norm(f"{prefix}.pw", key, out, 1)
+        else:
+            self.xception(prefix, key, spec, out, stride)
+
+    def xception(self, prefix: str, key: str, spec: Any, out: int, stride: int) -> None:
+        c_in, h, w = self.c, self.h, self.w
+        if c_in != out or stride != 1:  # the shortcut is registered before the body
+            hs, ws = SpatialOp(1, stride, 1, 0).out(h), SpatialOp(1, stride, 1, 0).out(w)
+            per = (out, hs, ws)
+            self.layers.append(LayerPlan(f"{prefix}.shortcut.conv", "Conv2d", key, c_in, per, c_in * out, c_in * out * hs * ws))
+            self.bn(f"{prefix}.shortcut.norm", key, out, hs, ws)
+        index = 0
+        for i in range(spec.convs):
+            if spec.grow_first:
+                conv_in, conv_out = (c_in if i == 0 else out), out
+            else:
+                conv_in, conv_out = c_in, (c_in if i < spec.convs - 1 else out)
+            if i > 0 or spec.start_with_act:
+                index += 1  # the activation
+            body = f"{prefix}.body.{index}"
+            if self.cfg.separable:
+                self.conv(f"{body}.dw.conv", key, conv_in, conv_in, spec.kernel, groups=conv_in)
+                self.conv(f"{body}.pw.conv", key, conv_in, conv_out, 1)
+            else:
+                self.conv(body, key, conv_in, conv_out, spec.kernel)
+            self.bn(f"{prefix}.body.{index + 1}", key, conv_out, self.h, self.w)
+            index += 2
+        if stride != 1:
+            pool = SpatialOp(3, stride, 1, 1)
+            self.chain.append((pool, pool))
+            self.h, self.w = pool.out(self.h), pool.out(self.w)
+
+
+def _walk(cfg: ModelConfig, size: tuple[int, int, int]) -> _Walker:
+    walker = _Walker(cfg, size)
+    index = 0
+    for i, spec in enumerate(cfg.stem):
+        for r in range(spec.repeat):
+            walker.block(f"stem.{index}", f"stem[{i}]", spec, spec.stride if r == 0 else 1)
+            index += 1
+        index += spec.dropout > 0
+    for i, spec in enumerate(cfg.stages):
+        for r in range(spec.repeat):
+            walker.block(f"stages.{i}.{r}", f"stages[{i}]", spec, spec.stride if r == 0 else 1)
+    if cfg.num_classes > 0:
+        c = walker.c
+        walker.layers.append(LayerPlan("classifier", "Linear", "num_classes", c, (cfg.num_classes,),
+                                       c * cfg.num_classes + cfg.num_classes, c * cfg.num_classes))
+    return walker
+
+
+def min_input_size(cfg: ModelConfig) -> tuple[int, int]:
+    """The smallest (H, W) every layer of ``cfg`` gives a non-empty output for (structural;
+    a config's ``min_input_size`` may ask for more)."""
+    chain = _walk(cfg, (cfg.in_chans, 1, 1)).chain
+    h = w = 1
+    for op_h, op_w in reversed(chain):
+        h, w = op_h.min_in(h), op_w.min_in(w)
+    return h, w
+
+
+def plan_model(cfg: ModelConfig, input_size: Optional[tuple[int, int, int]] = None) -> ModelPlan:
+    """Predict every layer of the model ``cfg`` describes at ``input_size`` (default: the config's).
+
+    Raises ``ValueError`` when the input is smaller than the structural minimum.
+    """
+    c, h, w = input_size if input_size is not None else cfg.input_size
+    smallest = min_input_size(cfg)
+    if h < smallest[0] or w < smallest[1]:
+        raise ValueError(f"input {h}x{w} is smaller than the minimum {smallest[0]}x{smallest[1]} of {cfg.name}: "
+                         "a layer would have an empty output")
+    walker = _walk(cfg, (c, h, w))
+    layers = walker.layers
+    features: tuple[int, ...] = (walker.c,)
+    out = layers[-1].output_shape if layers and layers[-1].type == "Linear" else features
+    activations = sum(_numel(layer.output_shape) for layer in layers) + c * h * w
+    return ModelPlan(
+        name=cfg.name, input_size=(c, h, w), min_input_size=smallest, layers=layers, output_shape=out,
+        params=sum(layer.params for layer in layers), macs=sum(layer.macs for layer in layers),
+        activation_bytes=4 * activations,
+    )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+class ModelTooLargeError(ConfigError):
+    """A config whose size exceeds ``MAX_PARAMS`` or ``MAX_ACTIVATION_BYTES``: refused unbuilt."""
+
+
+_OPT_IN = "pass allow_large=True (scripts: --allow-large) if this size is intended"
+
+
+def check_model_size(plan: ModelPlan) -> None:
+    """Raise ``ModelTooLargeError`` naming the config key of the largest layer when ``plan``
+    exceeds the limits; ``create_model(..., allow_large=True)`` builds it anyway."""
+    problems = []
+    if plan.params > MAX_PARAMS:
+        top = max(plan.layers, key=lambda layer: layer.params)
+        problems.append(
+            f"{top.key}: the model would have {plan.params:,} parameters ({plan.params * 4 / 2**30:.1f} GiB in fp32), "
+            f"above the limit of {MAX_PARAMS:,}; the largest layer is {top.name} ({top.in_chs:,} -> "
+            f"{top.output_shape[0]:,} channels, {top.params:,} parameters); {_OPT_IN}"
+        )
+    if len(plan.layers) > MAX_LAYERS:
+        key = Counter(layer.key for layer in plan.layers).most_common(1)[0][0]
+        problems.append(f"{key}: the model would have {len(plan.layers):,} layers, above the limit of "
+                        f"{MAX_LAYERS:,} (check the repeat counts); {_OPT_IN}")
+    if plan.activation_bytes > MAX_ACTIVATION_BYTES:
+        top = max(plan.layers, key=lambda layer: _numel(layer.output_shape))
+        problems.append(
+            f"input_size: one {_shape(plan.input_size)} image would need {plan.activation_bytes / 2**30:.1f} GiB of "
+            f"activations, above the limit of {MAX_ACTIVATION_BYTES / 2**30:.0f} GiB; the largest is {top.name} "
+            f"({_shape(top.output_shape)}, from {top.key}); {_OPT_IN}"
+        )
+    if problems:
+        raise ModelTooLargeError(plan.name, problems)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
