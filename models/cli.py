@@ -2,13 +2,26 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 from typing import Callable, NoReturn, Optional, Sequence
 
 from .config import ConfigError
 from .registry import UnknownModelError
 
-__all__ = ["ArgumentParser", "RunError", "UsageError", "run_cli"]
+__all__ = [
+    "ArgumentParser",
+    "RunError",
+    "UsageError",
+    "fraction",
+    "new_output_file",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "run_cli",
+]
 
 
 class UsageError(Exception):
@@ -24,6 +37,57 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         raise UsageError(f"{message} (see --help)")
+
+
+def _number(kind: type, text: str, ok: Callable[[float], bool], allowed: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+    if not math.isfinite(value) or not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    return int(_number(int, text, lambda v: v >= 1, "a positive integer"))
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    return int(_number(int, text, lambda v: v >= 0, "an integer >= 0"))
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    return _number(float, text, lambda v: v > 0, "a number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    return _number(float, text, lambda v: v >= 0, "a number >= 0")
+
+
+def fraction(text: str) -> float:
+    """argparse type: a float in [0, 1)."""
+    return _number(float, text, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def new_output_file(path: str, overwrite: bool, flag: str, suffixes: Sequence[str] = ()) -> Path:
+    """Check, before any work, that ``path`` may be written: the right suffix, an existing file
+    only with ``--overwrite``, not a folder. Raises ``UsageError`` naming ``flag``."""
+    out = Path(path)
+    if suffixes and not str(out).endswith(tuple(suffixes)):
+        raise UsageError(f"{flag} {path}: must end in {' or '.join(suffixes)}")
+    if out.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{flag} {path}: exists; pass --overwrite to replace it")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{flag} {path}: {parent} is a file, not a folder")
+    return out
 
 
 # Errors that describe the user's input; anything else is a bug and keeps its traceback.

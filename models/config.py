@@ -369,23 +369,23 @@ def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], source: 
             [f"{k}: unknown override{_did_you_mean(k, allowed)} (allowed: {', '.join(allowed)})" for k in unknown],
         )
     out = copy.deepcopy(raw)
-    size = list(out.get("input_size", ModelConfig.model_fields["input_size"].default))
+    size = out.get("input_size", ModelConfig.model_fields["input_size"].default)
+    size = list(size) if isinstance(size, (list, tuple)) and len(size) == 3 else size  # else the schema reports it
     for key, value in overrides.items():
         if value is None:
             continue
-        if key == "in_chans":
-            size[0] = value
-        elif key == "drop_rate":
+        if key == "drop_rate":
             out = deep_merge(out, {"head": {"dropout": value}})
-        elif key == "input_size":
-            if isinstance(value, int):
-                size[1:] = [value, value]
-            elif isinstance(value, (list, tuple)) and len(value) == 2:
-                size[1:] = list(value)
-            elif isinstance(value, (list, tuple)) and len(value) == 3:
-                size = list(value)
-            else:
-                raise ConfigError(source, [f"input_size: must be an int, (H, W) or (C, H, W), got {value!r}"])
+        elif key == "input_size" and isinstance(value, (list, tuple)) and len(value) == 3:
+            size = list(value)
+        elif key in ("in_chans", "input_size"):
+            if key == "input_size" and not (isinstance(value, int) or (isinstance(value, (list, tuple)) and len(value) == 2)):
+                raise ConfigError(source, [f"input_size: must be an int, (H, W) or (C, H, W), got {short_repr(value)}"])
+            if isinstance(size, list):
+                if key == "in_chans":
+                    size[0] = value
+                else:
+                    size[1:] = [value, value] if isinstance(value, int) else list(value)
         elif isinstance(value, Mapping):
             out = deep_merge(out, {key: value})
         else:

@@ -15,7 +15,7 @@ from torch import nn
 from .atomic import atomic_path
 from .inference import fold_batchnorm
 
-__all__ = ["EXPORT_FORMATS", "ExportError", "export_model"]
+__all__ = ["EXPORT_FORMATS", "EXPORT_SUFFIXES", "ExportError", "export_model"]
 
 PathLike = Union[str, Path]
 
@@ -60,6 +60,14 @@ EXPORT_FORMATS: dict[str, Callable[[nn.Module, torch.Tensor, str], Callable[[tor
     "onnx": _onnx,
     "pt2": _pt2,
 }
+
+
+EXPORT_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "torchscript": (".pt", ".pth", ".ts"),
+    "onnx": (".onnx",),
+    "pt2": (".pt2",),
+}
+"""File name endings each format's file may have (``scripts/export.py`` checks ``--out``)."""
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ scheduler, EMA, epoch, RNG states, best metric, history).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -24,7 +25,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .atomic import atomic_path
 from .builder import ZooNet
-from .cli import ArgumentParser, RunError, UsageError
+from .cli import (ArgumentParser, RunError, UsageError, fraction, non_negative_float, non_negative_int, positive_float,
+                  positive_int)
+from .config import close_matches
 from .data import DATASETS, build_datasets
 from .registry import create_model
 from .run_files import (
@@ -78,6 +81,7 @@ class TrainConfig:
     eval_only: bool = False
     max_batches: Optional[int] = None
     quiet: bool = False
+    allow_large: bool = False
 
     @property
     def total_epochs(self) -> int:
@@ -101,39 +105,64 @@ def build_parser() -> ArgumentParser:
                        "scikit-learn's bundled digits, a few minutes on a laptop CPU.")
     a = p.add_argument
     a("--model", default=d.model, help="registered name or config.yaml (default %(default)s)")
-    a("--num-classes", type=int, help="must agree with the dataset (default: the dataset's)")
-    a("--in-chans", type=int, help="input channels (default: 1 for digits, else the model's)")
-    a("--img-size", type=int, help="input side (default: 32 for digits, else the model's)")
+    a("--num-classes", type=positive_int, help="must agree with the dataset (default: the dataset's)")
+    a("--in-chans", type=positive_int, help="input channels (default: 1 for digits, else the model's)")
+    a("--img-size", type=positive_int, help="input side (default: 32 for digits, else the model's)")
     a("--pretrained", help="our checkpoint or a timm state dict (.pth/.safetensors)")
     a("--freeze", default=d.freeze, help="none | backbone | stages:K (stem + first K stages)")
     a("--dataset", default=d.dataset, choices=DATASETS)
     a("--data-dir", help="for imagefolder (train/ and val/ inside) and cifar10 (local files)")
-    a("--classes", type=lambda s: [int(c) for c in s.split(",")], help="digits only: e.g. 0,1,2,3,4")
-    a("--fake-size", type=int, default=d.fake_size, help="images in --dataset fake")
-    a("--epochs", type=int, help="default 15 (on --resume: the saved run's)")
-    a("--batch-size", type=int, default=d.batch_size, help="per process")
+    a("--classes", type=_class_list, help="digits only: e.g. 0,1,2,3,4")
+    a("--fake-size", type=positive_int, default=d.fake_size, help="images in --dataset fake")
+    a("--epochs", type=positive_int, help="default 15 (on --resume: the saved run's)")
+    a("--batch-size", type=positive_int, default=d.batch_size, help="per process")
     a("--opt", default=d.opt, help="any timm optimizer name (default %(default)s)")
-    a("--lr", type=float, default=d.lr, help="backbone learning rate")
-    a("--lr-head", type=float, help="classifier learning rate (default: --lr)")
-    a("--weight-decay", type=float, default=d.weight_decay)
-    a("--warmup-epochs", type=int, default=d.warmup_epochs)
-    a("--label-smoothing", type=float, default=d.label_smoothing)
-    a("--clip-grad", type=float, default=d.clip_grad, help="max gradient norm (0: off)")
-    a("--drop-rate", type=float, help="classifier dropout (default: the model's)")
+    a("--lr", type=positive_float, default=d.lr, help="backbone learning rate")
+    a("--lr-head", type=positive_float, help="classifier learning rate (default: --lr)")
+    a("--weight-decay", type=non_negative_float, default=d.weight_decay)
+    a("--warmup-epochs", type=non_negative_int, default=d.warmup_epochs)
+    a("--label-smoothing", type=fraction, default=d.label_smoothing)
+    a("--clip-grad", type=non_negative_float, default=d.clip_grad, help="max gradient norm (0: off)")
+    a("--drop-rate", type=fraction, help="classifier dropout (default: the model's)")
     a("--ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3) and evaluate it")
-    a("--ema-decay", type=float, default=d.ema_decay)
+    a("--ema-decay", type=fraction, default=d.ema_decay)
     a("--amp", action="store_true", help="torch.autocast: bfloat16 on CPU, float16 on GPU")
     a("--channels-last", action="store_true")
     a("--seed", type=int, default=d.seed)
     a("--deterministic", action="store_true", help="deterministic algorithms: exact resumes")
-    a("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    a("--workers", type=non_negative_int, default=d.workers, help="DataLoader worker processes")
     a("--out-dir", help="default: runs/train, or runs/train2, train3 ... if taken (never reuses a run)")
     a("--resume", help="OUT/last.pt: continue that run")
     a("--overwrite", action="store_true", help="replace the run files in --out-dir")
     a("--eval-only", action="store_true", help="evaluate --pretrained on the validation set")
-    a("--max-batches", type=int, help="train on at most this many batches per epoch (smoke tests)")
+    a("--max-batches", type=positive_int, help="train on at most this many batches per epoch (smoke tests)")
     a("--quiet", action="store_true", help="no progress bars")
+    a("--allow-large", action="store_true", help="build models above the size guard (models.plan)")
     return p
+
+
+def _class_list(text: str) -> list[int]:
+    """argparse type of ``--classes``: distinct non-negative ints, comma-separated."""
+    parts = text.split(",")
+    if not all(p.strip().isdigit() for p in parts) or len(set(map(int, parts))) != len(parts):
+        raise argparse.ArgumentTypeError(f"must be distinct class numbers separated by commas (e.g. 0,1,2), got {text!r}")
+    return [int(p) for p in parts]
+
+
+def check_arguments(cfg: TrainConfig) -> None:
+    """Refuse contradictory options before anything is read or written."""
+    pairs = [
+        (cfg.resume and cfg.pretrained, "--resume continues a run with its own weights; drop --pretrained"),
+        (cfg.resume and cfg.eval_only, "--eval-only evaluates --pretrained; it does not take --resume"),
+        (cfg.resume and cfg.overwrite, "--resume appends to its run; it does not take --overwrite"),
+        (cfg.eval_only and cfg.overwrite, "--eval-only writes no files; it does not take --overwrite"),
+        (cfg.classes and cfg.dataset != "digits", f"--classes is for --dataset digits, not {cfg.dataset}"),
+        (cfg.data_dir and cfg.dataset in ("digits", "fake"), f"--dataset {cfg.dataset} reads no --data-dir"),
+        (cfg.max_batches is not None and cfg.eval_only, "--max-batches limits training; --eval-only does none"),
+    ]
+    for bad, message in pairs:
+        if bad:
+            raise UsageError(message)
 
 
 # --- distributed -------------------------------------------------------------------------------
@@ -216,7 +245,7 @@ def _build_model(cfg: TrainConfig) -> ZooNet:
         overrides["input_size"] = img
     if cfg.drop_rate is not None:
         overrides["drop_rate"] = cfg.drop_rate
-    model = create_model(cfg.model, **overrides)
+    model = create_model(cfg.model, allow_large=cfg.allow_large, **overrides)
     if not isinstance(model, ZooNet):
         raise UsageError(f"{cfg.model} is not a classification model")
     return model
@@ -224,6 +253,7 @@ def _build_model(cfg: TrainConfig) -> ZooNet:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume, or only evaluate) one fine-tuning job as ``cfg`` describes."""
+    check_arguments(cfg)
     resume_ckpt = None
     if cfg.resume:
         resume_ckpt = load_checkpoint(cfg.resume)
@@ -241,9 +271,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     out = Path(cfg.out_dir)
     if rank == 0 and not cfg.eval_only:
         check_out_dir(cfg, out)
-        if cfg.overwrite and not cfg.resume:
-            for f in RUN_FILES:
-                (out / f).unlink(missing_ok=True)
 
     model = _build_model(cfg)
     data = build_datasets(cfg.dataset, model.pretrained_cfg, data_dir=cfg.data_dir, classes=cfg.classes,
@@ -278,6 +305,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     from timm.scheduler import CosineLRScheduler
     from timm.utils import ModelEmaV3
 
+    from timm.optim import list_optimizers
+
+    base_opt = cfg.opt.lower().split("_")[-1]  # timm reads prefixes such as "lookahead_"
+    if base_opt not in list_optimizers():
+        hint = close_matches(base_opt, list_optimizers())
+        raise UsageError(f"--opt {cfg.opt}: not a timm optimizer"
+                         + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else " (see timm.optim.list_optimizers())"))
     optimizer = create_optimizer_v2(groups, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
     epochs = cfg.total_epochs
     scheduler = CosineLRScheduler(optimizer, t_initial=epochs, lr_min=cfg.lr * 0.01,
@@ -303,6 +337,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         torch.set_rng_state(resume_ckpt["rng"]["torch"])
         random.setstate(_to_random_state(resume_ckpt["rng"]["python"]))
     if rank == 0:
+        if cfg.overwrite:  # only now that every option has been checked: a failed start loses nothing
+            for f in RUN_FILES:
+                (out / f).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "args.json") as tmp:
             Path(tmp).write_text(json.dumps({**asdict(cfg), "world_size": world, "dataset_info": data.description}, indent=2))

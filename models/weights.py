@@ -136,8 +136,9 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
             f"{path}: refused: the file needs arbitrary pickled objects to load, which is unsafe "
             f"(weights_only=True: {first}); save a plain state dict or safetensors instead"
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())[:200]})") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on corrupt, truncated or random bytes
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "state_dict_ema"):
             if isinstance(obj.get(key), Mapping):
@@ -175,8 +176,13 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     own = model.state_dict()
     head = model.pretrained_cfg["classifier"]
     head_keys = [k for k in state if k.startswith(head + ".")]
-    head_reset = any(k in own and own[k].shape != state[k].shape for k in head_keys) or (
-        head_keys and not any(k.startswith(head + ".") for k in own)
+    weight, bias = state.get(f"{head}.weight"), state.get(f"{head}.bias")
+    # Another num_classes: a Linear over the same features with another number of outputs.
+    other_classes = (weight is not None and weight.dim() == 2 and weight.shape[1] == model.num_features
+                     and (bias is None or tuple(bias.shape) == (weight.shape[0],)))
+    head_reset = other_classes and (
+        any(k in own and own[k].shape != state[k].shape for k in head_keys)
+        or not any(k.startswith(head + ".") for k in own)
     )
     if head_reset:
         for k in head_keys:

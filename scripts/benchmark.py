@@ -16,7 +16,9 @@ import torch
 
 from models import list_models
 from models.benchmark import run_benchmarks
-from models.cli import ArgumentParser, UsageError, run_cli
+from models.inference import BACKENDS
+from models.atomic import atomic_path
+from models.cli import ArgumentParser, UsageError, new_output_file, positive_int, run_cli
 
 DEFAULT_MODELS = ["mobilenet_v1", "mobilenet_v1_075", "mobilenet_v1_050", "mobilenet_v1_025",
                   "xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l"]
@@ -54,35 +56,51 @@ def plot(result: dict, path: str) -> None:
     ax.legend()
     ax.set_title("latency against MACs")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--train-batch", type=int, default=16)
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--backends", nargs="+", default=["inductor", "torchscript", "eager"])
+    p.add_argument("--models", nargs="+", help=f"default: {' '.join(DEFAULT_MODELS)}")
+    p.add_argument("--batch-sizes", nargs="+", type=positive_int, help="default: 1 8")
+    p.add_argument("--repeats", type=positive_int, help="timed runs per row (default 10)")
+    p.add_argument("--train-batch", type=positive_int, help="training-step batch (default 16)")
+    p.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, help="optimized-path compilers to try, in order "
+                   f"(default: {' '.join(BACKENDS)})")
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--plot", help="write a PNG of latency against MACs")
+    p.add_argument("--overwrite", action="store_true", help="replace --json/--plot files that exist")
     p.add_argument("--quick", action="store_true", help="small models, few repeats, no inductor (smoke test)")
     args = p.parse_args(argv)
-    unknown = [m for m in args.models if m not in list_models()]
+    chosen = [f"--{k.replace('_', '-')}" for k in ("models", "batch_sizes", "repeats", "train_batch", "backends")
+              if getattr(args, k) is not None]
+    if args.quick and chosen:
+        raise UsageError(f"--quick sets its own models, batch sizes, repeats and backends; drop {', '.join(chosen)}")
+    unknown = [m for m in args.models or [] if m not in list_models()]
     if unknown:
         raise UsageError(f"unknown models {unknown}; available: {', '.join(list_models())}")
+    if args.json:
+        new_output_file(args.json, args.overwrite, "--json", (".json",))
+    if args.plot:
+        new_output_file(args.plot, args.overwrite, "--plot", (".png",))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.models, args.batch_sizes, args.repeats, args.train_batch = ["ds_cnn_s", "mobilenet_v1_025"], [1, 2], 3, 4
         args.backends = ["torchscript", "eager"]
+    args.models = args.models or DEFAULT_MODELS
+    args.batch_sizes = args.batch_sizes or [1, 8]
+    args.repeats = args.repeats or 10
+    args.train_batch = args.train_batch or 16
+    args.backends = args.backends or list(BACKENDS)
     result = run_benchmarks(args.models, args.batch_sizes, args.repeats, args.train_batch, args.backends,
                             log=lambda s: print(s, file=sys.stderr))
     print(markdown(result))
     if args.json:
-        with open(args.json, "w") as fh:
+        with atomic_path(args.json) as tmp, open(tmp, "w") as fh:
             json.dump(result, fh, indent=2)
     if args.plot:
         plot(result, args.plot)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from models import create_model, load_pretrained, save_state_dict
-from models.cli import ArgumentParser, UsageError, run_cli
+from models.cli import ArgumentParser, new_output_file, non_negative_int, run_cli
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -19,13 +18,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("src", help="timm checkpoint: .pth, .pth.tar or .safetensors")
     p.add_argument("dst", help="output .safetensors file")
     p.add_argument("--model", required=True, help="our model name, e.g. mobilenet_v1 or xception")
-    p.add_argument("--num-classes", type=int, help="default: the model's")
+    p.add_argument("--num-classes", type=non_negative_int, help="default: the model's")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = p.parse_args(argv)
-    if Path(args.dst).suffix != ".safetensors":
-        raise UsageError(f"DST must end in .safetensors, got {args.dst}")
-    if Path(args.dst).exists() and not args.overwrite:
-        raise UsageError(f"{args.dst} exists; pass --overwrite to replace it")
+    new_output_file(args.dst, args.overwrite, "DST", (".safetensors",))
     overrides = {"num_classes": args.num_classes} if args.num_classes is not None else {}
     model = create_model(args.model, **overrides)
     report = load_pretrained(model, args.src)

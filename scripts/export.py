@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
 from models import create_model
-from models.cli import ArgumentParser, UsageError, run_cli
-from models.export import EXPORT_FORMATS, ExportError, export_model
+from models.cli import ArgumentParser, UsageError, new_output_file, non_negative_int, positive_int, run_cli
+from models.export import EXPORT_FORMATS, EXPORT_SUFFIXES, ExportError, export_model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -22,16 +23,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--pretrained", help="checkpoint to load first (ours or timm's)")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), help="default: the model's")
+    p.add_argument("--num-classes", type=non_negative_int)
+    p.add_argument("--input-size", nargs=3, type=positive_int, metavar=("C", "H", "W"), help="default: the model's")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers (default: folded into convs)")
+    p.add_argument("--allow-large", action="store_true", help="build models above the size guard (models.plan)")
     args = p.parse_args(argv)
-    if Path(args.out).exists() and not args.overwrite:
-        raise UsageError(f"{args.out} exists; pass --overwrite to replace it")
+    new_output_file(args.out, args.overwrite, "--out", EXPORT_SUFFIXES[args.format])
     overrides = {"num_classes": args.num_classes} if args.num_classes is not None else {}
-    model = create_model(args.model, pretrained=args.pretrained, **overrides)
+    model = create_model(args.model, pretrained=args.pretrained, allow_large=args.allow_large, **overrides)
     size = tuple(args.input_size) if args.input_size else model.cfg.input_size
+    model.check_input(torch.empty(1, *size, device="meta"))  # a wrong --input-size fails before any file
     try:
         diff = export_model(model, args.format, args.out, size, fold_bn=not args.no_fold_bn)
     except ExportError as exc:

@@ -15,7 +15,9 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from models import count_macs, count_params, create_model, list_models
-from models.cli import ArgumentParser, UsageError, run_cli
+from models.atomic import atomic_path
+from models.cli import (ArgumentParser, UsageError, new_output_file, non_negative_int, positive_float, positive_int,
+                        run_cli)
 from models.summary import ModelSummary, summarize
 
 
@@ -91,7 +93,8 @@ def plot(s: ModelSummary, path: str) -> None:
     axes[1].set_xticks(list(idx), [r.name for r in rows], rotation=90, fontsize=7)
     axes[0].set_title(f"{s.model} at {_shape(s.input_size)}: {s.macs / s.standard.macs:.3f} of the MACs")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -101,27 +104,37 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--set {item}: VALUE is not valid YAML ({' '.join(str(exc).split())})") from None
     return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="registered name, config.yaml or config.yaml:variant")
-    p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), help="default: the model's")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--width-mult", type=float)
-    p.add_argument("--in-chans", type=int)
+    p.add_argument("--input-size", nargs=3, type=positive_int, metavar=("C", "H", "W"), help="default: the model's")
+    p.add_argument("--num-classes", type=non_negative_int)
+    p.add_argument("--width-mult", type=positive_float)
+    p.add_argument("--in-chans", type=positive_int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other create_model override, VALUE in YAML syntax (e.g. separable=false)")
-    p.add_argument("--depth", type=int, default=3, help="torchinfo table depth (default 3)")
+    p.add_argument("--depth", type=non_negative_int, default=3, help="torchinfo table depth (default 3)")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     p.add_argument("--compare-standard", action="store_true", help="compare with standard convs")
     p.add_argument("--list", action="store_true", help="list every registered model")
     p.add_argument("--plot", metavar="PNG", help="bar chart of separable vs standard per layer")
+    p.add_argument("--overwrite", action="store_true", help="replace the --plot file if it exists")
+    p.add_argument("--allow-large", action="store_true", help="build models above the size guard (models.plan)")
     args = p.parse_args(argv)
 
     if args.list:
+        given = [f"--{k.replace('_', '-')}" for k in ("model", "input_size", "num_classes", "width_mult", "in_chans",
+                                                      "set", "compare_standard", "plot", "allow_large")
+                 if getattr(args, k)]
+        if given:
+            raise UsageError(f"--list summarises every registered model; it takes no {', '.join(given)}")
         rows = []
         for name in list_models():
             model = create_model(name)
@@ -137,12 +150,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if not args.model:
         raise UsageError("give --model NAME (or --list); models: " + ", ".join(list_models()))
+    if args.plot:
+        new_output_file(args.plot, args.overwrite, "--plot", (".png",))
     overrides = _parse_set(args.set)
     for key in ("num_classes", "width_mult", "in_chans"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     summary = summarize(args.model, args.input_size, depth=args.depth,
-                        compare_standard=args.compare_standard or bool(args.plot), **overrides)
+                        compare_standard=args.compare_standard or bool(args.plot), allow_large=args.allow_large,
+                        **overrides)
     if args.plot:
         plot(summary, args.plot)
     if args.format == "json":

@@ -1,11 +1,19 @@
-"""Shared helpers: a small input each registered model accepts."""
+"""Shared helpers: a small input each registered model accepts; hypothesis profiles."""
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from torch import nn
 
 torch.set_num_threads(2)
+
+# Property-based tests: a modest number of examples by default (CI), more on request:
+#   pytest --hypothesis-profile=thorough tests/test_fuzz_configs.py
+_QUIET = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=_QUIET, print_blob=True)
+settings.register_profile("thorough", max_examples=2000, deadline=None, suppress_health_check=_QUIET, print_blob=True)
+settings.load_profile("ci")
 
 
 def small_input_size(cfg) -> tuple[int, int, int]:

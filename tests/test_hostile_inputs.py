@@ -1,0 +1,275 @@
+"""Hostile files, arguments and tensors: each gets a clear error, nothing unsafe runs, nothing
+the user wrote is lost, and no partial output is left behind."""
+from __future__ import annotations
+
+import importlib.util
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from models import CheckpointError, create_model, get_model_config, list_models, load_pretrained, read_state_dict, save_state_dict
+from models.cli import run_cli
+from models.run_files import load_checkpoint
+from models.training import main as train_main
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_MODELS = list_models()
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+class WritesMarker:
+    """Unpickling this creates ``path``: proof that a loader ran code from the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _evil_files(folder: Path, marker: Path) -> list[Path]:
+    raw = folder / "evil_raw.pth"
+    raw.write_bytes(pickle.dumps({"model": WritesMarker(marker)}))
+    zipped = folder / "evil_zip.pt"
+    torch.save({"stem.0.conv.weight": torch.zeros(1), "x": WritesMarker(marker)}, zipped)
+    ckpt = folder / "evil_ckpt.pth.tar"
+    torch.save({"format": "dszoo-train-1", "model": WritesMarker(marker)}, ckpt)
+    return [raw, zipped, ckpt]
+
+
+def test_the_marker_payload_is_real(tmp_path: Path) -> None:
+    """The unsafe loaders would run it (so the tests below prove something)."""
+    marker = tmp_path / "ran"
+    for path in _evil_files(tmp_path, marker):
+        marker.unlink(missing_ok=True)
+        torch.load(path, weights_only=False) if path.suffix != ".pth" else pickle.loads(path.read_bytes())
+        assert marker.exists()
+
+
+def test_code_in_a_pickle_never_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    marker = tmp_path / "ran"
+    for path in _evil_files(tmp_path, marker):
+        with pytest.raises(CheckpointError, match="refused: the file needs arbitrary pickled objects|not a readable"):
+            load_pretrained(create_model("ds_cnn_s"), path)
+        with pytest.raises(CheckpointError, match="--resume"):
+            load_checkpoint(str(path))
+        assert run_cli(train_main, ["--pretrained", str(path), "--eval-only", "--quiet"]) == 2
+        assert run_cli(_script("convert_weights").main, [str(path), str(tmp_path / "o.safetensors"), "--model", "mobilenet_v1"]) == 2
+    assert not marker.exists()
+    assert not (tmp_path / "o.safetensors").exists()
+    capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def saved_files() -> dict[str, bytes]:
+    model = create_model("ds_cnn_s")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = {}
+        for suffix in (".pt", ".safetensors"):
+            save_state_dict(model, Path(tmp) / f"w{suffix}")
+            out[suffix] = (Path(tmp) / f"w{suffix}").read_bytes()
+        torch.save({"format": "dszoo-train-1", "model": model.state_dict(), "epoch": 1}, Path(tmp) / "ck.pt")
+        out["checkpoint"] = (Path(tmp) / "ck.pt").read_bytes()
+        return out
+
+
+def _expect_checkpoint_error(content: bytes, suffix: str, loader: Callable[[Path], object]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"fuzz{suffix}"
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match="fuzz"):
+            loader(path)
+
+
+@given(data=st.data())
+def test_truncated_checkpoints_are_clear_errors(saved_files: dict[str, bytes], data: st.DataObject) -> None:
+    kind = data.draw(st.sampled_from(sorted(saved_files)))
+    content = saved_files[kind]
+    cut = data.draw(st.integers(0, len(content) - 1))
+    if kind == "checkpoint":
+        _expect_checkpoint_error(content[:cut], ".pt", lambda p: load_checkpoint(str(p)))
+    else:
+        _expect_checkpoint_error(content[:cut], kind, lambda p: load_pretrained(create_model("ds_cnn_s"), p))
+
+
+@given(content=st.binary(max_size=300), suffix=st.sampled_from([".pt", ".pth", ".pth.tar", ".safetensors"]))
+def test_random_bytes_are_clear_errors(content: bytes, suffix: str) -> None:
+    _expect_checkpoint_error(content, suffix, lambda p: load_pretrained(create_model("ds_cnn_s"), p))
+    _expect_checkpoint_error(content, suffix, lambda p: load_checkpoint(str(p)))
+
+
+@given(data=st.data())
+def test_wrong_shapes_name_the_key_and_both_shapes(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    model = create_model("ds_cnn_s")
+    state = model.state_dict()
+    key = data.draw(st.sampled_from([k for k, v in state.items() if v.dim() > 0]))
+    shape = tuple(state[key].shape)
+    wrong = data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple).filter(lambda s: s != shape))
+    state[key] = torch.zeros(wrong)
+    path = tmp_path_factory.mktemp("shapes") / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=re.escape(f"{key} (checkpoint {wrong}, model {shape})")):
+        load_pretrained(model, path)
+
+
+def test_non_state_dict_contents(tmp_path: Path) -> None:
+    for name, obj in [("tensor.pt", torch.zeros(3)), ("list.pt", [torch.zeros(1)]), ("mixed.pt", {"a": torch.zeros(1), "b": 3})]:
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(CheckpointError, match=f"{name}: does not hold a state dict"):
+            read_state_dict(tmp_path / name)
+    torch.save({}, tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match="missing keys: stem.0.conv.weight"):
+        load_pretrained(create_model("ds_cnn_s"), tmp_path / "empty.pt")
+
+
+# --- scripts: bad arguments exit 2 with one line and write nothing ---------------------------------
+
+SCRIPT_CASES = [
+    ("summarize", [], "error: give --model NAME"),
+    ("summarize", ["--model", "mobilenetv1"], "error: unknown model 'mobilenetv1'; did you mean 'mobilenet_v1'"),
+    ("summarize", ["--model", "missing.yaml"], "error: missing.yaml: file not found"),
+    ("summarize", ["--model", "ds_cnn_s", "--input-size", "1", "0", "10"], "error: argument --input-size: must be a positive integer, got '0'"),
+    ("summarize", ["--model", "ds_cnn_s", "--input-size", "1", "49"], "error: argument --input-size: expected 3 arguments"),
+    ("summarize", ["--model", "ds_cnn_s", "--input-size", "3", "49", "10"], "error: expected 1 input channels (in_chans=1), got 3"),
+    ("summarize", ["--model", "xception", "--input-size", "3", "32", "32"], "error: input 32x32 is smaller than the minimum 71x71"),
+    ("summarize", ["--model", "ds_cnn_s", "--depth", "-1"], "error: argument --depth: must be an integer >= 0, got '-1'"),
+    ("summarize", ["--list", "--model", "xception"], "error: --list summarises every registered model; it takes no --model"),
+    ("summarize", ["--model", "ds_cnn_s", "--set", "stages=[[["], "error: --set stages=[[[: VALUE is not valid YAML"),
+    ("summarize", ["--model", "ds_cnn_s", "--set", "nosuch=1"], "error: configs/ds_cnn.yaml (overrides for 'ds_cnn_s'): nosuch: unknown override"),
+    ("summarize", ["--model", "ds_cnn_s", "--width-mult", "nan"], "error: argument --width-mult: must be a number > 0, got 'nan'"),
+    ("summarize", ["--model", "ds_cnn_s", "--set", "width_mult=0"], "width_mult: must be greater than 0"),
+    ("summarize", ["--model", "mobilenet_v1", "--num-classes", "2000000"], "num_classes: the model would have 2,053,206,976 parameters"),
+    ("summarize", ["--model", "ds_cnn_s", "--plot", "summary.txt"], "error: --plot summary.txt: must end in .png"),
+    ("summarize", ["--model", "ds_cnn_s", "--plot", "existing.png"], "error: --plot existing.png: exists; pass --overwrite"),
+    ("summarize", ["--model", "ds_cnn_s", "--format", "xml"], "error: argument --format: invalid choice: 'xml'"),
+    ("export", [], "error: the following arguments are required: --model, --format, --out"),
+    ("export", ["--model", "ds_cnn_s", "--format", "onnx", "--out", "m.pt"], "error: --out m.pt: must end in .onnx"),
+    ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "existing.pt"], "error: --out existing.pt: exists"),
+    ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "folder.pt"], "error: --out folder.pt: is a folder"),
+    ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "m.pt", "--input-size", "3", "49", "10"], "error: expected 1 input channels"),
+    ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "m.pt", "--pretrained", "corrupt.pt"], "error: corrupt.pt: not a readable PyTorch checkpoint"),
+    ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "m.pt", "--pretrained", "mobilenet.pt"], "error: mobilenet.pt (dszoo) does not fit ds_cnn_s: shape mismatch"),
+    ("export", ["--model", "ds_cnn_s", "--format", "pt2", "--out", "m.pt2", "--num-classes", "-1"], "error: argument --num-classes: must be an integer >= 0"),
+    ("convert_weights", [], "error: the following arguments are required: src, dst, --model"),
+    ("convert_weights", ["missing.pt", "o.safetensors", "--model", "mobilenet_v1"], "error: missing.pt: checkpoint file not found"),
+    ("convert_weights", ["corrupt.pt", "o.safetensors", "--model", "mobilenet_v1"], "error: corrupt.pt: not a readable PyTorch checkpoint"),
+    ("convert_weights", ["mobilenet.pt", "o.pt", "--model", "mobilenet_v1"], "error: DST o.pt: must end in .safetensors"),
+    ("convert_weights", ["mobilenet.pt", "existing.safetensors", "--model", "mobilenet_v1"], "error: DST existing.safetensors: exists"),
+    ("convert_weights", ["mobilenet.pt", "o.safetensors", "--model", "xception"], "error: mobilenet.pt (dszoo) does not fit xception"),
+    ("benchmark", ["--models", "nosuch"], "error: unknown models ['nosuch']"),
+    ("benchmark", ["--batch-sizes", "0"], "error: argument --batch-sizes: must be a positive integer, got '0'"),
+    ("benchmark", ["--repeats", "2.5"], "error: argument --repeats: must be a positive integer, got '2.5'"),
+    ("benchmark", ["--threads", "-1"], "error: argument --threads: must be a positive integer, got '-1'"),
+    ("benchmark", ["--backends", "tvm"], "error: argument --backends: invalid choice: 'tvm'"),
+    ("benchmark", ["--quick", "--models", "xception"], "error: --quick sets its own models, batch sizes, repeats and backends; drop --models"),
+    ("benchmark", ["--json", "existing.json"], "error: --json existing.json: exists; pass --overwrite"),
+    ("benchmark", ["--plot", "out.jpg"], "error: --plot out.jpg: must end in .png"),
+    ("train", ["--batch-size", "0"], "error: argument --batch-size: must be a positive integer, got '0'"),
+    ("train", ["--epochs", "-1"], "error: argument --epochs: must be a positive integer, got '-1'"),
+    ("train", ["--lr", "inf"], "error: argument --lr: must be a number > 0, got 'inf'"),
+    ("train", ["--label-smoothing", "1.5"], "error: argument --label-smoothing: must be a number in [0, 1), got '1.5'"),
+    ("train", ["--classes", "1,1"], "error: argument --classes: must be distinct class numbers"),
+    ("train", ["--classes", "0,12"], "error: --classes for digits must be in 0..9, got [12]"),
+    ("train", ["--opt", "adamww"], "error: --opt adamww: not a timm optimizer; did you mean 'adamw'"),
+    ("train", ["--resume", "missing.pt"], "error: --resume missing.pt: no such file"),
+    ("train", ["--resume", "run/last.pt", "--pretrained", "mobilenet.pt"], "error: --resume continues a run with its own weights; drop --pretrained"),
+    ("train", ["--eval-only", "--pretrained", "mobilenet.pt", "--overwrite"], "error: --eval-only writes no files"),
+    ("train", ["--dataset", "fake", "--classes", "0,1"], "error: --classes is for --dataset digits, not fake"),
+    ("train", ["--data-dir", "folder.pt"], "error: --dataset digits reads no --data-dir"),
+    ("train", ["--model", "xception"], "error: configs/xception.yaml + overrides {'in_chans': 1, 'input_size': 32}: input_size: 1x32x32 is smaller than the minimum 71x71"),
+    ("train", ["--pretrained", "mobilenet.pt", "--model", "ds_cnn_s", "--img-size", "49"], "does not fit ds_cnn_s"),
+]
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder holding files a user already has; the scripts run from it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated")
+    (tmp_path / "folder.pt").mkdir()
+    for name in ("existing.png", "existing.pt", "existing.json", "existing.safetensors"):
+        (tmp_path / name).write_bytes(b"the user's file")
+    torch.save(create_model("mobilenet_v1_025", num_classes=10).state_dict(), tmp_path / "mobilenet.pt")
+    return tmp_path
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("script,argv,message", SCRIPT_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(SCRIPT_CASES)])
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(workdir: Path, capsys: pytest.CaptureFixture,
+                                                              script: str, argv: list[str], message: str) -> None:
+    main = train_main if script == "train" else _script(script).main
+    before = _snapshot(workdir)
+    code = run_cli(main, argv + (["--quiet"] if script == "train" else []))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert message in err, err
+    assert _snapshot(workdir) == before
+
+
+def test_failed_start_with_overwrite_keeps_the_earlier_run(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    run = workdir / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"the user's earlier run")
+    assert run_cli(train_main, ["--out-dir", str(run), "--overwrite", "--opt", "adamww", "--quiet"]) == 2
+    assert (run / "last.pt").read_bytes() == b"the user's earlier run"
+    capsys.readouterr()
+
+
+# --- tensors -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_bad_tensors_say_what_was_expected(name: str) -> None:
+    model = create_model(name).eval()
+    c, h, w = model.cfg.input_size
+    min_h, min_w = model.min_input_size
+    cases = [
+        (torch.zeros(1, c, h, w, dtype=torch.long), TypeError, "expected a floating-point input (e.g. torch.float32), got torch.int64"),
+        (torch.zeros(c, h, w), ValueError, f"expected a 4-D input (batch, {c}, H, W), got 3 dimensions"),
+        (torch.zeros(1, 1, c, h, w), ValueError, "got 5 dimensions"),
+        (torch.zeros(1, c + 1, h, w), ValueError, f"expected {c} input channels (in_chans={c}), got {c + 1}"),
+        (torch.zeros(1, c, h, w).numpy(), TypeError, f"expected a torch.Tensor (batch, {c}, H, W), got ndarray"),
+    ]
+    if min_h > 1:
+        cases.append((torch.zeros(1, c, min_h - 1, w), ValueError, f"input {min_h - 1}x{w} is smaller than the minimum {min_h}x{min_w} for {name}"))
+    for x, kind, message in cases:
+        with pytest.raises(kind, match=re.escape(message)):
+            model(x)
+
+
+def test_size_guard_refuses_before_allocating(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("a layer was allocated")
+
+    monkeypatch.setattr(torch.nn.Conv2d, "__init__", no_allocation)
+    from models import ModelTooLargeError
+
+    typo = [{"type": "ds", "out": 1024}, {"type": "ds", "out": 1024000}]  # 1024000 for 1024
+    with pytest.raises(ModelTooLargeError, match=r"stages\[1\]: the model would have 1,0\d\d,\d{3},\d{3} parameters .* "
+                       r"the largest layer is stages.1.0.pw.conv \(1,024 -> 1,024,000 channels"):
+        create_model("mobilenet_v1", stages=typo, num_classes=0, input_size=32)
+    monkeypatch.undo()
+    assert get_model_config("mobilenet_v1", stages=typo).stages[1].out == 1024000  # valid, only too large to build
+    small = create_model("ds_cnn_s", width_mult=40.0, allow_large=True)  # opting in builds it
+    assert small.num_features == 2560
