@@ -11,7 +11,7 @@ torch.set_num_threads(2)
 # Property-based tests: a modest number of examples by default (CI), more on request:
 #   pytest --hypothesis-profile=thorough tests/test_fuzz_configs.py
 _QUIET = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
-settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=_QUIET, print_blob=True)
+settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=_QUIET, print_blob=True)
 settings.register_profile("thorough", max_examples=2000, deadline=None, suppress_health_check=_QUIET, print_blob=True)
 settings.load_profile("ci")
 
