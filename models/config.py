@@ -370,28 +370,35 @@ def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], source: 
         )
     out = copy.deepcopy(raw)
     size = out.get("input_size", ModelConfig.model_fields["input_size"].default)
-    size = list(size) if isinstance(size, (list, tuple)) and len(size) == 3 else size  # else the schema reports it
+    size = list(size) if isinstance(size, (list, tuple)) and len(size) == 3 else size  # junk: the schema reports it
     for key, value in overrides.items():
         if value is None:
             continue
         if key == "drop_rate":
             out = deep_merge(out, {"head": {"dropout": value}})
-        elif key == "input_size" and isinstance(value, (list, tuple)) and len(value) == 3:
-            size = list(value)
-        elif key in ("in_chans", "input_size"):
-            if key == "input_size" and not (isinstance(value, int) or (isinstance(value, (list, tuple)) and len(value) == 2)):
-                raise ConfigError(source, [f"input_size: must be an int, (H, W) or (C, H, W), got {short_repr(value)}"])
-            if isinstance(size, list):
-                if key == "in_chans":
-                    size[0] = value
-                else:
-                    size[1:] = [value, value] if isinstance(value, int) else list(value)
+        elif key == "input_size":
+            size = _override_size(size, value, source)
+        elif key == "in_chans":
+            size = [value, *size[1:]] if isinstance(size, list) else size
         elif isinstance(value, Mapping):
             out = deep_merge(out, {key: value})
         else:
             out[key] = value
     out["input_size"] = size
     return out
+
+
+def _override_size(size: Any, value: Any, source: str) -> Any:
+    """The ``input_size`` override: an int (square), ``(H, W)`` or ``(C, H, W)``."""
+    if isinstance(value, (list, tuple)) and len(value) == 3:
+        return list(value)
+    if isinstance(value, int):
+        hw = [value, value]
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        hw = list(value)
+    else:
+        raise ConfigError(source, [f"input_size: must be an int, (H, W) or (C, H, W), got {short_repr(value)}"])
+    return [size[0], *hw] if isinstance(size, list) else size
 
 
 def resolve_config(

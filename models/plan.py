@@ -120,8 +120,8 @@ class _Walker:
         return make_divisible(channels * self.cfg.width_mult, self.cfg.channel_divisor)
 
     def conv(self, name: str, key: str, c_in: int, c_out: int, kernel: Any, stride: Any = 1, dilation: Any = 1,
-             padding: Union[str, int] = "same", groups: int = 1, main: bool = True) -> None:
-        """A Conv2d (plus its norm when ``name`` ends in ``.conv``); ``main`` moves the chain on."""
+             padding: Union[str, int] = "same", groups: int = 1) -> None:
+        """A Conv2d on the main path: records it and moves the current shape and the chain on."""
         (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
         padding = 0 if padding == "valid" else padding
         kind = "Conv2dSame" if padding == "same" and not (kh % 2 and kw % 2) else "Conv2d"
@@ -129,9 +129,8 @@ class _Walker:
         h, w = ops[0].out(self.h), ops[1].out(self.w)
         per_out = c_in // groups * kh * kw
         self.layers.append(LayerPlan(name, kind, key, c_in, (c_out, h, w), c_out * per_out, c_out * h * w * per_out))
-        if main:
-            self.chain.append(ops)
-            self.c, self.h, self.w = c_out, h, w
+        self.chain.append(ops)
+        self.c, self.h, self.w = c_out, h, w
 
     def bn(self, name: str, key: str, channels: int, h: int, w: int) -> None:
         if self.norm:

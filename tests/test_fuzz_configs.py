@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blocks import ACTIVATIONS
-from models import ConfigError, ModelConfig, build_model, count_macs, count_params, get_model_config, min_input_size, plan_model
+from models import (ConfigError, ModelConfig, build_model, count_macs, count_params, create_model, get_model_config,
+                    list_models, min_input_size, plan_model)
 from models.config import resolve_config
 from models.summary import summarize
 
@@ -82,6 +83,22 @@ def test_random_valid_config_builds_and_matches_its_closed_form(raw: dict[str, A
     assert count_params(model) == summary.params == plan.params
     assert count_macs(model, size) == summary.macs == plan.macs
     assert _rows(summary.layers) == _rows(plan.layers)
+
+
+@given(name=st.sampled_from(list_models()), width=st.sampled_from([0.25, 0.5, 0.75]), separable=st.booleans(),
+       extra=st.tuples(st.integers(0, 40), st.integers(0, 40)), num_classes=st.integers(0, 20))
+def test_registered_models_with_random_overrides_match_their_closed_form(name: str, width: float, separable: bool,
+                                                                          extra: tuple[int, int], num_classes: int) -> None:
+    base = get_model_config(name, width_mult=width, separable=separable, num_classes=num_classes)
+    least = min_input_size(base)
+    min_h, min_w = (max(a, b) for a, b in zip(least, base.min_input_size or (1, 1)))
+    size = (base.in_chans, min_h + extra[0], min_w + extra[1])
+    model = create_model(name, width_mult=width, separable=separable, num_classes=num_classes, input_size=size).eval()
+    plan = plan_model(model.cfg)
+    with torch.no_grad():
+        assert tuple(model(torch.randn(1, *size)).shape[1:]) == plan.output_shape
+    assert count_params(model) == plan.params
+    assert count_macs(model, size) == plan.macs
 
 
 @given(raw=valid_configs, in_chans=st.integers(1, 3))
