@@ -85,6 +85,9 @@ def free_run_dir(root: Path, stem: str, world: int) -> Path:
 
 
 def check_out_dir(cfg: Any, out: Path) -> None:
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--out-dir {out}: {folder} is a file, not a folder")
     existing = [f for f in RUN_FILES if (out / f).exists()]
     if existing and not cfg.resume and not cfg.overwrite:
         raise UsageError(f"{out} holds another run ({', '.join(existing)}); pass --resume {out / 'last.pt'} "

@@ -15,6 +15,7 @@ from torch import nn
 from blocks import DepthwiseSeparableConv, SeparableConv2d
 
 from .builder import ZooNet
+from .plan import check_model_size, plan_model
 from .profile import count_params, module_macs
 from .registry import create_model
 
@@ -166,6 +167,7 @@ def summarize(
     *,
     depth: int = 3,
     compare_standard: bool = False,
+    allow_large: bool = False,
     **overrides: Any,
 ) -> ModelSummary:
     """Summarise a model (a ``ZooNet`` or a name/YAML path with ``create_model`` overrides).
@@ -174,19 +176,23 @@ def summarize(
         input_size: (C, H, W) to profile at; the model's default input when ``None``.
         depth: nesting depth of torchinfo's table.
         compare_standard: also profile the network with every separable conv standard.
+        allow_large: profile even above the size guard of ``models.plan`` (at ``input_size``).
     """
-    model = model_or_name if isinstance(model_or_name, ZooNet) else create_model(model_or_name, **overrides)
+    model = (model_or_name if isinstance(model_or_name, ZooNet)
+             else create_model(model_or_name, allow_large=allow_large, **overrides))
     model.eval()
     size = tuple(input_size) if input_size is not None else tuple(model.cfg.input_size)
     if len(size) != 3:
         raise ValueError(f"input_size must be (C, H, W), got {size}")
     model.check_input(torch.empty(1, *size, device="meta"))
+    if not allow_large:
+        check_model_size(plan_model(model.cfg, size))  # e.g. a huge --input-size, before any forward pass
     layers, out_shape, table, mult_adds = _profile(model, size, depth)
     macs = sum(r.macs for r in layers)
     params = count_params(model)
     standard = None
     if compare_standard:
-        std_model = ZooNet(model.cfg.model_copy(update={"separable": False})).eval()
+        std_model = ZooNet(model.cfg.model_copy(update={"separable": False}), allow_large).eval()
         std_model.reset_classifier(model.num_classes)
         std_layers, _, _, _ = _profile(std_model, size, 1)
         standard = _compare(model, layers, std_layers, std_model)

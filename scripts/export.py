@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from models import create_model
+from models.plan import check_model_size, plan_model
 from models.cli import ArgumentParser, UsageError, new_output_file, non_negative_int, positive_int, run_cli
 from models.export import EXPORT_FORMATS, EXPORT_SUFFIXES, ExportError, export_model
 
@@ -34,6 +35,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = create_model(args.model, pretrained=args.pretrained, allow_large=args.allow_large, **overrides)
     size = tuple(args.input_size) if args.input_size else model.cfg.input_size
     model.check_input(torch.empty(1, *size, device="meta"))  # a wrong --input-size fails before any file
+    if not args.allow_large:
+        check_model_size(plan_model(model.cfg, size))
     try:
         diff = export_model(model, args.format, args.out, size, fold_bn=not args.no_fold_bn)
     except ExportError as exc:
