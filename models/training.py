@@ -150,7 +150,7 @@ def _class_list(text: str) -> list[int]:
 
 
 def check_arguments(cfg: TrainConfig) -> None:
-    """Refuse contradictory options before anything is read or written."""
+    """Refuse contradictory options and unknown optimizers before anything is read or written."""
     pairs = [
         (cfg.resume and cfg.pretrained, "--resume continues a run with its own weights; drop --pretrained"),
         (cfg.resume and cfg.eval_only, "--eval-only evaluates --pretrained; it does not take --resume"),
@@ -163,6 +163,13 @@ def check_arguments(cfg: TrainConfig) -> None:
     for bad, message in pairs:
         if bad:
             raise UsageError(message)
+    from timm.optim import list_optimizers
+
+    base_opt = cfg.opt.lower().split("_")[-1]  # timm reads prefixes such as "lookahead_"
+    if base_opt not in list_optimizers():
+        hint = close_matches(base_opt, list_optimizers())
+        raise UsageError(f"--opt {cfg.opt}: not a timm optimizer"
+                         + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else " (see timm.optim.list_optimizers())"))
 
 
 # --- distributed -------------------------------------------------------------------------------
@@ -305,13 +312,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     from timm.scheduler import CosineLRScheduler
     from timm.utils import ModelEmaV3
 
-    from timm.optim import list_optimizers
-
-    base_opt = cfg.opt.lower().split("_")[-1]  # timm reads prefixes such as "lookahead_"
-    if base_opt not in list_optimizers():
-        hint = close_matches(base_opt, list_optimizers())
-        raise UsageError(f"--opt {cfg.opt}: not a timm optimizer"
-                         + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else " (see timm.optim.list_optimizers())"))
     optimizer = create_optimizer_v2(groups, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
     epochs = cfg.total_epochs
     scheduler = CosineLRScheduler(optimizer, t_initial=epochs, lr_min=cfg.lr * 0.01,
