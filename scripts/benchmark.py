@@ -15,10 +15,10 @@ from typing import Optional, Sequence
 import torch
 
 from models import list_models
-from models.benchmark import run_benchmarks
-from models.inference import BACKENDS
 from models.atomic import atomic_path
+from models.benchmark import run_benchmarks
 from models.cli import ArgumentParser, UsageError, new_output_file, positive_int, run_cli
+from models.inference import BACKENDS
 
 DEFAULT_MODELS = ["mobilenet_v1", "mobilenet_v1_075", "mobilenet_v1_050", "mobilenet_v1_025",
                   "xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l"]

@@ -13,9 +13,9 @@ from typing import Optional, Sequence
 import torch
 
 from models import create_model
-from models.plan import check_model_size, plan_model
 from models.cli import ArgumentParser, UsageError, new_output_file, non_negative_int, positive_int, run_cli
 from models.export import EXPORT_FORMATS, EXPORT_SUFFIXES, ExportError, export_model
+from models.plan import check_model_size, plan_model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
