@@ -117,13 +117,15 @@ class ZooNet(nn.Module):
         """Build ``cfg``; unless ``allow_large``, first refuse (``ModelTooLargeError``) a config
         whose closed-form size exceeds ``models.plan``'s limits, before allocating anything."""
         super().__init__()
-        if not allow_large:
-            check_model_size(plan_model(cfg))
+        plan = None if allow_large else plan_model(cfg)
+        if plan is not None:
+            check_model_size(plan)
         self.cfg = cfg
         norm = None if cfg.norm.type == "none" else partial(nn.BatchNorm2d, eps=cfg.norm.eps, momentum=cfg.norm.momentum)
         ctx = BuildContext(norm, cfg.act, cfg.separable, cfg.width_mult, cfg.channel_divisor)
         self.in_chans = cfg.in_chans
-        declared, smallest = cfg.min_input_size or (1, 1), min_input_size(cfg)
+        declared = cfg.min_input_size or (1, 1)
+        smallest = plan.min_input_size if plan is not None else min_input_size(cfg)
         self.min_input_size: tuple[int, int] = (max(declared[0], smallest[0]), max(declared[1], smallest[1]))
         self.model_name = cfg.name
 

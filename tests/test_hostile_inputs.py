@@ -6,6 +6,7 @@ import importlib.util
 import pickle
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -47,18 +48,26 @@ def _evil_files(folder: Path, marker: Path) -> list[Path]:
     raw = folder / "evil_raw.pth"
     raw.write_bytes(pickle.dumps({"model": WritesMarker(marker)}))
     zipped = folder / "evil_zip.pt"
-    torch.save({"stem.0.conv.weight": torch.zeros(1), "x": WritesMarker(marker)}, zipped)
+    torch.save({"stem.0.conv.weight": WritesMarker(marker)}, zipped)
     ckpt = folder / "evil_ckpt.pth.tar"
     torch.save({"format": "dszoo-train-1", "model": WritesMarker(marker)}, ckpt)
     return [raw, zipped, ckpt]
 
 
+def _unpickle_unsafely(path: Path) -> object:
+    if not zipfile.is_zipfile(path):
+        return pickle.loads(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+        return pickle.loads(archive.read(name))  # what torch.load(weights_only=False) would do
+
+
 def test_the_marker_payload_is_real(tmp_path: Path) -> None:
-    """The unsafe loaders would run it (so the tests below prove something)."""
+    """An unsafe loader would run it (so the tests below prove something)."""
     marker = tmp_path / "ran"
     for path in _evil_files(tmp_path, marker):
         marker.unlink(missing_ok=True)
-        torch.load(path, weights_only=False) if path.suffix != ".pth" else pickle.loads(path.read_bytes())
+        _unpickle_unsafely(path)
         assert marker.exists()
 
 
