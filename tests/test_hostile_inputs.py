@@ -59,7 +59,7 @@ def _unpickle_unsafely(path: Path) -> object:
         return pickle.loads(path.read_bytes())
     with zipfile.ZipFile(path) as archive:
         name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
-        return pickle.loads(archive.read(name))  # what torch.load(weights_only=False) would do
+        return pickle.loads(archive.read(name))  # what an unsafe loader does with a torch.save archive
 
 
 def test_the_marker_payload_is_real(tmp_path: Path) -> None:
