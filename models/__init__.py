@@ -4,7 +4,7 @@ from .plan import ModelPlan, ModelTooLargeError, make_divisible, min_input_size,
 from .config import ConfigError, ModelConfig, config_json_schema
 from .profile import count_macs, count_params, layer_macs
 from .registry import UnknownModelError, create_model, get_model_config, list_models, register_model
-from .inference import OptimizedModel, fold_batchnorm, optimize_for_inference
+from .inference import OptimizedModel, fold_batchnorm, optimize_for_inference, tune_glibc_malloc
 from .summary import ModelSummary, summarize
 from .weights import CheckpointError, export_to_timm, load_pretrained, read_state_dict, save_state_dict
 
@@ -39,4 +39,5 @@ __all__ = [
     "plan_model",
     "register_model",
     "summarize",
+    "tune_glibc_malloc",
 ]

@@ -2,7 +2,10 @@
 the standard-conv counterpart, and the machine's fp32 GEMM ceiling, all in one process.
 
 Every figure is a median over ``repeats`` timed runs after warm-up, with the spread
-(min-max) beside it. Fraction of ceiling = 2 x MACs x batch / time / GEMM FLOP/s.
+(min-max) beside it. Fraction of ceiling = 2 x MACs x batch / time / GEMM FLOP/s. The roofline
+time of an inference row is the sum over its conv and linear layers of max(2 x MACs / GEMM
+FLOP/s, least bytes moved / memory bandwidth): the fastest any layer-at-a-time execution could
+run on this machine, with both rates measured in the same run.
 """
 from __future__ import annotations
 
@@ -15,12 +18,13 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .inference import optimize_for_inference
-from .profile import count_macs, timed
+from .inference import glibc_malloc_is_tuned, optimize_for_inference, tune_glibc_malloc
+from .profile import count_macs, layer_traffic, timed
 from .registry import create_model
 from .weights import TIMM_MODELS, export_to_timm
 
-__all__ = ["BenchRow", "gemm_gflops", "machine_info", "run_benchmarks", "timed", "timed_interleaved"]
+__all__ = ["BenchRow", "gemm_gflops", "machine_info", "memory_bandwidth_gbs", "roofline_ms", "run_benchmarks", "timed",
+           "timed_interleaved"]
 
 
 @dataclass
@@ -37,6 +41,8 @@ class BenchRow:
     gmacs_per_s: float
     ceiling_fraction: float
     note: str = ""
+    roofline_ms: Optional[float] = None  # inference rows only
+    roofline_fraction: Optional[float] = None  # roofline_ms / median_ms
 
 
 def timed_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
@@ -62,6 +68,19 @@ def gemm_gflops(sizes: Sequence[int] = (2048, 4096), repeats: int = 10) -> float
         a, b = torch.randn(n, n), torch.randn(n, n)
         best = max(best, 2 * n**3 / statistics.median(timed(lambda: torch.mm(a, b), repeats, warmup=3)) / 1e9)
     return best
+
+
+def memory_bandwidth_gbs(mib: int = 256, repeats: int = 10) -> float:
+    """GB/s of copying a ``mib`` MiB fp32 tensor (bytes read + bytes written, per second): far
+    larger than the caches, so it is main-memory bandwidth."""
+    src = torch.randn(mib * 2**18)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / statistics.median(timed(lambda: dst.copy_(src), repeats, warmup=2)) / 1e9
+
+
+def roofline_ms(layers: Sequence[tuple[int, int]], gflops: float, gbs: float) -> float:
+    """Sum over (MACs, bytes) layers of max(compute time, memory time), in milliseconds."""
+    return sum(max(2 * macs / gflops, nbytes / gbs) for macs, nbytes in layers) / 1e6
 
 
 def machine_info() -> dict[str, str]:
@@ -98,15 +117,20 @@ def _timm_twin(model: nn.Module) -> Optional[nn.Module]:
 
 @torch.no_grad()
 def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling: float,
-                    backends: Sequence[str], log: Callable[[str], None]) -> list[BenchRow]:
+                    backends: Sequence[str], log: Callable[[str], None], tune_malloc: bool = True,
+                    layers: Optional[dict[tuple[str, int, bool], list[tuple[int, int]]]] = None) -> list[BenchRow]:
+    """Inference rows of one model; fills ``layers[(name, batch, separable)]`` with the (MACs,
+    bytes) of each conv and linear layer, for the roofline."""
+    layers = {} if layers is None else layers
     model = create_model(name).eval()
     size = model.cfg.input_size
     macs = count_macs(model, size)
     twin = _timm_twin(model)
     rows = []
     for batch in batch_sizes:
+        layers[(name, batch, True)] = list(layer_traffic(model, size, batch).values())
         x = torch.randn(batch, *size)
-        opt = optimize_for_inference(model, x, backends=backends)
+        opt = optimize_for_inference(model, x, backends=backends, tune_malloc=tune_malloc)
         fns: dict[str, Callable[[], object]] = {"ours": lambda: model(x)}
         if twin is not None:
             fns["timm"] = lambda: twin(x)
@@ -117,6 +141,7 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
         if batch == min(batch_sizes):  # the standard-conv twin is ~8x the work: latency only
             std = create_model(name, separable=False).eval()
             std_macs = count_macs(std, size)
+            layers[(name, batch, False)] = list(layer_traffic(std, size, batch).values())
             batch_rows.append(_row(name, "standard", batch, timed(lambda: std(x), max(3, repeats // 2)), std_macs,
                                    ceiling, f"{std_macs / macs:.1f}x the MACs"))
         for r in batch_rows:
@@ -157,22 +182,35 @@ def _training_rows(name: str, batch: int, repeats: int, ceiling: float, log: Cal
 
 def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), repeats: int = 10,
                    train_batch: int = 16, backends: Sequence[str] = ("inductor", "torchscript", "eager"),
-                   log: Callable[[str], None] = print) -> dict:
-    """Everything ``scripts/benchmark.py`` reports, as a JSON-ready dict."""
-    ceiling = gemm_gflops()
-    log(f"fp32 GEMM ceiling: {ceiling:.1f} GFLOP/s")
+                   log: Callable[[str], None] = print, tune_malloc: bool = True) -> dict:
+    """Everything ``scripts/benchmark.py`` reports, as a JSON-ready dict.
+
+    ``tune_malloc`` applies ``tune_glibc_malloc`` before anything is timed, so that every row -
+    ours, timm's, optimized, training - runs under the same allocator settings.
+    """
+    malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
+    log(f"glibc malloc tuned (freed memory reused): {'yes' if malloc_tuned else 'no'}")
+    ceiling, bandwidth = gemm_gflops(), memory_bandwidth_gbs()
+    log(f"fp32 GEMM ceiling: {ceiling:.1f} GFLOP/s; memory bandwidth {bandwidth:.1f} GB/s")
     rows: list[BenchRow] = []
+    layers: dict[tuple[str, int, bool], list[tuple[int, int]]] = {}
     for name in models:
-        rows += _inference_rows(name, batch_sizes, repeats, ceiling, backends, log)
+        rows += _inference_rows(name, batch_sizes, repeats, ceiling, backends, log, tune_malloc, layers)
     for name in models:
         rows += _training_rows(name, train_batch, max(5, repeats // 2), ceiling, log)
-    # The ceiling is measured again at the end and the best kept: a slow moment of the machine
+    # Both rates are measured again at the end and the best kept: a slow moment of the machine
     # at the start must not make every fraction look better than it is.
-    end_ceiling = gemm_gflops()
+    end_ceiling, end_bandwidth = gemm_gflops(), memory_bandwidth_gbs()
     if end_ceiling > ceiling:
         log(f"fp32 GEMM ceiling at the end: {end_ceiling:.1f} GFLOP/s (fractions rescaled to it)")
         for r in rows:
             r.ceiling_fraction *= ceiling / end_ceiling
         ceiling = end_ceiling
-    return {"machine": machine_info(), "gemm_gflops": ceiling, "repeats": repeats,
-            "rows": [asdict(r) for r in rows]}
+    bandwidth = max(bandwidth, end_bandwidth)
+    for r in rows:
+        key = (r.model, r.batch, r.variant != "standard")
+        if key in layers and not r.variant.endswith("-train"):
+            r.roofline_ms = roofline_ms(layers[key], ceiling, bandwidth)
+            r.roofline_fraction = r.roofline_ms / r.median_ms
+    return {"machine": machine_info(), "gemm_gflops": ceiling, "memory_gbs": bandwidth, "repeats": repeats,
+            "malloc_tuned": malloc_tuned, "rows": [asdict(r) for r in rows]}

@@ -1,13 +1,17 @@
 """``optimize_for_inference``: the fastest correct way to run a model on this machine.
 
-Steps: fold every BatchNorm into the conv before it, choose the memory format that runs
-faster for this model (measured), then compile with the best path that works - inductor with
-freezing, else a frozen TorchScript graph, else the BN-folded eager model - checking each
-against the original on fresh random inputs. Compile time is measured and reported.
+Steps: keep freed memory for reuse (glibc malloc), fold every BatchNorm into the conv before
+it, choose the memory format that runs faster for this model (measured), then compile with the
+best path that works - inductor with freezing, else a frozen TorchScript graph, else the
+BN-folded eager model - checking each against the original on fresh random inputs. Compile
+time is measured and reported.
 """
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
+import platform
 import statistics
 import time
 from typing import Callable, Optional, Sequence
@@ -20,9 +24,43 @@ from blocks import ConvNormAct, SeparableConv2d
 
 from .profile import timed
 
-__all__ = ["BACKENDS", "OptimizedModel", "fold_batchnorm", "optimize_for_inference", "relative_difference"]
+__all__ = ["BACKENDS", "OptimizedModel", "fold_batchnorm", "optimize_for_inference", "relative_difference",
+           "glibc_malloc_is_tuned", "tune_glibc_malloc"]
 
 BACKENDS = ("inductor", "torchscript", "eager")
+
+# mallopt(3) parameter numbers from glibc's <malloc.h>.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+_malloc_tuned = False
+
+
+def tune_glibc_malloc() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+
+    By default glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh
+    ``mmap`` and unmaps it on free, so each activation tensor of a batch costs page faults and
+    the kernel zeroing its pages again on every forward pass: 51 MB of faults per batch of 8
+    through the optimized mobilenet_v1 and 1.9 GB per batch of 8 through eager xception, measured. With mmap off and trimming off the
+    heap is reused and those faults go to zero - the same effect Intel's guides get by preloading
+    jemalloc or tcmalloc. The cost: memory freed by the process stays in it (its peak resident
+    size does not shrink back). Process-wide and idempotent; returns False where the C library
+    is not glibc (macOS, Windows, musl), where nothing is changed.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    ok = all(libc.mallopt(param, value) == 1 for param, value in
+             ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 64 * 2**20)))
+    _malloc_tuned = ok
+    return ok
+
+
+def glibc_malloc_is_tuned() -> bool:
+    """Whether ``tune_glibc_malloc`` has taken effect in this process."""
+    return _malloc_tuned
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -63,17 +101,20 @@ class OptimizedModel(nn.Module):
     Attributes:
         backend: "inductor", "torchscript" or "eager" (the path that compiled and matched).
         channels_last: whether inputs are converted to channels-last.
+        malloc_tuned: whether ``tune_glibc_malloc`` is in effect for this process.
         compile_seconds: time to build and first-run the compiled path.
         max_relative_difference: measured against the original model on fresh inputs.
         failures: backend -> why it was not used.
     """
 
     def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], backend: str, channels_last: bool,
-                 compile_seconds: float, max_relative_difference: float, failures: dict[str, str]) -> None:
+                 compile_seconds: float, max_relative_difference: float, failures: dict[str, str],
+                 malloc_tuned: bool = False) -> None:
         super().__init__()
         self.runner = runner
         self.backend = backend
         self.channels_last = channels_last
+        self.malloc_tuned = malloc_tuned
         self.compile_seconds = compile_seconds
         self.max_relative_difference = max_relative_difference
         self.failures = failures
@@ -110,6 +151,7 @@ def optimize_for_inference(
     backends: Sequence[str] = BACKENDS,
     tolerance: float = 1e-4,
     memory_format: Optional[str] = None,
+    tune_malloc: bool = True,
 ) -> OptimizedModel:
     """A module giving ``model``'s outputs (max relative difference <= ``tolerance``), fast.
 
@@ -117,7 +159,10 @@ def optimize_for_inference(
         example_input: a batch of the shape you will run (compiled graphs specialise on it).
         backends: tried in order; the first that compiles and matches wins ("eager" never fails).
         memory_format: "channels_last" or "contiguous"; by default the faster one, measured.
+        tune_malloc: call ``tune_glibc_malloc`` (process-wide) so that activations reuse freed
+            memory instead of page-faulting fresh memory on every call.
     """
+    malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     original = model.eval()
     folded = fold_batchnorm(copy.deepcopy(original).eval())
     if memory_format is None:
@@ -151,6 +196,6 @@ def optimize_for_inference(
             failures[backend] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
             continue
         if diff <= tolerance:
-            return OptimizedModel(runner, backend, channels_last, seconds, diff, failures)
+            return OptimizedModel(runner, backend, channels_last, seconds, diff, failures, malloc_tuned)
         failures[backend] = f"outputs differ by {diff:.2e} (relative), above {tolerance:g}"
     raise RuntimeError(f"no backend reproduced the model's outputs: {failures}")

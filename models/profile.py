@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["count_macs", "count_params", "layer_macs", "module_macs", "timed"]
+__all__ = ["count_macs", "count_params", "layer_macs", "layer_traffic", "module_macs", "timed"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -30,30 +30,56 @@ def module_macs(module: nn.Module, output: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def layer_macs(model: nn.Module, input_size: Sequence[int]) -> dict[str, int]:
-    """MACs of every Conv2d and Linear for one image of ``input_size`` (C, H, W), by module name."""
-    macs: dict[str, int] = {}
+def _visit_layers(model: nn.Module, input_size: Sequence[int], batch: int,
+                  visit: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None]) -> None:
+    """Run a batch of zeros through ``model`` in eval mode, calling ``visit(name, module, input,
+    output)`` for every Conv2d and Linear call."""
     hooks = []
-
-    def hook(name: str):
-        def fn(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            macs[name] = macs.get(name, 0) + module_macs(module, output)
-        return fn
-
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            hooks.append(module.register_forward_hook(hook(name)))
+            hooks.append(module.register_forward_hook(
+                lambda mod, inputs, output, name=name: visit(name, mod, inputs[0], output)))
     was_training = model.training
     model.eval()
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        model(torch.zeros(1, *input_size, device=device))
+        model(torch.zeros(batch, *input_size, device=device))
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
+
+
+def layer_macs(model: nn.Module, input_size: Sequence[int]) -> dict[str, int]:
+    """MACs of every Conv2d and Linear for one image of ``input_size`` (C, H, W), by module name."""
+    macs: dict[str, int] = {}
+
+    def visit(name: str, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> None:
+        macs[name] = macs.get(name, 0) + module_macs(module, output)
+
+    _visit_layers(model, input_size, 1, visit)
     return macs
+
+
+def layer_traffic(model: nn.Module, input_size: Sequence[int], batch: int = 1) -> dict[str, tuple[int, int]]:
+    """(MACs, bytes) of every Conv2d and Linear for a batch of ``batch`` images, by module name.
+
+    Bytes are the least memory traffic of running the layer on its own: reading its input and
+    weights once and writing its output once (activation and folded BatchNorm fused into it).
+    With a machine's GEMM rate and memory bandwidth this gives each layer's roofline time,
+    max(2 x MACs / FLOP/s, bytes / bandwidth) (Williams et al., "Roofline", CACM 2009).
+    """
+    traffic: dict[str, tuple[int, int]] = {}
+
+    def visit(name: str, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> None:
+        tensors = [x, output, *module.parameters(recurse=False)]
+        macs, nbytes = traffic.get(name, (0, 0))
+        traffic[name] = (macs + module_macs(module, output) * batch,
+                         nbytes + sum(t.numel() * t.element_size() for t in tensors))
+
+    _visit_layers(model, input_size, batch, visit)
+    return traffic
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:

@@ -25,15 +25,20 @@ DEFAULT_MODELS = ["mobilenet_v1", "mobilenet_v1_075", "mobilenet_v1_050", "mobil
 
 
 def markdown(result: dict) -> str:
-    lines = ["| model | variant | batch | median ms | spread ms | img/s | GMAC/s | of GEMM ceiling | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | variant | batch | median ms | spread ms | img/s | GMAC/s | of GEMM ceiling | roofline ms "
+             "| of roofline | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        roof = (f"{r['roofline_ms']:.2f} | {r['roofline_fraction']:.1%}" if r.get("roofline_ms") is not None
+                else "- | -")
         lines.append(f"| {r['model']} | {r['variant']} | {r['batch']} | {r['median_ms']:.2f} | "
                      f"{r['min_ms']:.2f}-{r['max_ms']:.2f} | {r['images_per_s']:.1f} | {r['gmacs_per_s']:.1f} | "
-                     f"{r['ceiling_fraction']:.1%} | {r['note']} |")
+                     f"{r['ceiling_fraction']:.1%} | {roof} | {r['note']} |")
     m = result["machine"]
     head = (f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}; fp32 GEMM ceiling "
-            f"{result['gemm_gflops']:.1f} GFLOP/s; medians of {result['repeats']} runs after warm-up")
+            f"{result['gemm_gflops']:.1f} GFLOP/s, memory bandwidth {result['memory_gbs']:.1f} GB/s; "
+            f"medians of {result['repeats']} runs after warm-up; "
+            f"glibc malloc {'tuned' if result['malloc_tuned'] else 'default'}")
     return head + "\n\n" + "\n".join(lines)
 
 
@@ -70,6 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, help="optimized-path compilers to try, in order "
                    f"(default: {' '.join(BACKENDS)})")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc malloc's settings alone (by default freed memory is kept for reuse, for every row)")
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--plot", help="write a PNG of latency against MACs")
     p.add_argument("--overwrite", action="store_true", help="replace --json/--plot files that exist")
@@ -97,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.train_batch = args.train_batch or 16
     args.backends = args.backends or list(BACKENDS)
     result = run_benchmarks(args.models, args.batch_sizes, args.repeats, args.train_batch, args.backends,
-                            log=lambda s: print(s, file=sys.stderr))
+                            log=lambda s: print(s, file=sys.stderr), tune_malloc=not args.default_malloc)
     print(markdown(result))
     if args.json:
         with atomic_path(args.json) as tmp, open(tmp, "w") as fh:

@@ -1,5 +1,10 @@
-"""Shared helpers: a small input each registered model accepts; hypothesis profiles."""
+"""Shared helpers: a small input each registered model accepts; loading a script as a module;
+hypothesis profiles."""
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -23,6 +28,15 @@ def small_input_size(cfg) -> tuple[int, int, int]:
     if h * w <= 64 * 64:
         return c, h, w
     return c, max(64, min_h), max(64, min_w)
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (its ``main`` callable with an argv list)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,7 @@ from blocks import (
     create_conv2d,
 )
 from models import count_macs, count_params
+from models.profile import layer_traffic
 
 BLOCK_FACTORIES = {
     "ConvNormAct": lambda c, s: ConvNormAct(c, 2 * c, 3, stride=s),
@@ -88,6 +89,18 @@ def test_mobilenets_table3_layer() -> None:
     assert count_macs(std, (512, 14, 14)) == 462_422_016
     assert count_params(sep) == 266_752
     assert count_params(std) == 2_359_296
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_layer_traffic_is_input_output_and_weights_once(batch: int) -> None:
+    """The roofline's bytes: the Table 3 layer moves its input, dw output and pw output once
+    each, and its weights once; MACs scale with the batch."""
+    traffic = layer_traffic(SeparableConv2d(512, 256, bias=True), (512, 14, 14), batch)
+    act = 14 * 14 * 4 * batch  # bytes of one channel of activations
+    assert traffic == {
+        "dw.conv": (batch * 14 * 14 * 512 * 9, 512 * act + 512 * act + 4 * (512 * 9 + 512)),
+        "pw.conv": (batch * 14 * 14 * 512 * 256, 512 * act + 256 * act + 4 * (512 * 256 + 256)),
+    }
 
 
 def test_seed_worked_example_3x3x3() -> None:

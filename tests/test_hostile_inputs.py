@@ -2,13 +2,11 @@
 the user wrote is lost, and no partial output is left behind."""
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import re
 import tempfile
 import zipfile
 from pathlib import Path
-from types import ModuleType
 from typing import Callable
 
 import pytest
@@ -16,6 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import load_script
 from models import CheckpointError, create_model, get_model_config, list_models, load_pretrained, read_state_dict, save_state_dict
 from models.cli import run_cli
 from models.run_files import load_checkpoint
@@ -23,13 +22,6 @@ from models.training import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_MODELS = list_models()
-
-
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -79,7 +71,7 @@ def test_code_in_a_pickle_never_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
         with pytest.raises(CheckpointError, match="--resume"):
             load_checkpoint(str(path))
         assert run_cli(train_main, ["--pretrained", str(path), "--eval-only", "--quiet"]) == 2
-        assert run_cli(_script("convert_weights").main, [str(path), str(tmp_path / "o.safetensors"), "--model", "mobilenet_v1"]) == 2
+        assert run_cli(load_script("convert_weights").main, [str(path), str(tmp_path / "o.safetensors"), "--model", "mobilenet_v1"]) == 2
     assert not marker.exists()
     assert not (tmp_path / "o.safetensors").exists()
     capsys.readouterr()
@@ -231,7 +223,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("script,argv,message", SCRIPT_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(SCRIPT_CASES)])
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(workdir: Path, capsys: pytest.CaptureFixture,
                                                               script: str, argv: list[str], message: str) -> None:
-    main = train_main if script == "train" else _script(script).main
+    main = train_main if script == "train" else load_script(script).main
     before = _snapshot(workdir)
     code = run_cli(main, argv + (["--quiet"] if script == "train" else []))
     err = capsys.readouterr().err

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import small_input_size, with_random_bn_statistics
-from models import create_model, list_models
+from conftest import load_script, small_input_size, with_random_bn_statistics
+from models import create_model, get_model_config, list_models
 from models import inference
+from models.benchmark import roofline_ms
+from models.profile import layer_traffic
 from models.inference import fold_batchnorm, optimize_for_inference, relative_difference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,5 +87,86 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     for r in data["rows"]:
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert r["ceiling_fraction"] == pytest.approx(2 * r["gmacs_per_s"] / data["gemm_gflops"])
+        if r["variant"].endswith("-train"):
+            assert r["roofline_ms"] is None
+            continue
+        separable = r["variant"] != "standard"
+        traffic = layer_traffic(create_model(r["model"], separable=separable), get_model_config(r["model"]).input_size,
+                                r["batch"])
+        assert r["roofline_ms"] == pytest.approx(roofline_ms(list(traffic.values()), data["gemm_gflops"],
+                                                             data["memory_gbs"]))
+        assert r["roofline_fraction"] == pytest.approx(r["roofline_ms"] / r["median_ms"])
+    assert data["memory_gbs"] > 0
     assert "| ds_cnn_s | optimized | 1 |" in res.stdout
     assert out_png.read_bytes()[:4] == b"\x89PNG"
+    assert data["malloc_tuned"] is (platform.libc_ver()[0] == "glibc")
+
+
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+# Run in a fresh interpreter: the tuning is process-wide and cannot be undone.
+MALLOC_PROBE = textwrap.dedent("""
+    import resource, sys, threading, torch
+    sys.path.insert(0, sys.argv[1])
+    from models import create_model, optimize_for_inference, tune_glibc_malloc
+
+    def mib_faulted(fn):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        fn()
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) * resource.getpagesize() / 2**20
+
+    def use_64_mib():
+        torch.empty(16 * 2**20).fill_(1.0)
+
+    def steady_state_mib_faulted():  # the heap settles after a few rounds
+        for _ in range(3):
+            use_64_mib()
+        return round(mib_faulted(use_64_mib))
+
+    print(steady_state_mib_faulted())
+    model = create_model("ds_cnn_s")
+    print(optimize_for_inference(model, torch.randn(2, 1, 49, 10), backends=("eager",), tune_malloc=False).malloc_tuned)
+    print(optimize_for_inference(model, torch.randn(2, 1, 49, 10), backends=("eager",)).malloc_tuned)
+    print(tune_glibc_malloc())
+    print(steady_state_mib_faulted())
+    big = []  # a block far above one thread arena's 64 MiB heap, from a non-main thread
+    worker = threading.Thread(target=lambda: big.append(torch.full((75 * 2**20,), 2.0).sum().item()))
+    worker.start()
+    worker.join()
+    print(big[0] == 2.0 * 75 * 2**20)
+""")
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+def test_tuned_malloc_reuses_freed_memory_instead_of_faulting_it_in_again() -> None:
+    res = subprocess.run([sys.executable, "-c", MALLOC_PROBE, str(REPO)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    default_mib, untuned, tuned, again, tuned_mib, big_ok = res.stdout.split()
+    assert int(default_mib) >= 64  # glibc maps a fresh 64 MiB and the kernel zero-fills it again
+    assert (untuned, tuned, again) == ("False", "True", "True")
+    assert int(tuned_mib) == 0  # the freed block is reused
+    assert big_ok == "True"
+
+
+def test_benchmark_script_passes_default_malloc(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    script = load_script("benchmark")
+    seen = {}
+
+    def fake_run(models, batch_sizes, repeats, train_batch, backends, log, tune_malloc):
+        seen["tune_malloc"] = tune_malloc
+        return {"machine": {"cpu": "x", "threads": "2", "torch": "t"}, "gemm_gflops": 1.0, "memory_gbs": 1.0,
+                "repeats": repeats,
+                "malloc_tuned": tune_malloc, "rows": []}
+
+    monkeypatch.setattr(script, "run_benchmarks", fake_run)
+    assert script.main(["--quick", "--default-malloc"]) == 0
+    assert seen == {"tune_malloc": False} and "glibc malloc default" in capsys.readouterr().out
+    assert script.main(["--quick"]) == 0
+    assert seen == {"tune_malloc": True} and "glibc malloc tuned" in capsys.readouterr().out
+
+
+def test_roofline_takes_the_slower_of_compute_and_memory_per_layer() -> None:
+    # 1 GMAC at 100 GFLOP/s is 20 ms; 10 GB at 10 GB/s is 1000 ms
+    layers = [(10**9, 10**6), (10**6, 10**10)]
+    assert roofline_ms(layers, gflops=100.0, gbs=10.0) == pytest.approx(20.0 + 1000.0)
