@@ -40,11 +40,12 @@ def tune_glibc_malloc() -> bool:
     By default glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh
     ``mmap`` and unmaps it on free, so each activation tensor of a batch costs page faults and
     the kernel zeroing its pages again on every forward pass: 51 MB of faults per batch of 8
-    through the optimized mobilenet_v1 and 1.9 GB per batch of 8 through eager xception, measured. With mmap off and trimming off the
-    heap is reused and those faults go to zero - the same effect Intel's guides get by preloading
-    jemalloc or tcmalloc. The cost: memory freed by the process stays in it (its peak resident
-    size does not shrink back). Process-wide and idempotent; returns False where the C library
-    is not glibc (macOS, Windows, musl), where nothing is changed.
+    through the optimized mobilenet_v1 and 1.9 GB per batch of 8 through eager xception,
+    measured. With mmap and heap trimming off, freed blocks are reused and those faults go to
+    zero - the effect Intel's tuning guides get by preloading jemalloc or tcmalloc. The cost:
+    memory freed by the process stays in it (its resident size does not shrink back).
+    Process-wide and idempotent; returns False where the C library is not glibc (macOS,
+    Windows, musl), where nothing is changed.
     """
     global _malloc_tuned
     if _malloc_tuned:
