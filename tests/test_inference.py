@@ -20,6 +20,7 @@ from models.profile import layer_traffic
 from models.inference import fold_batchnorm, optimize_for_inference, relative_difference
 
 REPO = Path(__file__).resolve().parents[1]
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -99,10 +100,7 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     assert data["memory_gbs"] > 0
     assert "| ds_cnn_s | optimized | 1 |" in res.stdout
     assert out_png.read_bytes()[:4] == b"\x89PNG"
-    assert data["malloc_tuned"] is (platform.libc_ver()[0] == "glibc")
-
-
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert data["malloc_tuned"] is GLIBC
 
 # Run in a fresh interpreter: the tuning is process-wide and cannot be undone.
 MALLOC_PROBE = textwrap.dedent("""
