@@ -117,11 +117,10 @@ def _timm_twin(model: nn.Module) -> Optional[nn.Module]:
 
 @torch.no_grad()
 def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling: float,
-                    backends: Sequence[str], log: Callable[[str], None], tune_malloc: bool = True,
-                    layers: Optional[dict[tuple[str, int, bool], list[tuple[int, int]]]] = None) -> list[BenchRow]:
+                    backends: Sequence[str], log: Callable[[str], None], tune_malloc: bool,
+                    layers: dict[tuple[str, int, bool], list[tuple[int, int]]]) -> list[BenchRow]:
     """Inference rows of one model; fills ``layers[(name, batch, separable)]`` with the (MACs,
     bytes) of each conv and linear layer, for the roofline."""
-    layers = {} if layers is None else layers
     model = create_model(name).eval()
     size = model.cfg.input_size
     macs = count_macs(model, size)

@@ -10,6 +10,7 @@ property-based tests check every plan against the built model.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -227,19 +228,12 @@ def plan_model(cfg: ModelConfig, input_size: Optional[tuple[int, int, int]] = No
     layers = walker.layers
     features: tuple[int, ...] = (walker.c,)
     out = layers[-1].output_shape if layers and layers[-1].type == "Linear" else features
-    activations = sum(_numel(layer.output_shape) for layer in layers) + c * h * w
+    activations = sum(math.prod(layer.output_shape) for layer in layers) + c * h * w
     return ModelPlan(
         name=cfg.name, input_size=(c, h, w), min_input_size=smallest, layers=layers, output_shape=out,
         params=sum(layer.params for layer in layers), macs=sum(layer.macs for layer in layers),
         activation_bytes=4 * activations,
     )
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 class ModelTooLargeError(ConfigError):
@@ -265,7 +259,7 @@ def check_model_size(plan: ModelPlan) -> None:
         problems.append(f"{key}: the model would have {len(plan.layers):,} layers, above the limit of "
                         f"{MAX_LAYERS:,} (check the repeat counts); {_OPT_IN}")
     if plan.activation_bytes > MAX_ACTIVATION_BYTES:
-        top = max(plan.layers, key=lambda layer: _numel(layer.output_shape))
+        top = max(plan.layers, key=lambda layer: math.prod(layer.output_shape))
         problems.append(
             f"input_size: one {_shape(plan.input_size)} image would need {plan.activation_bytes / 2**30:.1f} GiB of "
             f"activations, above the limit of {MAX_ACTIVATION_BYTES / 2**30:.0f} GiB; the largest is {top.name} "
