@@ -1,14 +1,18 @@
-"""Benchmarks: latency and throughput of our models against timm's, the optimized path,
-the standard-conv counterpart, and the machine's fp32 GEMM ceiling, all in one process.
+"""Benchmarks: latency and throughput of our models (eager, in both memory formats) against
+timm's, the optimized path, the standard-conv counterpart, and the machine's fp32 GEMM ceiling,
+all in one process.
 
 Every figure is a median over ``repeats`` timed runs after warm-up, with the spread
 (min-max) beside it. Fraction of ceiling = 2 x MACs x batch / time / GEMM FLOP/s. The roofline
 time of an inference row is the sum over its conv and linear layers of max(2 x MACs / GEMM
 FLOP/s, least bytes moved / memory bandwidth): the fastest any layer-at-a-time execution could
-run on this machine, with both rates measured in the same run.
+run on this machine, with both rates measured in the same run. With ``profile_top``, the
+largest batch of each model is also run under ``torch.profiler`` and its top operators kept,
+to say where the time goes.
 """
 from __future__ import annotations
 
+import copy
 import platform
 import statistics
 import time
@@ -24,7 +28,10 @@ from .registry import create_model
 from .weights import TIMM_MODELS, export_to_timm
 
 __all__ = ["BenchRow", "gemm_gflops", "machine_info", "memory_bandwidth_gbs", "roofline_ms", "run_benchmarks", "timed",
-           "timed_interleaved"]
+           "timed_interleaved", "top_operators"]
+
+
+CL = torch.channels_last
 
 
 @dataclass
@@ -32,7 +39,7 @@ class BenchRow:
     """One measured configuration."""
 
     model: str
-    variant: str  # ours | timm | optimized | standard | ours-train | timm-train
+    variant: str  # ours | ours-cl | timm | optimized | standard | ours-train | ours-cl-train | timm-train
     batch: int
     median_ms: float
     min_ms: float
@@ -83,6 +90,24 @@ def roofline_ms(layers: Sequence[tuple[int, int]], gflops: float, gbs: float) ->
     return sum(max(2 * macs / gflops, nbytes / gbs) for macs, nbytes in layers) / 1e6
 
 
+def top_operators(fn: Callable[[], object], runs: int = 3, top: int = 10) -> list[dict]:
+    """The ``top`` operators by self CPU time over ``runs`` calls of ``fn`` (``torch.profiler``,
+    grouped by operator and input shapes), per call: name, input shapes, calls, self ms and
+    share of the total self time. ``fn`` is called once first, unprofiled, as a warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(runs):
+            fn()
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"operator": e.key, "input_shapes": [list(shape) for shape in e.input_shapes if shape],
+             "calls": e.count / runs, "self_ms": e.self_cpu_time_total / runs / 1e3,
+             "share": e.self_cpu_time_total / total}
+            for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]]
+
+
 def machine_info() -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -118,10 +143,13 @@ def _timm_twin(model: nn.Module) -> Optional[nn.Module]:
 @torch.no_grad()
 def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling: float,
                     backends: Sequence[str], log: Callable[[str], None], tune_malloc: bool,
-                    layers: dict[tuple[str, int, bool], list[tuple[int, int]]]) -> list[BenchRow]:
+                    layers: dict[tuple[str, int, bool], list[tuple[int, int]]],
+                    profiles: list[dict], profile_top: int) -> list[BenchRow]:
     """Inference rows of one model; fills ``layers[(name, batch, separable)]`` with the (MACs,
-    bytes) of each conv and linear layer, for the roofline."""
+    bytes) of each conv and linear layer, for the roofline, and, where ``profile_top`` > 0,
+    appends the top operators of each variant at the largest batch to ``profiles``."""
     model = create_model(name).eval()
+    model_cl = copy.deepcopy(model).to(memory_format=CL)  # the same weights, eager, channels-last
     size = model.cfg.input_size
     macs = count_macs(model, size)
     twin = _timm_twin(model)
@@ -130,11 +158,15 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
         layers[(name, batch, True)] = list(layer_traffic(model, size, batch).values())
         x = torch.randn(batch, *size)
         opt = optimize_for_inference(model, x, backends=backends, tune_malloc=tune_malloc)
-        fns: dict[str, Callable[[], object]] = {"ours": lambda: model(x)}
+        fns: dict[str, Callable[[], object]] = {"ours": lambda: model(x),
+                                                "ours-cl": lambda: model_cl(x.contiguous(memory_format=CL))}
         if twin is not None:
             fns["timm"] = lambda: twin(x)
         fns["optimized"] = lambda: opt(x)
         times = timed_interleaved(fns, repeats)
+        if profile_top and batch == max(batch_sizes):  # after timing, so profiling never slows a timed run
+            profiles += [{"model": name, "batch": batch, "variant": k, "operators": top_operators(fn, top=profile_top)}
+                         for k, fn in fns.items()]
         note = f"{opt.backend}, {'channels_last' if opt.channels_last else 'contiguous'}, compile {opt.compile_seconds:.1f}s"
         batch_rows = [_row(name, k, batch, v, macs, ceiling, note if k == "optimized" else "") for k, v in times.items()]
         if batch == min(batch_sizes):  # the standard-conv twin is ~8x the work: latency only
@@ -157,18 +189,21 @@ def _training_rows(name: str, batch: int, repeats: int, ceiling: float, log: Cal
     rows = []
     x, y = torch.randn(batch, *size), torch.randint(0, model.num_classes, (batch,))
 
-    def make_step(net: nn.Module) -> Callable[[], None]:
+    def make_step(net: nn.Module, channels_last: bool = False) -> Callable[[], None]:
         net.train()
         opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+        if channels_last:
+            net.to(memory_format=CL)
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(net(x), y).backward()
+            nn.functional.cross_entropy(net(x.contiguous(memory_format=CL) if channels_last else x), y).backward()
             opt.step()
 
         return step
 
-    fns = {"ours-train": make_step(model)}
+    # ours-cl-train is what scripts/train.py does on a CPU by default
+    fns = {"ours-train": make_step(model), "ours-cl-train": make_step(copy.deepcopy(model), channels_last=True)}
     if twin is not None:
         fns["timm-train"] = make_step(twin)
     # training does ~3x the forward MACs (forward, input gradients, weight gradients)
@@ -181,11 +216,13 @@ def _training_rows(name: str, batch: int, repeats: int, ceiling: float, log: Cal
 
 def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), repeats: int = 10,
                    train_batch: int = 16, backends: Sequence[str] = ("inductor", "torchscript", "eager"),
-                   log: Callable[[str], None] = print, tune_malloc: bool = True) -> dict:
+                   log: Callable[[str], None] = print, tune_malloc: bool = True, profile_top: int = 0) -> dict:
     """Everything ``scripts/benchmark.py`` reports, as a JSON-ready dict.
 
     ``tune_malloc`` applies ``tune_glibc_malloc`` before anything is timed, so that every row -
-    ours, timm's, optimized, training - runs under the same allocator settings.
+    ours, timm's, optimized, training - runs under the same allocator settings. ``profile_top``
+    > 0 adds ``profiles``: the top operators (``top_operators``) of every inference variant at
+    the largest batch size.
     """
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     log(f"glibc malloc tuned (freed memory reused): {'yes' if malloc_tuned else 'no'}")
@@ -193,8 +230,10 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
     log(f"fp32 GEMM ceiling: {ceiling:.1f} GFLOP/s; memory bandwidth {bandwidth:.1f} GB/s")
     rows: list[BenchRow] = []
     layers: dict[tuple[str, int, bool], list[tuple[int, int]]] = {}
+    profiles: list[dict] = []
     for name in models:
-        rows += _inference_rows(name, batch_sizes, repeats, ceiling, backends, log, tune_malloc, layers)
+        rows += _inference_rows(name, batch_sizes, repeats, ceiling, backends, log, tune_malloc, layers, profiles,
+                                profile_top)
     for name in models:
         rows += _training_rows(name, train_batch, max(5, repeats // 2), ceiling, log)
     # Both rates are measured again at the end and the best kept: a slow moment of the machine
@@ -212,4 +251,4 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
             r.roofline_ms = roofline_ms(layers[key], ceiling, bandwidth)
             r.roofline_fraction = r.roofline_ms / r.median_ms
     return {"machine": machine_info(), "gemm_gflops": ceiling, "memory_gbs": bandwidth, "repeats": repeats,
-            "malloc_tuned": malloc_tuned, "rows": [asdict(r) for r in rows]}
+            "malloc_tuned": malloc_tuned, "rows": [asdict(r) for r in rows], "profiles": profiles}

@@ -4,11 +4,13 @@
     python scripts/benchmark.py                      # the README's performance table
     python scripts/benchmark.py --quick              # a smoke test (CI)
     python scripts/benchmark.py --models xception --batch-sizes 1 8 32 --json out.json --plot out.png
+    python scripts/benchmark.py --models mobilenet_v1 xception --batch-sizes 8 --profile profile.md
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -42,6 +44,18 @@ def markdown(result: dict) -> str:
     return head + "\n\n" + "\n".join(lines)
 
 
+def profile_markdown(result: dict) -> str:
+    """The ``torch.profiler`` top-operator tables of ``result["profiles"]``, one per variant."""
+    parts = []
+    for p in result["profiles"]:
+        lines = [f"### {p['model']}, {p['variant']}, batch {p['batch']}", "",
+                 "| operator | input shapes | calls | self ms | share |", "|---|---|---|---|---|"]
+        lines += [f"| {op['operator']} | {', '.join(str(s) for s in op['input_shapes'])} | {op['calls']:g} | "
+                  f"{op['self_ms']:.2f} | {op['share']:.1%} |" for op in p["operators"]]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
 def plot(result: dict, path: str) -> None:
     import matplotlib
 
@@ -49,7 +63,7 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for variant in ("ours", "timm", "optimized", "standard"):
+    for variant in ("ours", "ours-cl", "timm", "optimized", "standard"):
         pts = [(r["gmacs_per_s"] * r["median_ms"] / 1e3 / r["batch"], r["median_ms"] / r["batch"])
                for r in result["rows"] if r["variant"] == variant and r["batch"] == 1]
         if pts:
@@ -79,7 +93,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="leave glibc malloc's settings alone (by default freed memory is kept for reuse, for every row)")
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--plot", help="write a PNG of latency against MACs")
-    p.add_argument("--overwrite", action="store_true", help="replace --json/--plot files that exist")
+    p.add_argument("--profile", help="write torch.profiler tables of the top operators of every inference variant "
+                   "at the largest batch size, as markdown (run after timing, so it slows no timed run)")
+    p.add_argument("--profile-top", type=positive_int, help="operators per --profile table (default 10)")
+    p.add_argument("--overwrite", action="store_true", help="replace --json/--plot/--profile files that exist")
     p.add_argument("--quick", action="store_true", help="small models, few repeats, no inductor (smoke test)")
     args = p.parse_args(argv)
     chosen = [f"--{k.replace('_', '-')}" for k in ("models", "batch_sizes", "repeats", "train_batch", "backends")
@@ -93,6 +110,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         new_output_file(args.json, args.overwrite, "--json", (".json",))
     if args.plot:
         new_output_file(args.plot, args.overwrite, "--plot", (".png",))
+    if args.profile:
+        new_output_file(args.profile, args.overwrite, "--profile", (".md",))
+        # kineto, torch.profiler's engine, logs a failed CUDA probe as an ERROR on CPU-only machines
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # its user-level messages only
+    elif args.profile_top:
+        raise UsageError("--profile-top sets the length of the --profile tables; add --profile FILE.md")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -104,13 +127,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.train_batch = args.train_batch or 16
     args.backends = args.backends or list(BACKENDS)
     result = run_benchmarks(args.models, args.batch_sizes, args.repeats, args.train_batch, args.backends,
-                            log=lambda s: print(s, file=sys.stderr), tune_malloc=not args.default_malloc)
+                            log=lambda s: print(s, file=sys.stderr), tune_malloc=not args.default_malloc,
+                            profile_top=(args.profile_top or 10) if args.profile else 0)
     print(markdown(result))
     if args.json:
         with atomic_path(args.json) as tmp, open(tmp, "w") as fh:
             json.dump(result, fh, indent=2)
     if args.plot:
         plot(result, args.plot)
+    if args.profile:
+        with atomic_path(args.profile) as tmp, open(tmp, "w") as fh:
+            fh.write(profile_markdown(result))
     return 0
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from conftest import load_script, small_input_size, with_random_bn_statistics
 from models import create_model, get_model_config, list_models
 from models import inference
-from models.benchmark import roofline_ms
+from models.benchmark import roofline_ms, top_operators
 from models.profile import layer_traffic
 from models.inference import fold_batchnorm, optimize_for_inference, relative_difference
 
@@ -75,16 +75,18 @@ def test_failing_compiler_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_benchmark_quick(tmp_path: Path) -> None:
-    out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
+    out_json, out_png, out_md = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "profile.md"
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--json", str(out_json),
-                          "--plot", str(out_png)], capture_output=True, text=True)
+                          "--plot", str(out_png), "--profile", str(out_md), "--profile-top", "4"],
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(out_json.read_text())
     assert data["gemm_gflops"] > 0
     variants = {(r["model"], r["variant"], r["batch"]) for r in data["rows"]}
     for model in ("ds_cnn_s", "mobilenet_v1_025"):
-        assert {(model, v, b) for v in ("ours", "optimized") for b in (1, 2)} <= variants
-        assert (model, "standard", 1) in variants and (model, "ours-train", 4) in variants
+        assert {(model, v, b) for v in ("ours", "ours-cl", "optimized") for b in (1, 2)} <= variants
+        assert {(model, v, 4) for v in ("ours-train", "ours-cl-train")} <= variants
+        assert (model, "standard", 1) in variants
     for r in data["rows"]:
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert r["ceiling_fraction"] == pytest.approx(2 * r["gmacs_per_s"] / data["gemm_gflops"])
@@ -101,6 +103,16 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     assert "| ds_cnn_s | optimized | 1 |" in res.stdout
     assert out_png.read_bytes()[:4] == b"\x89PNG"
     assert data["malloc_tuned"] is GLIBC
+    # profiles: every inference variant at the largest batch, after its timing
+    assert [(p["model"], p["variant"], p["batch"]) for p in data["profiles"]] == [
+        (m, v, 2) for m in ("ds_cnn_s", "mobilenet_v1_025") for v in ("ours", "ours-cl", "optimized")]
+    report = out_md.read_text()
+    for p in data["profiles"]:
+        shares = [op["share"] for op in p["operators"]]
+        assert len(shares) == 4 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+        assert f"### {p['model']}, {p['variant']}, batch 2" in report
+        if p["variant"] == "ours":  # eager time goes to the convolutions
+            assert p["operators"][0]["operator"] == "aten::mkldnn_convolution"
 
 # Run in a fresh interpreter: the tuning is process-wide and cannot be undone.
 MALLOC_PROBE = textwrap.dedent("""
@@ -151,7 +163,7 @@ def test_benchmark_script_passes_default_malloc(monkeypatch: pytest.MonkeyPatch,
     script = load_script("benchmark")
     seen = {}
 
-    def fake_run(models, batch_sizes, repeats, train_batch, backends, log, tune_malloc):
+    def fake_run(models, batch_sizes, repeats, train_batch, backends, log, tune_malloc, profile_top):
         seen["tune_malloc"] = tune_malloc
         return {"machine": {"cpu": "x", "threads": "2", "torch": "t"}, "gemm_gflops": 1.0, "memory_gbs": 1.0,
                 "repeats": repeats,
@@ -162,6 +174,15 @@ def test_benchmark_script_passes_default_malloc(monkeypatch: pytest.MonkeyPatch,
     assert seen == {"tune_malloc": False} and "glibc malloc default" in capsys.readouterr().out
     assert script.main(["--quick"]) == 0
     assert seen == {"tune_malloc": True} and "glibc malloc tuned" in capsys.readouterr().out
+
+
+def test_top_operators_names_the_operator_that_takes_the_time() -> None:
+    a, b, v = torch.randn(512, 512), torch.randn(512, 512), torch.randn(512)
+    ops = top_operators(lambda: (torch.mm(a, b), torch.mm(a, b), v + 1), runs=2, top=2)
+    assert len(ops) == 2
+    assert ops[0]["operator"] == "aten::mm" and ops[0]["input_shapes"] == [[512, 512], [512, 512]]
+    assert ops[0]["calls"] == 2 and ops[0]["self_ms"] > 0 and ops[0]["share"] > 0.5
+    assert ops[1]["share"] <= ops[0]["share"]
 
 
 def test_roofline_takes_the_slower_of_compute_and_memory_per_layer() -> None:

@@ -17,7 +17,7 @@ from torch import nn
 from models import create_model, load_pretrained
 from models.cli import RunError, UsageError
 from models.data import build_datasets
-from models.training import TrainConfig, evaluate, train
+from models.training import TrainConfig, build_parser, evaluate, train, uses_channels_last
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]
@@ -143,6 +143,18 @@ def test_fake_data_with_amp_channels_last_ema(tmp_path: Path) -> None:
                                epochs=1, batch_size=8, amp=True, channels_last=True, ema=True, quiet=True,
                                out_dir=str(tmp_path)))
     assert len(result.history) == 1 and (tmp_path / "best.pt").exists()
+
+
+@pytest.mark.parametrize("flags, expected", [([], True), (["--channels-last"], True), (["--no-channels-last"], False)])
+def test_channels_last_is_on_by_default_on_cpu(tmp_path: Path, flags: list[str], expected: bool) -> None:
+    cfg = TrainConfig(**vars(build_parser().parse_args(flags)))
+    assert cfg.channels_last == (None if not flags else expected)
+    assert uses_channels_last(cfg, torch.device("cpu")) is expected
+    assert uses_channels_last(cfg, torch.device("cuda")) is (expected and bool(flags))  # off on GPU unless asked
+    cfg.__dict__.update(QUICK, epochs=1, max_batches=1, out_dir=str(tmp_path))
+    train(cfg)
+    weight = _final_state(tmp_path)["stages.0.0.pw.conv.weight"]  # [16, 8, 1, 1]: the layout shows in its strides
+    assert (weight.stride() == torch.empty(weight.shape, memory_format=torch.channels_last).stride()) is expected
 
 
 def test_imagefolder(tmp_path: Path) -> None:
