@@ -176,7 +176,7 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
             batch_rows.append(_row(name, "standard", batch, timed(lambda: std(x), max(3, repeats // 2)), std_macs,
                                    ceiling, f"{std_macs / macs:.1f}x the MACs"))
         for r in batch_rows:
-            log(f"{name:<20} {r.variant:<10} b{batch:<3} {r.median_ms:9.2f} ms  {r.ceiling_fraction:6.1%} {r.note}")
+            log(f"{name:<20} {r.variant:<13} b{batch:<3} {r.median_ms:9.2f} ms  {r.ceiling_fraction:6.1%} {r.note}")
         rows += batch_rows
     return rows
 
@@ -210,7 +210,7 @@ def _training_rows(name: str, batch: int, repeats: int, ceiling: float, log: Cal
     for variant, secs in timed_interleaved(fns, repeats, warmup=1).items():
         row = _row(name, variant, batch, secs, 3 * macs, ceiling, "3x forward MACs")
         rows.append(row)
-        log(f"{name:<20} {variant:<10} b{batch:<3} {row.median_ms:9.2f} ms  {row.images_per_s:8.1f} img/s")
+        log(f"{name:<20} {variant:<13} b{batch:<3} {row.median_ms:9.2f} ms  {row.images_per_s:8.1f} img/s")
     return rows
 
 
