@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .inference import glibc_malloc_is_tuned, optimize_for_inference, tune_glibc_malloc
+from .inference import BACKENDS, OptimizedModel, glibc_malloc_is_tuned, optimize_for_inference, tune_glibc_malloc
 from .profile import count_macs, layer_traffic, timed
 from .registry import create_model
 from .weights import TIMM_MODELS, export_to_timm
@@ -39,7 +39,7 @@ class BenchRow:
     """One measured configuration."""
 
     model: str
-    variant: str  # ours | ours-cl | timm | optimized | standard | ours-train | ours-cl-train | timm-train
+    variant: str  # ours | ours-cl | timm | optimized | optimized-BACKEND | standard | ours-train | ours-cl-train | timm-train
     batch: int
     median_ms: float
     min_ms: float
@@ -140,14 +140,20 @@ def _timm_twin(model: nn.Module) -> Optional[nn.Module]:
     return twin.eval()
 
 
+def _optimized_note(opt: OptimizedModel) -> str:
+    return f"{opt.backend}, {'channels_last' if opt.channels_last else 'contiguous'}, compile {opt.compile_seconds:.1f}s"
+
+
 @torch.no_grad()
 def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling: float,
                     backends: Sequence[str], log: Callable[[str], None], tune_malloc: bool,
                     layers: dict[tuple[str, int, bool], list[tuple[int, int]]],
-                    profiles: list[dict], profile_top: int) -> list[BenchRow]:
+                    profiles: list[dict], profile_top: int, compare_backends: Sequence[str]) -> list[BenchRow]:
     """Inference rows of one model; fills ``layers[(name, batch, separable)]`` with the (MACs,
     bytes) of each conv and linear layer, for the roofline, and, where ``profile_top`` > 0,
-    appends the top operators of each variant at the largest batch to ``profiles``."""
+    appends the top operators of each variant at the largest batch to ``profiles``. Each of
+    ``compare_backends`` adds a row ``optimized-BACKEND``: the optimized path built with that
+    backend alone (skipped, with a log line, where it fails)."""
     model = create_model(name).eval()
     model_cl = copy.deepcopy(model).to(memory_format=CL)  # the same weights, eager, channels-last
     size = model.cfg.input_size
@@ -163,12 +169,19 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
         if twin is not None:
             fns["timm"] = lambda: twin(x)
         fns["optimized"] = lambda: opt(x)
+        notes = {"optimized": _optimized_note(opt)}
+        for backend in compare_backends:
+            alt = optimize_for_inference(model, x, backends=(backend,), tune_malloc=tune_malloc)
+            if alt.backend != backend:
+                log(f"{name:<20} optimized-{backend}: not timed, {alt.failures.get(backend, 'it fell back')}")
+                continue
+            fns[f"optimized-{backend}"] = lambda alt=alt: alt(x)
+            notes[f"optimized-{backend}"] = _optimized_note(alt)
         times = timed_interleaved(fns, repeats)
         if profile_top and batch == max(batch_sizes):  # after timing, so profiling never slows a timed run
             profiles += [{"model": name, "batch": batch, "variant": k, "operators": top_operators(fn, top=profile_top)}
                          for k, fn in fns.items()]
-        note = f"{opt.backend}, {'channels_last' if opt.channels_last else 'contiguous'}, compile {opt.compile_seconds:.1f}s"
-        batch_rows = [_row(name, k, batch, v, macs, ceiling, note if k == "optimized" else "") for k, v in times.items()]
+        batch_rows = [_row(name, k, batch, v, macs, ceiling, notes.get(k, "")) for k, v in times.items()]
         if batch == min(batch_sizes):  # the standard-conv twin is ~8x the work: latency only
             std = create_model(name, separable=False).eval()
             std_macs = count_macs(std, size)
@@ -215,14 +228,16 @@ def _training_rows(name: str, batch: int, repeats: int, ceiling: float, log: Cal
 
 
 def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), repeats: int = 10,
-                   train_batch: int = 16, backends: Sequence[str] = ("inductor", "torchscript", "eager"),
-                   log: Callable[[str], None] = print, tune_malloc: bool = True, profile_top: int = 0) -> dict:
+                   train_batch: int = 16, backends: Sequence[str] = BACKENDS,
+                   log: Callable[[str], None] = print, tune_malloc: bool = True, profile_top: int = 0,
+                   compare_backends: Sequence[str] = ()) -> dict:
     """Everything ``scripts/benchmark.py`` reports, as a JSON-ready dict.
 
     ``tune_malloc`` applies ``tune_glibc_malloc`` before anything is timed, so that every row -
     ours, timm's, optimized, training - runs under the same allocator settings. ``profile_top``
     > 0 adds ``profiles``: the top operators (``top_operators``) of every inference variant at
-    the largest batch size.
+    the largest batch size. ``compare_backends`` adds rows ``optimized-BACKEND``, the optimized
+    path built with that backend alone, timed beside the default choice.
     """
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     log(f"glibc malloc tuned (freed memory reused): {'yes' if malloc_tuned else 'no'}")
@@ -233,7 +248,7 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
     profiles: list[dict] = []
     for name in models:
         rows += _inference_rows(name, batch_sizes, repeats, ceiling, backends, log, tune_malloc, layers, profiles,
-                                profile_top)
+                                profile_top, compare_backends)
     for name in models:
         rows += _training_rows(name, train_batch, max(5, repeats // 2), ceiling, log)
     # Both rates are measured again at the end and the best kept: a slow moment of the machine

@@ -5,6 +5,7 @@
     python scripts/benchmark.py --quick              # a smoke test (CI)
     python scripts/benchmark.py --models xception --batch-sizes 1 8 32 --json out.json --plot out.png
     python scripts/benchmark.py --models mobilenet_v1 xception --batch-sizes 8 --profile profile.md
+    python scripts/benchmark.py --compare-backends inductor  # the default compiler against inductor
 """
 from __future__ import annotations
 
@@ -89,6 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, help="optimized-path compilers to try, in order "
                    f"(default: {' '.join(BACKENDS)})")
+    p.add_argument("--compare-backends", nargs="+", choices=BACKENDS, default=[],
+                   help="also time the optimized path built with each of these alone (rows optimized-BACKEND)")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc malloc's settings alone (by default freed memory is kept for reuse, for every row)")
     p.add_argument("--json", help="write the results as JSON")
@@ -120,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.models, args.batch_sizes, args.repeats, args.train_batch = ["ds_cnn_s", "mobilenet_v1_025"], [1, 2], 3, 4
-        args.backends = ["torchscript", "eager"]
+        args.backends = ["onednn_graph", "torchscript", "eager"]
     args.models = args.models or DEFAULT_MODELS
     args.batch_sizes = args.batch_sizes or [1, 8]
     args.repeats = args.repeats or 10
@@ -128,7 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.backends = args.backends or list(BACKENDS)
     result = run_benchmarks(args.models, args.batch_sizes, args.repeats, args.train_batch, args.backends,
                             log=lambda s: print(s, file=sys.stderr), tune_malloc=not args.default_malloc,
-                            profile_top=(args.profile_top or 10) if args.profile else 0)
+                            profile_top=(args.profile_top or 10) if args.profile else 0,
+                            compare_backends=args.compare_backends)
     print(markdown(result))
     if args.json:
         with atomic_path(args.json) as tmp, open(tmp, "w") as fh:

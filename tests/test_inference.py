@@ -36,15 +36,35 @@ def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name: str, separable:
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_optimized_model_matches_on_fresh_inputs(name: str) -> None:
+@pytest.mark.parametrize("backend", ["onednn_graph", "torchscript"])
+def test_optimized_model_matches_on_fresh_inputs(name: str, backend: str) -> None:
     model = with_random_bn_statistics(create_model(name))
     size = small_input_size(model.cfg)
-    opt = optimize_for_inference(model, torch.randn(4, *size), backends=("torchscript",))
-    assert opt.backend == "torchscript" and opt.compile_seconds > 0
+    opt = optimize_for_inference(model, torch.randn(4, *size), backends=(backend,))
+    assert opt.backend == backend and opt.compile_seconds > 0, opt.failures
     with torch.no_grad():
         for _ in range(2):
             x = torch.randn(4, *size)
             assert relative_difference(opt(x), model(x)) <= 1e-4
+
+
+def test_onednn_graph_fuses_and_leaves_the_process_wide_switch_off() -> None:
+    model = with_random_bn_statistics(create_model("mobilenet_v1_025"))
+    x = torch.randn(2, 3, 64, 64)
+    opt = optimize_for_inference(model, x, backends=("onednn_graph",), memory_format="channels_last")
+    assert opt.backend == "onednn_graph" and opt.channels_last
+    assert not torch.jit.onednn_fusion_enabled()  # on only inside our calls
+    opt(x)
+    # the graph that ran: its top level, then the bodies of the fusion groups oneDNN executes
+    top, *groups = str(torch.jit.last_executed_optimized_graph()).split("with prim::oneDNNFusionGroup")
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert convs == 27 and groups and "aten::_convolution" not in top
+    assert sum(g.count("aten::_convolution") for g in groups) == convs  # every conv, with its ReLU6, fused
+    assert sum(g.count("aten::hardtanh") for g in groups) == convs
+    assert not torch.jit.onednn_fusion_enabled()
+    with inference.onednn_graph_fusion():
+        assert torch.jit.onednn_fusion_enabled()
+    assert not torch.jit.onednn_fusion_enabled()
 
 
 def test_inductor_path() -> None:
@@ -61,7 +81,7 @@ def test_failing_compiler_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     real = inference._build
 
     def broken(backend, model, example):
-        if backend in ("inductor", "torchscript"):
+        if backend in ("onednn_graph", "inductor", "torchscript"):
             raise RuntimeError(f"{backend} is broken here")
         return real(backend, model, example)
 
@@ -69,7 +89,8 @@ def test_failing_compiler_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     model = with_random_bn_statistics(create_model("ds_cnn_s"))
     opt = optimize_for_inference(model, torch.randn(2, 1, 49, 10))
     assert opt.backend == "eager"
-    assert opt.failures == {"inductor": "RuntimeError: inductor is broken here",
+    assert opt.failures == {"onednn_graph": "RuntimeError: onednn_graph is broken here",
+                            "inductor": "RuntimeError: inductor is broken here",
                             "torchscript": "RuntimeError: torchscript is broken here"}
     assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
 
@@ -77,14 +98,16 @@ def test_failing_compiler_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_benchmark_quick(tmp_path: Path) -> None:
     out_json, out_png, out_md = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "profile.md"
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--json", str(out_json),
-                          "--plot", str(out_png), "--profile", str(out_md), "--profile-top", "4"],
+                          "--plot", str(out_png), "--profile", str(out_md), "--profile-top", "4",
+                          "--compare-backends", "torchscript"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(out_json.read_text())
     assert data["gemm_gflops"] > 0
     variants = {(r["model"], r["variant"], r["batch"]) for r in data["rows"]}
     for model in ("ds_cnn_s", "mobilenet_v1_025"):
-        assert {(model, v, b) for v in ("ours", "ours-cl", "optimized") for b in (1, 2)} <= variants
+        assert {(model, v, b) for v in ("ours", "ours-cl", "optimized", "optimized-torchscript")
+                for b in (1, 2)} <= variants
         assert {(model, v, 4) for v in ("ours-train", "ours-cl-train")} <= variants
         assert (model, "standard", 1) in variants
     for r in data["rows"]:
@@ -101,11 +124,14 @@ def test_benchmark_quick(tmp_path: Path) -> None:
         assert r["roofline_fraction"] == pytest.approx(r["roofline_ms"] / r["median_ms"])
     assert data["memory_gbs"] > 0
     assert "| ds_cnn_s | optimized | 1 |" in res.stdout
+    notes = {r["variant"]: r["note"] for r in data["rows"] if r["model"] == "ds_cnn_s" and r["batch"] == 1}
+    assert notes["optimized"].startswith("onednn_graph, ") and notes["optimized-torchscript"].startswith("torchscript, ")
     assert out_png.read_bytes()[:4] == b"\x89PNG"
     assert data["malloc_tuned"] is GLIBC
     # profiles: every inference variant at the largest batch, after its timing
     assert [(p["model"], p["variant"], p["batch"]) for p in data["profiles"]] == [
-        (m, v, 2) for m in ("ds_cnn_s", "mobilenet_v1_025") for v in ("ours", "ours-cl", "optimized")]
+        (m, v, 2) for m in ("ds_cnn_s", "mobilenet_v1_025")
+        for v in ("ours", "ours-cl", "optimized", "optimized-torchscript")]
     report = out_md.read_text()
     for p in data["profiles"]:
         shares = [op["share"] for op in p["operators"]]
@@ -163,7 +189,7 @@ def test_benchmark_script_passes_default_malloc(monkeypatch: pytest.MonkeyPatch,
     script = load_script("benchmark")
     seen = {}
 
-    def fake_run(models, batch_sizes, repeats, train_batch, backends, log, tune_malloc, profile_top):
+    def fake_run(models, batch_sizes, repeats, train_batch, backends, log, tune_malloc, profile_top, compare_backends):
         seen["tune_malloc"] = tune_malloc
         return {"machine": {"cpu": "x", "threads": "2", "torch": "t"}, "gemm_gflops": 1.0, "memory_gbs": 1.0,
                 "repeats": repeats,
