@@ -164,7 +164,8 @@ def _build(backend: str, model: nn.Module, example: torch.Tensor) -> Callable[[t
             with onednn_graph_fusion():
                 return frozen(x)
 
-        for _ in range(torch._C._jit_get_num_profiled_runs() + 1):  # profile, then fuse
+        profiled_runs = getattr(torch._C, "_jit_get_num_profiled_runs", lambda: 1)()
+        for _ in range(profiled_runs + 1):  # TorchScript profiles the graph, then fuses it
             run(example)
         return run
     if backend == "inductor":
