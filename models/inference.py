@@ -168,6 +168,9 @@ def _build(backend: str, model: nn.Module, example: torch.Tensor) -> Callable[[t
         profiled_runs = getattr(torch._C, "_jit_get_num_profiled_runs", lambda: 1)()
         for _ in range(profiled_runs + 1):  # TorchScript profiles the graph, then fuses it
             run(example)
+        if "prim::oneDNNFusionGroup" not in str(torch.jit.last_executed_optimized_graph()):
+            # plain TorchScript would be slower than the next backend: let that one run instead
+            raise RuntimeError("oneDNN Graph fused nothing on this machine (it needs an x86 CPU)")
         return run
     if backend == "inductor":
         import torch._inductor.config as inductor_config

@@ -21,6 +21,8 @@ from models.inference import fold_batchnorm, optimize_for_inference, relative_di
 
 REPO = Path(__file__).resolve().parents[1]
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+X86 = platform.machine().lower() in ("x86_64", "amd64")  # where oneDNN Graph fuses
+ONEDNN_GRAPH = pytest.param("onednn_graph", marks=pytest.mark.skipif(not X86, reason="oneDNN Graph fuses on x86"))
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -36,7 +38,7 @@ def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name: str, separable:
 
 
 @pytest.mark.parametrize("name", list_models())
-@pytest.mark.parametrize("backend", ["onednn_graph", "torchscript"])
+@pytest.mark.parametrize("backend", [ONEDNN_GRAPH, "torchscript"])
 def test_optimized_model_matches_on_fresh_inputs(name: str, backend: str) -> None:
     model = with_random_bn_statistics(create_model(name))
     size = small_input_size(model.cfg)
@@ -48,6 +50,7 @@ def test_optimized_model_matches_on_fresh_inputs(name: str, backend: str) -> Non
             assert relative_difference(opt(x), model(x)) <= 1e-4
 
 
+@pytest.mark.skipif(not X86, reason="oneDNN Graph fuses on x86")
 def test_onednn_graph_fuses_and_leaves_the_process_wide_switch_off() -> None:
     model = with_random_bn_statistics(create_model("mobilenet_v1_025"))
     x = torch.randn(2, 3, 64, 64)
@@ -68,6 +71,15 @@ def test_onednn_graph_fuses_and_leaves_the_process_wide_switch_off() -> None:
     with torch.no_grad():  # another batch size leaves the fused groups' guards: still the right outputs
         y = torch.randn(3, 3, 64, 64)
         assert relative_difference(opt(y), model(y)) <= 1e-4
+
+
+def test_onednn_graph_that_fuses_nothing_gives_way_to_the_next_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.jit, "last_executed_optimized_graph", lambda: "graph(%x): no fusion groups")
+    model = with_random_bn_statistics(create_model("ds_cnn_s"))
+    opt = optimize_for_inference(model, torch.randn(2, 1, 49, 10), backends=("onednn_graph", "torchscript"))
+    assert opt.backend == "torchscript"
+    assert opt.failures == {"onednn_graph": "RuntimeError: oneDNN Graph fused nothing on this machine (it needs an x86 CPU)"}
+    assert not torch.jit.onednn_fusion_enabled()
 
 
 def test_inductor_path() -> None:
