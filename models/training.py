@@ -239,8 +239,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp:
 
 
 def uses_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    """``--channels-last`` as given, else on for CPU: there oneDNN runs convs, BatchNorm and
-    pooling natively in NHWC: the default job (mobilenet_v1_025 on 32x32 digits) trained 1.5x
+    """``--channels-last`` as given, else on for CPU, where oneDNN runs convs, BatchNorm and
+    pooling natively in NHWC. There the default job (mobilenet_v1_025 on 32x32 digits) trained 1.5x
     faster, and ``scripts/benchmark.py`` measures 1.14-1.27x for every model at batch 16 (see
     the README). Off on GPU, where it was not measured."""
     return cfg.channels_last if cfg.channels_last is not None else device.type == "cpu"
