@@ -6,7 +6,10 @@ Every figure is a median over ``repeats`` timed runs after warm-up, with the spr
 (min-max) beside it. Fraction of ceiling = 2 x MACs x batch / time / GEMM FLOP/s. The roofline
 time of an inference row is the sum over its conv and linear layers of max(2 x MACs / GEMM
 FLOP/s, least bytes moved / memory bandwidth): the fastest any layer-at-a-time execution could
-run on this machine, with both rates measured in the same run. With ``profile_top``, the
+run on this machine, with both rates measured in the same run. The ``gemms`` row of each
+model and batch times its ungrouped layers as bare matrix products (``LayerGemms``) in the same
+round-robin: how fast this machine's BLAS runs the model's own GEMM shapes, and so the most of
+the ceiling a forward pass can reach if those layers run no faster. With ``profile_top``, the
 largest batch of each model is also run under ``torch.profiler`` and its top operators kept,
 to say where the time goes.
 """
@@ -23,11 +26,11 @@ import torch
 from torch import nn
 
 from .inference import BACKENDS, OptimizedModel, glibc_malloc_is_tuned, optimize_for_inference, tune_glibc_malloc
-from .profile import count_macs, layer_traffic, timed
+from .profile import count_macs, layer_gemms, layer_traffic, timed
 from .registry import create_model
 from .weights import TIMM_MODELS, export_to_timm
 
-__all__ = ["BenchRow", "gemm_gflops", "machine_info", "memory_bandwidth_gbs", "roofline_ms", "run_benchmarks", "timed",
+__all__ = ["BenchRow", "LayerGemms", "gemm_gflops", "machine_info", "memory_bandwidth_gbs", "roofline_ms", "run_benchmarks", "timed",
            "timed_interleaved", "top_operators"]
 
 
@@ -39,7 +42,8 @@ class BenchRow:
     """One measured configuration."""
 
     model: str
-    variant: str  # ours | ours-cl | timm | optimized | optimized-BACKEND | standard | ours-train | ours-cl-train | timm-train
+    # ours | ours-cl | timm | optimized | optimized-BACKEND | standard | gemms | ours-train | ours-cl-train | timm-train
+    variant: str
     batch: int
     median_ms: float
     min_ms: float
@@ -50,6 +54,9 @@ class BenchRow:
     note: str = ""
     roofline_ms: Optional[float] = None  # inference rows only
     roofline_fraction: Optional[float] = None  # roofline_ms / median_ms
+    # gemms rows: the most of the GEMM ceiling a whole forward pass can reach when its ungrouped
+    # layers run no faster than these bare products (2 x model MACs / this row's time / ceiling)
+    model_ceiling_bound: Optional[float] = None
 
 
 def timed_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
@@ -83,6 +90,27 @@ def memory_bandwidth_gbs(mib: int = 256, repeats: int = 10) -> float:
     src = torch.randn(mib * 2**18)
     dst = torch.empty_like(src)
     return 2 * src.numel() * 4 / statistics.median(timed(lambda: dst.copy_(src), repeats, warmup=2)) / 1e9
+
+
+class LayerGemms:
+    """A model's ungrouped conv and linear layers as bare fp32 matrix products, one per layer.
+
+    Each (M, K, N) of ``models.profile.layer_gemms`` becomes an (M x K) input times the
+    transpose of an (N x K) weight, as ``F.linear`` computes it, written into a preallocated
+    output. Timed beside the model, it says how fast this machine's BLAS runs the model's own
+    GEMM shapes - small ones run far below the large-square ceiling - so a forward pass that
+    spends at least that long on those layers can reach no more than
+    2 x MACs / (GEMM time x ceiling) of the ceiling.
+    """
+
+    def __init__(self, shapes: Sequence[tuple[int, int, int]]) -> None:
+        self.operands = [(torch.randn(m, k), torch.randn(n, k)) for m, k, n in shapes]
+        self.outputs = [torch.empty(m, n) for m, _, n in shapes]
+        self.macs = sum(m * k * n for m, k, n in shapes)
+
+    def __call__(self) -> None:
+        for (a, w), out in zip(self.operands, self.outputs):
+            torch.mm(a, w.t(), out=out)
 
 
 def roofline_ms(layers: Sequence[tuple[int, int]], gflops: float, gbs: float) -> float:
@@ -170,6 +198,10 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
             fns["timm"] = lambda: twin(x)
         fns["optimized"] = lambda: opt(x)
         notes = {"optimized": _optimized_note(opt)}
+        gemm_shapes = layer_gemms(model, size, batch)
+        fns["gemms"] = gemms = LayerGemms(list(gemm_shapes.values()))
+        notes["gemms"] = (f"its {len(gemm_shapes)} ungrouped conv and linear layers as bare matrix products, "
+                          f"{gemms.macs / (macs * batch):.1%} of its MACs")
         for backend in compare_backends:
             alt = optimize_for_inference(model, x, backends=(backend,), tune_malloc=tune_malloc)
             if alt.backend != backend:
@@ -180,8 +212,12 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
         times = timed_interleaved(fns, repeats)
         if profile_top and batch == max(batch_sizes):  # after timing, so profiling never slows a timed run
             profiles += [{"model": name, "batch": batch, "variant": k, "operators": top_operators(fn, top=profile_top)}
-                         for k, fn in fns.items()]
-        batch_rows = [_row(name, k, batch, v, macs, ceiling, notes.get(k, "")) for k, v in times.items()]
+                         for k, fn in fns.items() if k != "gemms"]
+        batch_rows = [_row(name, k, batch, v, gemms.macs // batch if k == "gemms" else macs, ceiling, notes.get(k, ""))
+                      for k, v in times.items()]
+        for r in batch_rows:
+            if r.variant == "gemms":
+                r.model_ceiling_bound = r.ceiling_fraction * macs * batch / gemms.macs
         if batch == min(batch_sizes):  # the standard-conv twin is ~8x the work: latency only
             std = create_model(name, separable=False).eval()
             std_macs = count_macs(std, size)
@@ -258,11 +294,13 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
         log(f"fp32 GEMM ceiling at the end: {end_ceiling:.1f} GFLOP/s (fractions rescaled to it)")
         for r in rows:
             r.ceiling_fraction *= ceiling / end_ceiling
+            if r.model_ceiling_bound is not None:
+                r.model_ceiling_bound *= ceiling / end_ceiling
         ceiling = end_ceiling
     bandwidth = max(bandwidth, end_bandwidth)
     for r in rows:
         key = (r.model, r.batch, r.variant != "standard")
-        if key in layers and not r.variant.endswith("-train"):
+        if key in layers and not r.variant.endswith("-train") and r.variant != "gemms":
             r.roofline_ms = roofline_ms(layers[key], ceiling, bandwidth)
             r.roofline_fraction = r.roofline_ms / r.median_ms
     return {"machine": machine_info(), "gemm_gflops": ceiling, "memory_gbs": bandwidth, "repeats": repeats,

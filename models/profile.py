@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["count_macs", "count_params", "layer_macs", "layer_traffic", "module_macs", "timed"]
+__all__ = ["count_macs", "count_params", "layer_gemms", "layer_macs", "layer_traffic", "module_macs", "timed"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -80,6 +80,27 @@ def layer_traffic(model: nn.Module, input_size: Sequence[int], batch: int = 1) -
 
     _visit_layers(model, input_size, batch, visit)
     return traffic
+
+
+def layer_gemms(model: nn.Module, input_size: Sequence[int], batch: int = 1) -> dict[str, tuple[int, int, int]]:
+    """The matrix product (M, K, N) each ungrouped Conv2d and each Linear amounts to, by module name.
+
+    A conv lowered to one GEMM (im2col) multiplies a (batch x output pixels, in channels x
+    kernel area) matrix by a (in channels x kernel area, out channels) one, so M x K x N is its
+    MACs; for a 1x1 conv it is the layer itself in channels-last layout. Grouped and depthwise
+    convs are left out: they are not one GEMM, and they are bound by memory traffic.
+    """
+    gemms: dict[str, tuple[int, int, int]] = {}
+
+    def visit(name: str, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d) and module.groups == 1:
+            kh, kw = module.kernel_size
+            gemms[name] = (output[0, 0].numel() * batch, module.in_channels * kh * kw, module.out_channels)
+        elif isinstance(module, nn.Linear):
+            gemms[name] = (output[..., 0].numel() * batch, module.in_features, module.out_features)
+
+    _visit_layers(model, input_size, 1, visit)
+    return gemms
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:

@@ -42,7 +42,13 @@ def markdown(result: dict) -> str:
             f"{result['gemm_gflops']:.1f} GFLOP/s, memory bandwidth {result['memory_gbs']:.1f} GB/s; "
             f"medians of {result['repeats']} runs after warm-up; "
             f"glibc malloc {'tuned' if result['malloc_tuned'] else 'default'}")
-    return head + "\n\n" + "\n".join(lines)
+    optimized = {(r["model"], r["batch"]): r["ceiling_fraction"] for r in result["rows"] if r["variant"] == "optimized"}
+    bounds = [f"- {r['model']} at batch {r['batch']}: its layers' GEMMs alone take {r['median_ms']:.2f} ms, "
+              f"{r['ceiling_fraction']:.1%} of the ceiling, so a whole forward pass can reach at most "
+              f"{r['model_ceiling_bound']:.1%} of it; the optimized path reaches "
+              f"{optimized[r['model'], r['batch']]:.1%}."
+              for r in result["rows"] if r["variant"] == "gemms"]
+    return head + "\n\n" + "\n".join(lines) + ("\n\n" + "\n".join(bounds) if bounds else "")
 
 
 def profile_markdown(result: dict) -> str:

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from conftest import load_script, small_input_size, with_random_bn_statistics
-from models import create_model, get_model_config, list_models
+from models import count_macs, create_model, get_model_config, list_models
 from models import inference
-from models.benchmark import roofline_ms, top_operators
-from models.profile import layer_traffic
+from models.benchmark import LayerGemms, roofline_ms, top_operators
+from models.profile import layer_gemms, layer_traffic
 from models.inference import fold_batchnorm, optimize_for_inference, relative_difference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,13 +121,23 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     assert data["gemm_gflops"] > 0
     variants = {(r["model"], r["variant"], r["batch"]) for r in data["rows"]}
     for model in ("ds_cnn_s", "mobilenet_v1_025"):
-        assert {(model, v, b) for v in ("ours", "ours-cl", "optimized", "optimized-torchscript")
+        assert {(model, v, b) for v in ("ours", "ours-cl", "optimized", "optimized-torchscript", "gemms")
                 for b in (1, 2)} <= variants
         assert {(model, v, 4) for v in ("ours-train", "ours-cl-train")} <= variants
         assert (model, "standard", 1) in variants
     for r in data["rows"]:
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert r["ceiling_fraction"] == pytest.approx(2 * r["gmacs_per_s"] / data["gemm_gflops"])
+        model_macs = count_macs(create_model(r["model"]), get_model_config(r["model"]).input_size)
+        if r["variant"] == "gemms":  # the model's ungrouped layers as bare matrix products
+            shapes = layer_gemms(create_model(r["model"]), get_model_config(r["model"]).input_size, r["batch"])
+            gemm_macs = sum(m * k * n for m, k, n in shapes.values())
+            assert r["gmacs_per_s"] * r["median_ms"] / 1e3 == pytest.approx(gemm_macs / 1e9)
+            assert r["model_ceiling_bound"] == pytest.approx(r["ceiling_fraction"] * model_macs * r["batch"] / gemm_macs)
+            assert r["roofline_ms"] is None
+            assert f"- {r['model']} at batch {r['batch']}: its layers' GEMMs alone take {r['median_ms']:.2f} ms" in res.stdout
+            continue
+        assert r["model_ceiling_bound"] is None
         if r["variant"].endswith("-train"):
             assert r["roofline_ms"] is None
             continue
@@ -224,6 +234,16 @@ def test_top_operators_names_the_operator_that_takes_the_time() -> None:
     assert ops[0]["operator"] == "aten::mm" and ops[0]["input_shapes"] == [[512, 512], [512, 512]]
     assert ops[0]["calls"] == 2 and ops[0]["self_ms"] > 0 and ops[0]["share"] > 0.5
     assert ops[1]["share"] <= ops[0]["share"]
+
+
+def test_layer_gemms_runner_computes_each_product() -> None:
+    """Each bare GEMM is input @ weight.T into its own output, as F.linear computes it."""
+    gemms = LayerGemms([(5, 3, 4), (7, 6, 2)])
+    gemms()
+    assert gemms.macs == 5 * 3 * 4 + 7 * 6 * 2
+    assert [out.shape for out in gemms.outputs] == [(5, 4), (7, 2)]
+    for (a, w), out in zip(gemms.operands, gemms.outputs):
+        torch.testing.assert_close(out, nn.functional.linear(a, w))
 
 
 def test_roofline_takes_the_slower_of_compute_and_memory_per_layer() -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from conftest import small_input_size
 from models import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models
+from models.profile import layer_gemms, layer_macs
 
 ALL_MODELS = list_models()
 
@@ -148,6 +149,31 @@ def test_separable_false_replaces_every_separable_conv(name: str) -> None:
     assert count_params(std) > count_params(sep)
     size = small_input_size(sep.cfg)
     assert std.eval()(torch.randn(1, *size)).shape == sep.eval()(torch.randn(1, *size)).shape
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("separable", [True, False])
+def test_layer_gemms_cover_every_ungrouped_layer(name: str, separable: bool) -> None:
+    """The benchmark's bare GEMMs do exactly the MACs of the ungrouped convs and linear layers:
+    all of them for the standard-conv twin, all but the depthwise convs' for the model."""
+    model = create_model(name, separable=separable)
+    size, batch = small_input_size(model.cfg), 3
+    gemms = layer_gemms(model, size, batch)
+    grouped = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
+    assert bool(grouped) == separable and not grouped & gemms.keys()
+    per_layer = layer_macs(model, size)
+    assert set(gemms) | grouped == set(per_layer)
+    assert {n: m * k * c for n, (m, k, c) in gemms.items()} == {n: batch * per_layer[n] for n in gemms}
+
+
+def test_layer_gemms_shapes_of_mobilenet() -> None:
+    """im2col shapes: (batch x output pixels, in channels x kernel area, out channels)."""
+    gemms = layer_gemms(create_model("mobilenet_v1"), (3, 224, 224), batch=2)
+    assert gemms["stem.0.conv"] == (2 * 112 * 112, 3 * 3 * 3, 32)
+    assert gemms["stages.0.0.pw.conv"] == (2 * 112 * 112, 32, 64)
+    assert gemms["stages.4.1.pw.conv"] == (2 * 7 * 7, 1024, 1024)
+    assert gemms["classifier"] == (2, 1024, 1000)
+    assert len(gemms) == 1 + 13 + 1
 
 
 def test_overrides_in_chans_num_classes_width() -> None:
