@@ -30,8 +30,8 @@ from .profile import count_macs, layer_gemms, layer_traffic, timed
 from .registry import create_model
 from .weights import TIMM_MODELS, export_to_timm
 
-__all__ = ["BenchRow", "LayerGemms", "gemm_gflops", "machine_info", "memory_bandwidth_gbs", "roofline_ms", "run_benchmarks", "timed",
-           "timed_interleaved", "top_operators"]
+__all__ = ["BenchRow", "LayerGemms", "gemm_gflops", "machine_info", "memory_bandwidth_gbs", "roofline_ms",
+           "run_benchmarks", "timed", "timed_interleaved", "top_operators"]
 
 
 CL = torch.channels_last

@@ -30,8 +30,8 @@ from .profile import timed
 __all__ = ["BACKENDS", "OptimizedModel", "fold_batchnorm", "onednn_graph_fusion", "optimize_for_inference",
            "relative_difference", "glibc_malloc_is_tuned", "tune_glibc_malloc"]
 
-# onednn_graph first: 1.03x (xception, batch 8) to 2.2x (ds_cnn_s, batch 1) faster than inductor
-# on every row of the README's benchmark, and faster to compile on every row.
+# onednn_graph first: 1.01-1.03x (xception, batch 8) to 2.2-2.4x (small models, batch 1) faster
+# than inductor on every row of the README's benchmark in two runs, and faster to compile.
 BACKENDS = ("onednn_graph", "inductor", "torchscript", "eager")
 
 # mallopt(3) parameter numbers from glibc's <malloc.h>.

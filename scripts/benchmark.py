@@ -44,8 +44,8 @@ def markdown(result: dict) -> str:
             f"glibc malloc {'tuned' if result['malloc_tuned'] else 'default'}")
     optimized = {(r["model"], r["batch"]): r["ceiling_fraction"] for r in result["rows"] if r["variant"] == "optimized"}
     bounds = [f"- {r['model']} at batch {r['batch']}: its layers' GEMMs alone take {r['median_ms']:.2f} ms, "
-              f"{r['ceiling_fraction']:.1%} of the ceiling, so a whole forward pass can reach at most "
-              f"{r['model_ceiling_bound']:.1%} of it; the optimized path reaches "
+              f"{r['ceiling_fraction']:.1%} of the ceiling, so a forward pass whose layers run no faster "
+              f"reaches at most {r['model_ceiling_bound']:.1%} of it; the optimized path reaches "
               f"{optimized[r['model'], r['batch']]:.1%}."
               for r in result["rows"] if r["variant"] == "gemms"]
     return head + "\n\n" + "\n".join(lines) + ("\n\n" + "\n".join(bounds) if bounds else "")
