@@ -237,13 +237,16 @@ def test_top_operators_names_the_operator_that_takes_the_time() -> None:
 
 
 def test_layer_gemms_runner_computes_each_product() -> None:
-    """Each bare GEMM is input @ weight.T into its own output, as F.linear computes it."""
-    gemms = LayerGemms([(5, 3, 4), (7, 6, 2)])
+    """Each bare GEMM is input @ weight.T, as F.linear computes it; products of one shape share
+    their matrices."""
+    gemms = LayerGemms([(5, 3, 4), (7, 6, 2), (5, 3, 4)])
     gemms()
-    assert gemms.macs == 5 * 3 * 4 + 7 * 6 * 2
-    assert [out.shape for out in gemms.outputs] == [(5, 4), (7, 2)]
+    assert gemms.macs == 2 * 5 * 3 * 4 + 7 * 6 * 2
+    assert [out.shape for out in gemms.outputs] == [(5, 4), (7, 2), (5, 4)]
     for (a, w), out in zip(gemms.operands, gemms.outputs):
         torch.testing.assert_close(out, nn.functional.linear(a, w))
+    assert gemms.operands[0][0] is gemms.operands[2][0] and gemms.outputs[0] is gemms.outputs[2]
+    assert gemms.operands[0][0] is not gemms.operands[1][0]
 
 
 def test_roofline_takes_the_slower_of_compute_and_memory_per_layer() -> None:
