@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .atomic import atomic_path
 from .builder import ZooNet
@@ -223,7 +223,11 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
              channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy (%) over ``loader``."""
+    """Mean cross-entropy and top-1 accuracy (%) over ``loader``.
+
+    Under ``torch.distributed`` each process passes its own shard of the data and the sums are
+    added up across processes, so every process returns the figures of the whole set.
+    """
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in loader:
@@ -235,13 +239,24 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp:
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         count += y.numel()
+    if dist.is_initialized():
+        totals = torch.tensor([loss_sum, correct, count], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        loss_sum, correct, count = totals[0].item(), int(totals[1].item()), int(totals[2].item())
     return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
+
+
+def validation_shard(dataset: Dataset, rank: int, world: int) -> Dataset:
+    """Every ``world``-th example from ``rank`` on: the shards of all processes partition the set
+    exactly (unlike ``DistributedSampler``, no example is repeated to even them out), so
+    ``evaluate``'s sums, added up across processes, are those of the whole set."""
+    return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
 
 
 def uses_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     """``--channels-last`` as given, else on for CPU, where oneDNN runs convs, BatchNorm and
     pooling natively in NHWC. There the default job (mobilenet_v1_025 on 32x32 digits) trained 1.5x
-    faster, and ``scripts/benchmark.py`` measures 1.14-1.27x for every model at batch 16 (see
+    faster, and ``scripts/benchmark.py`` measured 1.08-1.32x for every model at batch 16 (see
     the README). Off on GPU, where it was not measured."""
     return cfg.channels_last if cfg.channels_last is not None else device.type == "cpu"
 
@@ -305,7 +320,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    val_loader = DataLoader(data.val, batch_size=max(cfg.batch_size, 128), shuffle=False, num_workers=cfg.workers)
+    val_loader = DataLoader(validation_shard(data.val, rank, world), batch_size=max(cfg.batch_size, 128),
+                            shuffle=False, num_workers=cfg.workers)
     if cfg.eval_only:
         val_loss, top1 = evaluate(model, val_loader, device, amp=cfg.amp, channels_last=channels_last)
         if rank == 0:
@@ -389,6 +405,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         scheduler.step(epoch + 1)
         eval_model = ema.module if ema is not None else model
+        if world > 1:
+            # BatchNorm statistics (and EMA buffers) drift apart in the processes' last steps:
+            # validate rank 0's model everywhere, the one its checkpoint saves
+            for buffer in eval_model.buffers():
+                dist.broadcast(buffer, src=0)
         val_loss, top1 = evaluate(eval_model, val_loader, device, amp=cfg.amp, channels_last=channels_last)
         row = dict(epoch=epoch + 1, train_loss=round(loss_sum / max(seen, 1), 6), val_loss=round(val_loss, 6),
                    val_top1=round(top1, 4), lr=lr, seconds=round(time.perf_counter() - t0, 3))

@@ -18,7 +18,7 @@ from torch import nn
 from models import create_model, load_pretrained
 from models.cli import RunError, UsageError
 from models.data import build_datasets
-from models.training import TrainConfig, build_parser, evaluate, train, uses_channels_last
+from models.training import TrainConfig, build_parser, evaluate, train, uses_channels_last, validation_shard
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]
@@ -130,13 +130,25 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((out / "args.json").read_text())["world_size"] == 2
-    logged = float(rows(out / "metrics.csv")[-1]["val_top1"])
+    last = rows(out / "metrics.csv")[-1]
+    logged = float(last["val_top1"])
     model = create_model("mobilenet_v1_025", in_chans=1, input_size=16, num_classes=10)
     load_pretrained(model, out / "last.pt")
     data = build_datasets("digits", model.pretrained_cfg)
-    _, top1 = evaluate(model, torch.utils.data.DataLoader(data.val, batch_size=128), torch.device("cpu"))
+    loss, top1 = evaluate(model, torch.utils.data.DataLoader(data.val, batch_size=128), torch.device("cpu"))
+    # each process validated half the set; the figures logged are those of the whole set
     assert round(top1, 4) == logged
+    assert float(last["val_loss"]) == pytest.approx(loss, abs=2e-6)
     assert logged > 30, "the two processes trained one model together (chance is 10%)"
+
+
+@pytest.mark.parametrize("size, world", [(10, 1), (10, 3), (2, 4)])
+def test_validation_shards_partition_the_set(size: int, world: int) -> None:
+    """Under torchrun each process validates its shard; together they hold every example once."""
+    data = torch.utils.data.TensorDataset(torch.arange(size))
+    shards = [[int(x) for (x,) in validation_shard(data, rank, world)] for rank in range(world)]
+    assert sorted(sum(shards, [])) == list(range(size))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
 def test_fake_data_with_amp_channels_last_ema(tmp_path: Path) -> None:
