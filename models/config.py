@@ -354,10 +354,12 @@ def load_family_file(path: Path) -> tuple[str, dict[str, Any], dict[str, dict[st
         problems += [
             f"variants.{n}: must be a mapping, got {v!r}" for n, v in variants.items() if not isinstance(v, (Mapping, type(None)))
         ]
+        problems += [f"variants: name {short_repr(n)} must be a string (quote it in the YAML)"
+                     for n in variants if not isinstance(n, str)]
     if problems:
         raise ConfigError(str(path), problems)
     family = str(data.get("family", path.stem))
-    return family, dict(defaults), {str(n): dict(v or {}) for n, v in variants.items()}
+    return family, dict(defaults), {n: dict(v or {}) for n, v in variants.items()}
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], source: str) -> dict[str, Any]:

@@ -65,6 +65,17 @@ def test_user_yaml_family_file_variants(tmp_path: Path) -> None:
         create_model(f"{path}:tiny_c")
 
 
+def test_variant_names_must_be_strings(tmp_path: Path) -> None:
+    """YAML reads `1:` and `null:` as a number and None: a model name must be written as text."""
+    path = write(tmp_path, TINY + "  1: {}\n  null: {width_mult: 2.0}\n")
+    with pytest.raises(ConfigError) as exc:
+        create_model(f"{path}:tiny_a")
+    assert problems(exc) == ["variants: name 1 must be a string (quote it in the YAML)",
+                             "variants: name None must be a string (quote it in the YAML)"]
+    quoted = write(tmp_path, TINY + "  '1': {}\n", name="quoted.yaml")
+    assert create_model(f"{quoted}:1").num_features == 16
+
+
 def test_register_model_from_mapping_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     list_models()  # load the built-in families, then isolate this test's registrations
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
