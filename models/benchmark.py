@@ -221,9 +221,6 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
                          for k, fn in fns.items() if k != "gemms"]
         batch_rows = [_row(name, k, batch, v, gemms.macs // batch if k == "gemms" else macs, ceiling, notes.get(k, ""))
                       for k, v in times.items()]
-        for r in batch_rows:
-            if r.variant == "gemms":
-                r.model_ceiling_bound = r.ceiling_fraction * macs * batch / gemms.macs
         if batch == min(batch_sizes):  # the standard-conv twin is ~8x the work: latency only
             std = create_model(name, separable=False).eval()
             std_macs = count_macs(std, size)
@@ -300,13 +297,15 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
         log(f"fp32 GEMM ceiling at the end: {end_ceiling:.1f} GFLOP/s (fractions rescaled to it)")
         for r in rows:
             r.ceiling_fraction *= ceiling / end_ceiling
-            if r.model_ceiling_bound is not None:
-                r.model_ceiling_bound *= ceiling / end_ceiling
         ceiling = end_ceiling
     bandwidth = max(bandwidth, end_bandwidth)
     for r in rows:
         key = (r.model, r.batch, r.variant != "standard")
-        if key in layers and not r.variant.endswith("-train") and r.variant != "gemms":
+        if key not in layers or r.variant.endswith("-train"):
+            continue
+        if r.variant == "gemms":  # the whole model's MACs in the time of its bare GEMMs alone
+            r.model_ceiling_bound = 2 * sum(macs for macs, _ in layers[key]) / (r.median_ms * 1e6) / ceiling
+        else:
             r.roofline_ms = roofline_ms(layers[key], ceiling, bandwidth)
             r.roofline_fraction = r.roofline_ms / r.median_ms
     return {"machine": machine_info(), "gemm_gflops": ceiling, "memory_gbs": bandwidth, "repeats": repeats,
