@@ -11,13 +11,19 @@ model and batch times its ungrouped layers as bare matrix products (``LayerGemms
 round-robin: how fast this machine's BLAS runs the model's own GEMM shapes, and so the most of
 the ceiling a forward pass can reach if those layers run no faster. With ``profile_top``, the
 largest batch of each model is also run under ``torch.profiler`` and its top operators kept,
-to say where the time goes.
+and then with oneDNN's verbose log on, which names the kernels inside fused partitions, to say
+where the time goes.
 """
 from __future__ import annotations
 
 import copy
+import ctypes
+import os
 import platform
+import re
 import statistics
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Sequence
@@ -30,8 +36,9 @@ from .profile import count_macs, layer_gemms, layer_traffic, timed
 from .registry import create_model
 from .weights import TIMM_MODELS, export_to_timm
 
-__all__ = ["BenchRow", "LayerGemms", "gemm_gflops", "machine_info", "memory_bandwidth_gbs", "roofline_ms",
-           "run_benchmarks", "timed", "timed_interleaved", "top_operators"]
+__all__ = ["BenchRow", "LayerGemms", "describe_onednn_problem", "gemm_gflops", "machine_info",
+           "memory_bandwidth_gbs", "onednn_primitives", "roofline_ms", "run_benchmarks", "timed",
+           "timed_interleaved", "top_operators"]
 
 
 CL = torch.channels_last
@@ -142,6 +149,83 @@ def top_operators(fn: Callable[[], object], runs: int = 3, top: int = 10) -> lis
             for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]]
 
 
+_CONV_PROBLEM = re.compile(r"(?:g(?P<g>\d+))?mb\d+_ic(?P<ic>\d+)oc(?P<oc>\d+)_ih(?P<ih>\d+)oh(?P<oh>\d+)"
+                           r"kh(?P<kh>\d+)sh(?P<sh>\d+)dh\d+ph\d+_iw(?P<iw>\d+)ow\d+kw(?P<kw>\d+)sw\d+dw\d+pw\d+")
+_FUSED_DEPTHWISE = re.compile(r"dw:k(\d+)s(\d+)p\d+")
+
+
+def describe_onednn_problem(kind: str, problem: str, post_ops: str = "") -> str:
+    """A readable name for a oneDNN primitive's problem descriptor, as its verbose log gives it:
+    ``mb8_ic728oc728_ih19oh19kh1sh1dh0ph0_iw19ow19kw1sw1dw0pw0`` with post-op ``dw:k3s2p1`` reads
+    "1x1 conv 728 -> 728 at 19x19 + depthwise 3x3 s2". Other primitives keep the descriptor."""
+    conv = _CONV_PROBLEM.fullmatch(problem) if kind == "convolution" else None
+    if conv is None:
+        return f"{kind} {problem}"
+    c = {k: int(v) if v else 0 for k, v in conv.groupdict().items()}
+    stride = f" s{c['sh']}" if c["sh"] > 1 else ""
+    if c["g"] > 1 and c["g"] == c["ic"] == c["oc"]:
+        text = f"depthwise {c['kh']}x{c['kw']}{stride}, {c['ic']} channels at {c['ih']}x{c['iw']}"
+    else:
+        groups = f" ({c['g']} groups)" if c["g"] > 1 else ""
+        text = f"{c['kh']}x{c['kw']} conv{stride} {c['ic']} -> {c['oc']}{groups} at {c['ih']}x{c['iw']}"
+    for k, s in _FUSED_DEPTHWISE.findall(post_ops):
+        text += f" + depthwise {k}x{k}" + (f" s{s}" if s != "1" else "")
+    return text
+
+
+def onednn_primitives(fn: Callable[[], object], runs: int = 3, top: int = 10) -> dict:
+    """Where the time of ``fn`` goes inside oneDNN: every primitive it executes over ``runs``
+    calls, from oneDNN's own verbose log (``torch.backends.mkldnn.verbose``), grouped by kind,
+    implementation, problem and post-ops. Unlike ``torch.profiler``, which sees a fused oneDNN
+    Graph partition as one opaque ``LlgaPartition_N`` row, this names each fused convolution
+    and the kernel that ran it. Returns, per call: ``total_ms`` (all primitives), ``wall_ms``
+    (the whole logged call, so that total_ms / wall_ms is the share of time spent inside oneDNN
+    even where the machine's speed drifts between runs), ``calls`` and the ``top`` groups by time (``layer``, ``primitive``, ``implementation``, ``problem``,
+    ``post_ops``, ``calls``, ``ms``, ``share`` of ``total_ms``). ``fn`` is called once first,
+    unlogged. The log is written to file descriptor 1, so that is redirected while ``fn`` runs."""
+    fn()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                start = time.perf_counter()
+                for _ in range(runs):
+                    fn()
+                wall = time.perf_counter() - start
+        finally:
+            _libc_fflush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        lines = log.read().decode(errors="replace").splitlines()
+    groups: dict[tuple[str, str, str, str], list[float]] = {}
+    for line in lines:
+        f = line.split(",")
+        if "primitive" not in f or f[f.index("primitive") + 1:f.index("primitive") + 2] != ["exec"]:
+            continue
+        i = f.index("primitive")
+        kind, impl, attrs, problem, ms = f[i + 3], f[i + 4], f[i + 7], f[-2], float(f[-1])
+        post_ops = next((a.split(":", 1)[1] for a in attrs.split() if a.startswith("attr-post-ops:")), "")
+        groups.setdefault((kind, impl, problem, post_ops), []).append(ms)
+    total = sum(sum(v) for v in groups.values())
+    rows = [{"layer": describe_onednn_problem(kind, problem, post_ops), "primitive": kind, "implementation": impl,
+             "problem": problem, "post_ops": post_ops, "calls": len(v) / runs, "ms": sum(v) / runs,
+             "share": sum(v) / total}
+            for (kind, impl, problem, post_ops), v in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]]
+    return {"total_ms": total / runs, "wall_ms": wall / runs * 1e3, "calls": sum(len(v) for v in groups.values()) / runs,
+            "top": rows}
+
+
+def _libc_fflush() -> None:
+    """Flush C stdio buffers, where oneDNN's verbose log may sit before it reaches the file."""
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
 def machine_info() -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -185,7 +269,8 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
                     profiles: list[dict], profile_top: int, compare_backends: Sequence[str]) -> list[BenchRow]:
     """Inference rows of one model; fills ``layers[(name, batch, separable)]`` with the (MACs,
     bytes) of each conv and linear layer, for the roofline, and, where ``profile_top`` > 0,
-    appends the top operators of each variant at the largest batch to ``profiles``. Each of
+    appends the top operators and oneDNN primitives of each variant at the largest batch to
+    ``profiles``. Each of
     ``compare_backends`` adds a row ``optimized-BACKEND``: the optimized path built with that
     backend alone (skipped, with a log line, where it fails)."""
     model = create_model(name).eval()
@@ -217,7 +302,8 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
             notes[f"optimized-{backend}"] = _optimized_note(alt)
         times = timed_interleaved(fns, repeats)
         if profile_top and batch == max(batch_sizes):  # after timing, so profiling never slows a timed run
-            profiles += [{"model": name, "batch": batch, "variant": k, "operators": top_operators(fn, top=profile_top)}
+            profiles += [{"model": name, "batch": batch, "variant": k, "operators": top_operators(fn, top=profile_top),
+                          "onednn": onednn_primitives(fn, top=profile_top)}
                          for k, fn in fns.items() if k != "gemms"]
         batch_rows = [_row(name, k, batch, v, gemms.macs // batch if k == "gemms" else macs, ceiling, notes.get(k, ""))
                       for k, v in times.items()]
@@ -274,8 +360,8 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
 
     ``tune_malloc`` applies ``tune_glibc_malloc`` before anything is timed, so that every row -
     ours, timm's, optimized, training - runs under the same allocator settings. ``profile_top``
-    > 0 adds ``profiles``: the top operators (``top_operators``) of every inference variant at
-    the largest batch size. ``compare_backends`` adds rows ``optimized-BACKEND``, the optimized
+    > 0 adds ``profiles``: the top operators (``top_operators``) and oneDNN primitives
+    (``onednn_primitives``) of every inference variant at the largest batch size. ``compare_backends`` adds rows ``optimized-BACKEND``, the optimized
     path built with that backend alone, timed beside the default choice.
     """
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()

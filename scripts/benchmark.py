@@ -52,13 +52,20 @@ def markdown(result: dict) -> str:
 
 
 def profile_markdown(result: dict) -> str:
-    """The ``torch.profiler`` top-operator tables of ``result["profiles"]``, one per variant."""
+    """The ``torch.profiler`` top-operator tables of ``result["profiles"]``, one per variant, each
+    followed by its top oneDNN primitives (which name the kernels inside fused partitions)."""
     parts = []
     for p in result["profiles"]:
         lines = [f"### {p['model']}, {p['variant']}, batch {p['batch']}", "",
                  "| operator | input shapes | calls | self ms | share |", "|---|---|---|---|---|"]
         lines += [f"| {op['operator']} | {', '.join(str(s) for s in op['input_shapes'])} | {op['calls']:g} | "
                   f"{op['self_ms']:.2f} | {op['share']:.1%} |" for op in p["operators"]]
+        dnnl = p["onednn"]
+        lines += ["", f"oneDNN primitives: {dnnl['total_ms']:.2f} ms of a {dnnl['wall_ms']:.2f} ms call "
+                  f"({dnnl['total_ms'] / dnnl['wall_ms']:.0%}), in {dnnl['calls']:g} primitive calls; the top ones:", "",
+                  "| layer | implementation | post-ops | calls | ms | share |", "|---|---|---|---|---|---|"]
+        lines += [f"| {op['layer']} | {op['implementation']} | {op['post_ops']} | {op['calls']:g} | {op['ms']:.2f} | "
+                  f"{op['share']:.1%} |" for op in dnnl["top"]]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -102,9 +109,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="leave glibc malloc's settings alone (by default freed memory is kept for reuse, for every row)")
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--plot", help="write a PNG of latency against MACs")
-    p.add_argument("--profile", help="write torch.profiler tables of the top operators of every inference variant "
-                   "at the largest batch size, as markdown (run after timing, so it slows no timed run)")
-    p.add_argument("--profile-top", type=positive_int, help="operators per --profile table (default 10)")
+    p.add_argument("--profile", help="write torch.profiler tables of the top operators, and of the top oneDNN "
+                   "primitives, of every inference variant at the largest batch size, as markdown (run after "
+                   "timing, so it slows no timed run)")
+    p.add_argument("--profile-top", type=positive_int, help="rows per --profile table (default 10)")
     p.add_argument("--overwrite", action="store_true", help="replace --json/--plot/--profile files that exist")
     p.add_argument("--quick", action="store_true", help="small models, few repeats, no inductor (smoke test)")
     args = p.parse_args(argv)

@@ -15,7 +15,7 @@ from torch import nn
 from conftest import load_script, small_input_size, with_random_bn_statistics
 from models import count_macs, create_model, get_model_config, list_models
 from models import inference
-from models.benchmark import LayerGemms, roofline_ms, top_operators
+from models.benchmark import LayerGemms, describe_onednn_problem, onednn_primitives, roofline_ms, top_operators
 from models.profile import layer_gemms, layer_traffic
 from models.inference import fold_batchnorm, optimize_for_inference, relative_difference
 
@@ -166,6 +166,14 @@ def test_benchmark_quick(tmp_path: Path) -> None:
         if p["variant"] == "ours":  # eager time goes to the convolutions (at these tiny sizes a
             # BatchNorm row sometimes edges out the largest conv row: 1 run in 6 here)
             assert "aten::mkldnn_convolution" in [op["operator"] for op in p["operators"]]
+        dnnl = p["onednn"]
+        assert len(dnnl["top"]) == 4 and 0 < sum(op["share"] for op in dnnl["top"]) <= 1
+        assert sum(op["ms"] for op in dnnl["top"]) <= dnnl["total_ms"] * (1 + 1e-9)
+        assert 0 < dnnl["total_ms"] < dnnl["wall_ms"]
+        assert (f"oneDNN primitives: {dnnl['total_ms']:.2f} ms of a {dnnl['wall_ms']:.2f} ms call "
+                f"({dnnl['total_ms'] / dnnl['wall_ms']:.0%}), in {dnnl['calls']:g} primitive calls") in report
+        if (p["model"], p["variant"]) == ("mobilenet_v1_025", "optimized"):  # the README's fusion claim
+            assert any("+ depthwise 3x3" in op["layer"] and "dw:k3s" in op["post_ops"] for op in dnnl["top"])
 
 # Run in a fresh interpreter: the tuning is process-wide and cannot be undone.
 MALLOC_PROBE = textwrap.dedent("""
@@ -236,6 +244,45 @@ def test_top_operators_names_the_operator_that_takes_the_time() -> None:
     assert ops[0]["operator"] == "aten::mm" and ops[0]["input_shapes"] == [[512, 512], [512, 512]]
     assert ops[0]["calls"] == 2 and ops[0]["self_ms"] > 0 and ops[0]["share"] > 0.5
     assert ops[1]["share"] <= ops[0]["share"]
+
+
+def test_onednn_primitives_names_each_convolution_and_its_time(capfd: pytest.CaptureFixture[str]) -> None:
+    """Three convolutions in channels-last run three oneDNN convolution primitives per call,
+    each named by its shape; nothing the model does outside oneDNN is counted, and the log is
+    off again afterwards."""
+    model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16),
+                          nn.Conv2d(16, 4, 3, padding=1)).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 20, 20).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        prims = onednn_primitives(lambda: model(x).sum(), runs=2, top=10)
+    convs = {op["layer"]: op for op in prims["top"] if op["primitive"] == "convolution"}
+    assert set(convs) == {"1x1 conv 8 -> 16 at 20x20", "depthwise 3x3 s2, 16 channels at 20x20",
+                          "3x3 conv 16 -> 4 at 10x10"}
+    assert all(op["calls"] == 1 and op["ms"] > 0 for op in convs.values())
+    assert convs["1x1 conv 8 -> 16 at 20x20"]["problem"] == "mb2_ic8oc16_ih20oh20kh1sh1dh0ph0_iw20ow20kw1sw1dw0pw0"
+    # eager convs also reorder their weights into oneDNN's blocked layouts on every call
+    assert {op["primitive"] for op in prims["top"]} == {"convolution", "reorder"}
+    assert prims["calls"] == sum(op["calls"] for op in prims["top"]) and len(prims["top"]) < 10
+    assert sum(op["share"] for op in prims["top"]) == pytest.approx(1)
+    assert prims["total_ms"] == pytest.approx(sum(op["ms"] for op in prims["top"])) and prims["total_ms"] < prims["wall_ms"]
+    capfd.readouterr()
+    with torch.no_grad():
+        model(x)
+    assert "onednn_verbose" not in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("kind, problem, post_ops, text", [
+    ("convolution", "mb8_ic728oc728_ih19oh19kh1sh1dh0ph0_iw19ow19kw1sw1dw0pw0", "eltwise_clip_v2:0:6+dw:k3s2p1",
+     "1x1 conv 728 -> 728 at 19x19 + depthwise 3x3 s2"),
+    ("convolution", "g32mb8_ic32oc32_ih112oh112kh3sh1dh0ph1_iw112ow112kw3sw1dw0pw1", "",
+     "depthwise 3x3, 32 channels at 112x112"),
+    ("convolution", "g2mb1_ic4oc8_ih9oh5kh3sh2dh0ph1_iw9ow5kw3sw2dw0pw1", "", "3x3 conv s2 4 -> 8 (2 groups) at 9x9"),
+    ("convolution", "mb1_ic4oc8_id5od5kd1sd1dd0pd0_ih5oh5kh1sh1dh0ph0_iw5ow5kw1sw1dw0pw0", "",
+     "convolution mb1_ic4oc8_id5od5kd1sd1dd0pd0_ih5oh5kh1sh1dh0ph0_iw5ow5kw1sw1dw0pw0"),
+    ("reorder", "8x728x19x19", "", "reorder 8x728x19x19"),
+])
+def test_describe_onednn_problem(kind: str, problem: str, post_ops: str, text: str) -> None:
+    assert describe_onednn_problem(kind, problem, post_ops) == text
 
 
 def test_layer_gemms_runner_computes_each_product() -> None:
