@@ -173,15 +173,23 @@ def _build(backend: str, model: nn.Module, example: torch.Tensor) -> Callable[[t
             raise RuntimeError("oneDNN Graph fused nothing on this machine (it needs an x86 CPU)")
         return run
     if backend == "inductor":
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True  # constant-fold weights into the graph
         # Every ZooNet shares one forward code object, and dynamo caches graphs per code object:
         # without room for more entries the ninth model compiled would silently run eagerly.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
+        import torch._inductor.config as inductor_config
+
         compiled = torch.compile(model, backend="inductor", dynamic=False)
-        return lambda x: compiled(x)
+
+        def run_frozen(x: torch.Tensor) -> torch.Tensor:
+            # Freezing constant-folds the weights into the graph. Inductor compiles on a call
+            # (the first, and any with a new shape), so it is switched on around each call and
+            # left as it was for every other torch.compile in the process. (torch.compile's
+            # options={"freezing": True} compiled unfrozen graphs in torch 2.14.)
+            with inductor_config.patch(freezing=True):
+                return compiled(x)
+
+        return run_frozen
     if backend == "torchscript":
         frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(model)))
         return lambda x: frozen(x)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import subprocess
 import sys
@@ -82,11 +83,24 @@ def test_onednn_graph_that_fuses_nothing_gives_way_to_the_next_backend(monkeypat
     assert not torch.jit.onednn_fusion_enabled()
 
 
-def test_inductor_path() -> None:
+def test_inductor_path(caplog: pytest.LogCaptureFixture) -> None:
+    """Inductor with freezing (the generated code reads the weights as frozen constants), set for
+    this compilation only: the process-wide inductor config that the user's own torch.compile
+    calls read is left as it was."""
+    import torch._inductor.config as inductor_config
+
     torch._dynamo.reset()
     model = with_random_bn_statistics(create_model("ds_cnn_s"))
-    opt = optimize_for_inference(model, torch.randn(8, 1, 49, 10), backends=("inductor",))
+    freezing = inductor_config.freezing
+    torch._logging.set_logs(output_code=True)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            opt = optimize_for_inference(model, torch.randn(8, 1, 49, 10), backends=("inductor",))
+    finally:
+        torch._logging.set_logs()
     assert opt.backend == "inductor", opt.failures
+    assert "_frozen_param" in "\n".join(r.getMessage() for r in caplog.records)
+    assert inductor_config.freezing is freezing is False
     x = torch.randn(8, 1, 49, 10)
     with torch.no_grad():
         assert relative_difference(opt(x), model(x)) <= 1e-4
