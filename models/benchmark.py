@@ -182,8 +182,11 @@ def onednn_primitives(fn: Callable[[], object], runs: int = 3, top: int = 10) ->
     (the whole logged call, so that total_ms / wall_ms is the share of time spent inside oneDNN
     even where the machine's speed drifts between runs), ``calls`` and the ``top`` groups by time (``layer``, ``primitive``, ``implementation``, ``problem``,
     ``post_ops``, ``calls``, ``ms``, ``share`` of ``total_ms``). ``fn`` is called once first,
-    unlogged. The log is written to file descriptor 1, so that is redirected while ``fn`` runs."""
+    unlogged. The log is written to file descriptor 1, so that is redirected while ``fn`` runs.
+    A torch built without oneDNN gives no groups and ``calls`` 0."""
     fn()
+    if not torch.backends.mkldnn.is_available():
+        return {"total_ms": 0.0, "wall_ms": statistics.mean(timed(fn, runs, warmup=0)) * 1e3, "calls": 0, "top": []}
     sys.stdout.flush()
     saved = os.dup(1)
     with tempfile.TemporaryFile(mode="w+b") as log:

@@ -51,6 +51,17 @@ def markdown(result: dict) -> str:
     return head + "\n\n" + "\n".join(lines) + ("\n\n" + "\n".join(bounds) if bounds else "")
 
 
+def onednn_markdown(dnnl: dict) -> list[str]:
+    """Lines of the table of top oneDNN primitives (``models.benchmark.onednn_primitives``)."""
+    if not dnnl["calls"]:
+        return ["oneDNN primitives: none ran (this variant does not use oneDNN, or torch was built without it)."]
+    lines = [f"oneDNN primitives: {dnnl['total_ms']:.2f} ms of a {dnnl['wall_ms']:.2f} ms call "
+             f"({dnnl['total_ms'] / dnnl['wall_ms']:.0%}), in {dnnl['calls']:g} primitive calls; the top ones:", "",
+             "| layer | implementation | post-ops | calls | ms | share |", "|---|---|---|---|---|---|"]
+    return lines + [f"| {op['layer']} | {op['implementation']} | {op['post_ops']} | {op['calls']:g} | {op['ms']:.2f} | "
+                    f"{op['share']:.1%} |" for op in dnnl["top"]]
+
+
 def profile_markdown(result: dict) -> str:
     """The ``torch.profiler`` top-operator tables of ``result["profiles"]``, one per variant, each
     followed by its top oneDNN primitives (which name the kernels inside fused partitions)."""
@@ -60,13 +71,7 @@ def profile_markdown(result: dict) -> str:
                  "| operator | input shapes | calls | self ms | share |", "|---|---|---|---|---|"]
         lines += [f"| {op['operator']} | {', '.join(str(s) for s in op['input_shapes'])} | {op['calls']:g} | "
                   f"{op['self_ms']:.2f} | {op['share']:.1%} |" for op in p["operators"]]
-        dnnl = p["onednn"]
-        lines += ["", f"oneDNN primitives: {dnnl['total_ms']:.2f} ms of a {dnnl['wall_ms']:.2f} ms call "
-                  f"({dnnl['total_ms'] / dnnl['wall_ms']:.0%}), in {dnnl['calls']:g} primitive calls; the top ones:", "",
-                  "| layer | implementation | post-ops | calls | ms | share |", "|---|---|---|---|---|---|"]
-        lines += [f"| {op['layer']} | {op['implementation']} | {op['post_ops']} | {op['calls']:g} | {op['ms']:.2f} | "
-                  f"{op['share']:.1%} |" for op in dnnl["top"]]
-        parts.append("\n".join(lines))
+        parts.append("\n".join(lines + [""] + onednn_markdown(p["onednn"])))
     return "\n\n".join(parts) + "\n"
 
 

@@ -285,6 +285,16 @@ def test_onednn_primitives_names_each_convolution_and_its_time(capfd: pytest.Cap
     assert "onednn_verbose" not in capfd.readouterr().out
 
 
+def test_onednn_primitives_without_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch built without oneDNN: no primitives, and the profile says so instead of failing."""
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    calls = []
+    prims = onednn_primitives(lambda: calls.append(1), runs=3)
+    assert prims["calls"] == 0 and prims["top"] == [] and prims["total_ms"] == 0 and len(calls) == 4
+    assert load_script("benchmark").onednn_markdown(prims) == [
+        "oneDNN primitives: none ran (this variant does not use oneDNN, or torch was built without it)."]
+
+
 @pytest.mark.parametrize("kind, problem, post_ops, text", [
     ("convolution", "mb8_ic728oc728_ih19oh19kh1sh1dh0ph0_iw19ow19kw1sw1dw0pw0", "eltwise_clip_v2:0:6+dw:k3s2p1",
      "1x1 conv 728 -> 728 at 19x19 + depthwise 3x3 s2"),
