@@ -178,12 +178,16 @@ def onednn_primitives(fn: Callable[[], object], runs: int = 3, top: int = 10) ->
     calls, from oneDNN's own verbose log (``torch.backends.mkldnn.verbose``), grouped by kind,
     implementation, problem and post-ops. Unlike ``torch.profiler``, which sees a fused oneDNN
     Graph partition as one opaque ``LlgaPartition_N`` row, this names each fused convolution
-    and the kernel that ran it. Returns, per call: ``total_ms`` (all primitives), ``wall_ms``
-    (the whole logged call, so that total_ms / wall_ms is the share of time spent inside oneDNN
-    even where the machine's speed drifts between runs), ``calls`` and the ``top`` groups by time (``layer``, ``primitive``, ``implementation``, ``problem``,
-    ``post_ops``, ``calls``, ``ms``, ``share`` of ``total_ms``). ``fn`` is called once first,
-    unlogged. The log is written to file descriptor 1, so that is redirected while ``fn`` runs.
-    A torch built without oneDNN gives no groups and ``calls`` 0."""
+    and the kernel that ran it.
+
+    Returns, per call: ``total_ms`` (all primitives), ``wall_ms`` (the whole logged call, so that
+    total_ms / wall_ms is the share of time spent inside oneDNN even where the machine's speed
+    drifts between runs), ``calls``, and the ``top`` groups by time, each with ``layer``,
+    ``primitive``, ``implementation``, ``problem``, ``post_ops``, ``calls``, ``ms`` and ``share``
+    of ``total_ms``. ``fn`` is called once first, unlogged. oneDNN writes its log to file
+    descriptor 1, which is redirected while ``fn`` runs (so whatever ``fn`` prints is not
+    shown). A torch built without oneDNN gives no groups and ``calls`` 0.
+    """
     fn()
     if not torch.backends.mkldnn.is_available():
         return {"total_ms": 0.0, "wall_ms": statistics.mean(timed(fn, runs, warmup=0)) * 1e3, "calls": 0, "top": []}
@@ -204,28 +208,28 @@ def onednn_primitives(fn: Callable[[], object], runs: int = 3, top: int = 10) ->
         log.seek(0)
         lines = log.read().decode(errors="replace").splitlines()
     groups: dict[tuple[str, str, str, str], list[float]] = {}
-    for line in lines:
+    for line in lines:  # onednn_verbose,v1,primitive,exec,cpu,KIND,IMPL,PROP,MEMORY,ATTRS,AUX,PROBLEM,MS
         f = line.split(",")
-        if "primitive" not in f or f[f.index("primitive") + 1:f.index("primitive") + 2] != ["exec"]:
+        i = f.index("primitive") if "primitive" in f else -1
+        if i < 0 or f[i + 1:i + 2] != ["exec"] or len(f) < i + 11:
             continue
-        i = f.index("primitive")
         kind, impl, attrs, problem, ms = f[i + 3], f[i + 4], f[i + 7], f[-2], float(f[-1])
         post_ops = next((a.split(":", 1)[1] for a in attrs.split() if a.startswith("attr-post-ops:")), "")
         groups.setdefault((kind, impl, problem, post_ops), []).append(ms)
-    total = sum(sum(v) for v in groups.values())
+    logged = sum(sum(v) for v in groups.values())
     rows = [{"layer": describe_onednn_problem(kind, problem, post_ops), "primitive": kind, "implementation": impl,
              "problem": problem, "post_ops": post_ops, "calls": len(v) / runs, "ms": sum(v) / runs,
-             "share": sum(v) / total}
+             "share": sum(v) / (logged or 1.0)}
             for (kind, impl, problem, post_ops), v in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]]
-    return {"total_ms": total / runs, "wall_ms": wall / runs * 1e3, "calls": sum(len(v) for v in groups.values()) / runs,
-            "top": rows}
+    return {"total_ms": logged / runs, "wall_ms": wall / runs * 1e3,
+            "calls": sum(len(v) for v in groups.values()) / runs, "top": rows}
 
 
 def _libc_fflush() -> None:
     """Flush C stdio buffers, where oneDNN's verbose log may sit before it reaches the file."""
     try:
         ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no C library to load by that name (Windows)
         pass
 
 
@@ -273,9 +277,8 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
     """Inference rows of one model; fills ``layers[(name, batch, separable)]`` with the (MACs,
     bytes) of each conv and linear layer, for the roofline, and, where ``profile_top`` > 0,
     appends the top operators and oneDNN primitives of each variant at the largest batch to
-    ``profiles``. Each of
-    ``compare_backends`` adds a row ``optimized-BACKEND``: the optimized path built with that
-    backend alone (skipped, with a log line, where it fails)."""
+    ``profiles``. Each of ``compare_backends`` adds a row ``optimized-BACKEND``: the optimized
+    path built with that backend alone (skipped, with a log line, where it fails)."""
     model = create_model(name).eval()
     model_cl = copy.deepcopy(model).to(memory_format=CL)  # the same weights, eager, channels-last
     size = model.cfg.input_size
@@ -364,8 +367,9 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
     ``tune_malloc`` applies ``tune_glibc_malloc`` before anything is timed, so that every row -
     ours, timm's, optimized, training - runs under the same allocator settings. ``profile_top``
     > 0 adds ``profiles``: the top operators (``top_operators``) and oneDNN primitives
-    (``onednn_primitives``) of every inference variant at the largest batch size. ``compare_backends`` adds rows ``optimized-BACKEND``, the optimized
-    path built with that backend alone, timed beside the default choice.
+    (``onednn_primitives``) of every inference variant at the largest batch size.
+    ``compare_backends`` adds rows ``optimized-BACKEND``, the optimized path built with that
+    backend alone, timed beside the default choice.
     """
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     log(f"glibc malloc tuned (freed memory reused): {'yes' if malloc_tuned else 'no'}")

@@ -173,12 +173,12 @@ def _build(backend: str, model: nn.Module, example: torch.Tensor) -> Callable[[t
             raise RuntimeError("oneDNN Graph fused nothing on this machine (it needs an x86 CPU)")
         return run
     if backend == "inductor":
+        import torch._inductor.config as inductor_config
+
         # Every ZooNet shares one forward code object, and dynamo caches graphs per code object:
         # without room for more entries the ninth model compiled would silently run eagerly.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
-        import torch._inductor.config as inductor_config
-
         compiled = torch.compile(model, backend="inductor", dynamic=False)
 
         def run_frozen(x: torch.Tensor) -> torch.Tensor:
