@@ -149,7 +149,7 @@ def top_operators(fn: Callable[[], object], runs: int = 3, top: int = 10) -> lis
             for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]]
 
 
-_CONV_PROBLEM = re.compile(r"(?:g(?P<g>\d+))?mb\d+_ic(?P<ic>\d+)oc(?P<oc>\d+)_ih(?P<ih>\d+)oh(?P<oh>\d+)"
+_CONV_PROBLEM = re.compile(r"(?:g(?P<g>\d+))?mb\d+_ic(?P<ic>\d+)oc(?P<oc>\d+)_ih(?P<ih>\d+)oh\d+"
                            r"kh(?P<kh>\d+)sh(?P<sh>\d+)dh\d+ph\d+_iw(?P<iw>\d+)ow\d+kw(?P<kw>\d+)sw\d+dw\d+pw\d+")
 _FUSED_DEPTHWISE = re.compile(r"dw:k(\d+)s(\d+)p\d+")
 
@@ -216,11 +216,12 @@ def onednn_primitives(fn: Callable[[], object], runs: int = 3, top: int = 10) ->
         kind, impl, attrs, problem, ms = f[i + 3], f[i + 4], f[i + 7], f[-2], float(f[-1])
         post_ops = next((a.split(":", 1)[1] for a in attrs.split() if a.startswith("attr-post-ops:")), "")
         groups.setdefault((kind, impl, problem, post_ops), []).append(ms)
-    logged = sum(sum(v) for v in groups.values())
+    group_ms = {key: sum(times) for key, times in groups.items()}
+    logged = sum(group_ms.values())
     rows = [{"layer": describe_onednn_problem(kind, problem, post_ops), "primitive": kind, "implementation": impl,
-             "problem": problem, "post_ops": post_ops, "calls": len(v) / runs, "ms": sum(v) / runs,
-             "share": sum(v) / (logged or 1.0)}
-            for (kind, impl, problem, post_ops), v in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]]
+             "problem": problem, "post_ops": post_ops, "calls": len(groups[kind, impl, problem, post_ops]) / runs,
+             "ms": ms / runs, "share": ms / (logged or 1.0)}
+            for (kind, impl, problem, post_ops), ms in sorted(group_ms.items(), key=lambda kv: -kv[1])[:top]]
     return {"total_ms": logged / runs, "wall_ms": wall / runs * 1e3,
             "calls": sum(len(v) for v in groups.values()) / runs, "top": rows}
 
