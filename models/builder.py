@@ -6,11 +6,13 @@ depthwise-separable conv for a standard conv with the same channels, kernel and 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+from timm.models import FeatureInfo
 from torch import nn
 
 from blocks import ConvNormAct, DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, pair, standard_conv
@@ -241,7 +243,8 @@ def build_model(cfg: ModelConfig, allow_large: bool = False) -> ZooNet:
 
 class ZooFeatures(nn.Module):
     """Backbone returning the feature maps of ``feature_info`` at ``out_indices`` (timm's
-    ``features_only``). Stages after the last requested map are dropped."""
+    ``features_only``, with timm's ``FeatureInfo``). Stages after the last requested map are
+    dropped."""
 
     def __init__(self, model: ZooNet, out_indices: Sequence[int] = (0, 1, 2, 3, 4)) -> None:
         super().__init__()
@@ -256,8 +259,10 @@ class ZooFeatures(nn.Module):
             picked.append(i % levels)
         if len(set(picked)) != len(picked) or not picked:
             raise ValueError(f"out_indices must be distinct and non-empty, got {tuple(out_indices)}")
-        self.feature_info = [model.feature_info[i] for i in sorted(picked)]
-        names = [info["module"] for info in self.feature_info]
+        # timm's features_only class: every level's info, with channels(), reduction() and
+        # module_name() giving those of the returned maps
+        self.feature_info = FeatureInfo(copy.deepcopy(model.feature_info), tuple(sorted(picked)))
+        names = self.feature_info.module_name()
         # part 0 is the stem, part k the (k-1)-th stage
         self.out_parts: list[int] = [0 if n == "stem" else int(n.split(".")[1]) + 1 for n in names]
         last = max(self.out_parts)

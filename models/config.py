@@ -31,7 +31,8 @@ __all__ = [
     "short_repr",
     "config_json_schema",
     "load_family_file",
-    "resolve_config",
+    "merge_config",
+    "config_source",
 ]
 
 
@@ -403,7 +404,15 @@ def _override_size(size: Any, value: Any, source: str) -> Any:
     return [size[0], *hw] if isinstance(size, list) else size
 
 
-def resolve_config(
+def config_source(name: str, variant: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> str:
+    """How errors name a config: its file, the variant and any overrides."""
+    where = f"{source}: variant {name}" if variant else source
+    if overrides:
+        where += f" + overrides {short_repr(dict(overrides))}"
+    return where
+
+
+def merge_config(
     name: str,
     family: str,
     defaults: Mapping[str, Any],
@@ -411,10 +420,12 @@ def resolve_config(
     overrides: Mapping[str, Any],
     source: str,
 ) -> ModelConfig:
-    """Merge defaults + variant + overrides and validate, or raise one ``ConfigError``."""
-    where = f"{source}: variant {name}" if variant else source
-    if overrides:
-        where += f" + overrides {short_repr(dict(overrides))}"
+    """Merge defaults + variant + overrides and validate the schema, or raise one ``ConfigError``.
+
+    Whether the input is large enough for the network is the plan's to say:
+    ``models.plan.resolve_config`` does both.
+    """
+    where = config_source(name, variant, overrides, source)
     try:
         raw = deep_merge(defaults, variant)
         raw = _apply_overrides(raw, overrides, f"{source} (overrides for {name!r})" if overrides else source)
@@ -422,19 +433,8 @@ def resolve_config(
         problems = _key_problems(raw)
         if problems:
             raise ConfigError(where, problems)
-        cfg = ModelConfig.model_validate(raw)
+        return ModelConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(where, _problems(err)) from None
     except RecursionError:
         raise ConfigError(where, ["<top level>: nested too deeply"]) from None
-    from .plan import min_input_size  # deferred: the plan module imports this one
-
-    smallest = min_input_size(cfg)
-    declared = cfg.min_input_size or (1, 1)
-    least = (max(smallest[0], declared[0]), max(smallest[1], declared[1]))
-    c, h, w = cfg.input_size
-    if h < least[0] or w < least[1]:
-        why = "min_input_size" if least == tuple(declared) else "its layers leave an empty map below that"
-        raise ConfigError(where, [f"input_size: {c}x{h}x{w} is smaller than the minimum {least[0]}x{least[1]} "
-                                  f"of this network ({why})"])
-    return cfg

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, config_source, merge_config
 
 __all__ = [
     "MAX_ACTIVATION_BYTES",
@@ -29,6 +29,7 @@ __all__ = [
     "make_divisible",
     "min_input_size",
     "plan_model",
+    "resolve_config",
 ]
 
 MAX_PARAMS = 1_000_000_000
@@ -212,6 +213,29 @@ def min_input_size(cfg: ModelConfig) -> tuple[int, int]:
     for op_h, op_w in reversed(chain):
         h, w = op_h.min_in(h), op_w.min_in(w)
     return h, w
+
+
+def resolve_config(
+    name: str,
+    family: str,
+    defaults: Mapping[str, Any],
+    variant: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    source: str,
+) -> ModelConfig:
+    """Merge and validate a config (``models.config.merge_config``), then check that its input
+    is at least the smallest one the network's layers accept; raise one ``ConfigError``."""
+    cfg = merge_config(name, family, defaults, variant, overrides, source)
+    smallest = min_input_size(cfg)
+    declared = cfg.min_input_size or (1, 1)
+    least = (max(smallest[0], declared[0]), max(smallest[1], declared[1]))
+    c, h, w = cfg.input_size
+    if h < least[0] or w < least[1]:
+        why = "min_input_size" if least == tuple(declared) else "its layers leave an empty map below that"
+        raise ConfigError(config_source(name, variant, overrides, source),
+                          [f"input_size: {c}x{h}x{w} is smaller than the minimum {least[0]}x{least[1]} "
+                           f"of this network ({why})"])
+    return cfg
 
 
 def plan_model(cfg: ModelConfig, input_size: Optional[tuple[int, int, int]] = None) -> ModelPlan:

@@ -15,7 +15,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from torch import nn
 
 from .builder import ZooFeatures, build_model
-from .config import ConfigError, ModelConfig, close_matches, load_family_file, resolve_config
+from .config import ConfigError, ModelConfig, close_matches, load_family_file
+from .plan import resolve_config
 
 __all__ = ["UnknownModelError", "create_model", "get_model_config", "list_models", "register_model"]
 

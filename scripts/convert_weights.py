@@ -1,35 +1,11 @@
 #!/usr/bin/env python
-"""Convert a timm checkpoint (mobilenetv1_100, legacy_xception) into a dszoo safetensors file.
+"""``dszoo-convert-weights`` without installing the commands: ``python scripts/convert_weights.py --help``.
 
-    python scripts/convert_weights.py mobilenetv1_100.pth mobilenet_v1.safetensors --model mobilenet_v1
+The command lives in ``models/commands/convert_weights.py``; this file only runs it.
 """
-from __future__ import annotations
-
-import argparse
 import sys
-from typing import Optional, Sequence
 
-from models import create_model, load_pretrained, save_state_dict
-from models.cli import ArgumentParser, new_output_file, non_negative_int, run_cli
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="timm checkpoint: .pth, .pth.tar or .safetensors")
-    p.add_argument("dst", help="output .safetensors file")
-    p.add_argument("--model", required=True, help="our model name, e.g. mobilenet_v1 or xception")
-    p.add_argument("--num-classes", type=non_negative_int, help="default: the model's")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    args = p.parse_args(argv)
-    new_output_file(args.dst, args.overwrite, "DST", (".safetensors",))
-    overrides = {"num_classes": args.num_classes} if args.num_classes is not None else {}
-    model = create_model(args.model, **overrides)
-    report = load_pretrained(model, args.src)
-    save_state_dict(model, args.dst)
-    note = ", head freshly initialised" if report["head_reset"] else ""
-    print(f"{args.src} ({report['source']}) -> {args.dst} ({args.model}{note})")
-    return 0
-
+from models.commands.convert_weights import cli, main  # noqa: F401  (main: for tests that call it in-process)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -1,14 +1,11 @@
 #!/usr/bin/env python
-"""Fine-tune a dszoo model (see ``--help``; the logic lives in ``models/training.py``).
+"""``dszoo-train`` without installing the commands: ``python scripts/train.py --help``.
 
-    python scripts/train.py                                  # mobilenet_v1_025 on bundled digits
-    python scripts/train.py --model xception --pretrained x.safetensors --dataset imagefolder --data-dir DIR
-    torchrun --nproc_per_node=2 scripts/train.py --epochs 5  # DistributedDataParallel
+The command lives in ``models/commands/train.py``; this file only runs it.
 """
 import sys
 
-from models.cli import run_cli
-from models.training import main
+from models.commands.train import cli, main  # noqa: F401  (main: for tests that call it in-process)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

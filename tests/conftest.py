@@ -1,15 +1,19 @@
-"""Shared helpers: a small input each registered model accepts; loading a script as a module;
+"""Shared helpers: a small input each registered model accepts; a command's module;
 hypothesis profiles."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import io
+import os
+import subprocess
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Optional, Sequence
 from types import ModuleType
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
-from torch import nn
 
 torch.set_num_threads(2)
 
@@ -30,27 +34,29 @@ def small_input_size(cfg) -> tuple[int, int, int]:
     return c, max(64, min_h), max(64, min_w)
 
 
-def load_script(name: str) -> ModuleType:
-    """``scripts/<name>.py`` imported as a module (its ``main`` callable with an argv list)."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def command_module(name: str) -> ModuleType:
+    """The module behind ``scripts/<name>.py`` and ``dszoo-<name>`` (its ``main`` callable with
+    an argv list)."""
+    return importlib.import_module(f"models.commands.{name}")
+
+
+def run_in_process(name: str, args: Sequence[str], cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """Command ``name`` run in this process as its console entry point runs it (``cli``: user
+    errors as one line and exit code 2), from ``cwd``, with its output captured. Far cheaper
+    than a new Python process, which spends seconds importing torch; the tests that run the
+    scripts as processes are in test_commands.py."""
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with redirect_stdout(out), redirect_stderr(err):
+            code = command_module(name).cli(list(args))
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-def with_random_bn_statistics(model: nn.Module) -> nn.Module:
-    """Give every BatchNorm non-trivial affine weights and running statistics; eval mode."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0.0, 0.2)
-                m.running_mean.normal_(0.0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()

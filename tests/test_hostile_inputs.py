@@ -14,11 +14,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import load_script
+from conftest import command_module
 from models import CheckpointError, create_model, get_model_config, list_models, load_pretrained, read_state_dict, save_state_dict
-from models.cli import run_cli
-from models.run_files import load_checkpoint
-from models.training import main as train_main
+from models.commands.cli import run_cli
+from models.training.run_files import load_checkpoint
+from models.commands.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_MODELS = list_models()
@@ -71,7 +71,7 @@ def test_code_in_a_pickle_never_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
         with pytest.raises(CheckpointError, match="--resume"):
             load_checkpoint(str(path))
         assert run_cli(train_main, ["--pretrained", str(path), "--eval-only", "--quiet"]) == 2
-        assert run_cli(load_script("convert_weights").main, [str(path), str(tmp_path / "o.safetensors"), "--model", "mobilenet_v1"]) == 2
+        assert run_cli(command_module("convert_weights").main, [str(path), str(tmp_path / "o.safetensors"), "--model", "mobilenet_v1"]) == 2
     assert not marker.exists()
     assert not (tmp_path / "o.safetensors").exists()
     capsys.readouterr()
@@ -226,7 +226,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("script,argv,message", SCRIPT_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(SCRIPT_CASES)])
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(workdir: Path, capsys: pytest.CaptureFixture,
                                                               script: str, argv: list[str], message: str) -> None:
-    main = train_main if script == "train" else load_script(script).main
+    main = train_main if script == "train" else command_module(script).main
     before = _snapshot(workdir)
     code = run_cli(main, argv + (["--quiet"] if script == "train" else []))
     err = capsys.readouterr().err

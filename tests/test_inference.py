@@ -13,12 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import load_script, small_input_size, with_random_bn_statistics
+from conftest import command_module, small_input_size
+from models.deployment.export import randomise_batchnorm_statistics
 from models import count_macs, create_model, get_model_config, list_models
-from models import inference
-from models.benchmark import LayerGemms, describe_onednn_problem, onednn_primitives, roofline_ms, top_operators
+from models.deployment import optimize as inference
+from models.measurement.benchmark import LayerGemms, roofline_ms
+from models.measurement.profiler import describe_onednn_problem, onednn_primitives, top_operators
 from models.profile import layer_gemms, layer_traffic
-from models.inference import fold_batchnorm, optimize_for_inference, relative_difference
+from models.deployment.optimize import fold_batchnorm, optimize_for_inference, relative_difference
 
 REPO = Path(__file__).resolve().parents[1]
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -29,7 +31,7 @@ ONEDNN_GRAPH = pytest.param("onednn_graph", marks=pytest.mark.skipif(not X86, re
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("separable", [True, False])
 def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name: str, separable: bool) -> None:
-    model = with_random_bn_statistics(create_model(name, separable=separable))
+    model = randomise_batchnorm_statistics(create_model(name, separable=separable))
     x = torch.randn(2, *small_input_size(model.cfg))
     with torch.no_grad():
         expected = model(x)
@@ -41,7 +43,7 @@ def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name: str, separable:
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("backend", [ONEDNN_GRAPH, "torchscript"])
 def test_optimized_model_matches_on_fresh_inputs(name: str, backend: str) -> None:
-    model = with_random_bn_statistics(create_model(name))
+    model = randomise_batchnorm_statistics(create_model(name))
     size = small_input_size(model.cfg)
     opt = optimize_for_inference(model, torch.randn(4, *size), backends=(backend,))
     assert opt.backend == backend and opt.compile_seconds > 0, opt.failures
@@ -53,7 +55,7 @@ def test_optimized_model_matches_on_fresh_inputs(name: str, backend: str) -> Non
 
 @pytest.mark.skipif(not X86, reason="oneDNN Graph fuses on x86")
 def test_onednn_graph_fuses_and_leaves_the_process_wide_switch_off() -> None:
-    model = with_random_bn_statistics(create_model("mobilenet_v1_025"))
+    model = randomise_batchnorm_statistics(create_model("mobilenet_v1_025"))
     x = torch.randn(2, 3, 64, 64)
     opt = optimize_for_inference(model, x, backends=("onednn_graph",), memory_format="channels_last")
     assert opt.backend == "onednn_graph" and opt.channels_last
@@ -76,7 +78,7 @@ def test_onednn_graph_fuses_and_leaves_the_process_wide_switch_off() -> None:
 
 def test_onednn_graph_that_fuses_nothing_gives_way_to_the_next_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.jit, "last_executed_optimized_graph", lambda: "graph(%x): no fusion groups")
-    model = with_random_bn_statistics(create_model("ds_cnn_s"))
+    model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
     opt = optimize_for_inference(model, torch.randn(2, 1, 49, 10), backends=("onednn_graph", "torchscript"))
     assert opt.backend == "torchscript"
     assert opt.failures == {"onednn_graph": "RuntimeError: oneDNN Graph fused nothing on this machine (it needs an x86 CPU)"}
@@ -90,7 +92,7 @@ def test_inductor_path(caplog: pytest.LogCaptureFixture) -> None:
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()
-    model = with_random_bn_statistics(create_model("ds_cnn_s"))
+    model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
     freezing = inductor_config.freezing
     torch._logging.set_logs(output_code=True)
     try:
@@ -115,7 +117,7 @@ def test_failing_compiler_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(backend, model, example)
 
     monkeypatch.setattr(inference, "_build", broken)
-    model = with_random_bn_statistics(create_model("ds_cnn_s"))
+    model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
     opt = optimize_for_inference(model, torch.randn(2, 1, 49, 10))
     assert opt.backend == "eager"
     assert opt.failures == {"onednn_graph": "RuntimeError: onednn_graph is broken here",
@@ -235,7 +237,7 @@ def test_tuned_malloc_reuses_freed_memory_instead_of_faulting_it_in_again() -> N
 
 def test_benchmark_script_passes_default_malloc(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    script = load_script("benchmark")
+    script = command_module("benchmark")
     seen = {}
 
     def fake_run(models, batch_sizes, repeats, train_batch, backends, log, tune_malloc, profile_top, compare_backends):
@@ -291,7 +293,7 @@ def test_onednn_primitives_without_onednn(monkeypatch: pytest.MonkeyPatch) -> No
     calls = []
     prims = onednn_primitives(lambda: calls.append(1), runs=3)
     assert prims["calls"] == 0 and prims["top"] == [] and prims["total_ms"] == 0 and len(calls) == 4
-    assert load_script("benchmark").onednn_markdown(prims) == [
+    assert command_module("benchmark").onednn_markdown(prims) == [
         "oneDNN primitives: none ran (this variant does not use oneDNN, or torch was built without it)."]
 
 

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import pickle
-import subprocess
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import timm
+from timm.models import FeatureInfo
 import torch
 from torch import nn
 
-from conftest import small_input_size, with_random_bn_statistics
+from conftest import run_in_process, small_input_size
 from models import CheckpointError, create_model, export_to_timm, list_models, load_pretrained, save_state_dict
-from models.export import ExportError, export_model
+from models.deployment.export import (EXPORT_FORMATS, ExportError, export_model, has_initial_batchnorm_statistics,
+                                      randomise_batchnorm_statistics)
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = [("mobilenet_v1", "mobilenetv1_100", 160), ("xception", "legacy_xception", 224)]
@@ -21,7 +23,7 @@ PAIRS = [("mobilenet_v1", "mobilenetv1_100", 160), ("xception", "legacy_xception
 
 def random_timm(arch: str, **kwargs) -> nn.Module:
     """A timm model with random weights and random BatchNorm statistics, in eval mode."""
-    return with_random_bn_statistics(timm.create_model(arch, **kwargs))
+    return randomise_batchnorm_statistics(timm.create_model(arch, **kwargs))
 
 
 @pytest.mark.parametrize("ours,arch,other_size", PAIRS)
@@ -47,7 +49,7 @@ def test_timm_weights_give_identical_logits(tmp_path: Path, ours: str, arch: str
 
 @pytest.mark.parametrize("ours,arch,other_size", PAIRS)
 def test_export_to_timm_loads_strictly(ours: str, arch: str, other_size: int) -> None:
-    model = with_random_bn_statistics(create_model(ours))
+    model = randomise_batchnorm_statistics(create_model(ours))
     theirs = timm.create_model(arch).eval()
     theirs.load_state_dict(export_to_timm(model), strict=True)
     x = torch.randn(2, 3, other_size, other_size)
@@ -110,17 +112,15 @@ def test_convert_weights_script(tmp_path: Path) -> None:
     src, dst = tmp_path / "xception.pth", tmp_path / "xception.safetensors"
     theirs = random_timm("legacy_xception")
     torch.save(theirs.state_dict(), src)
-    script = [sys.executable, str(REPO / "scripts" / "convert_weights.py")]
-    res = subprocess.run(script + [str(src), str(dst), "--model", "xception"], capture_output=True, text=True)
+    res = run_in_process("convert_weights", [str(src), str(dst), "--model", "xception"])
     assert res.returncode == 0, res.stderr
     model = create_model("xception", pretrained=dst).eval()
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         assert (model(x) - theirs(x)).abs().max().item() <= 1e-5
-    again = subprocess.run(script + [str(src), str(dst), "--model", "xception"], capture_output=True, text=True)
+    again = run_in_process("convert_weights", [str(src), str(dst), "--model", "xception"])
     assert again.returncode == 2 and again.stderr.strip().endswith("exists; pass --overwrite to replace it")
-    wrong = subprocess.run(script + [str(src), str(tmp_path / "m.safetensors"), "--model", "mobilenet_v1"],
-                           capture_output=True, text=True)
+    wrong = run_in_process("convert_weights", [str(src), str(tmp_path / "m.safetensors"), "--model", "mobilenet_v1"])
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr and wrong.stderr.count("\n") == 1
 
 
@@ -128,13 +128,18 @@ def test_convert_weights_script(tmp_path: Path) -> None:
 def test_features_only_matches_timm(ours: str, arch: str) -> None:
     feats = create_model(ours, features_only=True)
     theirs = timm.create_model(arch, features_only=True)
-    assert [(i["num_chs"], i["reduction"]) for i in feats.feature_info] == list(
-        zip(theirs.feature_info.channels(), theirs.feature_info.reduction())
-    )
-    maps = feats(torch.randn(1, 3, 128, 128))
+    assert isinstance(feats.feature_info, FeatureInfo)  # timm's class, with its accessors
+    assert feats.feature_info.channels() == theirs.feature_info.channels()
+    assert feats.feature_info.reduction() == theirs.feature_info.reduction()
+    assert len(feats.feature_info.module_name()) == len(theirs.feature_info.module_name())
+    x = torch.randn(1, 3, 128, 128)
+    maps = feats(x)
     assert [m.shape[1] for m in maps] == theirs.feature_info.channels()
     sub = create_model(ours, features_only=True, out_indices=(1, -1))
-    assert [m.shape[1] for m in sub(torch.randn(1, 3, 128, 128))] == [128, theirs.feature_info.channels()[-1]]
+    sub_maps = sub(x)
+    assert sub.feature_info.channels() == [m.shape[1] for m in sub_maps] == [128, theirs.feature_info.channels()[-1]]
+    assert sub.feature_info.reduction() == [128 // m.shape[-1] for m in sub_maps]
+    assert sub.feature_info.module_name() == [feats.feature_info.module_name()[1], feats.feature_info.module_name()[-1]]
 
 
 def test_invalid_out_indices() -> None:
@@ -172,17 +177,61 @@ def test_export_script_writes_verified_files(tmp_path: Path, fmt: str, suffix: s
     ckpt = tmp_path / "w.safetensors"
     save_state_dict(create_model("ds_cnn_s"), ckpt)
     out = tmp_path / f"m{suffix}"
-    cmd = [sys.executable, str(REPO / "scripts" / "export.py"), "--model", "ds_cnn_s", "--pretrained", str(ckpt),
-           "--format", fmt, "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = run_in_process("export", ["--model", "ds_cnn_s", "--pretrained", str(ckpt), "--format", fmt, "--out", str(out)])
     assert res.returncode == 0, res.stderr
     assert out.stat().st_size > 10_000 and "dynamic batch" in res.stdout
-    assert float(res.stdout.rsplit(": ", 1)[1]) <= 1e-4
+    # a freshly built model's BatchNorm is the identity: it is also checked with randomised statistics
+    found = re.search(r"fresh batch (\S+); (\S+) on a copy with randomised BatchNorm statistics", res.stdout)
+    assert found and float(found[1]) <= 1e-4 and float(found[2].rstrip(";")) <= 1e-4, res.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["w.safetensors", out.name])
     if fmt == "torchscript":  # BatchNorm is folded into the convs of the exported graph
         loaded = torch.jit.load(str(out))
         assert not any(m.original_name == "BatchNorm2d" for m in loaded.modules())
         assert sum(m.original_name in ("Conv2d", "Conv2dSame") for m in loaded.modules()) == 9
+
+
+def _broken_torchscript(break_model):
+    """A torchscript exporter that first breaks the model it is given."""
+    real = EXPORT_FORMATS["torchscript"]
+
+    def export(model: nn.Module, example: torch.Tensor, path: str):
+        break_model(model)
+        return real(model, example, path)
+
+    return export
+
+
+def _zero_conv_biases(model: nn.Module) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
+                m.bias.zero_()
+
+
+def test_export_check_catches_a_broken_export_a_fresh_model_hides(tmp_path: Path, monkeypatch) -> None:
+    """Dropping the folded BatchNorm shifts changes nothing on a fresh model (its BatchNorm is
+    the identity); the check on a copy with randomised statistics catches it."""
+    monkeypatch.setitem(EXPORT_FORMATS, "torchscript", _broken_torchscript(_zero_conv_biases))
+    out = tmp_path / "m.pt"
+    fresh = create_model("ds_cnn_s")
+    assert has_initial_batchnorm_statistics(fresh)
+    with pytest.raises(ExportError, match=r"on a copy with randomised BatchNorm statistics") as err:
+        export_model(fresh, "torchscript", out, (1, 49, 10))
+    own, randomised = re.search(r"fresh batch (\S+); (\S+) on a copy", str(err.value)).groups()
+    assert float(own) <= 1e-4 < 0.01 < float(randomised)  # the model alone would have passed
+    assert not out.exists()
+    trained = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
+    assert not has_initial_batchnorm_statistics(trained)
+    with pytest.raises(ExportError, match=r"differs from the model: max relative difference vs the model on a fresh "
+                                          r"batch \S+ \(allowed 0.0001\)$"):
+        export_model(trained, "torchscript", out, (1, 49, 10))
+
+
+def test_export_check_is_relative_to_the_outputs(tmp_path: Path, monkeypatch) -> None:
+    """A fresh mobilenet's logits are below 1e-13: an export that outputs zeros is 100% off."""
+    monkeypatch.setitem(EXPORT_FORMATS, "torchscript", _broken_torchscript(lambda m: m.get_classifier().weight.data.zero_()))
+    with pytest.raises(ExportError, match=r"fresh batch 1\.00e\+00"):
+        export_model(create_model("mobilenet_v1_025", input_size=32), "torchscript", tmp_path / "m.pt", (3, 32, 32))
 
 
 def test_onnx_without_onnxruntime_is_a_clear_message(tmp_path: Path, monkeypatch) -> None:

@@ -1,13 +1,18 @@
-"""README.md is the front door: its test command is exactly the one CI runs."""
+"""README.md is the front door: its test command is exactly the one CI runs, every Python
+example runs as written, and the figures it and docs/ give are current."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+
 from models import list_models
+from models.commands import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
+PYTHON_BLOCKS = re.findall(r"^```python\n(.*?)^```", README, flags=re.M | re.S)
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
@@ -16,20 +21,38 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert ci_lines[0] in README.split("## ")[1], "the CI command must be a quick-start command"
 
 
+def test_readme_has_its_python_examples() -> None:
+    assert len(PYTHON_BLOCKS) == 4
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
+def test_python_example_runs_as_written(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ``python`` block of README.md, run on its own in an empty folder."""
+    monkeypatch.chdir(tmp_path)
+    code = compile(PYTHON_BLOCKS[index], f"README.md, python example {index + 1}", "exec")
+    exec(code, {"__name__": "__readme__"})  # the README's own text, not user input
+
+
+def test_commands_named_in_the_readme_exist() -> None:
+    named = set(re.findall(r"\bdszoo-([a-z-]+)", README)) - {"COMMAND"}
+    assert named and named <= set(COMMANDS), named - set(COMMANDS)
+    assert set(COMMANDS) <= named, "every command is shown in the README"
+
+
 def test_reference_table_lists_every_model() -> None:
     table = README[README.index("## Reference numbers"):]
     listed = set(re.findall(r"^\| `([a-z0-9_]+)`", table, flags=re.M))
     assert set(list_models()) <= listed
 
 
-def test_reliability_section_counts_are_current() -> None:
+def test_reliability_counts_are_current() -> None:
     import hypothesis
     import test_fuzz_configs as fuzz  # the tests folder is on sys.path under pytest
     import test_hostile_inputs as hostile
 
-    section = README[README.index("## Reliability"):README.index("## Layout")]
+    text = (REPO / "docs" / "reliability.md").read_text()
     given = [f for m in (fuzz, hostile) for f in vars(m).values() if getattr(f, "is_hypothesis_test", False)]
     ci, thorough = (hypothesis.settings.get_profile(p).max_examples for p in ("ci", "thorough"))
-    assert f"{len(given)} of them drawing {ci} cases each in the default run ({len(given) * ci} in all" in section
-    assert f"draws {thorough:,} each" in section
-    assert f"{len(hostile.SCRIPT_CASES)} bad command lines across all five" in section
+    assert f"{len(given)} of them drawing {ci} cases each in the default run ({len(given) * ci} in all" in text
+    assert f"draws {thorough:,} each" in text
+    assert f"{len(hostile.SCRIPT_CASES)} bad command lines across all five" in text

@@ -3,20 +3,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import run_in_process, small_input_size
 
 from models import count_macs, count_params, create_model, list_models
-from models.summary import summarize
+from models.measurement.summary import summarize
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = str(REPO / "scripts" / "summarize.py")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=REPO)
+    return run_in_process("summarize", args, cwd=REPO)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -27,6 +27,22 @@ def test_summary_totals_equal_reference_counts(name: str) -> None:
     assert s.macs == sum(r.macs for r in s.stages) == sum(r.macs for r in s.layers)
     assert s.params == sum(r.params for r in s.stages)
     assert s.output_shape == (model.cfg.num_classes,)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_stage_shapes_are_those_of_a_real_forward_pass(name: str) -> None:
+    model = create_model(name).eval()
+    size = small_input_size(model.cfg)
+    x = torch.randn(1, *size)
+    real = []
+    with torch.no_grad():
+        x = model.stem(x)
+        real.append(("stem", tuple(x.shape[1:])))
+        for i, stage in enumerate(model.stages):
+            x = stage(x)
+            real.append((f"stages.{i}", tuple(x.shape[1:])))
+        real.append(("head", tuple(model(torch.randn(1, *size)).shape[1:])))
+    assert [(r.name, r.output_shape) for r in summarize(model, size).stages] == real
 
 
 def test_json_totals_and_compare_standard_for_mobilenet_v1() -> None:

@@ -15,10 +15,12 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import run_in_process
 from models import create_model, load_pretrained
-from models.cli import RunError, UsageError
-from models.data import build_datasets
-from models.training import TrainConfig, build_parser, evaluate, train, uses_channels_last, validation_shard
+from models.errors import RunError, UsageError
+from models.training.data import build_datasets
+from models.commands.train import build_parser
+from models.training import TrainConfig, evaluate, train, uses_channels_last, validation_shard
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]
@@ -185,7 +187,7 @@ def test_imagefolder(tmp_path: Path) -> None:
 
 
 def one_line_error(args: list[str], cwd: Path) -> str:
-    res = subprocess.run(TRAIN + args, capture_output=True, text=True, cwd=cwd)
+    res = run_in_process("train", args, cwd=cwd)
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
     return res.stderr.strip()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from .cli import UsageError
+from ..errors import UsageError
 
 __all__ = ["DATASETS", "DataSplits", "build_datasets"]
 
@@ -83,8 +83,12 @@ def build_datasets(
     data_dir: Optional[str] = None,
     classes: Optional[Sequence[int]] = None,
     fake_size: int = 64,
+    num_classes: Optional[int] = None,
 ) -> DataSplits:
-    """Train/val datasets for ``name`` shaped for a model with this ``pretrained_cfg``."""
+    """Train/val datasets for ``name`` shaped for a model with this ``pretrained_cfg``.
+
+    ``num_classes`` sets the class count of ``fake`` (default 10); the other datasets have
+    their own, which the caller checks it against."""
     input_size = pretrained_cfg["input_size"]
     if name == "digits":
         return _digits(input_size, classes, pretrained_cfg["mean"], pretrained_cfg["std"])
@@ -96,10 +100,11 @@ def build_datasets(
         from torchvision.datasets import FakeData
 
         size = (3, *input_size[1:])
+        classes_n = num_classes or 10
         return DataSplits(
-            FakeData(fake_size, size, 10, train_tf, random_offset=0),
-            FakeData(max(fake_size // 4, 8), size, 10, val_tf, random_offset=10_000),
-            10, f"FakeData ({fake_size} train images)",
+            FakeData(fake_size, size, classes_n, train_tf, random_offset=0),
+            FakeData(max(fake_size // 4, 8), size, classes_n, val_tf, random_offset=10_000),
+            classes_n, f"FakeData ({fake_size} train images, {classes_n} classes)",
         )
     if name not in ("imagefolder", "cifar10"):
         raise UsageError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")

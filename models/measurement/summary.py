@@ -7,6 +7,7 @@ only formats it. One forward pass feeds both torchinfo's table and our MAC count
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -14,10 +15,10 @@ from torch import nn
 
 from blocks import DepthwiseSeparableConv, SeparableConv2d
 
-from .builder import ZooNet
-from .plan import check_model_size, plan_model
-from .profile import count_params, module_macs
-from .registry import create_model
+from ..builder import ZooNet
+from ..plan import check_model_size, plan_model
+from ..profile import count_params, module_macs
+from ..registry import create_model
 
 __all__ = ["CompareRow", "LayerRow", "ModelSummary", "StageRow", "StandardComparison", "summarize"]
 
@@ -100,12 +101,20 @@ _MEASURED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 
 
 @torch.no_grad()
-def _profile(model: nn.Module, input_size: Sequence[int], depth: int) -> tuple[list[LayerRow], tuple[int, ...], str, int]:
-    """One forward pass: per-layer rows (hooks) and torchinfo's table and mult-adds."""
+def _profile(model: nn.Module, input_size: Sequence[int], depth: int,
+             parts: Sequence[str] = ()) -> tuple[list[LayerRow], tuple[int, ...], str, int, dict[str, tuple[int, ...]]]:
+    """One forward pass: per-layer rows (hooks), torchinfo's table and mult-adds, and the output
+    shape of each module named in ``parts``."""
     import torchinfo  # imported here: only summaries need it
 
     rows: dict[str, LayerRow] = {}
-    hooks = []
+    part_shapes: dict[str, tuple[int, ...]] = {}
+    modules = dict(model.named_modules())
+
+    def part_hook(mod: nn.Module, inp: Any, out: torch.Tensor, name: str) -> None:
+        part_shapes.setdefault(name, tuple(out.shape[1:]))
+
+    hooks = [modules[name].register_forward_hook(partial(part_hook, name=name)) for name in parts]
     for name, module in model.named_modules():
         if isinstance(module, _MEASURED):
             def hook(mod: nn.Module, inp: Any, out: torch.Tensor, name: str = name) -> None:
@@ -123,18 +132,23 @@ def _profile(model: nn.Module, input_size: Sequence[int], depth: int) -> tuple[l
             h.remove()
     out_shape = tuple(stats.summary_list[0].output_size[1:])
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    return sorted(rows.values(), key=lambda r: order[r.name]), out_shape, str(stats), int(stats.total_mult_adds)
+    layers = sorted(rows.values(), key=lambda r: order[r.name])
+    return layers, out_shape, str(stats), int(stats.total_mult_adds), part_shapes
 
 
-def _stage_rows(model: ZooNet, layers: list[LayerRow]) -> list[StageRow]:
-    parts = [("stem", "stem", model.stem)]
-    parts += [(f"stages.{i}", f"stages.{i}", stage) for i, stage in enumerate(model.stages)]
-    parts.append(("head", "classifier", model.classifier))
+def _stage_parts(model: ZooNet) -> list[tuple[str, str]]:
+    """(label, module name) of each top-level part: the stem, every stage and the head."""
+    return [("stem", "stem"), *((f"stages.{i}", f"stages.{i}") for i in range(len(model.stages))),
+            ("head", "classifier")]
+
+
+def _stage_rows(model: ZooNet, layers: list[LayerRow], shapes: dict[str, tuple[int, ...]]) -> list[StageRow]:
+    """Per part: its real output shape (from the forward pass), params and MACs."""
+    modules = dict(model.named_modules())
     rows = []
-    for label, prefix, module in parts:
+    for label, prefix in _stage_parts(model):
         mine = [r for r in layers if r.name == prefix or r.name.startswith(prefix + ".")]
-        shape = mine[-1].output_shape if mine else ()
-        rows.append(StageRow(label, shape, count_params(module), sum(r.macs for r in mine)))
+        rows.append(StageRow(label, shapes[prefix], count_params(modules[prefix]), sum(r.macs for r in mine)))
     return rows
 
 
@@ -187,14 +201,15 @@ def summarize(
     model.check_input(torch.empty(1, *size, device="meta"))
     if not allow_large:
         check_model_size(plan_model(model.cfg, size))  # e.g. a huge --input-size, before any forward pass
-    layers, out_shape, table, mult_adds = _profile(model, size, depth)
+    layers, out_shape, table, mult_adds, part_shapes = _profile(
+        model, size, depth, [name for _, name in _stage_parts(model)])
     macs = sum(r.macs for r in layers)
     params = count_params(model)
     standard = None
     if compare_standard:
         std_model = ZooNet(model.cfg.model_copy(update={"separable": False}), allow_large).eval()
         std_model.reset_classifier(model.num_classes)
-        std_layers, _, _, _ = _profile(std_model, size, 1)
+        std_layers = _profile(std_model, size, 1)[0]
         standard = _compare(model, layers, std_layers, std_model)
     return ModelSummary(
         model=model.cfg.name,
@@ -206,7 +221,7 @@ def summarize(
         output_shape=out_shape,
         size_mb=params * 4 / 2**20,
         layers=layers,
-        stages=_stage_rows(model, layers),
+        stages=_stage_rows(model, layers, part_shapes),
         table=table,
         standard=standard,
     )

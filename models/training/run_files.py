@@ -3,18 +3,19 @@ rule that a run's folder is never silently reused."""
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from .atomic import atomic_path
-from .cli import UsageError
-from .weights import CheckpointError
+from ..atomic import atomic_path
+from ..errors import UsageError
+from ..weights import CheckpointError
 
-__all__ = ["CHECKPOINT_FORMAT", "RUN_FILES", "check_out_dir", "free_run_dir", "load_checkpoint", "plot_curves",
-           "save_checkpoint", "write_metrics"]
+__all__ = ["CHECKPOINT_FORMAT", "RUN_FILES", "check_out_dir", "curves_figure", "free_run_dir", "load_checkpoint",
+           "plot_curves", "save_checkpoint", "write_metrics"]
 
 CHECKPOINT_FORMAT = "dszoo-train-1"
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "args.json", "curves.png")
@@ -44,25 +45,55 @@ def write_metrics(out: Path, history: list[dict[str, float]]) -> None:
         writer.writerows(history)
 
 
-def plot_curves(out: Path, history: list[dict[str, float]]) -> None:
-    try:
-        import matplotlib
+def curves_figure(history: list[dict[str, float]]) -> Any:
+    """Loss and top-1 per epoch as a matplotlib figure. Losses far above the rest (a spike; a
+    point beyond the upper quartile plus three interquartile ranges) are drawn at the top edge
+    as triangles labelled with their value, so they do not squash the curve."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed, so no curves.png (pip install matplotlib)")
-        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
-    ax1.plot(epochs, [h["val_loss"] for h in history], marker="o", label="val loss")
+    losses = {"train loss": [h["train_loss"] for h in history], "val loss": [h["val_loss"] for h in history]}
+    finite = sorted(v for vals in losses.values() for v in vals if math.isfinite(v))
+    top = None
+    if len(finite) >= 4:
+        q1, q3 = finite[len(finite) // 4], finite[(3 * len(finite)) // 4]
+        fence = q3 + 3 * (q3 - q1)
+        if finite[-1] > fence > 0:
+            top = fence * 1.05
+    for label, vals in losses.items():
+        line, = ax1.plot(epochs, [v if top is None or v <= top else float("nan") for v in vals], marker="o", label=label)
+        for e, v in zip(epochs, vals):
+            if top is not None and not v <= top:
+                ax1.plot([e], [top], marker="^", color=line.get_color(), clip_on=False)
+                ax1.annotate(f"{v:.3g}", (e, top), textcoords="offset points", xytext=(0, -12), ha="center",
+                             fontsize=7, color=line.get_color())
+    if top is not None:
+        ax1.set_ylim(top=top)
     ax1.set_xlabel("epoch")
+    ax1.set_ylabel("cross-entropy loss" + (" (triangles: off the scale)" if top is not None else ""))
+    ax1.set_title("loss per epoch")
     ax1.legend()
     ax2.plot(epochs, [h["val_top1"] for h in history], marker="o", color="tab:green")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("val top-1 (%)")
+    ax2.set_ylabel("validation top-1 accuracy (%)")
+    ax2.set_title("validation accuracy per epoch")
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(out: Path, history: list[dict[str, float]]) -> None:
+    """``curves_figure`` written atomically to ``out/curves.png``."""
+    try:
+        import matplotlib.pyplot as plt
+
+        fig = curves_figure(history)
+    except ImportError:
+        print("note: matplotlib is not installed, so no curves.png (pip install matplotlib)")
+        return
     with atomic_path(out / "curves.png") as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)

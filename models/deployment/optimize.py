@@ -25,7 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from blocks import ConvNormAct, SeparableConv2d
 
-from .profile import timed
+from ..profile import timed
 
 __all__ = ["BACKENDS", "OptimizedModel", "fold_batchnorm", "onednn_graph_fusion", "optimize_for_inference",
            "relative_difference", "glibc_malloc_is_tuned", "tune_glibc_malloc"]

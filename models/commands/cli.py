@@ -1,4 +1,4 @@
-"""Shared command-line plumbing: bad input ends in one line on stderr and exit code 2."""
+"""Command-line plumbing shared by every command: bad input ends in one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Optional, Sequence
 
-from .config import ConfigError
-from .registry import UnknownModelError
+from ..config import ConfigError
+from ..errors import RunError, UsageError
+from ..registry import UnknownModelError
 
 __all__ = [
     "ArgumentParser",
@@ -22,14 +23,6 @@ __all__ = [
     "positive_int",
     "run_cli",
 ]
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for, reported as one line (exit code 2)."""
-
-
-class RunError(Exception):
-    """A run that had to stop (e.g. a diverging loss), reported as one line (exit code 1)."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

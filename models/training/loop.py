@@ -1,4 +1,4 @@
-"""Fine-tuning: the training loop behind ``scripts/train.py``, importable so tests call it.
+"""Fine-tuning: the training loop behind ``dszoo-train`` / ``scripts/train.py``.
 
 Optimizer, scheduler and EMA come from timm; multi-process training is torch's own DDP
 (``torchrun``); checkpoints are written atomically and resume exactly (model, optimizer,
@@ -6,9 +6,7 @@ scheduler, EMA, epoch, RNG states, best metric, history).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import random
 import time
@@ -23,13 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .atomic import atomic_path
-from .builder import ZooNet
-from .cli import (ArgumentParser, RunError, UsageError, fraction, non_negative_float, non_negative_int, positive_float,
-                  positive_int)
-from .config import close_matches
-from .data import DATASETS, build_datasets
-from .registry import create_model
+from ..atomic import atomic_path
+from ..builder import ZooNet
+from ..config import close_matches
+from ..errors import RunError, UsageError
+from .data import DataSplits, build_datasets
+from ..registry import create_model
 from .run_files import (
     CHECKPOINT_FORMAT,
     RUN_FILES,
@@ -40,9 +37,10 @@ from .run_files import (
     save_checkpoint,
     write_metrics,
 )
-from .weights import load_pretrained
+from ..weights import load_pretrained
 
-__all__ = ["TrainConfig", "TrainResult", "build_parser", "evaluate", "main", "train"]
+__all__ = ["TrainConfig", "TrainResult", "check_arguments", "evaluate", "frozen_parts", "train", "uses_channels_last",
+           "validation_shard"]
 
 @dataclass
 class TrainConfig:
@@ -80,7 +78,7 @@ class TrainConfig:
     overwrite: bool = False
     eval_only: bool = False
     max_batches: Optional[int] = None
-    quiet: bool = False
+    quiet: int = 0  # 1: no progress bars; 2: no epoch lines or notes either
     allow_large: bool = False
 
     @property
@@ -97,58 +95,6 @@ class TrainResult:
     out_dir: Optional[Path] = None
     val_loss: float = float("nan")
     val_top1: float = float("nan")
-
-
-def build_parser() -> ArgumentParser:
-    d = TrainConfig()
-    p = ArgumentParser(description="Fine-tune a dszoo model. With no arguments: mobilenet_v1_025 on "
-                       "scikit-learn's bundled digits, a few minutes on a laptop CPU.")
-    a = p.add_argument
-    a("--model", default=d.model, help="registered name or config.yaml (default %(default)s)")
-    a("--num-classes", type=positive_int, help="must agree with the dataset (default: the dataset's)")
-    a("--in-chans", type=positive_int, help="input channels (default: 1 for digits, else the model's)")
-    a("--img-size", type=positive_int, help="input side (default: 32 for digits, else the model's)")
-    a("--pretrained", help="our checkpoint or a timm state dict (.pth/.safetensors)")
-    a("--freeze", default=d.freeze, help="none | backbone | stages:K (stem + first K stages)")
-    a("--dataset", default=d.dataset, choices=DATASETS)
-    a("--data-dir", help="for imagefolder (train/ and val/ inside) and cifar10 (local files)")
-    a("--classes", type=_class_list, help="digits only: e.g. 0,1,2,3,4")
-    a("--fake-size", type=positive_int, default=d.fake_size, help="images in --dataset fake")
-    a("--epochs", type=positive_int, help="default 15 (on --resume: the saved run's)")
-    a("--batch-size", type=positive_int, default=d.batch_size, help="per process")
-    a("--opt", default=d.opt, help="any timm optimizer name (default %(default)s)")
-    a("--lr", type=positive_float, default=d.lr, help="backbone learning rate")
-    a("--lr-head", type=positive_float, help="classifier learning rate (default: --lr)")
-    a("--weight-decay", type=non_negative_float, default=d.weight_decay)
-    a("--warmup-epochs", type=non_negative_int, default=d.warmup_epochs)
-    a("--label-smoothing", type=fraction, default=d.label_smoothing)
-    a("--clip-grad", type=non_negative_float, default=d.clip_grad, help="max gradient norm (0: off)")
-    a("--drop-rate", type=fraction, help="classifier dropout (default: the model's)")
-    a("--ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3) and evaluate it")
-    a("--ema-decay", type=fraction, default=d.ema_decay)
-    a("--amp", action="store_true", help="torch.autocast: bfloat16 on CPU, float16 on GPU")
-    a("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-      help="channels-last memory format (default: on for CPU, where training steps measured 1.2-1.5x faster; "
-      "off on GPU)")
-    a("--seed", type=int, default=d.seed)
-    a("--deterministic", action="store_true", help="deterministic algorithms: exact resumes")
-    a("--workers", type=non_negative_int, default=d.workers, help="DataLoader worker processes")
-    a("--out-dir", help="default: runs/train, or runs/train2, train3 ... if taken (never reuses a run)")
-    a("--resume", help="OUT/last.pt: continue that run")
-    a("--overwrite", action="store_true", help="replace the run files in --out-dir")
-    a("--eval-only", action="store_true", help="evaluate --pretrained on the validation set")
-    a("--max-batches", type=positive_int, help="train on at most this many batches per epoch (smoke tests)")
-    a("--quiet", action="store_true", help="no progress bars")
-    a("--allow-large", action="store_true", help="build models above the size guard (models.plan)")
-    return p
-
-
-def _class_list(text: str) -> list[int]:
-    """argparse type of ``--classes``: distinct non-negative ints, comma-separated."""
-    parts = text.split(",")
-    if not all(p.strip().isdigit() for p in parts) or len(set(map(int, parts))) != len(parts):
-        raise argparse.ArgumentTypeError(f"must be distinct class numbers separated by commas (e.g. 0,1,2), got {text!r}")
-    return [int(p) for p in parts]
 
 
 def check_arguments(cfg: TrainConfig) -> None:
@@ -283,19 +229,93 @@ def _build_model(cfg: TrainConfig) -> ZooNet:
     return model
 
 
+@dataclass
+class _Session:
+    """What one run works with, built step by step by ``train``."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    out: Path
+    model: ZooNet
+    data: DataSplits
+    channels_last: bool
+    val_loader: DataLoader
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0: the process that prints and writes the run files."""
+        return self.rank == 0
+
+    def say(self, text: str) -> None:
+        """A line for the user from rank 0, unless ``-qq``."""
+        if self.lead and self.cfg.quiet < 2:
+            print(text)
+
+
+@dataclass
+class _Trainer:
+    """The optimizer side of a run: what a checkpoint saves and a resume restores."""
+
+    train_model: nn.Module
+    frozen: list[nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: Any
+    sampler: DistributedSampler
+    loader: DataLoader
+    criterion: nn.Module
+
+
 def train(cfg: TrainConfig) -> TrainResult:
-    """Run (or resume, or only evaluate) one fine-tuning job as ``cfg`` describes."""
+    """Run (or resume, or only evaluate) one fine-tuning job as ``cfg`` describes.
+
+    The steps: read a resumed run's options, set up processes and seeds, build the model and
+    data, evaluate only (``eval_only``) or build the optimizer, restore the checkpoint, write
+    ``args.json``, then train epoch by epoch, checkpointing each, and plot the curves.
+    """
     check_arguments(cfg)
-    resume_ckpt = None
-    if cfg.resume:
-        resume_ckpt = load_checkpoint(cfg.resume)
-        saved = TrainConfig(**{k: v for k, v in resume_ckpt["config"].items() if k in {f.name for f in fields(TrainConfig)}})
-        saved.resume, saved.out_dir = cfg.resume, str(Path(cfg.resume).parent)
-        saved.epochs = cfg.epochs if cfg.epochs is not None else saved.epochs
-        saved.quiet = cfg.quiet
-        cfg = saved
+    cfg, resume_ckpt = _options_of_resumed_run(cfg)
     if cfg.eval_only and not cfg.pretrained:
         raise UsageError("--eval-only needs --pretrained PATH")
+    run = _start_session(cfg, resume_ckpt is not None)
+    if cfg.eval_only:
+        val_loss, top1 = evaluate(run.model, run.val_loader, run.device, amp=cfg.amp, channels_last=run.channels_last)
+        if run.lead:
+            print(f"{cfg.pretrained}: val_loss {val_loss:.4f}  val_top1 {top1:.2f}%  ({run.data.description})")
+        return TrainResult(val_loss=val_loss, val_top1=top1)
+    trainer = _build_trainer(run)
+    result = TrainResult(out_dir=run.out)
+    start = _restore(run, trainer, resume_ckpt, result) if resume_ckpt is not None else 0
+    _write_run_header(run)
+    for epoch in range(start, cfg.total_epochs):
+        row, top1, eval_model = _train_one_epoch(run, trainer, epoch)
+        result.history.append(row)
+        improved = top1 > result.best_top1
+        result.best_top1 = max(result.best_top1, top1)
+        if run.lead:
+            _save_epoch(run, trainer, result, epoch, top1, eval_model if improved else None)
+    return _finish(run, result)
+
+
+def _options_of_resumed_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dict[str, Any]]]:
+    """With ``resume``: the saved run's options (and its checkpoint); ``epochs`` and ``quiet``
+    may change. Otherwise ``cfg`` as given."""
+    if not cfg.resume:
+        return cfg, None
+    ckpt = load_checkpoint(cfg.resume)
+    known = {f.name for f in fields(TrainConfig)}
+    saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    saved.resume, saved.out_dir = cfg.resume, str(Path(cfg.resume).parent)
+    saved.epochs = cfg.epochs if cfg.epochs is not None else saved.epochs
+    saved.quiet = cfg.quiet
+    return saved, ckpt
+
+
+def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
+    """Processes, seeds, the run folder, the model (with pretrained weights), data and the
+    validation loader."""
     rank, world, device = _init_distributed()
     _seed_everything(cfg.seed, cfg.deterministic)
     if cfg.out_dir is None:
@@ -303,31 +323,34 @@ def train(cfg: TrainConfig) -> TrainResult:
     out = Path(cfg.out_dir)
     if rank == 0 and not cfg.eval_only:
         check_out_dir(cfg, out)
-
     model = _build_model(cfg)
     data = build_datasets(cfg.dataset, model.pretrained_cfg, data_dir=cfg.data_dir, classes=cfg.classes,
-                          fake_size=cfg.fake_size)
+                          fake_size=cfg.fake_size, num_classes=cfg.num_classes)
     if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
         raise UsageError(f"--num-classes {cfg.num_classes} disagrees with {data.description}: it has {data.num_classes} classes")
     if model.num_classes != data.num_classes:
         model.reset_classifier(data.num_classes)
-    if cfg.pretrained and resume_ckpt is None:
+    if cfg.pretrained and not resuming:
         report = load_pretrained(model, cfg.pretrained)
-        if rank == 0 and report["head_reset"] and not cfg.quiet:
+        if rank == 0 and report["head_reset"] and cfg.quiet < 2:
             print(f"note: {cfg.pretrained}: new {data.num_classes}-class head, freshly initialised")
     model.to(device)
     channels_last = uses_channels_last(cfg, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-
     val_loader = DataLoader(validation_shard(data.val, rank, world), batch_size=max(cfg.batch_size, 128),
                             shuffle=False, num_workers=cfg.workers)
-    if cfg.eval_only:
-        val_loss, top1 = evaluate(model, val_loader, device, amp=cfg.amp, channels_last=channels_last)
-        if rank == 0:
-            print(f"{cfg.pretrained}: val_loss {val_loss:.4f}  val_top1 {top1:.2f}%  ({data.description})")
-        return TrainResult(val_loss=val_loss, val_top1=top1)
+    return _Session(cfg, rank, world, device, out, model, data, channels_last, val_loader)
 
+
+def _build_trainer(run: _Session) -> _Trainer:
+    """Freezing, parameter groups (``lr`` for the body, ``lr_head`` for the classifier), timm's
+    optimizer, cosine schedule with warm-up and EMA, DDP and the training loader."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    from timm.utils import ModelEmaV3
+
+    cfg, model = run.cfg, run.model
     frozen = frozen_parts(model, cfg.freeze)
     for part in frozen:
         part.requires_grad_(False)
@@ -335,107 +358,129 @@ def train(cfg: TrainConfig) -> TrainResult:
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = [g for g in ({"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.lr_head or cfg.lr}) if g["params"]]
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-    from timm.utils import ModelEmaV3
-
     optimizer = create_optimizer_v2(groups, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    epochs = cfg.total_epochs
-    scheduler = CosineLRScheduler(optimizer, t_initial=epochs, lr_min=cfg.lr * 0.01,
+    scheduler = CosineLRScheduler(optimizer, t_initial=cfg.total_epochs, lr_min=cfg.lr * 0.01,
                                   warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.lr * 0.1, warmup_prefix=True)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
     train_model: nn.Module = model
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    train_loader = DataLoader(data.train, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                              drop_last=len(data.train) // world > cfg.batch_size)
+    if run.world > 1:
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    train_set = run.data.train
+    sampler = DistributedSampler(train_set, num_replicas=run.world, rank=run.rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        drop_last=len(train_set) // run.world > cfg.batch_size)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    return _Trainer(train_model, frozen, optimizer, scheduler, ema, sampler, loader, criterion)
 
-    start, result = 0, TrainResult(out_dir=out)
-    if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt["model"])
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        scheduler.load_state_dict(resume_ckpt["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(resume_ckpt["ema"])
-        start = resume_ckpt["epoch"]
-        result.history, result.best_top1 = list(resume_ckpt["history"]), resume_ckpt["best_top1"]
-        torch.set_rng_state(resume_ckpt["rng"]["torch"])
-        random.setstate(_to_random_state(resume_ckpt["rng"]["python"]))
-    if rank == 0:
-        if cfg.overwrite:  # only now that every option has been checked: a failed start loses nothing
-            for f in RUN_FILES:
-                (out / f).unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "args.json") as tmp:
-            Path(tmp).write_text(json.dumps({**asdict(cfg), "world_size": world, "dataset_info": data.description}, indent=2))
-        if not cfg.quiet:
-            print(f"training {cfg.model} on {data.description}, {epochs} epochs, {world} process(es) -> {out}")
 
+def _restore(run: _Session, trainer: _Trainer, ckpt: dict[str, Any], result: TrainResult) -> int:
+    """Load a checkpoint's model, optimizer, scheduler, EMA, history and RNG states; return the
+    epoch to continue from."""
+    run.model.load_state_dict(ckpt["model"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    if trainer.ema is not None:
+        trainer.ema.load_state_dict(ckpt["ema"])
+    result.history, result.best_top1 = list(ckpt["history"]), ckpt["best_top1"]
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    random.setstate(_to_random_state(ckpt["rng"]["python"]))
+    return ckpt["epoch"]
+
+
+def _write_run_header(run: _Session) -> None:
+    """Rank 0 clears an ``overwrite``-n run (only now that every option has been checked, so a
+    failed start loses nothing), writes ``args.json`` and says what is about to run."""
+    if not run.lead:
+        return
+    cfg, out = run.cfg, run.out
+    if cfg.overwrite:
+        for f in RUN_FILES:
+            (out / f).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "args.json") as tmp:
+        Path(tmp).write_text(json.dumps({**asdict(cfg), "world_size": run.world, "dataset_info": run.data.description},
+                                        indent=2))
+    run.say(f"training {cfg.model} on {run.data.description}, {cfg.total_epochs} epochs, {run.world} process(es) -> {out}")
+
+
+def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict[str, float], float, nn.Module]:
+    """One pass over the training data, then validation; returns the epoch's metrics row, its
+    top-1 and the model that was evaluated (the EMA where there is one)."""
     from tqdm import tqdm
 
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        _set_train_mode(model, frozen)
-        lr = optimizer.param_groups[0]["lr"]
-        loss_sum, seen = 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=cfg.quiet or rank != 0 or None)
-        for step, (x, y) in enumerate(bar):
-            if cfg.max_batches is not None and step >= cfg.max_batches:
-                break
-            x, y = x.to(device), y.to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, cfg.amp):
-                loss = criterion(train_model(x).float(), y)
-            if not torch.isfinite(loss):
-                raise RunError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped, the last "
-                               f"good checkpoint is {out / 'last.pt'} (try a lower --lr or --clip-grad)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            loss_sum += loss.item() * y.numel()
-            seen += y.numel()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        scheduler.step(epoch + 1)
-        eval_model = ema.module if ema is not None else model
-        if world > 1:
-            # BatchNorm statistics (and EMA buffers) drift apart in the processes' last steps:
-            # validate rank 0's model everywhere, the one its checkpoint saves
-            for buffer in eval_model.buffers():
-                dist.broadcast(buffer, src=0)
-        val_loss, top1 = evaluate(eval_model, val_loader, device, amp=cfg.amp, channels_last=channels_last)
-        row = dict(epoch=epoch + 1, train_loss=round(loss_sum / max(seen, 1), 6), val_loss=round(val_loss, 6),
-                   val_top1=round(top1, 4), lr=lr, seconds=round(time.perf_counter() - t0, 3))
-        result.history.append(row)
-        improved = top1 > result.best_top1
-        result.best_top1 = max(result.best_top1, top1)
-        if rank == 0:
-            payload = {
-                "format": CHECKPOINT_FORMAT, "model_name": cfg.model, "config": asdict(cfg), "epoch": epoch + 1,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "best_top1": result.best_top1,
-                "history": result.history, "val_top1": top1,
-                "rng": {"torch": torch.get_rng_state(), "python": _from_random_state(random.getstate())},
-            }
-            if improved:
-                save_checkpoint(out / "best.pt", {**payload, "model": eval_model.state_dict()})
-            save_checkpoint(out / "last.pt", payload)
-            write_metrics(out, result.history)
-            if not cfg.quiet:
-                tqdm.write(f"epoch {epoch + 1:>3}/{epochs}  train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
-                           f"val_top1 {top1:6.2f}%  lr {lr:.2e}  {row['seconds']:.1f}s")
-    result.val_loss, result.val_top1 = (result.history[-1]["val_loss"], result.history[-1]["val_top1"]) if result.history else (math.nan, math.nan)
-    if rank == 0 and result.history:
-        plot_curves(out, result.history)
-        if not cfg.quiet:
-            print(f"best val_top1 {result.best_top1:.2f}%; wrote {out}/last.pt, best.pt, metrics.csv, args.json, curves.png")
+    cfg, device = run.cfg, run.device
+    t0 = time.perf_counter()
+    trainer.sampler.set_epoch(epoch)
+    _set_train_mode(run.model, trainer.frozen)
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    loss_sum, seen = 0.0, 0
+    bar = tqdm(trainer.loader, desc=f"epoch {epoch + 1}/{cfg.total_epochs}", leave=False,
+               disable=cfg.quiet > 0 or not run.lead or None)
+    for step, (x, y) in enumerate(bar):
+        if cfg.max_batches is not None and step >= cfg.max_batches:
+            break
+        x, y = x.to(device), y.to(device)
+        if run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, cfg.amp):
+            loss = trainer.criterion(trainer.train_model(x).float(), y)
+        if not torch.isfinite(loss):
+            raise RunError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped, the last "
+                           f"good checkpoint is {run.out / 'last.pt'} (try a lower --lr or --clip-grad)")
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
+        trainer.optimizer.step()
+        if trainer.ema is not None:
+            trainer.ema.update(run.model)
+        loss_sum += loss.item() * y.numel()
+        seen += y.numel()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    trainer.scheduler.step(epoch + 1)
+    eval_model = trainer.ema.module if trainer.ema is not None else run.model
+    if run.world > 1:
+        # BatchNorm statistics (and EMA buffers) drift apart in the processes' last steps:
+        # validate rank 0's model everywhere, the one its checkpoint saves
+        for buffer in eval_model.buffers():
+            dist.broadcast(buffer, src=0)
+    val_loss, top1 = evaluate(eval_model, run.val_loader, device, amp=cfg.amp, channels_last=run.channels_last)
+    row = dict(epoch=epoch + 1, train_loss=round(loss_sum / max(seen, 1), 6), val_loss=round(val_loss, 6),
+               val_top1=round(top1, 4), lr=lr, seconds=round(time.perf_counter() - t0, 3))
+    if run.lead and cfg.quiet < 2:
+        tqdm.write(f"epoch {epoch + 1:>3}/{cfg.total_epochs}  train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
+                   f"val_top1 {top1:6.2f}%  lr {lr:.2e}  {row['seconds']:.1f}s")
+    return row, top1, eval_model
+
+
+def _save_epoch(run: _Session, trainer: _Trainer, result: TrainResult, epoch: int, top1: float,
+                best_model: Optional[nn.Module]) -> None:
+    """Write ``last.pt`` (and ``best.pt`` from ``best_model`` when the epoch improved) and
+    ``metrics.csv``, each atomically."""
+    cfg = run.cfg
+    payload = {
+        "format": CHECKPOINT_FORMAT, "model_name": cfg.model, "config": asdict(cfg), "epoch": epoch + 1,
+        "model": run.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "ema": trainer.ema.state_dict() if trainer.ema is not None else None, "best_top1": result.best_top1,
+        "history": result.history, "val_top1": top1,
+        "rng": {"torch": torch.get_rng_state(), "python": _from_random_state(random.getstate())},
+    }
+    if best_model is not None:
+        save_checkpoint(run.out / "best.pt", {**payload, "model": best_model.state_dict()})
+    save_checkpoint(run.out / "last.pt", payload)
+    write_metrics(run.out, result.history)
+
+
+def _finish(run: _Session, result: TrainResult) -> TrainResult:
+    """The last epoch's figures, the curves plot and the closing line."""
+    if result.history:
+        result.val_loss, result.val_top1 = result.history[-1]["val_loss"], result.history[-1]["val_top1"]
+    if run.lead and result.history:
+        plot_curves(run.out, result.history)
+        run.say(f"best val_top1 {result.best_top1:.2f}%; wrote {run.out}/last.pt, best.pt, metrics.csv, args.json, "
+                "curves.png")
     if dist.is_initialized():
         dist.barrier()
     return result
@@ -449,14 +494,3 @@ def _from_random_state(state: tuple) -> list:
 def _to_random_state(state: list) -> tuple:
     version, internal, gauss = state
     return version, tuple(internal), gauss
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = TrainConfig(**vars(args))
-    try:
-        train(cfg)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0

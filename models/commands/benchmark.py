@@ -1,0 +1,193 @@
+"""Benchmark dszoo models against timm, the optimized path, standard convs and the GEMM ceiling.
+
+    python scripts/benchmark.py                      # the README's performance table
+    python scripts/benchmark.py --quick              # a smoke test (CI)
+    python scripts/benchmark.py --models xception --batch-sizes 1 8 32 --json out.json --plot out.png
+    python scripts/benchmark.py --models mobilenet_v1 xception --batch-sizes 8 --profile profile.md
+    python scripts/benchmark.py --compare-backends inductor  # the default compiler against inductor
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .. import list_models
+from ..atomic import atomic_path
+from ..measurement.benchmark import run_benchmarks
+from .cli import ArgumentParser, UsageError, new_output_file, positive_int, run_cli
+from ..deployment.optimize import BACKENDS
+
+DEFAULT_MODELS = ["mobilenet_v1", "mobilenet_v1_075", "mobilenet_v1_050", "mobilenet_v1_025",
+                  "xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l"]
+
+
+def markdown(result: dict) -> str:
+    lines = ["| model | variant | batch | median ms | spread ms | img/s | GMAC/s | of GEMM ceiling | roofline ms "
+             "| of roofline | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        roof = (f"{r['roofline_ms']:.2f} | {r['roofline_fraction']:.1%}" if r.get("roofline_ms") is not None
+                else "- | -")
+        lines.append(f"| {r['model']} | {r['variant']} | {r['batch']} | {r['median_ms']:.2f} | "
+                     f"{r['min_ms']:.2f}-{r['max_ms']:.2f} | {r['images_per_s']:.1f} | {r['gmacs_per_s']:.1f} | "
+                     f"{r['ceiling_fraction']:.1%} | {roof} | {r['note']} |")
+    m = result["machine"]
+    head = (f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}; fp32 GEMM ceiling "
+            f"{result['gemm_gflops']:.1f} GFLOP/s, memory bandwidth {result['memory_gbs']:.1f} GB/s; "
+            f"medians of {result['repeats']} runs after warm-up; "
+            f"glibc malloc {'tuned' if result['malloc_tuned'] else 'default'}")
+    optimized = {(r["model"], r["batch"]): r["ceiling_fraction"] for r in result["rows"] if r["variant"] == "optimized"}
+    bounds = [f"- {r['model']} at batch {r['batch']}: its layers' GEMMs alone take {r['median_ms']:.2f} ms, "
+              f"{r['ceiling_fraction']:.1%} of the ceiling, so a forward pass whose layers run no faster "
+              f"reaches at most {r['model_ceiling_bound']:.1%} of it; the optimized path reaches "
+              f"{optimized[r['model'], r['batch']]:.1%}."
+              for r in result["rows"] if r["variant"] == "gemms"]
+    return head + "\n\n" + "\n".join(lines) + ("\n\n" + "\n".join(bounds) if bounds else "")
+
+
+def onednn_markdown(dnnl: dict) -> list[str]:
+    """Lines of the table of top oneDNN primitives (``models.benchmark.onednn_primitives``)."""
+    if not dnnl["calls"]:
+        return ["oneDNN primitives: none ran (this variant does not use oneDNN, or torch was built without it)."]
+    lines = [f"oneDNN primitives: {dnnl['total_ms']:.2f} ms of a {dnnl['wall_ms']:.2f} ms call "
+             f"({dnnl['total_ms'] / dnnl['wall_ms']:.0%}), in {dnnl['calls']:g} primitive calls; the top ones:", "",
+             "| layer | implementation | post-ops | calls | ms | share |", "|---|---|---|---|---|---|"]
+    return lines + [f"| {op['layer']} | {op['implementation']} | {op['post_ops']} | {op['calls']:g} | {op['ms']:.2f} | "
+                    f"{op['share']:.1%} |" for op in dnnl["top"]]
+
+
+def profile_markdown(result: dict) -> str:
+    """The ``torch.profiler`` top-operator tables of ``result["profiles"]``, one per variant, each
+    followed by its top oneDNN primitives (which name the kernels inside fused partitions)."""
+    parts = []
+    for p in result["profiles"]:
+        lines = [f"### {p['model']}, {p['variant']}, batch {p['batch']}", "",
+                 "| operator | input shapes | calls | self ms | share |", "|---|---|---|---|---|"]
+        lines += [f"| {op['operator']} | {', '.join(str(s) for s in op['input_shapes'])} | {op['calls']:g} | "
+                  f"{op['self_ms']:.2f} | {op['share']:.1%} |" for op in p["operators"]]
+        parts.append("\n".join(lines + [""] + onednn_markdown(p["onednn"])))
+    return "\n\n".join(parts) + "\n"
+
+
+VARIANT_LABELS = {"ours": "ours, eager", "ours-cl": "ours, eager channels-last", "timm": "timm, eager",
+                  "optimized": "ours, optimize_for_inference", "standard": "ours with standard convs"}
+"""The variants the plot shows, and how its legend names them."""
+
+
+def benchmark_figure(result: dict) -> Any:
+    """Latency at batch 1 against multiply-adds per image, log-log: one colour per variant, one
+    marker per model, each point labelled with its model, as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["variant"] in VARIANT_LABELS and r["batch"] == 1]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    markers = dict(zip(models, "osD^vP*Xh<>p"))
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for variant, label in VARIANT_LABELS.items():
+        mine = [r for r in rows if r["variant"] == variant]
+        color = None
+        for r in mine:
+            x = r["gmacs_per_s"] * r["median_ms"] / 1e3 / r["batch"]
+            dot = ax.scatter([x], [r["median_ms"]], marker=markers.get(r["model"], "o"), color=color,
+                             label=label if color is None else None)
+            color = dot.get_facecolor()[0]
+            ax.annotate(r["model"], (x, r["median_ms"]), textcoords="offset points", xytext=(4, 3), fontsize=6,
+                        color=color)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("multiply-adds per image (GMAC, log scale)")
+    ax.set_ylabel("latency at batch 1 (ms, log scale)")
+    ax.legend(title="variant (colour); markers and labels: model", fontsize=8)
+    m = result["machine"]
+    ax.set_title(f"Latency against multiply-adds, median of {result['repeats']} runs\n{m['cpu']}, "
+                 f"{m['threads']} threads, torch {m['torch']}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot(result: dict, path: str) -> None:
+    """``benchmark_figure`` written atomically to ``path`` as PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = benchmark_figure(result)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", help=f"default: {' '.join(DEFAULT_MODELS)}")
+    p.add_argument("--batch-sizes", nargs="+", type=positive_int, help="default: 1 8")
+    p.add_argument("--repeats", type=positive_int, help="timed runs per row (default 10)")
+    p.add_argument("--train-batch", type=positive_int, help="training-step batch (default 16)")
+    p.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, help="optimized-path compilers to try, in order "
+                   f"(default: {' '.join(BACKENDS)})")
+    p.add_argument("--compare-backends", nargs="+", choices=BACKENDS, default=[],
+                   help="also time the optimized path built with each of these alone (rows optimized-BACKEND)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc malloc's settings alone (by default freed memory is kept for reuse, for every row)")
+    p.add_argument("--json", help="write the results as JSON")
+    p.add_argument("--plot", help="write a PNG of latency against MACs")
+    p.add_argument("--profile", help="write torch.profiler tables of the top operators, and of the top oneDNN "
+                   "primitives, of every inference variant at the largest batch size, as markdown (run after "
+                   "timing, so it slows no timed run)")
+    p.add_argument("--profile-top", type=positive_int, help="rows per --profile table (default 10)")
+    p.add_argument("--overwrite", action="store_true", help="replace --json/--plot/--profile files that exist")
+    p.add_argument("--quick", action="store_true", help="small models, few repeats, no inductor (smoke test)")
+    args = p.parse_args(argv)
+    chosen = [f"--{k.replace('_', '-')}" for k in ("models", "batch_sizes", "repeats", "train_batch", "backends")
+              if getattr(args, k) is not None]
+    if args.quick and chosen:
+        raise UsageError(f"--quick sets its own models, batch sizes, repeats and backends; drop {', '.join(chosen)}")
+    unknown = [m for m in args.models or [] if m not in list_models()]
+    if unknown:
+        raise UsageError(f"unknown models {unknown}; available: {', '.join(list_models())}")
+    if args.json:
+        new_output_file(args.json, args.overwrite, "--json", (".json",))
+    if args.plot:
+        new_output_file(args.plot, args.overwrite, "--plot", (".png",))
+    if args.profile:
+        new_output_file(args.profile, args.overwrite, "--profile", (".md",))
+        # kineto, torch.profiler's engine, logs a failed CUDA probe as an ERROR on CPU-only machines
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # its user-level messages only
+    elif args.profile_top:
+        raise UsageError("--profile-top sets the length of the --profile tables; add --profile FILE.md")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.models, args.batch_sizes, args.repeats, args.train_batch = ["ds_cnn_s", "mobilenet_v1_025"], [1, 2], 3, 4
+        args.backends = ["onednn_graph", "torchscript", "eager"]
+    args.models = args.models or DEFAULT_MODELS
+    args.batch_sizes = args.batch_sizes or [1, 8]
+    args.repeats = args.repeats or 10
+    args.train_batch = args.train_batch or 16
+    args.backends = args.backends or list(BACKENDS)
+    result = run_benchmarks(args.models, args.batch_sizes, args.repeats, args.train_batch, args.backends,
+                            log=lambda s: print(s, file=sys.stderr), tune_malloc=not args.default_malloc,
+                            profile_top=(args.profile_top or 10) if args.profile else 0,
+                            compare_backends=args.compare_backends)
+    print(markdown(result))
+    if args.json:
+        with atomic_path(args.json) as tmp, open(tmp, "w") as fh:
+            json.dump(result, fh, indent=2)
+    if args.plot:
+        plot(result, args.plot)
+    if args.profile:
+        with atomic_path(args.profile) as tmp, open(tmp, "w") as fh:
+            fh.write(profile_markdown(result))
+    return 0
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point: user errors as one ``error:`` line and exit code 2."""
+    return run_cli(main, argv)
