@@ -221,8 +221,23 @@ class ZooNet(nn.Module):
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` naming what was expected for a wrongly shaped input."""
+        """Raise ``TypeError``/``ValueError`` naming what was expected for a wrongly typed or
+        shaped input."""
         check_input(x, self.in_chans, self.min_input_size, self.model_name)
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+            self._check_dtype(x)
+
+    @torch.jit.unused
+    def _check_dtype(self, x: torch.Tensor) -> None:
+        """A float input of another precision than the weights (float64 into a float32 model)
+        would fail deep inside a conv; say so here. Under ``torch.autocast`` any float input
+        is cast for us."""
+        weight = next(self.parameters(), None)
+        if weight is None or x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+            return
+        raise TypeError(f"expected a {str(weight.dtype).removeprefix('torch.')} input, the dtype of the model's weights, "
+                        f"got {str(x.dtype).removeprefix('torch.')}; convert the input with x.to({weight.dtype}) or "
+                        f"the model with model.to({x.dtype})")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 
 from blocks import ACTIVATIONS, NORMS
 
+from .files import FileKindError, regular_file
+
 __all__ = [
     "ConfigError",
     "ConvStage",
@@ -34,6 +36,10 @@ __all__ = [
     "merge_config",
     "config_source",
 ]
+
+
+MAX_CONFIG_BYTES = 1_000_000
+"""A config file larger than this is refused unread (the zoo's own are under 5 kB)."""
 
 
 class ConfigError(ValueError):
@@ -301,11 +307,16 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 
 
 def read_yaml(path: Path) -> Any:
-    """``yaml.safe_load`` a file; syntax errors and missing files become ``ConfigError``."""
+    """``yaml.safe_load`` a file; syntax errors, missing files and anything but a regular file
+    of at most ``MAX_CONFIG_BYTES`` (a FIFO or ``/dev/zero`` would never finish reading) become
+    ``ConfigError``."""
     try:
+        regular_file(path, "config", MAX_CONFIG_BYTES)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(str(path), ["file not found"]) from None
+    except FileKindError as exc:
+        raise ConfigError(str(path), [str(exc).split(f"{path}: ", 1)[-1]]) from None
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:

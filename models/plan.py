@@ -19,6 +19,7 @@ from .config import ConfigError, ModelConfig, config_source, merge_config
 
 __all__ = [
     "MAX_ACTIVATION_BYTES",
+    "MAX_BLOCKS",
     "MAX_LAYERS",
     "MAX_PARAMS",
     "LayerPlan",
@@ -38,6 +39,10 @@ MAX_ACTIVATION_BYTES = 8 * 2**30
 """Above this much fp32 activation memory for one image of the default input, likewise."""
 MAX_LAYERS = 10_000
 """Above this many conv, norm and linear layers (Xception has 160), likewise."""
+MAX_BLOCKS = 20_000
+"""A config of more blocks (stem and stage repeats; Xception has 12) is an error, opt-in or not:
+it is refused before its layers are walked, so a few lines of YAML (aliases repeating a stage
+of 1,000 repeats) cannot keep the size guard busy."""
 
 
 def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
@@ -226,6 +231,13 @@ def resolve_config(
     """Merge and validate a config (``models.config.merge_config``), then check that its input
     is at least the smallest one the network's layers accept; raise one ``ConfigError``."""
     cfg = merge_config(name, family, defaults, variant, overrides, source)
+    blocks = [(f"{part}[{i}]", spec.repeat) for part in ("stem", "stages") for i, spec in enumerate(getattr(cfg, part))]
+    total = sum(repeat for _, repeat in blocks)
+    if total > MAX_BLOCKS:  # before walking them: the check costs time in the file's size, not the network's
+        key = max(blocks, key=lambda b: b[1])[0]
+        raise ConfigError(config_source(name, variant, overrides, source),
+                          [f"{key}: the network would have {total:,} blocks in all, above the limit of {MAX_BLOCKS:,} "
+                           "(check the repeat counts and the number of stages)"])
     smallest = min_input_size(cfg)
     declared = cfg.min_input_size or (1, 1)
     least = (max(smallest[0], declared[0]), max(smallest[1], declared[1]))

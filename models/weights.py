@@ -16,7 +16,7 @@ from torch import nn
 
 from blocks import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock
 
-from .atomic import atomic_path
+from .files import FileKindError, atomic_path, regular_file
 from .builder import ZooNet
 
 __all__ = [
@@ -119,8 +119,12 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     gives its model weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        regular_file(path, "checkpoint")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint file not found") from None
+    except FileKindError as exc:
+        raise CheckpointError(str(exc)) from None
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -156,6 +160,25 @@ def _some(keys: list[str], limit: int = 8) -> str:
 
 class LoadReport(dict):
     """What ``load_pretrained`` did: ``source``, ``head_reset``, ``missing``, ``unexpected``."""
+
+
+def tensor_problems(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:
+    """What is wrong with the tensors of ``state`` as values for the model tensors ``own``, key by
+    key: sparse, meta or other non-dense layouts; a dtype of another kind (an integer, boolean
+    or complex tensor where the model holds floats, or the reverse); NaN or infinite values."""
+    problems = []
+    for key, value in state.items():
+        want = own[key]
+        if value.layout != torch.strided:
+            problems.append(f"{key} is a {str(value.layout).removeprefix('torch.')} tensor, not a dense one")
+        elif value.is_meta:
+            problems.append(f"{key} is a meta tensor, which holds no values")
+        elif value.is_complex() or value.dtype == torch.bool or value.is_floating_point() != want.is_floating_point():
+            problems.append(f"{key} is {str(value.dtype).removeprefix('torch.')}, the model holds "
+                            f"{str(want.dtype).removeprefix('torch.')}")
+        elif value.is_floating_point() and not torch.isfinite(value).all():
+            problems.append(f"{key} holds NaN or infinite values")
+    return problems
 
 
 def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadReport:
@@ -198,6 +221,7 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
         problems.append(f"missing keys: {_some(missing)}")
     if strict and unexpected:
         problems.append(f"unexpected keys: {_some(unexpected)}")
+    problems += tensor_problems({k: v for k, v in state.items() if k in own}, own)
     if problems:
         raise CheckpointError(f"{path} ({source}) does not fit {model.cfg.name}: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)

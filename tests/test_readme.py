@@ -56,3 +56,14 @@ def test_reliability_counts_are_current() -> None:
     assert f"{len(given)} of them drawing {ci} cases each in the default run ({len(given) * ci} in all" in text
     assert f"draws {thorough:,} each" in text
     assert f"{len(hostile.SCRIPT_CASES)} bad command lines across all five" in text
+    import test_reliability as reliability
+
+    def cases(fn: object) -> int:
+        n = 1
+        for mark in getattr(fn, "pytestmark", []):
+            if mark.name == "parametrize":
+                n *= len(mark.args[1])
+        return n
+
+    tests = [f for name, f in vars(reliability).items() if name.startswith("test_") and callable(f)]
+    assert f"({sum(map(cases, tests))} test cases in all" in text

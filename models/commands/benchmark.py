@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .. import list_models
-from ..atomic import atomic_path
+from ..files import atomic_path
 from ..measurement.benchmark import run_benchmarks
 from .cli import ArgumentParser, UsageError, new_output_file, positive_int, run_cli
 from ..deployment.optimize import BACKENDS

@@ -5,7 +5,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from ..config import ConfigError
 from ..errors import RunError, UsageError
@@ -31,14 +31,31 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         raise UsageError(f"{message} (see --help)")
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's, refusing empty values: ``--out-dir ""`` would mean the current folder."""
+        parsed, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(parsed, action.dest, None)
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, str) and not v.strip() for v in values):
+                name = action.option_strings[-1] if action.option_strings else action.dest.upper()
+                self.error(f"{name}: must not be empty")
+        return parsed, rest
+
+
+MAX_INT = 2**31 - 1
+"""The largest integer an option takes: counts beyond it overflow torch's own integers."""
+
 
 def _number(kind: type, text: str, ok: Callable[[float], bool], allowed: str) -> float:
     try:
         value = kind(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
     if not math.isfinite(value) or not ok(value):
         raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+    if kind is int and value > MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_INT:,}, got {text!r}")
     return value
 
 
@@ -83,8 +100,18 @@ def new_output_file(path: str, overwrite: bool, flag: str, suffixes: Sequence[st
     return out
 
 
-# Errors that describe the user's input; anything else is a bug and keeps its traceback.
-USER_ERRORS = (UsageError, ConfigError, UnknownModelError, ValueError, FileNotFoundError, PermissionError)
+# Errors that describe the user's input or machine (a read-only folder, a full disk, a name too
+# long); anything else is a bug and keeps its traceback.
+USER_ERRORS = (UsageError, ConfigError, UnknownModelError, ValueError, OSError)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ConfigError):
+        return "; ".join(f"{exc.source}: {p}" for p in exc.problems)
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        return f"{where}: {exc.strerror}"
+    return " ".join(str(exc).split())
 
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
@@ -92,10 +119,7 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Seque
     try:
         return main(argv)
     except USER_ERRORS as exc:
-        message = " ".join(str(exc).split()) if not isinstance(exc, ConfigError) else "; ".join(
-            f"{exc.source}: {p}" for p in exc.problems
-        )
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except RunError as exc:
         print(f"error: {exc}", file=sys.stderr)

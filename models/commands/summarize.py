@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from .. import count_macs, count_params, create_model, list_models
-from ..atomic import atomic_path
+from ..files import atomic_path
 from .cli import (ArgumentParser, UsageError, new_output_file, non_negative_int, positive_float, positive_int,
                         run_cli)
 from ..measurement.summary import ModelSummary, summarize

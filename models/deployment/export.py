@@ -16,7 +16,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
-from ..atomic import atomic_path
+from ..files import atomic_path
 from .optimize import fold_batchnorm, relative_difference
 
 __all__ = ["EXPORT_FORMATS", "EXPORT_SUFFIXES", "ExportCheck", "ExportError", "export_model",

@@ -116,9 +116,10 @@ class OptimizedModel(nn.Module):
 
     def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], backend: str, channels_last: bool,
                  compile_seconds: float, max_relative_difference: float, failures: dict[str, str],
-                 malloc_tuned: bool = False) -> None:
+                 malloc_tuned: bool = False, input_check: Optional[Callable[[torch.Tensor], None]] = None) -> None:
         super().__init__()
         self.runner = runner
+        self.input_check = input_check
         self.backend = backend
         self.channels_last = channels_last
         self.malloc_tuned = malloc_tuned
@@ -128,9 +129,19 @@ class OptimizedModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's outputs for ``x``, after the model's own input checks (compiled graphs
+        drop them). An input with a NaN gives NaN outputs, as the eager model does: fused
+        kernels clamp NaN away (ReLU6 as min(max(x, 0), 6)), so such rows are set here."""
+        if self.input_check is not None:
+            self.input_check(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.runner(x)
+        out = self.runner(x)
+        if isinstance(out, torch.Tensor) and x.dim() > 1 and out.shape[:1] == x.shape[:1]:
+            nan_rows = torch.isnan(x).flatten(1).any(1)
+            if bool(nan_rows.any()):
+                out = out.masked_fill(nan_rows.view(-1, *[1] * (out.dim() - 1)), float("nan"))
+        return out
 
 
 @contextlib.contextmanager
@@ -249,6 +260,7 @@ def optimize_for_inference(
             failures[backend] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
             continue
         if diff <= tolerance:
-            return OptimizedModel(runner, backend, channels_last, seconds, diff, failures, malloc_tuned)
+            return OptimizedModel(runner, backend, channels_last, seconds, diff, failures, malloc_tuned,
+                                  getattr(original, "check_input", None))
         failures[backend] = f"outputs differ by {diff:.2e} (relative), above {tolerance:g}"
     raise RuntimeError(f"no backend reproduced the model's outputs: {failures}")

@@ -5,15 +5,17 @@ dataset needs its own (the 8x8 digits are resized once, as tensors). Nothing is 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import UsageError
+from ..files import regular_file
 
 __all__ = ["DATASETS", "DataSplits", "build_datasets"]
 
@@ -59,6 +61,66 @@ def _digits(input_size: Sequence[int], classes: Optional[Sequence[int]], mean: S
         num_classes,
         f"digits ({len(train_idx)} train / {len(val_idx)} val, {num_classes} classes)",
     )
+
+
+def _walk_once(root: str) -> Iterator[str]:
+    """Every file under ``root``, following symbolic links but entering each real folder once
+    (a link back up the tree would make ``os.walk`` loop until the path is too long)."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield from (os.path.join(folder, name) for name in sorted(files))
+
+
+def _read_image(path: str) -> Any:
+    """PIL's RGB image of ``path``; a file that is not a readable image, or not a regular file
+    (a FIFO would hang the read), is a ``UsageError`` naming it."""
+    from PIL import Image
+
+    try:
+        regular_file(path, "image")
+        with open(path, "rb") as fh:
+            image = Image.open(fh)
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UsageError(f"{path}: not a readable image ({' '.join(str(exc).split())[:160]}); remove or replace "
+                         "it") from None
+
+
+def _image_folder(root: Path, transform: Any) -> Any:
+    """torchvision's ``ImageFolder`` that reads each image once, under the class whose folder
+    really holds it (symbolic links and loops included), and names any unreadable image."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    class OnceImageFolder(ImageFolder):
+        @staticmethod
+        def make_dataset(directory: Any, class_to_idx: dict[str, int], extensions: Any = None,
+                         is_valid_file: Any = None, allow_empty: bool = False) -> list[tuple[str, int]]:
+            homes = {os.path.realpath(os.path.join(directory, c)): i for c, i in class_to_idx.items()}
+            owner: dict[str, tuple[str, int]] = {}
+            for name, index in sorted(class_to_idx.items()):
+                for path in _walk_once(os.path.join(directory, name)):
+                    if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+                        continue
+                    real = os.path.realpath(path)
+                    home = next((i for folder, i in homes.items() if real.startswith(folder + os.sep)), index)
+                    if real not in owner or (home == index and owner[real][1] != home):
+                        owner[real] = (path, home)
+            samples = sorted(owner.values())
+            empty = set(class_to_idx.values()) - {i for _, i in samples}
+            if empty and not allow_empty:
+                names = sorted(c for c, i in class_to_idx.items() if i in empty)
+                raise UsageError(f"{directory}: no images for the classes {', '.join(names)} (allowed endings: "
+                                 f"{', '.join(IMG_EXTENSIONS)})")
+            return samples
+
+    return OnceImageFolder(str(root), transform, loader=_read_image)
 
 
 def _transforms(pretrained_cfg: dict[str, Any], in_chans: int, training: bool) -> Any:
@@ -114,12 +176,10 @@ def build_datasets(
     if not root.is_dir():
         raise UsageError(f"--data-dir {root}: no such directory")
     if name == "imagefolder":
-        from torchvision.datasets import ImageFolder
-
         missing = [d for d in ("train", "val") if not (root / d).is_dir()]
         if missing:
             raise UsageError(f"--data-dir {root}: ImageFolder needs {' and '.join(f'{d}/' for d in missing)} inside")
-        train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
+        train, val = _image_folder(root / "train", train_tf), _image_folder(root / "val", val_tf)
         if train.classes != val.classes:
             raise UsageError(f"{root}: train/ has classes {train.classes} but val/ has {val.classes}")
         return DataSplits(train, val, len(train.classes), f"ImageFolder {root} ({len(train)} / {len(val)})")

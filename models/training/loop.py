@@ -7,6 +7,7 @@ scheduler, EMA, epoch, RNG states, best metric, history).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ..atomic import atomic_path
+from ..files import atomic_path, remove_leftover_temporaries
 from ..builder import ZooNet
 from ..config import close_matches
 from ..errors import RunError, UsageError
@@ -30,17 +31,21 @@ from ..registry import create_model
 from .run_files import (
     CHECKPOINT_FORMAT,
     RUN_FILES,
+    RunFolderBusy,
+    acquire_run_lock,
     check_out_dir,
     free_run_dir,
     load_checkpoint,
     plot_curves,
+    release_run_lock,
     save_checkpoint,
     write_metrics,
 )
-from ..weights import load_pretrained
+from ..weights import CheckpointError, load_pretrained, tensor_problems
 
-__all__ = ["TrainConfig", "TrainResult", "check_arguments", "evaluate", "frozen_parts", "train", "uses_channels_last",
-           "validation_shard"]
+__all__ = ["TrainConfig", "TrainResult", "check_arguments", "check_memory", "evaluate", "frozen_parts", "train",
+           "uses_channels_last", "validation_shard"]
+
 
 @dataclass
 class TrainConfig:
@@ -92,6 +97,7 @@ class TrainResult:
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_top1: float = 0.0
+    best_epoch: Optional[int] = None  # the epoch best.pt holds; None until one is written
     out_dir: Optional[Path] = None
     val_loss: float = float("nan")
     val_top1: float = float("nan")
@@ -111,13 +117,56 @@ def check_arguments(cfg: TrainConfig) -> None:
     for bad, message in pairs:
         if bad:
             raise UsageError(message)
-    from timm.optim import list_optimizers
+    _check_optimizer(cfg)
+
+
+def _check_optimizer(cfg: TrainConfig) -> None:
+    """``--opt`` must name a timm optimizer that builds and steps here: timm lists some that need
+    CUDA or packages that are not installed, which would otherwise fail after the run started."""
+    from timm.optim import create_optimizer_v2, list_optimizers
 
     base_opt = cfg.opt.lower().split("_")[-1]  # timm reads prefixes such as "lookahead_"
     if base_opt not in list_optimizers():
         hint = close_matches(base_opt, list_optimizers())
         raise UsageError(f"--opt {cfg.opt}: not a timm optimizer"
                          + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else " (see timm.optim.list_optimizers())"))
+    probe = nn.Parameter(torch.ones(2))
+    try:
+        optimizer = create_optimizer_v2([probe], opt=cfg.opt, lr=min(cfg.lr, 1e-3), weight_decay=cfg.weight_decay)
+        probe.sum().backward()
+        optimizer.step()
+    except Exception as exc:  # noqa: BLE001 - missing packages, CUDA-only kernels, bad arguments
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UsageError(f"--opt {cfg.opt}: timm lists it, but it cannot run here ({detail})") from None
+
+
+def check_memory(cfg: TrainConfig, model: ZooNet, available: Optional[int] = None) -> None:
+    """Refuse, before any batch is allocated, a ``batch_size`` and input size whose training
+    step would need more memory than the machine has available: activations kept for the
+    backward pass and their gradients, twice the fp32 activations of one image per image, and
+    four copies of the weights (weights, gradients, two optimizer states)."""
+    from ..plan import plan_model
+
+    plan = plan_model(model.cfg)
+    need = 2 * plan.activation_bytes * cfg.batch_size + 4 * 4 * plan.params
+    available = available if available is not None else _available_memory()
+    if available and need > available:
+        c, h, w = plan.input_size
+        raise UsageError(f"--batch-size {cfg.batch_size} at {c}x{h}x{w} needs about {need / 2**30:.1f} GiB to train "
+                         f"{cfg.model}, more than the {available / 2**30:.1f} GiB available here; lower --batch-size "
+                         "or --img-size")
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable); None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 # --- distributed -------------------------------------------------------------------------------
@@ -242,6 +291,8 @@ class _Session:
     data: DataSplits
     channels_last: bool
     val_loader: DataLoader
+    chosen_out_dir: bool  # no --out-dir given: runs/trainN, which another run may claim first
+    lock: Optional[Path] = None
 
     @property
     def lead(self) -> bool:
@@ -280,6 +331,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.eval_only and not cfg.pretrained:
         raise UsageError("--eval-only needs --pretrained PATH")
     run = _start_session(cfg, resume_ckpt is not None)
+    if resume_ckpt is not None:
+        _check_same_model(run.model, resume_ckpt, cfg.resume)
     if cfg.eval_only:
         val_loss, top1 = evaluate(run.model, run.val_loader, run.device, amp=cfg.amp, channels_last=run.channels_last)
         if run.lead:
@@ -288,28 +341,72 @@ def train(cfg: TrainConfig) -> TrainResult:
     trainer = _build_trainer(run)
     result = TrainResult(out_dir=run.out)
     start = _restore(run, trainer, resume_ckpt, result) if resume_ckpt is not None else 0
-    _write_run_header(run)
-    for epoch in range(start, cfg.total_epochs):
-        row, top1, eval_model = _train_one_epoch(run, trainer, epoch)
-        result.history.append(row)
-        improved = top1 > result.best_top1
-        result.best_top1 = max(result.best_top1, top1)
-        if run.lead:
-            _save_epoch(run, trainer, result, epoch, top1, eval_model if improved else None)
-    return _finish(run, result)
+    try:
+        _write_run_header(run)
+        result.out_dir = run.out
+        for epoch in range(start, cfg.total_epochs):
+            row, top1, eval_model = _train_one_epoch(run, trainer, epoch)
+            _refuse_non_finite(run, row, eval_model)
+            result.history.append(row)
+            improved = result.best_epoch is None or top1 > result.best_top1
+            if improved:
+                result.best_top1, result.best_epoch = top1, epoch + 1
+            if run.lead:
+                _save_epoch(run, trainer, result, epoch, top1, eval_model if improved else None)
+        return _finish(run, result)
+    finally:
+        if run.lock is not None:
+            release_run_lock(run.lock)
+
+
+RESUME_MAY_CHANGE = ("epochs", "quiet", "workers", "allow_large")
+"""Options a resumed run takes from the command line; every other comes from its checkpoint."""
+_PER_INVOCATION = ("resume", "overwrite", "eval_only", "out_dir")
+"""What one command asked for, never read back from a checkpoint (a resumed run that read
+``overwrite`` back would delete its own files)."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _options_of_resumed_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dict[str, Any]]]:
-    """With ``resume``: the saved run's options (and its checkpoint); ``epochs`` and ``quiet``
-    may change. Otherwise ``cfg`` as given."""
+    """With ``resume``: the saved run's options (and its checkpoint), with ``RESUME_MAY_CHANGE``
+    taken from ``cfg``. Refused: options given that contradict the run's, a checkpoint older
+    than its folder's ``last.pt``, and a run that has already trained every epoch asked for.
+    Otherwise ``cfg`` as given."""
     if not cfg.resume:
         return cfg, None
     ckpt = load_checkpoint(cfg.resume)
     known = {f.name for f in fields(TrainConfig)}
-    saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
-    saved.resume, saved.out_dir = cfg.resume, str(Path(cfg.resume).parent)
-    saved.epochs = cfg.epochs if cfg.epochs is not None else saved.epochs
-    saved.quiet = cfg.quiet
+    saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known and k not in _PER_INVOCATION})
+    folder = Path(cfg.resume).parent
+    defaults = TrainConfig()
+    contradictions = [
+        f"{_flag(f.name)} {getattr(cfg, f.name)!r} (the run's: {getattr(saved, f.name)!r})"
+        for f in fields(TrainConfig)
+        if f.name not in RESUME_MAY_CHANGE + _PER_INVOCATION
+        and getattr(cfg, f.name) != getattr(defaults, f.name) and getattr(cfg, f.name) != getattr(saved, f.name)
+    ]
+    if cfg.out_dir is not None and Path(cfg.out_dir).resolve() != folder.resolve():
+        contradictions.append(f"--out-dir {cfg.out_dir!r} (the run's: {str(folder)!r})")
+    if contradictions:
+        raise UsageError(f"--resume continues a run with its own options, and these differ: {', '.join(contradictions)}; "
+                         f"drop them or start a new run (a resume may change only "
+                         f"{', '.join(_flag(n) for n in RESUME_MAY_CHANGE)})")
+    latest = folder / "last.pt"
+    if Path(cfg.resume).resolve() != latest.resolve() and latest.is_file():
+        newer = load_checkpoint(str(latest))["epoch"]
+        if newer > ckpt["epoch"]:
+            raise UsageError(f"--resume {cfg.resume}: {latest} holds a later epoch ({newer} > {ckpt['epoch']}) that "
+                             f"resuming would overwrite; resume from {latest}, or copy {cfg.resume} into a new folder")
+    for name in RESUME_MAY_CHANGE:
+        if getattr(cfg, name) != getattr(defaults, name):
+            setattr(saved, name, getattr(cfg, name))
+    saved.resume, saved.out_dir = cfg.resume, str(folder)
+    if ckpt["epoch"] >= saved.total_epochs:
+        raise UsageError(f"--resume {cfg.resume}: the run has already trained all {saved.total_epochs} epochs; pass "
+                         f"--epochs N with N > {ckpt['epoch']} to train it longer")
     return saved, ckpt
 
 
@@ -318,12 +415,15 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
     validation loader."""
     rank, world, device = _init_distributed()
     _seed_everything(cfg.seed, cfg.deterministic)
-    if cfg.out_dir is None:
+    chosen_out_dir = cfg.out_dir is None
+    if chosen_out_dir:
         cfg.out_dir = str(free_run_dir(Path("runs"), "train", world))
     out = Path(cfg.out_dir)
     if rank == 0 and not cfg.eval_only:
         check_out_dir(cfg, out)
     model = _build_model(cfg)
+    if not cfg.eval_only and device.type == "cpu":
+        check_memory(cfg, model)
     data = build_datasets(cfg.dataset, model.pretrained_cfg, data_dir=cfg.data_dir, classes=cfg.classes,
                           fake_size=cfg.fake_size, num_classes=cfg.num_classes)
     if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
@@ -332,6 +432,9 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
         model.reset_classifier(data.num_classes)
     if cfg.pretrained and not resuming:
         report = load_pretrained(model, cfg.pretrained)
+        if report["head_reset"] and cfg.eval_only:
+            raise UsageError(f"--eval-only {cfg.pretrained}: its classifier does not have the {data.num_classes} classes "
+                             f"of {data.description}, so the figures would be those of a freshly initialised head")
         if rank == 0 and report["head_reset"] and cfg.quiet < 2:
             print(f"note: {cfg.pretrained}: new {data.num_classes}-class head, freshly initialised")
     model.to(device)
@@ -340,7 +443,7 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
         model.to(memory_format=torch.channels_last)
     val_loader = DataLoader(validation_shard(data.val, rank, world), batch_size=max(cfg.batch_size, 128),
                             shuffle=False, num_workers=cfg.workers)
-    return _Session(cfg, rank, world, device, out, model, data, channels_last, val_loader)
+    return _Session(cfg, rank, world, device, out, model, data, channels_last, val_loader, chosen_out_dir)
 
 
 def _build_trainer(run: _Session) -> _Trainer:
@@ -374,6 +477,33 @@ def _build_trainer(run: _Session) -> _Trainer:
     return _Trainer(train_model, frozen, optimizer, scheduler, ema, sampler, loader, criterion)
 
 
+def _config_changes(old: Any, new: Any, path: str = "") -> list[str]:
+    """Key paths where two config dumps differ, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in _config_changes(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [c for i, (a, b) in enumerate(zip(old, new)) for c in _config_changes(a, b, f"{path}[{i}]")]
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def _check_same_model(model: ZooNet, ckpt: dict[str, Any], path: str) -> None:
+    """A resumed run must rebuild the network it saved: a config edited since gives one line
+    saying what changed, not a state-dict traceback."""
+    saved = ckpt.get("model_config")
+    changes = _config_changes(saved, model.cfg.model_dump(mode="json")) if isinstance(saved, dict) else []
+    if changes:
+        raise UsageError(f"--resume {path}: the model's config changed since the run was saved ({'; '.join(changes[:5])}"
+                         f"{' ...' if len(changes) > 5 else ''}); restore it, or start a new run")
+    problems = tensor_problems(ckpt["model"], model.state_dict()) if ckpt["model"].keys() == model.state_dict().keys() \
+        else [f"its weights are those of another network ({len(ckpt['model'])} tensors, the model has "
+              f"{len(model.state_dict())})"]
+    problems += [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(model.state_dict()[k].shape)} in the model"
+                 for k, v in ckpt["model"].items() if k in model.state_dict() and v.shape != model.state_dict()[k].shape]
+    if problems:
+        raise CheckpointError(f"--resume {path}: does not fit {model.cfg.name}: {'; '.join(problems[:5])}")
+
+
 def _restore(run: _Session, trainer: _Trainer, ckpt: dict[str, Any], result: TrainResult) -> int:
     """Load a checkpoint's model, optimizer, scheduler, EMA, history and RNG states; return the
     epoch to continue from."""
@@ -383,25 +513,61 @@ def _restore(run: _Session, trainer: _Trainer, ckpt: dict[str, Any], result: Tra
     if trainer.ema is not None:
         trainer.ema.load_state_dict(ckpt["ema"])
     result.history, result.best_top1 = list(ckpt["history"]), ckpt["best_top1"]
+    result.best_epoch = ckpt.get("best_epoch", max(result.history, key=lambda r: r["val_top1"])["epoch"]
+                                 if result.history else None)
     torch.set_rng_state(ckpt["rng"]["torch"])
     random.setstate(_to_random_state(ckpt["rng"]["python"]))
     return ckpt["epoch"]
 
 
+def _claim_run_folder(run: _Session) -> None:
+    """Take the run folder's lock (``acquire_run_lock``); a folder chosen by default that another
+    run claimed first gives way to the next free one."""
+    while True:
+        try:
+            run.lock = acquire_run_lock(run.out, note=run.say)
+            return
+        except RunFolderBusy:
+            if not run.chosen_out_dir or run.world > 1:
+                raise
+            run.out = free_run_dir(run.out.parent, "train", run.world)
+            run.cfg.out_dir = str(run.out)
+
+
 def _write_run_header(run: _Session) -> None:
-    """Rank 0 clears an ``overwrite``-n run (only now that every option has been checked, so a
-    failed start loses nothing), writes ``args.json`` and says what is about to run."""
+    """Rank 0 claims the folder, clears temporaries a killed write left there and the files of
+    an ``overwrite``-n run (only now that every option has been checked, so a failed start
+    loses nothing), writes ``args.json`` and says what is about to run."""
     if not run.lead:
         return
+    _claim_run_folder(run)
     cfg, out = run.cfg, run.out
+    for leftover in remove_leftover_temporaries(out, RUN_FILES):
+        run.say(f"note: removed {leftover.name}, left by a write that was killed")
     if cfg.overwrite:
         for f in RUN_FILES:
             (out / f).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "args.json") as tmp:
         Path(tmp).write_text(json.dumps({**asdict(cfg), "world_size": run.world, "dataset_info": run.data.description},
                                         indent=2))
     run.say(f"training {cfg.model} on {run.data.description}, {cfg.total_epochs} epochs, {run.world} process(es) -> {out}")
+
+
+def _last_good(run: _Session) -> str:
+    """Where a stopped run can continue from, in words."""
+    last = run.out / "last.pt"
+    return f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
+
+
+def _refuse_non_finite(run: _Session, row: dict[str, float], model: nn.Module) -> None:
+    """Stop (``RunError``) rather than checkpoint weights or a validation loss that are not
+    finite: resuming from them could only fail again."""
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad or not math.isfinite(row["val_loss"]):
+        what = f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} are not finite" if bad else \
+            f"the validation loss is {row['val_loss']}"
+        raise RunError(f"epoch {row['epoch']}: {what}; not saved, stopped; {_last_good(run)} "
+                       "(try a lower --lr or --clip-grad)")
 
 
 def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict[str, float], float, nn.Module]:
@@ -426,8 +592,8 @@ def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict
         with _autocast(device, cfg.amp):
             loss = trainer.criterion(trainer.train_model(x).float(), y)
         if not torch.isfinite(loss):
-            raise RunError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped, the last "
-                           f"good checkpoint is {run.out / 'last.pt'} (try a lower --lr or --clip-grad)")
+            raise RunError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped, "
+                           f"{_last_good(run)} (try a lower --lr or --clip-grad)")
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_grad:
@@ -461,10 +627,11 @@ def _save_epoch(run: _Session, trainer: _Trainer, result: TrainResult, epoch: in
     cfg = run.cfg
     payload = {
         "format": CHECKPOINT_FORMAT, "model_name": cfg.model, "config": asdict(cfg), "epoch": epoch + 1,
+        "model_config": run.model.cfg.model_dump(mode="json"),
         "model": run.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "ema": trainer.ema.state_dict() if trainer.ema is not None else None, "best_top1": result.best_top1,
-        "history": result.history, "val_top1": top1,
+        "best_epoch": result.best_epoch, "history": result.history, "val_top1": top1,
         "rng": {"torch": torch.get_rng_state(), "python": _from_random_state(random.getstate())},
     }
     if best_model is not None:
@@ -479,8 +646,9 @@ def _finish(run: _Session, result: TrainResult) -> TrainResult:
         result.val_loss, result.val_top1 = result.history[-1]["val_loss"], result.history[-1]["val_top1"]
     if run.lead and result.history:
         plot_curves(run.out, result.history)
-        run.say(f"best val_top1 {result.best_top1:.2f}%; wrote {run.out}/last.pt, best.pt, metrics.csv, args.json, "
-                "curves.png")
+        written = [f for f in RUN_FILES if (run.out / f).is_file()]
+        run.say(f"best val_top1 {result.best_top1:.2f}% (epoch {result.best_epoch}); {run.out} holds "
+                f"{', '.join(written)}")
     if dist.is_initialized():
         dist.barrier()
     return result

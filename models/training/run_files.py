@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import socket
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 
-from ..atomic import atomic_path
+from ..files import FileKindError, atomic_path, regular_file
 from ..errors import UsageError
 from ..weights import CheckpointError
 
-__all__ = ["CHECKPOINT_FORMAT", "RUN_FILES", "check_out_dir", "curves_figure", "free_run_dir", "load_checkpoint",
-           "plot_curves", "save_checkpoint", "write_metrics"]
+__all__ = ["CHECKPOINT_FORMAT", "LOCK_FILE", "RUN_FILES", "RUN_RESULTS", "RunFolderBusy", "acquire_run_lock",
+           "check_out_dir", "curves_figure", "folder_in_use", "free_run_dir", "load_checkpoint", "plot_curves",
+           "release_run_lock", "save_checkpoint", "write_metrics"]
 
 CHECKPOINT_FORMAT = "dszoo-train-1"
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "args.json", "curves.png")
+"""Every file a run writes (``--overwrite`` replaces them all)."""
+RUN_RESULTS = ("last.pt", "best.pt", "metrics.csv")
+"""The files that make a folder hold a run: what training produced."""
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -26,15 +33,38 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+_CHECKPOINT_FIELDS: dict[str, tuple[type, ...]] = {
+    "model_name": (str,), "config": (dict,), "epoch": (int,), "model": (dict,), "optimizer": (dict,),
+    "scheduler": (dict,), "ema": (dict, type(None)), "best_top1": (int, float), "history": (list,), "rng": (dict,),
+}
+"""What a training checkpoint holds, field by field (``format`` aside)."""
+
+
 def load_checkpoint(path: str) -> dict[str, Any]:
+    """Read a training checkpoint safely (``weights_only``) and check that it has every field,
+    of the right type; raise ``CheckpointError`` naming the file and the field otherwise."""
     try:
+        regular_file(path, "--resume")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"--resume {path}: no such file") from None
+    except FileKindError as exc:
+        raise UsageError(str(exc)) from None
     except Exception as exc:  # corrupt, truncated or unsafe files all end here
         raise CheckpointError(f"--resume {path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"--resume {path}: not a dszoo training checkpoint (use --pretrained for weights)")
+    problems = [f"{key} is missing" if key not in ckpt else
+                f"{key} is a {type(ckpt[key]).__name__}, not a {' or '.join(t.__name__ for t in types)}"
+                for key, types in _CHECKPOINT_FIELDS.items()
+                if key not in ckpt or not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool)]
+    rng = ckpt.get("rng")
+    if isinstance(rng, dict) and not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("python"), list)):
+        problems.append("rng must hold a torch state tensor and a python state list")
+    if not problems and not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        problems.append("model must map names to tensors")
+    if problems:
+        raise CheckpointError(f"--resume {path}: a damaged training checkpoint: {'; '.join(problems)}")
     return ckpt
 
 
@@ -99,27 +129,104 @@ def plot_curves(out: Path, history: list[dict[str, float]]) -> None:
     plt.close(fig)
 
 
+LOCK_FILE = ".dszoo-run.lock"
+"""Held by the one process that writes a run folder: its pid and host, one line."""
+
+
+class RunFolderBusy(UsageError):
+    """Another live process holds the run folder's lock."""
+
+
+def _lock_owner(lock: Path) -> Optional[tuple[int, str]]:
+    try:
+        pid, host = lock.read_text().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None  # vanished, or a lock being written this instant / damaged
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def folder_in_use(folder: Path) -> bool:
+    """Whether a live process on this host (or any process on another host) holds ``folder``'s lock."""
+    owner = _lock_owner(folder / LOCK_FILE)
+    return owner is not None and (owner[1] != socket.gethostname() or _alive(owner[0]))
+
+
+def acquire_run_lock(folder: Path, note: Callable[[str], None] = print) -> Path:
+    """Make this process the one that writes ``folder``: create its lock file atomically
+    (``O_CREAT | O_EXCL``) with our pid and host. A lock left by a process that is gone is
+    reported through ``note`` and taken over; one held by a live process (or by one on another
+    host, which cannot be checked) raises ``RunFolderBusy``. Returns the lock's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is None:
+                time.sleep(0.05)  # its owner is writing it now
+                owner = _lock_owner(lock)
+            if owner is not None and owner[1] != socket.gethostname():
+                raise RunFolderBusy(f"{folder} is locked by process {owner[0]} on host {owner[1]}; if that run has "
+                                    f"ended, delete {lock}") from None
+            if owner is not None and _alive(owner[0]):
+                raise RunFolderBusy(f"{folder} is in use by another training process (pid {owner[0]}); wait for it "
+                                    "to finish or choose another --out-dir") from None
+            note(f"note: {folder}: removed the lock of process {owner[0] if owner else '?'}, which is no longer "
+                 "running (a run that was killed)")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return lock
+    raise RunFolderBusy(f"{folder}: could not take its lock ({lock}); another process keeps creating it")
+
+
+def release_run_lock(lock: Path) -> None:
+    """Remove ``lock`` if this process still holds it."""
+    owner = _lock_owner(lock)
+    if owner is not None and owner[0] == os.getpid():
+        lock.unlink(missing_ok=True)
+
+
 def free_run_dir(root: Path, stem: str, world: int) -> Path:
-    """``root/stem``, else ``root/stem2``, ``stem3`` ...: the first without run files.
+    """``root/stem``, else ``root/stem2``, ``stem3`` ...: the first that holds no run and that no
+    live process has locked.
 
     With several processes every rank must pick the same folder, so rank 0 chooses.
     """
     choice = [""]
     if not dist.is_initialized() or dist.get_rank() == 0:
         n = 1
-        while any((root / f"{stem}{n if n > 1 else ''}" / f).exists() for f in RUN_FILES):
+        while True:
+            folder = root / f"{stem}{n if n > 1 else ''}"
+            if not any((folder / f).exists() for f in RUN_RESULTS) and not folder_in_use(folder):
+                break
             n += 1
-        choice[0] = str(root / f"{stem}{n if n > 1 else ''}")
+        choice[0] = str(folder)
     if world > 1 and dist.is_initialized():
         dist.broadcast_object_list(choice, src=0)
     return Path(choice[0])
 
 
 def check_out_dir(cfg: Any, out: Path) -> None:
+    """Refuse, before anything is written, an ``--out-dir`` that is not a folder or that holds
+    another run (its checkpoints or metrics) unless resuming or overwriting it. A folder that
+    holds only the ``args.json`` of a run that stopped before its first epoch holds no run."""
     for folder in (out, *out.parents):
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"--out-dir {out}: {folder} is a file, not a folder")
-    existing = [f for f in RUN_FILES if (out / f).exists()]
+    existing = [f for f in RUN_RESULTS if (out / f).exists()]
     if existing and not cfg.resume and not cfg.overwrite:
         raise UsageError(f"{out} holds another run ({', '.join(existing)}); pass --resume {out / 'last.pt'} "
                          "or --overwrite, or choose another --out-dir")

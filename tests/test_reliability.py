@@ -1,0 +1,370 @@
+"""A training run never loses or misreports work, special files never hang, every bad input
+gets one clear answer. Each test stands for a class of failure (docs/reliability.md)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from conftest import run_in_process, small_input_size
+from models import CheckpointError, ConfigError, create_model, list_models, load_pretrained, optimize_for_inference
+from models.deployment.export import randomise_batchnorm_statistics
+from models.errors import RunError, UsageError
+from models.files import atomic_path
+from models.training import TrainConfig, train
+from models.training import loop
+from models.training.data import _image_folder
+from models.training.run_files import LOCK_FILE, RunFolderBusy, acquire_run_lock, load_checkpoint, release_run_lock
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = dict(model="mobilenet_v1_025", img_size=16, warmup_epochs=0, quiet=2, max_batches=2)
+
+
+def _epoch(path: Path) -> int:
+    return torch.load(path, weights_only=True)["epoch"]
+
+
+# --- data loss and misreported runs ------------------------------------------------------------
+
+def test_a_resumed_overwrite_run_keeps_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--overwrite is what one command asked for: a resume must not read it back and delete the
+    run's own checkpoints (a kill in that first resumed epoch would lose them all)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"an earlier run the user chose to replace")
+    train(TrainConfig(**QUICK, epochs=1, overwrite=True, out_dir=str(out)))
+    assert _epoch(out / "last.pt") == 1
+
+    def killed(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_train_one_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(resume=str(out / "last.pt"), epochs=3, quiet=2))
+    assert _epoch(out / "last.pt") == 1 and (out / "best.pt").exists() and (out / "metrics.csv").exists()
+
+
+def test_resuming_an_older_checkpoint_never_replaces_a_newer_one(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(TrainConfig(**QUICK, epochs=2, out_dir=str(out)))
+    older = torch.load(out / "last.pt", weights_only=True)
+    older.update(epoch=1, history=older["history"][:1])
+    torch.save(older, out / "best.pt")
+    with pytest.raises(UsageError, match=r"--resume .*best.pt: .*last.pt holds a later epoch \(2 > 1\) that resuming "
+                                         r"would overwrite"):
+        train(TrainConfig(resume=str(out / "best.pt"), epochs=3, quiet=2))
+    with pytest.raises(UsageError, match=r"has already trained all 2 epochs; pass --epochs N with N > 2"):
+        train(TrainConfig(resume=str(out / "last.pt"), quiet=2))
+    assert _epoch(out / "last.pt") == 2
+    assert train(TrainConfig(resume=str(out / "last.pt"), epochs=3, quiet=2)).history[-1]["epoch"] == 3
+
+
+@pytest.mark.parametrize("given, named", [
+    (dict(lr=0.5), "--lr 0.5 (the run's: 0.01)"),
+    (dict(model="ds_cnn_s"), "--model 'ds_cnn_s' (the run's: 'mobilenet_v1_025')"),
+    (dict(num_classes=5), "--num-classes 5 (the run's: None)"),
+    (dict(out_dir="elsewhere"), "--out-dir 'elsewhere'"),
+])
+def test_resume_refuses_options_that_contradict_the_run(tmp_path: Path, given: dict, named: str) -> None:
+    out = tmp_path / "run"
+    train(TrainConfig(**QUICK, epochs=1, out_dir=str(out)))
+    with pytest.raises(UsageError, match="--resume continues a run with its own options") as err:
+        train(TrainConfig(resume=str(out / "last.pt"), epochs=2, quiet=2, **given))
+    assert named in str(err.value) and "may change only --epochs, --quiet, --workers, --allow-large" in str(err.value)
+    assert _epoch(out / "last.pt") == 1
+
+
+def test_a_run_folder_has_one_owner(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    lock = acquire_run_lock(folder)
+    assert lock.read_text().split()[0] == str(os.getpid())
+    with pytest.raises(RunFolderBusy, match="is in use by another training process"):
+        acquire_run_lock(folder)
+    with pytest.raises(RunFolderBusy):
+        train(TrainConfig(**QUICK, epochs=1, out_dir=str(folder)))
+    release_run_lock(lock)
+    assert not lock.exists()
+
+
+def test_a_second_train_process_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), "--img-size", "16", "--epochs", "40",
+                              "-qq", "--out-dir", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while not (out / LOCK_FILE).exists() and time.time() < deadline:
+            time.sleep(0.05)
+        res = run_in_process("train", ["--img-size", "16", "--epochs", "1", "--out-dir", str(out)])
+        assert res.returncode == 2
+        assert res.stderr == f"error: {out} is in use by another training process (pid {first.pid}); wait for it to " \
+                             "finish or choose another --out-dir (see --help)\n" or "in use by another" in res.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_stale_lock_is_reported_and_taken_over(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / LOCK_FILE).write_text(f"{gone.pid} {os.uname().nodename}\n")
+    (folder / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # a write that was killed
+    train(TrainConfig(**{**QUICK, "quiet": 1}, epochs=1, out_dir=str(folder)))
+    said = capsys.readouterr().out
+    assert f"removed the lock of process {gone.pid}, which is no longer running" in said
+    assert "removed .last.pt.abc123.tmp, left by a write that was killed" in said
+    assert not (folder / LOCK_FILE).exists() and not list(folder.glob("*.tmp"))
+
+
+def test_the_default_folder_skips_one_another_run_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    busy = tmp_path / "runs" / "train"
+    busy.mkdir(parents=True)
+    (busy / LOCK_FILE).write_text(f"{os.getppid()} {os.uname().nodename}\n")  # a live process
+    assert train(TrainConfig(**QUICK, epochs=1)).out_dir == Path("runs/train2")
+    assert sorted(p.name for p in busy.iterdir()) == [LOCK_FILE]
+
+
+def test_a_diverged_run_never_checkpoints_non_finite_weights(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match=r"(loss became nan|not finite|validation loss is nan).*(no checkpoint was "
+                                       r"written|the last good checkpoint is)"):
+        train(TrainConfig(**QUICK, epochs=3, lr=1e30, clip_grad=0, opt="sgd", out_dir=str(tmp_path)))
+    for name in ("last.pt", "best.pt"):
+        if (tmp_path / name).exists():
+            state = torch.load(tmp_path / name, weights_only=True)["model"]
+            assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_non_finite_weights_after_an_epoch_are_not_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = loop._train_one_epoch
+
+    def poisoned(run: Any, trainer: Any, epoch: int) -> Any:
+        row, top1, model = real(run, trainer, epoch)
+        if epoch == 1:
+            with torch.no_grad():
+                model.classifier.weight.fill_(float("inf"))
+        return row, top1, model
+
+    monkeypatch.setattr(loop, "_train_one_epoch", poisoned)
+    with pytest.raises(RunError, match=r"epoch 2: weights classifier.weight are not finite; not saved, stopped; the "
+                                       r"last good checkpoint is .*last.pt"):
+        train(TrainConfig(**QUICK, epochs=3, out_dir=str(tmp_path)))
+    assert _epoch(tmp_path / "last.pt") == 1
+
+
+def test_best_is_written_even_at_zero_accuracy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: (2.3, 0.0))
+    result = train(TrainConfig(**{**QUICK, "quiet": 1}, epochs=2, out_dir=str(tmp_path)))
+    assert (result.best_top1, result.best_epoch) == (0.0, 1)
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1
+    assert f"best val_top1 0.00% (epoch 1); {tmp_path} holds last.pt, best.pt, metrics.csv, args.json, curves.png" \
+        in capsys.readouterr().out
+
+
+def test_eval_only_refuses_a_head_for_other_classes(tmp_path: Path) -> None:
+    train(TrainConfig(**QUICK, epochs=1, classes=[0, 1, 2], out_dir=str(tmp_path / "three")))
+    with pytest.raises(UsageError, match=r"--eval-only .*last.pt: its classifier does not have the 10 classes of "
+                                         r"digits .* freshly initialised head"):
+        train(TrainConfig(**{**QUICK, "max_batches": None}, eval_only=True, pretrained=str(tmp_path / "three" / "last.pt")))
+
+
+def _image_folder_data(root: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            (root / split / label).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (12, 12), colour).save(root / split / label / f"{i}.png")
+
+
+def test_a_bad_image_is_named_and_the_rerun_is_not_refused(tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "run"
+    _image_folder_data(data)
+    (data / "train" / "red" / "empty.png").write_bytes(b"")
+    argv = ["--dataset", "imagefolder", "--data-dir", str(data), "--img-size", "16", "--epochs", "1", "-qq",
+            "--out-dir", str(out)]
+    res = run_in_process("train", argv)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert res.stderr.startswith(f"error: {data / 'train' / 'red' / 'empty.png'}: not a readable image")
+    (data / "train" / "red" / "empty.png").unlink()
+    assert run_in_process("train", argv).returncode == 0
+
+
+def test_an_image_folder_with_a_symlink_loop_reads_each_image_once(tmp_path: Path) -> None:
+    _image_folder_data(tmp_path)
+    train_dir = tmp_path / "train"
+    (train_dir / "red" / "loop").symlink_to(train_dir)  # back up the tree
+    (train_dir / "red" / "alias.png").symlink_to(train_dir / "blue" / "0.png")
+    samples = _image_folder(train_dir, None).samples
+    assert sorted((Path(p).relative_to(train_dir).as_posix(), c) for p, c in samples) == sorted(
+        [(f"blue/{i}.png", 0) for i in range(3)] + [(f"red/{i}.png", 1) for i in range(3)])
+
+
+# --- special files never hang ------------------------------------------------------------------
+
+def _within(seconds: float, fn: Callable[[], Any]) -> BaseException:
+    """Run ``fn`` in a daemon thread; it must end (with an error) within ``seconds``."""
+    caught: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            caught.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: it hangs"
+    assert caught, "no error"
+    return caught[0]
+
+
+def test_a_fifo_or_device_never_hangs(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    assert "is a FIFO (named pipe), not a regular file" in str(_within(10, lambda: create_model(str(fifo))))
+    assert "is a character device, not a regular file" in str(_within(10, lambda: create_model("/dev/zero")))
+    err = _within(10, lambda: load_pretrained(create_model("ds_cnn_s"), fifo))
+    assert isinstance(err, CheckpointError) and "is a FIFO" in str(err)
+    err = _within(10, lambda: load_checkpoint(str(fifo)))
+    assert isinstance(err, UsageError) and "is a FIFO" in str(err)
+    data = tmp_path / "data"
+    _image_folder_data(data)
+    os.mkfifo(data / "train" / "red" / "pipe.png")
+    err = _within(20, lambda: train(TrainConfig(**QUICK, dataset="imagefolder", data_dir=str(data), epochs=1,
+                                                out_dir=str(tmp_path / "run"))))
+    assert isinstance(err, UsageError) and "pipe.png: not a readable image" in str(err) and "FIFO" in str(err)
+
+
+def test_a_tiny_config_for_a_huge_network_is_refused_at_once(tmp_path: Path) -> None:
+    lines = ["family: bomb", "input_size: [3, 32, 32]", "stem: [{type: conv, out: 8, kernel: 3}]", "stages:",
+             "  - &b {type: ds, out: 8, repeat: 1000}"] + ["  - *b"] * 300
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"stages\[0\]: the network would have 301,001 blocks in all, above the limit"):
+        create_model(str(path))
+    assert time.perf_counter() - start < 2  # nothing was walked, let alone built
+
+
+# --- one clear line for every bad input --------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epoch", None, "epoch is missing"),
+    ("epoch", "3", "epoch is a str, not a int"),
+    ("history", {}, "history is a dict, not a list"),
+    ("rng", {"torch": 1}, "rng must hold a torch state tensor"),
+])
+def test_damaged_checkpoints_name_the_field(tmp_path: Path, field: str, value: Any, message: str) -> None:
+    train(TrainConfig(**QUICK, epochs=1, out_dir=str(tmp_path)))
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    if value is None:
+        del ckpt[field]
+    else:
+        ckpt[field] = value
+    torch.save(ckpt, tmp_path / "damaged.pt")
+    res = run_in_process("train", ["--resume", str(tmp_path / "damaged.pt")])
+    assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_a_resume_after_the_config_was_edited_says_what_changed(tmp_path: Path) -> None:
+    config = tmp_path / "net.yaml"
+    text = ("family: net\ninput_size: [1, 16, 16]\nstem: [{type: conv, out: 8, kernel: 3, stride: 2}]\n"
+            "stages: [{type: ds, out: 16, stride: 2}]\n")
+    config.write_text(text)
+    train(TrainConfig(model=str(config), epochs=1, quiet=2, max_batches=1, out_dir=str(tmp_path / "run")))
+    config.write_text(text.replace("out: 16", "out: 24"))
+    with pytest.raises(UsageError, match=r"the model's config changed since the run was saved \(stages\[0\]\.out: 16 "
+                                         r"-> 24\)"):
+        train(TrainConfig(resume=str(tmp_path / "run" / "last.pt"), epochs=2, quiet=2))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out-dir", ""], "error: --out-dir: must not be empty"),
+    (["--resume", ""], "error: --resume: must not be empty"),
+    (["--model", " "], "error: --model: must not be empty"),
+    (["--epochs", "99999999999"], "error: argument --epochs: must be at most 2,147,483,647"),
+    (["--batch-size", "1000000", "--img-size", "224"], "error: --batch-size 1000000 at 1x224x224 needs about"),
+    (["--opt", "fusedadam"], "error: --opt fusedadam: timm lists it, but it cannot run here"),
+    (["--opt", "adamw_"], "error: --opt adamw_: not a timm optimizer"),
+])
+def test_bad_option_values_are_one_line(tmp_path: Path, argv: list[str], message: str) -> None:
+    res = run_in_process("train", argv, cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.startswith(message) and res.stderr.count("\n") == 1, res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_plot_path_and_long_file_names(tmp_path: Path) -> None:
+    res = run_in_process("summarize", ["--model", "ds_cnn_s", "--plot", ""])
+    assert res.returncode == 2 and res.stderr.startswith("error: --plot: must not be empty")
+    longest = tmp_path / ("w" * 240 + ".safetensors")  # 252 characters: its temporary twin must fit too
+    with atomic_path(longest) as tmp:
+        Path(tmp).write_bytes(b"x")
+    assert longest.read_bytes() == b"x"
+    too_long = tmp_path / ("w" * 300 + ".safetensors")
+    res = run_in_process("convert_weights", [str(longest), str(too_long), "--model", "ds_cnn_s"])
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("make_bad, message", [
+    (lambda t: torch.full_like(t, float("nan")), "holds NaN or infinite values"),
+    (lambda t: t.long(), "is int64, the model holds float32"),
+    (lambda t: t > 0, "is bool, the model holds float32"),
+    (lambda t: t.to(torch.complex64), "is complex64, the model holds float32"),
+    (lambda t: t.to("meta"), "is a meta tensor, which holds no values"),
+    (lambda t: t.to_sparse(), "is a sparse_coo tensor, not a dense one"),
+], ids=["nan", "int", "bool", "complex", "meta", "sparse"])
+def test_weights_of_the_wrong_kind_are_refused_with_the_key(tmp_path: Path, make_bad: Callable, message: str) -> None:
+    state = create_model("ds_cnn_s").state_dict()
+    state["classifier.weight"] = make_bad(state["classifier.weight"])
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.warns(UserWarning) if "sparse" in message else _nothing():
+        with pytest.raises(CheckpointError, match=f"classifier.weight {message}"):
+            load_pretrained(create_model("ds_cnn_s"), tmp_path / "w.pt")
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_inputs_of_another_precision_are_refused_clearly(name: str) -> None:
+    model = create_model(name)
+    size = small_input_size(model.cfg)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        with pytest.raises(TypeError, match=f"expected a float32 input, the dtype of the model's weights, got "
+                                            f"{str(dtype).removeprefix('torch.')}; convert the input"):
+            model(torch.randn(1, *size, dtype=dtype))
+    assert model.double()(torch.randn(1, *size, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("backend", ["onednn_graph", "inductor", "torchscript", "eager"])
+def test_every_backend_keeps_input_checks_and_nan(backend: str) -> None:
+    model = randomise_batchnorm_statistics(create_model("mobilenet_v1_025", input_size=32))
+    fast = optimize_for_inference(model, torch.randn(2, 3, 32, 32), backends=(backend,), memory_format="contiguous")
+    assert fast.backend == backend
+    with pytest.raises(ValueError, match=r"expected 3 input channels \(in_chans=3\), got 1"):
+        fast(torch.randn(2, 1, 32, 32))
+    with pytest.raises(TypeError, match="expected a float32 input"):
+        fast(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    x = torch.randn(2, 3, 32, 32)
+    x[0, 1, 5, 5] = float("nan")
+    with torch.no_grad():
+        eager, out = model(x), fast(x)
+    assert eager[0].isnan().all() and out[0].isnan().all()  # as eager: NaN in, NaN out
+    assert torch.allclose(out[1], eager[1], rtol=1e-3, atol=1e-5)
