@@ -4,14 +4,15 @@ The model library sits at this package's top: ``config`` (schema, loader), ``pla
 counts from a config alone, the size guard), ``builder`` (``ZooNet``), ``registry``
 (``create_model``), ``weights`` (checkpoints, timm's keys) and ``profile`` (params, MACs, bytes
 per layer). Around it, one subpackage per job, each importing the library and nothing beside
-it: ``training``, ``deployment`` (optimize, export), ``measurement`` (summary, profiler,
-benchmark), and ``commands``, the command-line fronts over all of them.
+it: ``audio`` (the MFCC front end, speech data, spotting), ``training``, ``deployment``
+(optimize, export), ``measurement`` (summary, profiler, benchmark), and ``commands``, the command-line fronts over all of them.
 """
 from .builder import BLOCK_BUILDERS, ZooFeatures, ZooNet, build_model
 from .plan import ModelPlan, ModelTooLargeError, make_divisible, min_input_size, plan_model
 from .config import ConfigError, ModelConfig, config_json_schema
 from .profile import count_macs, count_params, layer_macs
 from .registry import UnknownModelError, create_model, get_model_config, list_models, register_model
+from .audio import MFCC
 from .deployment import OptimizedModel, export_model, fold_batchnorm, optimize_for_inference, tune_glibc_malloc
 from .measurement import ModelSummary, summarize
 from .weights import CheckpointError, export_to_timm, load_pretrained, read_state_dict, save_state_dict
@@ -19,6 +20,7 @@ from .weights import CheckpointError, export_to_timm, load_pretrained, read_stat
 __all__ = [
     "BLOCK_BUILDERS",
     "CheckpointError",
+    "MFCC",
     "ConfigError",
     "ModelConfig",
     "ModelPlan",

@@ -22,7 +22,7 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 
 
 def test_readme_has_its_python_examples() -> None:
-    assert len(PYTHON_BLOCKS) == 4
+    assert len(PYTHON_BLOCKS) == 5
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))

@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "export": "TorchScript, ONNX or .pt2 files, verified against eager",
     "convert-weights": "timm checkpoints to dszoo safetensors",
     "benchmark": "timings against timm, the optimized path and the machine's ceiling",
+    "make-speech-data": "a Speech Commands stand-in synthesised offline with eSpeak NG",
+    "spot": "keywords in WAV files with a trained keyword model",
 }
 """Every command, by its console name (``dszoo-<name>``), with what it does."""
 

@@ -31,7 +31,9 @@ def build_parser() -> ArgumentParser:
     a("--pretrained", help="our checkpoint or a timm state dict (.pth/.safetensors)")
     a("--freeze", default=d.freeze, help="none | backbone | stages:K (stem + first K stages)")
     a("--dataset", default=d.dataset, choices=DATASETS)
-    a("--data-dir", help="for imagefolder (train/ and val/ inside) and cifar10 (local files)")
+    a("--speech-task", default=d.speech_task, choices=("12", "all"),
+      help="speech_commands: 12 (silence, unknown, ten keywords) or all (every word a class)")
+    a("--data-dir", help="for imagefolder (train/ and val/ inside), cifar10 (local files) and speech_commands")
     a("--classes", type=_class_list, help="digits only: e.g. 0,1,2,3,4")
     a("--fake-size", type=positive_int, default=d.fake_size, help="images in --dataset fake")
     a("--epochs", type=positive_int, help="default 15 (on --resume: the saved run's)")

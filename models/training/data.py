@@ -19,17 +19,20 @@ from ..files import regular_file
 
 __all__ = ["DATASETS", "DataSplits", "build_datasets"]
 
-DATASETS = ("digits", "imagefolder", "cifar10", "fake")
+DATASETS = ("digits", "imagefolder", "cifar10", "fake", "speech_commands")
 
 
 @dataclass
 class DataSplits:
-    """Train and validation sets and their class count."""
+    """Train and validation sets and their class count; a held-out test set and the class names
+    where the dataset has them (speech commands)."""
 
     train: Dataset
     val: Dataset
     num_classes: int
     description: str
+    test: Optional[Dataset] = None
+    class_names: Optional[list[str]] = None
 
 
 def _digits(input_size: Sequence[int], classes: Optional[Sequence[int]], mean: Sequence[float], std: Sequence[float]) -> DataSplits:
@@ -146,6 +149,7 @@ def build_datasets(
     classes: Optional[Sequence[int]] = None,
     fake_size: int = 64,
     num_classes: Optional[int] = None,
+    speech_task: str = "12",
 ) -> DataSplits:
     """Train/val datasets for ``name`` shaped for a model with this ``pretrained_cfg``.
 
@@ -154,6 +158,18 @@ def build_datasets(
     input_size = pretrained_cfg["input_size"]
     if name == "digits":
         return _digits(input_size, classes, pretrained_cfg["mean"], pretrained_cfg["std"])
+    if name == "speech_commands":
+        if not data_dir:
+            raise UsageError("--dataset speech_commands needs --data-dir DIR (the real dataset, or one made by "
+                             "dszoo-make-speech-data)")
+        if tuple(input_size) != (1, 49, 10):
+            raise UsageError(f"--dataset speech_commands gives 1x49x10 MFCC features; this model takes "
+                             f"{'x'.join(map(str, input_size))} (use a ds_cnn model)")
+        from ..audio.speech_commands import build_speech_commands
+
+        speech = build_speech_commands(data_dir, task=speech_task)
+        return DataSplits(speech.train, speech.val, len(speech.classes), speech.description, speech.test,
+                          speech.classes)
     if classes:
         raise UsageError("--classes is only supported for --dataset digits")
     train_tf = _transforms(pretrained_cfg, input_size[0], True)

@@ -6,6 +6,7 @@ scheduler, EMA, epoch, RNG states, best metric, history).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from .run_files import (
     check_out_dir,
     free_run_dir,
     load_checkpoint,
+    plot_confusion,
     plot_curves,
     release_run_lock,
     save_checkpoint,
@@ -59,6 +61,7 @@ class TrainConfig:
     freeze: str = "none"
     dataset: str = "digits"
     data_dir: Optional[str] = None
+    speech_task: str = "12"
     classes: Optional[list[int]] = None
     fake_size: int = 64
     epochs: Optional[int] = None
@@ -101,6 +104,7 @@ class TrainResult:
     out_dir: Optional[Path] = None
     val_loss: float = float("nan")
     val_top1: float = float("nan")
+    test_top1: Optional[float] = None  # of best.pt, on the held-out test split where the data has one
 
 
 def check_arguments(cfg: TrainConfig) -> None:
@@ -425,7 +429,7 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
     if not cfg.eval_only and device.type == "cpu":
         check_memory(cfg, model)
     data = build_datasets(cfg.dataset, model.pretrained_cfg, data_dir=cfg.data_dir, classes=cfg.classes,
-                          fake_size=cfg.fake_size, num_classes=cfg.num_classes)
+                          fake_size=cfg.fake_size, num_classes=cfg.num_classes, speech_task=cfg.speech_task)
     if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
         raise UsageError(f"--num-classes {cfg.num_classes} disagrees with {data.description}: it has {data.num_classes} classes")
     if model.num_classes != data.num_classes:
@@ -627,7 +631,7 @@ def _save_epoch(run: _Session, trainer: _Trainer, result: TrainResult, epoch: in
     cfg = run.cfg
     payload = {
         "format": CHECKPOINT_FORMAT, "model_name": cfg.model, "config": asdict(cfg), "epoch": epoch + 1,
-        "model_config": run.model.cfg.model_dump(mode="json"),
+        "model_config": run.model.cfg.model_dump(mode="json"), "class_names": run.data.class_names,
         "model": run.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "ema": trainer.ema.state_dict() if trainer.ema is not None else None, "best_top1": result.best_top1,
@@ -646,12 +650,36 @@ def _finish(run: _Session, result: TrainResult) -> TrainResult:
         result.val_loss, result.val_top1 = result.history[-1]["val_loss"], result.history[-1]["val_top1"]
     if run.lead and result.history:
         plot_curves(run.out, result.history)
+        if run.data.test is not None and (run.out / "best.pt").is_file():
+            _test_best(run, result)
         written = [f for f in RUN_FILES if (run.out / f).is_file()]
         run.say(f"best val_top1 {result.best_top1:.2f}% (epoch {result.best_epoch}); {run.out} holds "
                 f"{', '.join(written)}")
     if dist.is_initialized():
         dist.barrier()
     return result
+
+
+@torch.no_grad()
+def _test_best(run: _Session, result: TrainResult) -> None:
+    """Top-1 of ``best.pt`` on the held-out test split, and its confusion matrix
+    (``confusion.png`` beside ``curves.png``)."""
+    model = copy.deepcopy(run.model)
+    model.load_state_dict(torch.load(run.out / "best.pt", map_location=run.device, weights_only=True)["model"])
+    model.eval()
+    loader = DataLoader(run.data.test, batch_size=256, shuffle=False)
+    n = run.data.num_classes
+    confusion = torch.zeros(n, n, dtype=torch.long)
+    for x, y in loader:
+        predicted = model(x.to(run.device)).argmax(1).cpu()
+        confusion += torch.bincount(y * n + predicted, minlength=n * n).view(n, n)
+    total = int(confusion.sum())
+    result.test_top1 = 100.0 * float(confusion.diag().sum()) / max(total, 1)
+    names = run.data.class_names or [str(i) for i in range(n)]
+    plot_confusion(run.out, confusion, names, f"{run.cfg.model}, best.pt (epoch {result.best_epoch}) on {total} "
+                                              f"held-out test clips: top-1 {result.test_top1:.2f}%")
+    run.say(f"test top-1 of best.pt {result.test_top1:.2f}% on {total} held-out clips; confusion matrix in "
+            f"{run.out / 'confusion.png'}")
 
 
 def _from_random_state(state: tuple) -> list:

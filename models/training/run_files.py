@@ -18,11 +18,11 @@ from ..errors import UsageError
 from ..weights import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "LOCK_FILE", "RUN_FILES", "RUN_RESULTS", "RunFolderBusy", "acquire_run_lock",
-           "check_out_dir", "curves_figure", "folder_in_use", "free_run_dir", "load_checkpoint", "plot_curves",
-           "release_run_lock", "save_checkpoint", "write_metrics"]
+           "check_out_dir", "confusion_figure", "curves_figure", "folder_in_use", "free_run_dir", "load_checkpoint",
+           "plot_confusion", "plot_curves", "release_run_lock", "save_checkpoint", "write_metrics"]
 
 CHECKPOINT_FORMAT = "dszoo-train-1"
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "args.json", "curves.png")
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "args.json", "curves.png", "confusion.png")
 """Every file a run writes (``--overwrite`` replaces them all)."""
 RUN_RESULTS = ("last.pt", "best.pt", "metrics.csv")
 """The files that make a folder hold a run: what training produced."""
@@ -40,20 +40,21 @@ _CHECKPOINT_FIELDS: dict[str, tuple[type, ...]] = {
 """What a training checkpoint holds, field by field (``format`` aside)."""
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
+def load_checkpoint(path: str, what: str = "--resume") -> dict[str, Any]:
     """Read a training checkpoint safely (``weights_only``) and check that it has every field,
-    of the right type; raise ``CheckpointError`` naming the file and the field otherwise."""
+    of the right type; raise ``CheckpointError`` naming ``what`` (the option that gave it), the
+    file and the field otherwise."""
     try:
-        regular_file(path, "--resume")
+        regular_file(path, what)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UsageError(f"--resume {path}: no such file") from None
+        raise UsageError(f"{what} {path}: no such file") from None
     except FileKindError as exc:
         raise UsageError(str(exc)) from None
     except Exception as exc:  # corrupt, truncated or unsafe files all end here
-        raise CheckpointError(f"--resume {path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]})") from None
+        raise CheckpointError(f"{what} {path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"--resume {path}: not a dszoo training checkpoint (use --pretrained for weights)")
+        raise CheckpointError(f"{what} {path}: not a dszoo training checkpoint (use --pretrained for weights)")
     problems = [f"{key} is missing" if key not in ckpt else
                 f"{key} is a {type(ckpt[key]).__name__}, not a {' or '.join(t.__name__ for t in types)}"
                 for key, types in _CHECKPOINT_FIELDS.items()
@@ -64,7 +65,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if not problems and not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
         problems.append("model must map names to tensors")
     if problems:
-        raise CheckpointError(f"--resume {path}: a damaged training checkpoint: {'; '.join(problems)}")
+        raise CheckpointError(f"{what} {path}: a damaged training checkpoint: {'; '.join(problems)}")
     return ckpt
 
 
@@ -197,6 +198,46 @@ def release_run_lock(lock: Path) -> None:
     owner = _lock_owner(lock)
     if owner is not None and owner[0] == os.getpid():
         lock.unlink(missing_ok=True)
+
+
+def confusion_figure(confusion: torch.Tensor, names: list[str], title: str) -> Any:
+    """A confusion matrix (rows: true class, columns: predicted) as a matplotlib figure, each
+    cell with its count, coloured by the share of its row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    share = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * n + 2), max(4.5, 0.45 * n + 1.5)))
+    image = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    for i in range(n):
+        for j in range(n):
+            if confusion[i, j]:
+                ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, label="share of the true class's clips")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(out: Path, confusion: torch.Tensor, names: list[str], title: str) -> None:
+    """``confusion_figure`` written atomically to ``out/confusion.png``."""
+    try:
+        import matplotlib.pyplot as plt
+
+        fig = confusion_figure(confusion, names, title)
+    except ImportError:
+        return
+    with atomic_path(out / "confusion.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
 
 
 def free_run_dir(root: Path, stem: str, world: int) -> Path:

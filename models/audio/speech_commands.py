@@ -1,0 +1,256 @@
+"""Google Speech Commands (Warden 2018) in its folder layout, for keyword spotting with the DS-CNN.
+
+``ROOT/<word>/<speaker>_nohash_<n>.wav`` (16 kHz mono), ``ROOT/_background_noise_/*.wav``, and,
+when present, ``validation_list.txt`` / ``testing_list.txt``; otherwise the dataset's own hash
+rule puts every recording of a speaker in one split. Two tasks: ``12`` (silence, unknown and the
+ten keywords, silence and unknown each 10% of every split, as in Hello Edge and MLPerf Tiny)
+and ``all`` (every word its own class). Training clips are augmented as the references do
+(background noise with probability 0.8 at a volume from U(0, 0.1), clipped to [-1, 1], and a
+time shift of up to 100 ms); validation and test clips are not, and their features are
+computed once.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from ..errors import UsageError
+from ..files import regular_file
+from .mfcc import MFCC
+
+__all__ = ["BACKGROUND_NOISE", "KEYWORDS", "SILENCE", "SpeechCommands", "UNKNOWN", "build_speech_commands",
+           "read_wav", "which_set"]
+
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+SILENCE, UNKNOWN = "_silence_", "_unknown_"
+BACKGROUND_NOISE = "_background_noise_"
+SAMPLE_RATE = 16000
+_MAX_PER_CLASS = 2**27 - 1  # the dataset's constant: a file's split never changes as files are added
+
+PathLike = Union[str, Path]
+
+
+def which_set(filename: str, validation_percentage: float = 10.0, testing_percentage: float = 10.0) -> str:
+    """``"validation"``, ``"testing"`` or ``"training"`` for a file, by the Speech Commands rule:
+    SHA-1 of the name without ``_nohash_...`` (so one speaker's recordings share a split),
+    ``(int % 2^27) * 100 / (2^27 - 1)`` below 10 validation, below 20 testing."""
+    speaker = re.sub(r"_nohash_.*$", "", os.path.basename(filename))
+    digest = int(hashlib.sha1(speaker.encode()).hexdigest(), 16)
+    percentage = (digest % (_MAX_PER_CLASS + 1)) * (100.0 / _MAX_PER_CLASS)
+    if percentage < validation_percentage:
+        return "validation"
+    if percentage < validation_percentage + testing_percentage:
+        return "testing"
+    return "training"
+
+
+def read_wav(path: PathLike) -> tuple[np.ndarray, int]:
+    """``(samples, rate)`` of a WAV file as float32 in [-1, 1], channels mixed down (SciPy's
+    reader: PCM of 8 to 32 bits and float). A file that is not audio is a ``UsageError``."""
+    from scipy.io import wavfile
+
+    try:
+        rate, data = wavfile.read(regular_file(path, "audio file"))
+    except (ValueError, OSError, EOFError) as exc:
+        raise UsageError(f"{path}: not a readable WAV file ({' '.join(str(exc).split())[:120]})") from None
+    if data.dtype.kind in "iu":
+        info = np.iinfo(data.dtype)
+        wave = (data.astype(np.float32) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+    else:
+        wave = data.astype(np.float32)
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1)
+    return wave, int(rate)
+
+
+def _clip(wave: np.ndarray) -> np.ndarray:
+    """Exactly one second: cut, or zero-padded at the end."""
+    out = np.zeros(SAMPLE_RATE, np.float32)
+    out[: min(len(wave), SAMPLE_RATE)] = wave[:SAMPLE_RATE]
+    return out
+
+
+@dataclass
+class _Items:
+    files: list[Optional[str]]  # None: a silence clip
+    labels: list[int]
+
+
+def _split_lists(root: Path) -> Optional[dict[str, set[str]]]:
+    lists = {split: root / f"{split}_list.txt" for split in ("validation", "testing")}
+    if not all(p.is_file() for p in lists.values()):
+        return None
+    return {split: {line.strip() for line in regular_file(p, "split list").read_text().splitlines() if line.strip()}
+            for split, p in lists.items()}
+
+
+def _index(root: Path, task: str, seed: int) -> tuple[list[str], dict[str, _Items]]:
+    """Class names and, per split, the files and labels of ``task``."""
+    if not root.is_dir():
+        raise UsageError(f"--data-dir {root}: no such directory")
+    words = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name != BACKGROUND_NOISE and not d.name.startswith("."))
+    if not words:
+        raise UsageError(f"--data-dir {root}: no word folders (expected <word>/<speaker>_nohash_<n>.wav inside)")
+    lists = _split_lists(root)
+    by_split: dict[str, list[tuple[str, str]]] = {"training": [], "validation": [], "testing": []}
+    for word in words:
+        for wav in sorted((root / word).glob("*.wav")):
+            rel = f"{word}/{wav.name}"
+            split = which_set(wav.name) if lists is None else next(
+                (s for s, names in lists.items() if rel in names), "training")
+            by_split[split].append((str(wav), word))
+    if task == "all":
+        classes = words
+    elif task == "12":
+        missing = [w for w in KEYWORDS if w not in words]
+        if missing:
+            raise UsageError(f"--data-dir {root}: the 12-class task needs the keyword folders {', '.join(missing)}")
+        classes = [SILENCE, UNKNOWN, *KEYWORDS]
+    else:
+        raise UsageError(f"unknown speech task {task!r}; allowed: 12, all")
+    index = {c: i for i, c in enumerate(classes)}
+    rng = np.random.default_rng(seed)
+    out: dict[str, _Items] = {}
+    for split, entries in by_split.items():
+        if task == "all":
+            out[split] = _Items([f for f, _ in entries], [index[w] for _, w in entries])
+            continue
+        known = [(f, index[w]) for f, w in entries if w in KEYWORDS]
+        others = [f for f, w in entries if w not in KEYWORDS]
+        extra = math.ceil(len(known) / 8)  # silence and unknown each 10% of the split
+        unknown = [others[i] for i in sorted(rng.choice(len(others), min(extra, len(others)), replace=False))] \
+            if others else []
+        files = [f for f, _ in known] + unknown + [None] * extra
+        labels = [label for _, label in known] + [index[UNKNOWN]] * len(unknown) + [index[SILENCE]] * extra
+        out[split] = _Items(files, labels)
+    return classes, out
+
+
+def _background(root: Path) -> list[np.ndarray]:
+    folder = root / BACKGROUND_NOISE
+    noises = []
+    for wav in sorted(folder.glob("*.wav")) if folder.is_dir() else []:
+        wave, rate = read_wav(wav)
+        if rate != SAMPLE_RATE:
+            from .synth import resample
+
+            wave = resample(wave, rate, SAMPLE_RATE)
+        if len(wave) >= SAMPLE_RATE:
+            noises.append(wave)
+    return noises
+
+
+class SpeechCommands(Dataset):
+    """Training clips of one split as MFCC features ``(1, 49, 10)`` with their labels, each
+    clip augmented afresh on every access (noise with probability ``noise_probability`` at a
+    volume from U(0, ``noise_volume``), a shift of up to ``shift_ms``), as the references train."""
+
+    def __init__(self, waves: torch.Tensor, labels: Sequence[int], silence: Sequence[bool], noises: list[np.ndarray],
+                 mfcc: MFCC, seed: int = 0, noise_probability: float = 0.8, noise_volume: float = 0.1,
+                 shift_ms: float = 100.0) -> None:
+        self.waves, self.labels, self.silence = waves, torch.tensor(list(labels)), list(silence)
+        self.noises = [torch.from_numpy(n) for n in noises]
+        self.mfcc = mfcc
+        self.noise_probability, self.noise_volume = noise_probability, noise_volume
+        self.shift = int(SAMPLE_RATE * shift_ms / 1000)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _noise(self) -> torch.Tensor:
+        noise = self.noises[int(torch.randint(len(self.noises), (), generator=self.generator))]
+        start = int(torch.randint(len(noise) - SAMPLE_RATE + 1, (), generator=self.generator))
+        return noise[start:start + SAMPLE_RATE]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        wave = self.waves[i].float()
+        shift = int(torch.randint(-self.shift, self.shift + 1, (), generator=self.generator))
+        wave = torch.roll(wave, shift)
+        if shift > 0:
+            wave[:shift] = 0
+        elif shift < 0:
+            wave[shift:] = 0
+        if self.noises:
+            if self.silence[i]:  # silence is background noise at any volume, as the references make it
+                wave = wave + float(torch.rand((), generator=self.generator)) * self._noise()
+            elif float(torch.rand((), generator=self.generator)) < self.noise_probability:
+                wave = wave + float(torch.rand((), generator=self.generator)) * self.noise_volume * self._noise()
+        wave = torch.clamp(wave, -1.0, 1.0)
+        with torch.no_grad():
+            return self.mfcc(wave)[0], self.labels[i]
+
+
+def _load_waves(files: list[Optional[str]]) -> torch.Tensor:
+    from .synth import resample
+
+    waves = np.zeros((len(files), SAMPLE_RATE), np.float32)
+    for k, f in enumerate(files):
+        if f is not None:
+            wave, rate = read_wav(f)
+            waves[k] = _clip(resample(wave, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else wave)
+    return torch.from_numpy(waves)
+
+
+def _fill_silence(waves: torch.Tensor, silence: Sequence[bool], noises: list[np.ndarray], seed: int) -> None:
+    """Silence clips of an evaluation split, in place: a background-noise crop at a volume from
+    U(0, 1), as the references make them in every split, drawn from ``seed`` so that the split
+    is the same on every run (all zeros where the folder has no background noise)."""
+    if not noises:
+        return
+    rng = np.random.default_rng(seed)
+    for k in np.flatnonzero(silence):
+        noise = noises[int(rng.integers(len(noises)))]
+        start = int(rng.integers(len(noise) - SAMPLE_RATE + 1))
+        waves[k] = torch.from_numpy(noise[start:start + SAMPLE_RATE] * np.float32(rng.uniform(0, 1)))
+
+
+@torch.no_grad()
+def _features(mfcc: MFCC, waves: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    return torch.cat([mfcc(waves[i:i + batch]) for i in range(0, len(waves), batch)]) if len(waves) else \
+        torch.zeros(0, 1, mfcc.frames, mfcc.dct.shape[1])
+
+
+@dataclass
+class SpeechSplits:
+    """Training set (augmented), validation and test sets (features computed once), class names."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    classes: list[str]
+    description: str
+
+
+def build_speech_commands(root: PathLike, task: str = "12", preset: str = "mlperf_tiny", seed: int = 0) -> SpeechSplits:
+    """The splits of a Speech Commands folder (the real dataset or ``dszoo-make-speech-data``'s)."""
+    root = Path(root)
+    classes, items = _index(root, task, seed)
+    empty = [s for s in ("training", "validation", "testing") if not items[s].files]
+    if empty:
+        raise UsageError(f"--data-dir {root}: no recordings fall in the {' and '.join(empty)} split(s); "
+                         "it needs more speakers")
+    noises = _background(root)
+    mfcc = MFCC(preset)
+    train_items = items["training"]
+    train = SpeechCommands(_load_waves(train_items.files), train_items.labels,
+                           [f is None for f in train_items.files], noises, mfcc, seed)
+
+    def fixed(split: str, split_seed: int) -> TensorDataset:
+        waves = _load_waves(items[split].files)
+        _fill_silence(waves, [f is None for f in items[split].files], noises, split_seed)
+        return TensorDataset(_features(mfcc, waves), torch.tensor(items[split].labels))
+
+    val, test = fixed("validation", seed + 1), fixed("testing", seed + 2)
+    description = (f"speech commands {root} ({task}-class task, {len(train)} train / {len(val)} val / {len(test)} "
+                   f"test clips, {len(classes)} classes)")
+    return SpeechSplits(train, val, test, classes, description)

@@ -1,0 +1,108 @@
+"""Speech synthesised offline with eSpeak NG, through ``ctypes``: the ``espeakng-loader`` wheel
+ships ``libespeak-ng.so`` and its voice data, so ``pip`` alone brings a speech synthesiser (the
+maintained Python wrappers either shell out to an ``espeak`` binary or need a system library).
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["Speaker", "SpeechSynthesizer", "resample"]
+
+_SYNCHRONOUS = 2  # espeak_AUDIO_OUTPUT: AUDIO_OUTPUT_SYNCHRONOUS
+_RATE, _PITCH, _RANGE = 1, 3, 4  # espeak_PARAMETER
+_POS_CHARACTER = 1
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """One synthetic speaker: an eSpeak voice (language or accent, ``+variant``), a speaking
+    rate in words per minute, and a pitch and pitch range (0-100)."""
+
+    voice: str
+    rate: int
+    pitch: int
+    pitch_range: int = 50
+
+    @property
+    def name(self) -> str:
+        return f"{self.voice}_r{self.rate}_p{self.pitch}_g{self.pitch_range}"
+
+
+def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """``wave`` (float, any shape with time last) from ``rate_in`` to ``rate_out`` Hz with SciPy's
+    polyphase filter (SciPy comes with scikit-learn)."""
+    if rate_in == rate_out:
+        return wave.astype(np.float32)
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(rate_in, rate_out)
+    return resample_poly(wave, rate_out // g, rate_in // g, axis=-1).astype(np.float32)
+
+
+class SpeechSynthesizer:
+    """eSpeak NG in this process (one at a time: the library keeps global state).
+
+    ``say(text, speaker)`` returns float32 samples in [-1, 1] at ``rate`` (16 kHz by default;
+    eSpeak speaks at 22,050 Hz and the wave is resampled).
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, rate: int = 16000) -> None:
+        try:
+            import espeakng_loader
+        except ImportError:
+            raise ImportError("speech synthesis needs eSpeak NG: pip install 'dszoo[speech]'") from None
+        self.rate = rate
+        self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self._lib.espeak_Initialize.restype = ctypes.c_int
+        self._native_rate = self._lib.espeak_Initialize(_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
+        if self._native_rate <= 0:
+            raise RuntimeError(f"eSpeak NG did not start (espeak_Initialize returned {self._native_rate})")
+        self._chunks: list[np.ndarray] = []
+        self._callback = _CALLBACK(self._collect)  # kept referenced: the library calls it later
+        self._lib.espeak_SetSynthCallback(self._callback)
+
+    def _collect(self, wav: Any, count: int, events: Any) -> int:
+        if count > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+        return 0
+
+    def voices_available(self, names: list[str]) -> list[str]:
+        """Those of ``names`` that eSpeak accepts."""
+        return [n for n in names if self._lib.espeak_SetVoiceByName(n.encode()) == 0]
+
+    def say(self, text: str, speaker: Speaker) -> np.ndarray:
+        """The waveform of ``speaker`` saying ``text``."""
+        with self._lock:
+            if self._lib.espeak_SetVoiceByName(speaker.voice.encode()) != 0:
+                raise ValueError(f"eSpeak NG has no voice {speaker.voice!r}")
+            for parameter, value in ((_RATE, speaker.rate), (_PITCH, speaker.pitch), (_RANGE, speaker.pitch_range)):
+                self._lib.espeak_SetParameter(parameter, int(value), 0)
+            self._chunks = []
+            data = text.encode()
+            status = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, 0, None, None)
+            self._lib.espeak_Synchronize()
+            if status != 0 or not self._chunks:
+                raise RuntimeError(f"eSpeak NG could not say {text!r} with {speaker.name} (status {status})")
+            wave = np.concatenate(self._chunks).astype(np.float32) / 32768.0
+        return resample(wave, self._native_rate, self.rate)
+
+
+_SYNTH: Optional[SpeechSynthesizer] = None
+
+
+def synthesizer(rate: int = 16000) -> SpeechSynthesizer:
+    """The process's one ``SpeechSynthesizer`` (eSpeak is initialised once)."""
+    global _SYNTH
+    if _SYNTH is None or _SYNTH.rate != rate:
+        _SYNTH = SpeechSynthesizer(rate)
+    return _SYNTH

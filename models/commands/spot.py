@@ -1,0 +1,56 @@
+"""``dszoo-spot``: keywords in WAV files, with a model trained by ``dszoo-train --dataset speech_commands``.
+
+    dszoo-spot runs/kws/best.pt clip.wav                 # top-3 keywords of a one-second clip
+    dszoo-spot runs/kws/best.pt recordings/              # every .wav in a folder
+    dszoo-spot runs/kws/best.pt long.wav --threshold 0.8  # a long recording: each keyword with its time
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .cli import ArgumentParser, UsageError, fraction, positive_int, run_cli
+
+__all__ = ["cli", "main"]
+
+LONG_SECONDS = 1.5
+"""Recordings longer than this are scanned with a sliding window; shorter ones are one clip."""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..audio.spot import load_audio, load_spotter
+
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a dszoo-train checkpoint of a speech_commands run")
+    p.add_argument("inputs", nargs="+", help="WAV files, or folders of them")
+    p.add_argument("--top-k", type=positive_int, default=3)
+    p.add_argument("--threshold", type=fraction, default=0.7, help="smoothed probability that counts as heard")
+    args = p.parse_args(argv)
+    files: list[Path] = []
+    for item in map(Path, args.inputs):
+        if item.is_dir():
+            found = sorted(item.glob("*.wav"))
+            if not found:
+                raise UsageError(f"{item}: no .wav files in this folder")
+            files += found
+        else:
+            files.append(item)
+    spotter = load_spotter(args.checkpoint)
+    for path in files:
+        wave, notes = load_audio(path)
+        note = f" (note: {'; '.join(notes)})" if notes else ""
+        seconds = len(wave) / 16000
+        if seconds <= LONG_SECONDS:
+            ranked = ", ".join(f"{word} {prob:.2f}" for word, prob in spotter.top_k(wave, args.top_k))
+            print(f"{path}: {ranked}{note}")
+            continue
+        found = spotter.scan(wave, threshold=args.threshold)
+        heard = "; ".join(f"{d.seconds:.1f} s {d.keyword} {d.probability:.2f}" for d in found) or "no keyword heard"
+        print(f"{path} ({seconds:.1f} s): {heard}{note}")
+    return 0
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point: user errors as one ``error:`` line and exit code 2."""
+    return run_cli(main, argv)

@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""``dszoo-spot`` without installing the commands: ``python scripts/spot.py --help``.
+
+The command lives in ``models/commands/spot.py``; this file only runs it.
+"""
+import sys
+
+from models.commands.spot import cli, main  # noqa: F401  (main: for tests that call it in-process)
+
+if __name__ == "__main__":
+    sys.exit(cli())
