@@ -13,12 +13,14 @@ from .config import ConfigError, ModelConfig, config_json_schema
 from .profile import count_macs, count_params, layer_macs
 from .registry import UnknownModelError, create_model, get_model_config, list_models, register_model
 from .audio import MFCC
-from .deployment import OptimizedModel, export_model, fold_batchnorm, optimize_for_inference, tune_glibc_malloc
+from .deployment import (CalibrationError, OptimizedModel, export_model, fold_batchnorm, optimize_for_inference, quantize,
+                         tune_glibc_malloc)
 from .measurement import ModelSummary, summarize
 from .weights import CheckpointError, export_to_timm, load_pretrained, read_state_dict, save_state_dict
 
 __all__ = [
     "BLOCK_BUILDERS",
+    "CalibrationError",
     "CheckpointError",
     "MFCC",
     "ConfigError",
@@ -48,6 +50,7 @@ __all__ = [
     "min_input_size",
     "optimize_for_inference",
     "plan_model",
+    "quantize",
     "register_model",
     "summarize",
     "tune_glibc_malloc",

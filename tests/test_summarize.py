@@ -102,3 +102,13 @@ def test_errors_exit_2_with_one_line(args: list[str], message: str) -> None:
     assert res.returncode == 2
     assert res.stderr.startswith(message)
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+def test_weight_bytes_per_precision() -> None:
+    """ds_cnn_s by hand: int8 weights 1 byte each (stem 64x1x10x4 = 2,560; four blocks of a 3x3
+    depthwise 64 x 9 and a pointwise 64 x 64 = 18,688; classifier 64 x 12 = 768) plus an fp32
+    scale and bias per output channel (64 + 4 x 128 + 12 = 588 channels, 8 bytes each)."""
+    s = summarize("ds_cnn_s")
+    assert s.size_bytes == {"fp32": 4 * 23_180, "bf16": 2 * 23_180, "int8": 2_560 + 18_688 + 768 + 8 * 588}
+    res = run("--model", "ds_cnn_s")
+    assert "int8 weights (bytes)                26,720" in res.stdout

@@ -49,7 +49,7 @@ def render(s: ModelSummary, fmt: str) -> str:
         ("MACs (conv + linear, one image)", s.macs),
         ("torchinfo mult-adds", s.torchinfo_mult_adds),
         ("output shape", _shape(s.output_shape)),
-        ("fp32 size (MiB)", f"{s.size_mb:.2f}"),
+        *((f"{precision} weights (bytes)", size) for precision, size in s.size_bytes.items()),
     ], md))
     if s.standard is not None:
         std = s.standard

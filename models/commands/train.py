@@ -59,6 +59,10 @@ def build_parser() -> ArgumentParser:
     a("--resume", help="OUT/last.pt: continue that run")
     a("--overwrite", action="store_true", help="replace the run files in --out-dir")
     a("--eval-only", action="store_true", help="evaluate --pretrained on the validation set")
+    a("--precision", default=d.precision, choices=("fp32", "bf16", "int8"),
+      help="with --eval-only: also evaluate the model in this precision (int8: calibrated on training images)")
+    a("--calibration-images", type=positive_int, default=d.calibration_images,
+      help="training examples int8 calibrates on (default %(default)s)")
     a("--max-batches", type=positive_int, help="train on at most this many batches per epoch (smoke tests)")
     a("-q", "--quiet", action="count", default=0, help="-q: no progress bars; -qq: no epoch lines or notes either "
       "(errors are always printed)")

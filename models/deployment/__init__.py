@@ -1,16 +1,21 @@
-"""Deployment: compiling a model for inference (``optimize``) and exporting it to TorchScript,
-ONNX or ``.pt2`` files (``export``), each checked against the eager model."""
+"""Deployment: compiling a model for inference (``optimize``), in int8 or bf16 (``quantize``), and
+exporting it to TorchScript, ONNX or ``.pt2`` files (``export``), each checked against the eager model."""
 from .export import EXPORT_FORMATS, EXPORT_SUFFIXES, ExportError, export_model
-from .optimize import BACKENDS, OptimizedModel, fold_batchnorm, optimize_for_inference, tune_glibc_malloc
+from .optimize import BACKENDS, PRECISIONS, OptimizedModel, fold_batchnorm, optimize_for_inference, tune_glibc_malloc
+from .quantize import CalibrationError, bf16_supported, quantize
 
 __all__ = [
     "BACKENDS",
+    "CalibrationError",
     "EXPORT_FORMATS",
     "EXPORT_SUFFIXES",
     "ExportError",
     "OptimizedModel",
+    "PRECISIONS",
     "export_model",
+    "bf16_supported",
     "fold_batchnorm",
     "optimize_for_inference",
+    "quantize",
     "tune_glibc_malloc",
 ]

@@ -17,7 +17,7 @@ import platform
 import statistics
 import time
 import warnings
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from blocks import ConvNormAct, SeparableConv2d
 
 from ..profile import timed
 
-__all__ = ["BACKENDS", "OptimizedModel", "fold_batchnorm", "onednn_graph_fusion", "optimize_for_inference",
+__all__ = ["BACKENDS", "PRECISIONS", "OptimizedModel", "fold_batchnorm", "onednn_graph_fusion", "optimize_for_inference",
            "relative_difference", "glibc_malloc_is_tuned", "tune_glibc_malloc"]
 
 # onednn_graph first: 1.01-1.03x (xception, batch 8) to 2.2-2.4x (small models, batch 1) faster
@@ -110,16 +110,22 @@ class OptimizedModel(nn.Module):
         channels_last: whether inputs are converted to channels-last.
         malloc_tuned: whether ``tune_glibc_malloc`` is in effect for this process.
         compile_seconds: time to build and first-run the compiled path.
-        max_relative_difference: measured against the original model on fresh inputs.
-        failures: backend -> why it was not used.
+        max_relative_difference: measured against the original model on fresh inputs (int8:
+            on the first calibration batch).
+        failures: backend (or precision) -> why it was not used.
+        precision: "fp32", "bf16" or "int8".
+        agreement: int8 only, the cosine similarity of its outputs with fp32's on calibration data.
     """
 
     def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], backend: str, channels_last: bool,
                  compile_seconds: float, max_relative_difference: float, failures: dict[str, str],
-                 malloc_tuned: bool = False, input_check: Optional[Callable[[torch.Tensor], None]] = None) -> None:
+                 malloc_tuned: bool = False, input_check: Optional[Callable[[torch.Tensor], None]] = None,
+                 precision: str = "fp32") -> None:
         super().__init__()
         self.runner = runner
         self.input_check = input_check
+        self.precision = precision
+        self.agreement: Optional[float] = None
         self.backend = backend
         self.channels_last = channels_last
         self.malloc_tuned = malloc_tuned
@@ -207,11 +213,16 @@ def _build(backend: str, model: nn.Module, example: torch.Tensor) -> Callable[[t
     return lambda x: model(x)
 
 
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
 @torch.no_grad()
 def optimize_for_inference(
     model: nn.Module,
     example_input: torch.Tensor,
     *,
+    precision: str = "fp32",
+    calibration: Any = None,
     backends: Sequence[str] = BACKENDS,
     tolerance: float = 1e-4,
     memory_format: Optional[str] = None,
@@ -221,11 +232,37 @@ def optimize_for_inference(
 
     Args:
         example_input: a batch of the shape you will run (compiled graphs specialise on it).
-        backends: tried in order; the first that compiles and matches wins ("eager" never fails).
+        precision: "fp32" (the default and the 1e-4 contract), "bf16" (where the CPU runs it
+            natively; its measured difference is reported, not held to ``tolerance``) or "int8"
+            (static quantization, ``models.deployment.quantize``; needs ``calibration``). An
+            int8 model that cannot be made, or whose outputs do not agree with fp32, falls back
+            to fp32 with the reason in ``failures["int8"]``.
+        calibration: for int8, input batches or ``(input, target)`` pairs of the shape of
+            ``example_input``.
+        backends: fp32 only: tried in order; the first that compiles and matches wins ("eager"
+            never fails).
         memory_format: "channels_last" or "contiguous"; by default the faster one, measured.
         tune_malloc: call ``tune_glibc_malloc`` (process-wide) so that activations reuse freed
             memory instead of page-faulting fresh memory on every call.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+    if precision != "fp32":
+        from .quantize import CalibrationError, optimize_bf16, quantize
+
+        if precision == "bf16":
+            return optimize_bf16(model, example_input, tune_malloc=tune_malloc)
+        try:
+            return quantize(model, calibration, tune_malloc=tune_malloc)
+        except (CalibrationError, ImportError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - an op the quantizer or export cannot take: fp32 instead
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            warnings.warn(f"int8 quantization failed, using fp32 instead ({reason})", stacklevel=2)
+            fallback = optimize_for_inference(model, example_input, backends=backends, tolerance=tolerance,
+                                              memory_format=memory_format, tune_malloc=tune_malloc)
+            fallback.failures["int8"] = reason
+            return fallback
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     original = model.eval()
     folded = fold_batchnorm(copy.deepcopy(original).eval())

@@ -85,6 +85,10 @@ class ModelSummary:
     torchinfo_mult_adds: int
     output_shape: tuple[int, ...]
     size_mb: float
+    size_bytes: dict[str, int]
+    """Bytes of the weights per precision: fp32, bf16, and int8 as ``quantize`` stores them (each
+    conv and linear weight in int8 with an fp32 scale per output channel, BatchNorm folded into an
+    fp32 bias per output channel)."""
     layers: list[LayerRow]
     stages: list[StageRow]
     table: str = field(repr=False, default="")
@@ -175,6 +179,16 @@ def _compare(model: ZooNet, layers: list[LayerRow], std_layers: list[LayerRow], 
     return StandardComparison(count_params(std_model), sum(r.macs for r in std_layers), rows)
 
 
+def weight_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes of ``model``'s weights in fp32, bf16 and int8 (see ``ModelSummary.size_bytes``)."""
+    params = count_params(model)
+    quantized = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    int8 = sum(m.weight.numel() + 2 * 4 * m.weight.shape[0] for m in quantized)
+    rest = params - sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in quantized)
+    rest -= sum(p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+    return {"fp32": 4 * params, "bf16": 2 * params, "int8": int8 + 4 * max(rest, 0)}
+
+
 def summarize(
     model_or_name: Union[str, ZooNet],
     input_size: Optional[Sequence[int]] = None,
@@ -220,6 +234,7 @@ def summarize(
         torchinfo_mult_adds=mult_adds,
         output_shape=out_shape,
         size_mb=params * 4 / 2**20,
+        size_bytes=weight_bytes(model),
         layers=layers,
         stages=_stage_rows(model, layers, part_shapes),
         table=table,

@@ -62,6 +62,8 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: Optional[str] = None
     speech_task: str = "12"
+    precision: str = "fp32"  # with eval_only: also evaluate the model in bf16 or int8
+    calibration_images: int = 256
     classes: Optional[list[int]] = None
     fake_size: int = 64
     epochs: Optional[int] = None
@@ -117,6 +119,8 @@ def check_arguments(cfg: TrainConfig) -> None:
         (cfg.classes and cfg.dataset != "digits", f"--classes is for --dataset digits, not {cfg.dataset}"),
         (cfg.data_dir and cfg.dataset in ("digits", "fake"), f"--dataset {cfg.dataset} reads no --data-dir"),
         (cfg.max_batches is not None and cfg.eval_only, "--max-batches limits training; --eval-only does none"),
+        (cfg.precision != "fp32" and not cfg.eval_only, f"--precision {cfg.precision} evaluates a model: it needs "
+                                                        "--eval-only --pretrained PATH"),
     ]
     for bad, message in pairs:
         if bad:
@@ -341,6 +345,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         val_loss, top1 = evaluate(run.model, run.val_loader, run.device, amp=cfg.amp, channels_last=run.channels_last)
         if run.lead:
             print(f"{cfg.pretrained}: val_loss {val_loss:.4f}  val_top1 {top1:.2f}%  ({run.data.description})")
+        if cfg.precision != "fp32":
+            return _evaluate_low_precision(run, val_loss, top1)
         return TrainResult(val_loss=val_loss, val_top1=top1)
     trainer = _build_trainer(run)
     result = TrainResult(out_dir=run.out)
@@ -372,6 +378,52 @@ _PER_INVOCATION = ("resume", "overwrite", "eval_only", "out_dir")
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+@torch.no_grad()
+def _evaluate_low_precision(run: _Session, fp32_loss: float, fp32_top1: float) -> TrainResult:
+    """``eval_only`` at ``precision``: the model made bf16 or int8 (calibrated on the first
+    ``calibration_images`` training examples, augmentation included as the loader gives them)
+    and evaluated on the same validation split, beside fp32, with the share of examples whose
+    predicted class is the same."""
+    from ..deployment import optimize_for_inference
+
+    cfg = run.cfg
+    eval_batch = 64  # one compiled shape for calibration and evaluation (the last batch is padded)
+    train_loader = DataLoader(run.data.train, batch_size=min(eval_batch, cfg.calibration_images), shuffle=False)
+    calibration, seen = [], 0
+    for x, _ in train_loader:
+        calibration.append(x[: cfg.calibration_images - seen])
+        seen += len(calibration[-1])
+        if seen >= cfg.calibration_images:
+            break
+    model = run.model.to(memory_format=torch.contiguous_format).eval()
+    val = [(x, y) for x, y in DataLoader(run.data.val, batch_size=eval_batch, shuffle=False)]
+    batch = len(val[0][0])
+    fast = optimize_for_inference(model, val[0][0], precision=cfg.precision, calibration=calibration)
+    correct = agree = total = 0
+    loss_sum = 0.0
+    for x, y in val:
+        low = fast(x) if len(x) == batch else _run_padded(fast, x, batch)
+        loss_sum += F.cross_entropy(low.float(), y, reduction="sum").item()
+        correct += (low.argmax(1) == y).sum().item()
+        agree += (low.argmax(1) == model(x).argmax(1)).sum().item()
+        total += len(y)
+    top1 = 100.0 * correct / max(total, 1)
+    if run.lead:
+        used = fast.precision
+        print(f"{cfg.pretrained}: {used} val_loss {loss_sum / max(total, 1):.4f}  val_top1 {top1:.2f}%  "
+              f"({top1 - fp32_top1:+.2f} points vs fp32; same prediction as fp32 on {100.0 * agree / max(total, 1):.2f}%"
+              f" of {total}; calibrated on {seen} training examples)"
+              + (f"; note: {fast.failures.get(cfg.precision)}" if used != cfg.precision else ""))
+    return TrainResult(val_loss=loss_sum / max(total, 1), val_top1=top1)
+
+
+def _run_padded(fast: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """A compiled model specialised on ``batch`` rows run on a last, shorter batch: zero rows
+    pad it, and their outputs are dropped."""
+    pad = torch.zeros(batch - len(x), *x.shape[1:], dtype=x.dtype)
+    return fast(torch.cat([x, pad]))[: len(x)]
 
 
 def _options_of_resumed_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dict[str, Any]]]:
