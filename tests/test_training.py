@@ -165,7 +165,7 @@ def test_channels_last_is_on_by_default_on_cpu(tmp_path: Path, flags: list[str],
     cfg = TrainConfig(**vars(build_parser().parse_args(flags)))
     assert cfg.channels_last == (None if not flags else expected)
     assert uses_channels_last(cfg, torch.device("cpu")) is expected
-    assert uses_channels_last(cfg, torch.device("cuda")) is (expected and bool(flags))  # off on GPU unless asked
+    assert uses_channels_last(cfg, torch.device("cuda")) is expected  # on for GPUs too unless refused
     train(dataclasses.replace(cfg, **QUICK, epochs=1, max_batches=1, out_dir=str(tmp_path)))
     weight = _final_state(tmp_path)["stages.0.0.pw.conv.weight"]  # [16, 8, 1, 1]: the layout shows in its strides
     assert (weight.stride() == torch.empty(weight.shape, memory_format=torch.channels_last).stride()) is expected

@@ -143,8 +143,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "timing, so it slows no timed run)")
     p.add_argument("--profile-top", type=positive_int, help="rows per --profile table (default 10)")
     p.add_argument("--overwrite", action="store_true", help="replace --json/--plot/--profile files that exist")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where to run (cuda: the GPU benchmark is not written yet; see docs/performance.md)")
     p.add_argument("--quick", action="store_true", help="small models, few repeats, no inductor (smoke test)")
     args = p.parse_args(argv)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available to this process")
+        raise UsageError("--device cuda: the GPU benchmark (CUDA events, bf16 ceiling, GPU roofline) is not written "
+                         "yet; run the CPU benchmark, or time the models yourself (docs/performance.md)")
     chosen = [f"--{k.replace('_', '-')}" for k in ("models", "batch_sizes", "repeats", "train_batch", "backends")
               if getattr(args, k) is not None]
     if args.quick and chosen:

@@ -27,8 +27,9 @@ from blocks import ConvNormAct, SeparableConv2d
 
 from ..profile import timed
 
-__all__ = ["BACKENDS", "PRECISIONS", "OptimizedModel", "fold_batchnorm", "onednn_graph_fusion", "optimize_for_inference",
-           "relative_difference", "glibc_malloc_is_tuned", "tune_glibc_malloc"]
+__all__ = ["BACKENDS", "CUDA_TF32_TOLERANCE", "PRECISIONS", "OptimizedModel", "cuda_tf32_enabled", "device_plan",
+           "fold_batchnorm", "glibc_malloc_is_tuned", "onednn_graph_fusion", "optimize_for_inference",
+           "relative_difference", "tune_glibc_malloc"]
 
 # onednn_graph first: 1.01-1.03x (xception, batch 8) to 2.2-2.4x (small models, batch 1) faster
 # than inductor on every row of the README's benchmark in two runs, and faster to compile.
@@ -115,6 +116,7 @@ class OptimizedModel(nn.Module):
         failures: backend (or precision) -> why it was not used.
         precision: "fp32", "bf16" or "int8".
         agreement: int8 only, the cosine similarity of its outputs with fp32's on calibration data.
+        tf32: whether the model ran on a GPU with TF32 allowed (and so under its tolerance).
     """
 
     def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], backend: str, channels_last: bool,
@@ -126,6 +128,7 @@ class OptimizedModel(nn.Module):
         self.input_check = input_check
         self.precision = precision
         self.agreement: Optional[float] = None
+        self.tf32 = False
         self.backend = backend
         self.channels_last = channels_last
         self.malloc_tuned = malloc_tuned
@@ -166,7 +169,31 @@ def onednn_graph_fusion() -> Iterator[None]:
         torch.jit.enable_onednn_fusion(previous)
 
 
-def _build(backend: str, model: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+CUDA_TF32_TOLERANCE = 2e-3
+"""The fp32 tolerance on a GPU that runs fp32 convolutions and matrix products in TF32 (cuDNN's
+default): compiled and eager kernels round differently there (3.7e-4 measured on an H100)."""
+
+
+def cuda_tf32_enabled() -> bool:
+    """Whether cuDNN convolutions or cuBLAS matrix products may use TF32 in this process."""
+    return bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+
+
+def device_plan(device_type: str, batch: int, backends: Sequence[str], tolerance: float, tf32: bool,
+                compile_mode: Optional[str]) -> tuple[tuple[str, ...], float, Optional[str]]:
+    """Backends, tolerance and torch.compile mode for a device: on a GPU the CPU-only backends
+    (oneDNN Graph, frozen TorchScript) step aside for inductor, TF32 loosens the fp32 tolerance
+    to ``CUDA_TF32_TOLERANCE``, and small batches, bound by kernel launches, default to CUDA
+    graphs (``mode="reduce-overhead"``)."""
+    if device_type != "cuda":
+        return tuple(backends), tolerance, compile_mode
+    chosen = tuple(b for b in backends if b in ("inductor", "eager")) or ("inductor",)
+    mode = compile_mode if compile_mode is not None else ("reduce-overhead" if batch <= 8 else None)
+    return chosen, max(tolerance, CUDA_TF32_TOLERANCE) if tf32 else tolerance, mode
+
+
+def _build(backend: str, model: nn.Module, example: torch.Tensor,
+           compile_mode: Optional[str] = None) -> Callable[[torch.Tensor], torch.Tensor]:
     if backend == "onednn_graph":
         # oneDNN Graph (LLGA) partitions the traced graph into groups of conv + bias + ReLU6
         # (+ residual add), fusing each 1x1 conv with the depthwise conv after it, and runs each
@@ -196,7 +223,7 @@ def _build(backend: str, model: nn.Module, example: torch.Tensor) -> Callable[[t
         # without room for more entries the ninth model compiled would silently run eagerly.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
-        compiled = torch.compile(model, backend="inductor", dynamic=False)
+        compiled = torch.compile(model, backend="inductor", dynamic=False, mode=compile_mode)
 
         def run_frozen(x: torch.Tensor) -> torch.Tensor:
             # Freezing constant-folds the weights into the graph. Inductor compiles on a call
@@ -227,6 +254,7 @@ def optimize_for_inference(
     tolerance: float = 1e-4,
     memory_format: Optional[str] = None,
     tune_malloc: bool = True,
+    compile_mode: Optional[str] = None,
 ) -> OptimizedModel:
     """A module giving ``model``'s outputs (max relative difference <= ``tolerance``), fast.
 
@@ -244,6 +272,11 @@ def optimize_for_inference(
         memory_format: "channels_last" or "contiguous"; by default the faster one, measured.
         tune_malloc: call ``tune_glibc_malloc`` (process-wide) so that activations reuse freed
             memory instead of page-faulting fresh memory on every call.
+        compile_mode: torch.compile's ``mode`` for the inductor backend ("max-autotune",
+            "reduce-overhead" for CUDA graphs); on a GPU small batches default to CUDA graphs.
+
+    On a GPU (``example_input`` on CUDA): inductor, channels-last by default, and with TF32 on
+    (cuDNN's default) the tolerance is ``CUDA_TF32_TOLERANCE``; ``result.tf32`` says which.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
@@ -263,6 +296,11 @@ def optimize_for_inference(
                                               memory_format=memory_format, tune_malloc=tune_malloc)
             fallback.failures["int8"] = reason
             return fallback
+    tf32 = example_input.is_cuda and cuda_tf32_enabled()
+    backends, tolerance, compile_mode = device_plan(example_input.device.type, len(example_input), backends, tolerance,
+                                                    tf32, compile_mode)
+    if memory_format is None and example_input.is_cuda:
+        memory_format = "channels_last"
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     original = model.eval()
     folded = fold_batchnorm(copy.deepcopy(original).eval())
@@ -289,7 +327,7 @@ def optimize_for_inference(
             raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
         t0 = time.perf_counter()
         try:
-            runner = _build(backend, folded, fmt(example_input))
+            runner = _build(backend, folded, fmt(example_input), compile_mode)
             runner(fmt(example_input))  # compile now, so compile time is measured here
             seconds = time.perf_counter() - t0
             diff = max(relative_difference(runner(fmt(x)), y) for x, y in zip(checks, expected))
@@ -297,7 +335,9 @@ def optimize_for_inference(
             failures[backend] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
             continue
         if diff <= tolerance:
-            return OptimizedModel(runner, backend, channels_last, seconds, diff, failures, malloc_tuned,
-                                  getattr(original, "check_input", None))
+            result = OptimizedModel(runner, backend, channels_last, seconds, diff, failures, malloc_tuned,
+                                    getattr(original, "check_input", None))
+            result.tf32 = tf32
+            return result
         failures[backend] = f"outputs differ by {diff:.2e} (relative), above {tolerance:g}"
     raise RuntimeError(f"no backend reproduced the model's outputs: {failures}")

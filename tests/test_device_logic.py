@@ -1,0 +1,89 @@
+"""The GPU paths' logic, tested where CI runs (a CPU): precision selection, the gradient scaler
+and its checkpointing, tolerances and compile modes per device, dynamic=False on every compile
+path, and the benchmark's device option."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import run_in_process
+from models import create_model, optimize_for_inference, quantize
+from models.deployment.export import randomise_batchnorm_statistics
+from models.deployment.optimize import CUDA_TF32_TOLERANCE, device_plan
+from models.training import TrainConfig, loop, train, uses_channels_last
+
+QUICK = dict(model="mobilenet_v1_025", img_size=16, warmup_epochs=0, quiet=2, max_batches=2)
+
+
+@pytest.mark.parametrize("device, bf16, expected", [("cpu", False, torch.bfloat16), ("cuda", True, torch.bfloat16),
+                                                    ("cuda", False, torch.float16)])
+def test_amp_picks_bf16_where_it_can(device: str, bf16: bool, expected: torch.dtype) -> None:
+    assert loop.amp_dtype(device, bf16) == expected
+
+
+def test_channels_last_is_the_default_on_cpu_and_gpu() -> None:
+    cfg = TrainConfig()
+    assert uses_channels_last(cfg, torch.device("cpu")) and uses_channels_last(cfg, torch.device("cuda"))
+    assert not uses_channels_last(TrainConfig(channels_last=False), torch.device("cuda"))
+
+
+def test_the_float16_scaler_is_checkpointed_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where --amp means float16 (a GPU without bf16) a GradScaler scales the loss; its state
+    goes into the checkpoint and comes back on resume. Exercised on the CPU's float16 autocast."""
+    monkeypatch.setattr(loop, "_amp_dtype", lambda device: torch.float16)
+    assert loop.grad_scaler(torch.device("cpu"), amp=True).is_enabled()
+    assert not loop.grad_scaler(torch.device("cpu"), amp=False).is_enabled()
+    train(TrainConfig(**QUICK, epochs=1, amp=True, out_dir=str(tmp_path)))
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)["scaler"]
+    assert saved["scale"] > 0 and "_growth_tracker" in saved
+    restored: dict[str, Any] = {}
+    real = loop._restore
+
+    def spy(run: Any, trainer: Any, ckpt: Any, result: Any) -> int:
+        epoch = real(run, trainer, ckpt, result)
+        restored.update(trainer.scaler.state_dict())
+        return epoch
+
+    monkeypatch.setattr(loop, "_restore", spy)
+    train(TrainConfig(resume=str(tmp_path / "last.pt"), epochs=2, quiet=2))
+    assert restored["scale"] == saved["scale"] and restored["_growth_tracker"] == saved["_growth_tracker"]
+
+
+def test_device_plan() -> None:
+    backends = ("onednn_graph", "inductor", "torchscript", "eager")
+    assert device_plan("cpu", 1, backends, 1e-4, False, None) == (backends, 1e-4, None)
+    assert device_plan("cuda", 1, backends, 1e-4, True, None) == (("inductor", "eager"), CUDA_TF32_TOLERANCE,
+                                                                   "reduce-overhead")
+    assert device_plan("cuda", 256, backends, 1e-4, False, None) == (("inductor", "eager"), 1e-4, None)
+    assert device_plan("cuda", 1, ("onednn_graph",), 1e-4, False, "max-autotune") == (("inductor",), 1e-4,
+                                                                                       "max-autotune")
+
+
+def test_every_compile_path_passes_dynamic_false(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All zoo models share ZooNet.forward: without dynamic=False dynamo recompiles the second
+    model it meets with dynamic shapes. torch.compile is recorded and returns the model as it is."""
+    calls: list[dict[str, Any]] = []
+
+    def recording_compile(model: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
+    x = torch.randn(2, 1, 49, 10)
+    optimize_for_inference(model, x, backends=("inductor",), memory_format="contiguous")
+    optimize_for_inference(model, x, backends=("inductor",), memory_format="contiguous", compile_mode="max-autotune")
+    quantize(model, [x])
+    train(TrainConfig(**QUICK, epochs=1, compile=True, out_dir=str(tmp_path)))
+    assert len(calls) == 4 and all(c.get("dynamic") is False for c in calls)
+    assert [c.get("mode") for c in calls[:2]] == [None, "max-autotune"]
+
+
+def test_benchmark_device_option_on_a_machine_without_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the message below is for machines without one")
+    res = run_in_process("benchmark", ["--device", "cuda"])
+    assert res.returncode == 2 and res.stderr.startswith("error: --device cuda: no CUDA device is available")
