@@ -163,3 +163,20 @@ def test_make_speech_data_refuses_a_folder_with_files(tmp_path: Path) -> None:
 def test_ds_cnn_takes_the_front_end_output() -> None:
     model = create_model("ds_cnn_s").eval()
     assert model(MFCC()(torch.randn(2, 16000))).shape == (2, 12)
+
+
+def test_split_lists_take_precedence_over_the_hash(speech_data: Path, tmp_path: Path) -> None:
+    """Where validation_list.txt and testing_list.txt exist they decide the split, as in the real
+    dataset's release."""
+    import shutil
+
+    root = tmp_path / "listed"
+    shutil.copytree(speech_data, root)
+    files = sorted(f"{p.parent.name}/{p.name}" for p in root.glob("*/*.wav") if p.parent.name != BACKGROUND_NOISE)
+    yes = [f for f in files if f.startswith("yes/")]
+    (root / "validation_list.txt").write_text("\n".join(yes[:2]) + "\n")
+    (root / "testing_list.txt").write_text(yes[2] + "\n")
+    classes, items = _index(root, "all", seed=0)
+    listed = {split: sorted(Path(f).relative_to(root).as_posix() for f in part.files) for split, part in items.items()}
+    assert listed["validation"] == yes[:2] and listed["testing"] == [yes[2]]
+    assert len(listed["training"]) == len(files) - 3

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import run_in_process, small_input_size
 from models import CheckpointError, ConfigError, create_model, list_models, load_pretrained, optimize_for_inference
@@ -332,6 +334,26 @@ def test_weights_of_the_wrong_kind_are_refused_with_the_key(tmp_path: Path, make
     with pytest.warns(UserWarning) if "sparse" in message else _nothing():
         with pytest.raises(CheckpointError, match=f"classifier.weight {message}"):
             load_pretrained(create_model("ds_cnn_s"), tmp_path / "w.pt")
+
+
+@given(key=st.sampled_from(sorted(create_model("ds_cnn_s").state_dict())),
+       kind=st.sampled_from(["nan", "inf", "int", "bool", "complex", "meta"]))
+@settings(max_examples=40)
+def test_any_key_of_the_wrong_kind_is_named(tmp_path_factory: pytest.TempPathFactory, key: str, kind: str) -> None:
+    """Every tensor of a state dict, made non-finite or of another kind: refused naming that key
+    (an integer counter such as num_batches_tracked only where the model holds floats)."""
+    state = create_model("ds_cnn_s").state_dict()
+    value = state[key]
+    if not value.is_floating_point() and kind in ("nan", "inf", "int"):
+        return  # an integer buffer: NaN, inf and int are what it should hold or cannot hold
+    bad = {"nan": lambda t: torch.full_like(t, float("nan")), "inf": lambda t: torch.full_like(t, float("inf")),
+           "int": lambda t: t.long(), "bool": lambda t: t > 0, "complex": lambda t: t.to(torch.complex64),
+           "meta": lambda t: t.to("meta")}[kind]
+    state[key] = bad(value)
+    path = tmp_path_factory.mktemp("w") / "w.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=f"{key} (is|holds)"):
+        load_pretrained(create_model("ds_cnn_s"), path)
 
 
 class _nothing:
