@@ -6,6 +6,7 @@ import importlib
 import io
 import os
 import subprocess
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Optional, Sequence
@@ -15,7 +16,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-torch.set_num_threads(2)
+# Under pytest-xdist (the README's command: two workers on two cores) each worker computes on one
+# thread: two workers of two threads each would oversubscribe the cores, and oneDNN's threads
+# spin while they wait. Alone, the tests use both cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"  # and so do the processes the tests start
 
 # Property-based tests: a modest number of examples by default (CI), more on request:
 #   pytest --hypothesis-profile=thorough tests/test_fuzz_configs.py
@@ -55,6 +61,17 @@ def run_in_process(name: str, args: Sequence[str], cwd: Optional[Path] = None) -
     finally:
         os.chdir(here)
     return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README's main job, exactly as a user runs it (only the output folder differs), once
+    per session: its folder and the finished process. Tests that need a trained model use it."""
+    cwd = tmp_path_factory.mktemp("default_run")
+    out = cwd / "run"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    res = subprocess.run([sys.executable, str(script), "--out-dir", str(out)], capture_output=True, text=True, cwd=cwd)
+    return out, res
 
 
 @pytest.fixture(autouse=True)

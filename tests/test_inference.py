@@ -111,10 +111,10 @@ def test_inductor_path(caplog: pytest.LogCaptureFixture) -> None:
 def test_failing_compiler_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     real = inference._build
 
-    def broken(backend, model, example):
+    def broken(backend, model, example, *args):
         if backend in ("onednn_graph", "inductor", "torchscript"):
             raise RuntimeError(f"{backend} is broken here")
-        return real(backend, model, example)
+        return real(backend, model, example, *args)
 
     monkeypatch.setattr(inference, "_build", broken)
     model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
@@ -240,8 +240,10 @@ def test_benchmark_script_passes_default_malloc(monkeypatch: pytest.MonkeyPatch,
     script = command_module("benchmark")
     seen = {}
 
-    def fake_run(models, batch_sizes, repeats, train_batch, backends, log, tune_malloc, profile_top, compare_backends):
+    def fake_run(models, batch_sizes, repeats, train_batch, backends, log, tune_malloc, profile_top, compare_backends,
+                 ceiling_sizes):
         seen["tune_malloc"] = tune_malloc
+        assert tuple(ceiling_sizes) == (1024,)  # --quick: a small product for the ceiling
         return {"machine": {"cpu": "x", "threads": "2", "torch": "t"}, "gemm_gflops": 1.0, "memory_gbs": 1.0,
                 "repeats": repeats,
                 "malloc_tuned": tune_malloc, "rows": []}
@@ -269,8 +271,13 @@ def test_onednn_primitives_names_each_convolution_and_its_time(capfd: pytest.Cap
     model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16),
                           nn.Conv2d(16, 4, 3, padding=1)).eval().to(memory_format=torch.channels_last)
     x = torch.randn(2, 8, 20, 20).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        prims = onednn_primitives(lambda: model(x).sum(), runs=2, top=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # on one thread PyTorch runs the small 1x1 conv outside oneDNN
+    try:
+        with torch.no_grad():
+            prims = onednn_primitives(lambda: model(x).sum(), runs=2, top=10)
+    finally:
+        torch.set_num_threads(threads)
     convs = {op["layer"]: op for op in prims["top"] if op["primitive"] == "convolution"}
     assert set(convs) == {"1x1 conv 8 -> 16 at 20x20", "depthwise 3x3 s2, 16 channels at 20x20",
                           "3x3 conv 16 -> 4 at 10x10"}

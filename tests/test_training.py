@@ -33,10 +33,10 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_default_run_reaches_93_percent_on_digits(tmp_path: Path) -> None:
+@pytest.mark.xdist_group(name="default_run")  # one worker trains it, once
+def test_default_run_reaches_93_percent_on_digits(default_run: tuple[Path, subprocess.CompletedProcess]) -> None:
     """The README's main job, exactly as a user runs it (only the output folder differs)."""
-    out = tmp_path / "run"
-    res = subprocess.run(TRAIN + ["--out-dir", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    out, res = default_run
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = rows(out / "metrics.csv")
     assert len(metrics) == 15
@@ -119,10 +119,11 @@ def test_freeze_stages_k_and_bad_spec(tmp_path: Path) -> None:
         train(TrainConfig(**QUICK, epochs=1, freeze="stages:9", out_dir=str(tmp_path / "b")))
 
 
-def test_eval_only_reproduces_the_logged_accuracy(tmp_path: Path) -> None:
-    result = train(TrainConfig(**QUICK, epochs=2, out_dir=str(tmp_path)))
-    evaluated = train(TrainConfig(**QUICK, eval_only=True, pretrained=str(tmp_path / "best.pt")))
-    assert evaluated.val_top1 == result.best_top1
+@pytest.mark.xdist_group(name="default_run")  # one worker trains it, once
+def test_eval_only_reproduces_the_logged_accuracy(default_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, _ = default_run
+    evaluated = train(TrainConfig(eval_only=True, pretrained=str(out / "best.pt"), quiet=2))
+    assert evaluated.val_top1 == pytest.approx(torch.load(out / "best.pt", weights_only=True)["best_top1"], abs=1e-9)
 
 
 def test_torchrun_two_processes(tmp_path: Path) -> None:

@@ -182,7 +182,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run_benchmarks(args.models, args.batch_sizes, args.repeats, args.train_batch, args.backends,
                             log=lambda s: print(s, file=sys.stderr), tune_malloc=not args.default_malloc,
                             profile_top=(args.profile_top or 10) if args.profile else 0,
-                            compare_backends=args.compare_backends)
+                            compare_backends=args.compare_backends,
+                            ceiling_sizes=(1024,) if args.quick else (2048, 4096))
     print(markdown(result))
     if args.json:
         with atomic_path(args.json) as tmp, open(tmp, "w") as fh:

@@ -254,7 +254,7 @@ def _training_rows(name: str, batch: int, repeats: int, ceiling: float, log: Cal
 def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), repeats: int = 10,
                    train_batch: int = 16, backends: Sequence[str] = BACKENDS,
                    log: Callable[[str], None] = print, tune_malloc: bool = True, profile_top: int = 0,
-                   compare_backends: Sequence[str] = ()) -> dict:
+                   compare_backends: Sequence[str] = (), ceiling_sizes: Sequence[int] = (2048, 4096)) -> dict:
     """Everything ``scripts/benchmark.py`` reports, as a JSON-ready dict.
 
     ``tune_malloc`` applies ``tune_glibc_malloc`` before anything is timed, so that every row -
@@ -262,11 +262,13 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
     > 0 adds ``profiles``: the top operators (``top_operators``) and oneDNN primitives
     (``onednn_primitives``) of every inference variant at the largest batch size.
     ``compare_backends`` adds rows ``optimized-BACKEND``, the optimized path built with that
-    backend alone, timed beside the default choice.
+    backend alone, timed beside the default choice. ``ceiling_sizes`` are the square matrix
+    products the GEMM ceiling is measured on (smaller ones for a quick run: a 4096-square product
+    takes seconds on two cores).
     """
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     log(f"glibc malloc tuned (freed memory reused): {'yes' if malloc_tuned else 'no'}")
-    ceiling, bandwidth = gemm_gflops(), memory_bandwidth_gbs()
+    ceiling, bandwidth = gemm_gflops(ceiling_sizes), memory_bandwidth_gbs()
     log(f"fp32 GEMM ceiling: {ceiling:.1f} GFLOP/s; memory bandwidth {bandwidth:.1f} GB/s")
     rows: list[BenchRow] = []
     layers: dict[tuple[str, int, bool], list[tuple[int, int]]] = {}
@@ -278,7 +280,7 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
         rows += _training_rows(name, train_batch, max(5, repeats // 2), ceiling, log)
     # Both rates are measured again at the end and the best kept: a slow moment of the machine
     # at the start must not make every fraction look better than it is.
-    end_ceiling, end_bandwidth = gemm_gflops(), memory_bandwidth_gbs()
+    end_ceiling, end_bandwidth = gemm_gflops(ceiling_sizes), memory_bandwidth_gbs()
     if end_ceiling > ceiling:
         log(f"fp32 GEMM ceiling at the end: {end_ceiling:.1f} GFLOP/s (fractions rescaled to it)")
         for r in rows:
