@@ -5,7 +5,7 @@ The command lives in ``models/commands/convert_weights.py``; this file only runs
 """
 import sys
 
-from models.commands.convert_weights import cli, main  # noqa: F401  (main: for tests that call it in-process)
+from models.commands.convert_weights import cli
 
 if __name__ == "__main__":
     sys.exit(cli())

@@ -5,7 +5,7 @@ The command lives in ``models/commands/export.py``; this file only runs it.
 """
 import sys
 
-from models.commands.export import cli, main  # noqa: F401  (main: for tests that call it in-process)
+from models.commands.export import cli
 
 if __name__ == "__main__":
     sys.exit(cli())

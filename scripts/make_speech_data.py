@@ -5,7 +5,7 @@ The command lives in ``models/commands/make_speech_data.py``; this file only run
 """
 import sys
 
-from models.commands.make_speech_data import cli, main  # noqa: F401  (main: for tests that call it in-process)
+from models.commands.make_speech_data import cli
 
 if __name__ == "__main__":
     sys.exit(cli())

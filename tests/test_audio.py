@@ -14,7 +14,7 @@ from models import MFCC, create_model
 from models.audio.make_data import generate_speech_data, speaker_id, speakers
 from models.audio.mfcc import MFCC_PRESETS, tf_linear_to_mel_weight_matrix
 from models.audio.speech_commands import (BACKGROUND_NOISE, KEYWORDS, SILENCE, UNKNOWN, _index, build_speech_commands,
-                                          which_set)
+                                          read_wav, which_set)
 
 FIXTURE = np.load(Path(__file__).parent / "fixtures" / "mfcc_reference.npz")
 CLIPS = sorted(k.split("/", 1)[1] for k in FIXTURE.files if k.startswith("wave/"))
@@ -147,6 +147,15 @@ def test_train_then_spot_a_held_out_speaker(tmp_path: Path) -> None:
     spotted = run_in_process("spot", [str(out / "best.pt"), str(held_out)])
     assert spotted.returncode == 0, spotted.stderr
     assert spotted.stdout.startswith(f"{held_out}: yes ")
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    wave, _ = read_wav(held_out)
+    stereo = tmp_path / "stereo_44k.wav"
+    wavfile.write(stereo, 44100, np.stack([resample_poly(wave, 441, 160)] * 2, axis=1).astype(np.float32))
+    spotted = run_in_process("spot", [str(out / "best.pt"), str(stereo)])
+    assert spotted.stdout.startswith(f"{stereo}: yes ")
+    assert spotted.stdout.rstrip().endswith("(note: mixed 2 channels down to mono; resampled from 44100 Hz to 16000 Hz)")
     not_audio = tmp_path / "notes.wav"
     not_audio.write_text("not audio")
     bad = run_in_process("spot", [str(out / "best.pt"), str(not_audio)])

@@ -28,7 +28,7 @@ def test_every_command_is_a_console_script_calling_its_cli() -> None:
 def test_every_command_has_a_script_that_runs_it() -> None:
     for name in COMMANDS:
         text = (REPO / "scripts" / f"{name.replace('-', '_')}.py").read_text()
-        assert f"from models.commands.{name.replace('-', '_')} import cli" in text
+        assert f"from models.commands.{name.replace('-', '_')} import cli\n" in text
 
 
 def test_scripts_and_python_m_models_run_as_processes() -> None:

@@ -13,7 +13,7 @@ from conftest import run_in_process
 from models import create_model, optimize_for_inference, quantize
 from models.deployment.export import randomise_batchnorm_statistics
 from models.deployment.optimize import CUDA_TF32_TOLERANCE, device_plan
-from models.training import TrainConfig, loop, train, uses_channels_last
+from models.training import TrainConfig, loop, runtime, train, uses_channels_last
 
 QUICK = dict(model="mobilenet_v1_025", img_size=16, warmup_epochs=0, quiet=2, max_batches=2)
 
@@ -21,7 +21,7 @@ QUICK = dict(model="mobilenet_v1_025", img_size=16, warmup_epochs=0, quiet=2, ma
 @pytest.mark.parametrize("device, bf16, expected", [("cpu", False, torch.bfloat16), ("cuda", True, torch.bfloat16),
                                                     ("cuda", False, torch.float16)])
 def test_amp_picks_bf16_where_it_can(device: str, bf16: bool, expected: torch.dtype) -> None:
-    assert loop.amp_dtype(device, bf16) == expected
+    assert runtime.amp_dtype(device, bf16) == expected
 
 
 def test_channels_last_is_the_default_on_cpu_and_gpu() -> None:
@@ -33,9 +33,9 @@ def test_channels_last_is_the_default_on_cpu_and_gpu() -> None:
 def test_the_float16_scaler_is_checkpointed_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where --amp means float16 (a GPU without bf16) a GradScaler scales the loss; its state
     goes into the checkpoint and comes back on resume. Exercised on the CPU's float16 autocast."""
-    monkeypatch.setattr(loop, "_amp_dtype", lambda device: torch.float16)
-    assert loop.grad_scaler(torch.device("cpu"), amp=True).is_enabled()
-    assert not loop.grad_scaler(torch.device("cpu"), amp=False).is_enabled()
+    monkeypatch.setattr(runtime, "_amp_dtype", lambda device: torch.float16)
+    assert runtime.grad_scaler(torch.device("cpu"), amp=True).is_enabled()
+    assert not runtime.grad_scaler(torch.device("cpu"), amp=False).is_enabled()
     train(TrainConfig(**QUICK, epochs=1, amp=True, out_dir=str(tmp_path)))
     saved = torch.load(tmp_path / "last.pt", weights_only=True)["scaler"]
     assert saved["scale"] > 0 and "_growth_tracker" in saved

@@ -28,7 +28,7 @@ from ..files import regular_file
 from .mfcc import MFCC
 
 __all__ = ["BACKGROUND_NOISE", "KEYWORDS", "SILENCE", "SpeechCommands", "UNKNOWN", "build_speech_commands",
-           "read_wav", "which_set"]
+           "decode_wav", "read_wav", "which_set"]
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
@@ -53,9 +53,9 @@ def which_set(filename: str, validation_percentage: float = 10.0, testing_percen
     return "training"
 
 
-def read_wav(path: PathLike) -> tuple[np.ndarray, int]:
-    """``(samples, rate)`` of a WAV file as float32 in [-1, 1], channels mixed down (SciPy's
-    reader: PCM of 8 to 32 bits and float). A file that is not audio is a ``UsageError``."""
+def decode_wav(path: PathLike) -> tuple[np.ndarray, int, int]:
+    """``(samples, rate, channels)`` of a WAV file: float32 in [-1, 1], channels mixed down
+    (SciPy's reader: PCM of 8 to 32 bits and float). A file that is not audio is a ``UsageError``."""
     from scipy.io import wavfile
 
     try:
@@ -67,9 +67,14 @@ def read_wav(path: PathLike) -> tuple[np.ndarray, int]:
         wave = (data.astype(np.float32) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
     else:
         wave = data.astype(np.float32)
-    if wave.ndim == 2:
-        wave = wave.mean(axis=1)
-    return wave, int(rate)
+    channels = wave.shape[1] if wave.ndim == 2 else 1
+    return (wave.mean(axis=1) if wave.ndim == 2 else wave), int(rate), channels
+
+
+def read_wav(path: PathLike) -> tuple[np.ndarray, int]:
+    """``(samples, rate)`` of a WAV file, mono float32 (``decode_wav``)."""
+    wave, rate, _ = decode_wav(path)
+    return wave, rate
 
 
 def _clip(wave: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from .mfcc import MFCC
-from .speech_commands import SAMPLE_RATE, SILENCE, UNKNOWN, read_wav
+from .speech_commands import SAMPLE_RATE, SILENCE, UNKNOWN, decode_wav
 
-__all__ = ["Detection", "KeywordSpotter", "load_spotter"]
+__all__ = ["Detection", "KeywordSpotter", "load_audio", "load_spotter"]
 
 
 @dataclass(frozen=True)
@@ -107,13 +107,8 @@ def load_audio(path: Union[str, Path]) -> tuple[np.ndarray, list[str]]:
     """A recording as 16 kHz mono float32, and notes on what was converted."""
     from .synth import resample
 
-    wave, rate = read_wav(path)
-    notes = []
-    from scipy.io import wavfile
-
-    channels = wavfile.read(str(path), mmap=True)[1]
-    if getattr(channels, "ndim", 1) == 2:
-        notes.append(f"mixed {channels.shape[1]} channels down to mono")
+    wave, rate, channels = decode_wav(path)
+    notes = [f"mixed {channels} channels down to mono"] if channels > 1 else []
     if rate != SAMPLE_RATE:
         wave = resample(wave, rate, SAMPLE_RATE)
         notes.append(f"resampled from {rate} Hz to {SAMPLE_RATE} Hz")

@@ -1,7 +1,10 @@
-"""Training: the fine-tuning loop (``loop``), its datasets (``data``) and the files a run
-writes (``run_files``). ``models.commands.train`` is its command-line front."""
+"""Training: the fine-tuning loop (``loop``), its options (``options``), devices and evaluation
+(``runtime``), its datasets (``data``) and the files a run writes (``run_files``).
+``models.commands.train`` is its command-line front."""
 from .data import DATASETS, DataSplits, build_datasets
-from .loop import TrainConfig, TrainResult, evaluate, frozen_parts, train, uses_channels_last, validation_shard
+from .loop import frozen_parts, train
+from .options import TrainConfig, TrainResult, check_arguments, check_memory
+from .runtime import amp_dtype, evaluate, grad_scaler, uses_channels_last, validation_shard
 from .run_files import CHECKPOINT_FORMAT, RUN_FILES, load_checkpoint
 
 __all__ = [
@@ -11,9 +14,13 @@ __all__ = [
     "RUN_FILES",
     "TrainConfig",
     "TrainResult",
+    "amp_dtype",
     "build_datasets",
+    "check_arguments",
+    "check_memory",
     "evaluate",
     "frozen_parts",
+    "grad_scaler",
     "load_checkpoint",
     "train",
     "uses_channels_last",

@@ -2,18 +2,17 @@
 
 Optimizer, scheduler and EMA come from timm; multi-process training is torch's own DDP
 (``torchrun``); checkpoints are written atomically and resume exactly (model, optimizer,
-scheduler, EMA, epoch, RNG states, best metric, history).
+scheduler, EMA, epoch, RNG states, best metric, history). The options and their checks live in
+``options``, devices, precision and evaluation in ``runtime``.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
-import os
 import random
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -21,14 +20,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler
 
-from ..files import atomic_path, remove_leftover_temporaries
 from ..builder import ZooNet
-from ..config import close_matches
 from ..errors import RunError, UsageError
-from .data import DataSplits, build_datasets
+from ..files import atomic_path, remove_leftover_temporaries
 from ..registry import create_model
+from ..weights import load_pretrained
+from .data import DataSplits, build_datasets
+from .options import TrainConfig, TrainResult, _check_same_model, _options_of_resumed_run, check_arguments, check_memory
 from .run_files import (
     CHECKPOINT_FORMAT,
     RUN_FILES,
@@ -36,165 +36,18 @@ from .run_files import (
     acquire_run_lock,
     check_out_dir,
     free_run_dir,
-    load_checkpoint,
     plot_confusion,
     plot_curves,
     release_run_lock,
     save_checkpoint,
     write_metrics,
 )
-from ..weights import CheckpointError, load_pretrained, tensor_problems
+from .runtime import (_autocast, _init_distributed, _seed_everything, evaluate, grad_scaler, uses_channels_last,
+                      validation_shard)
 
-__all__ = ["TrainConfig", "TrainResult", "check_arguments", "check_memory", "evaluate", "frozen_parts", "train",
-           "amp_dtype", "grad_scaler", "uses_channels_last", "validation_shard"]
-
-
-@dataclass
-class TrainConfig:
-    """Every option of ``scripts/train.py`` (``--help`` explains them)."""
-
-    model: str = "mobilenet_v1_025"
-    num_classes: Optional[int] = None
-    in_chans: Optional[int] = None
-    img_size: Optional[int] = None
-    pretrained: Optional[str] = None
-    freeze: str = "none"
-    dataset: str = "digits"
-    data_dir: Optional[str] = None
-    speech_task: str = "12"
-    precision: str = "fp32"  # with eval_only: also evaluate the model in bf16 or int8
-    compile: bool = False
-    calibration_images: int = 256
-    classes: Optional[list[int]] = None
-    fake_size: int = 64
-    epochs: Optional[int] = None
-    batch_size: int = 32
-    opt: str = "adamw"
-    lr: float = 1e-2
-    lr_head: Optional[float] = None
-    weight_decay: float = 0.05
-    warmup_epochs: int = 1
-    label_smoothing: float = 0.1
-    clip_grad: Optional[float] = 5.0
-    drop_rate: Optional[float] = None
-    ema: bool = False
-    ema_decay: float = 0.998
-    amp: bool = False
-    channels_last: Optional[bool] = None  # None: on for CPU, off for GPU (see uses_channels_last)
-    seed: int = 0
-    deterministic: bool = False
-    workers: int = 0
-    out_dir: Optional[str] = None
-    resume: Optional[str] = None
-    overwrite: bool = False
-    eval_only: bool = False
-    max_batches: Optional[int] = None
-    quiet: int = 0  # 1: no progress bars; 2: no epoch lines or notes either
-    allow_large: bool = False
-
-    @property
-    def total_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else 15
+__all__ = ["frozen_parts", "train"]
 
 
-@dataclass
-class TrainResult:
-    """What a run produced: per-epoch metrics and the best validation top-1."""
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_top1: float = 0.0
-    best_epoch: Optional[int] = None  # the epoch best.pt holds; None until one is written
-    out_dir: Optional[Path] = None
-    val_loss: float = float("nan")
-    val_top1: float = float("nan")
-    test_top1: Optional[float] = None  # of best.pt, on the held-out test split where the data has one
-
-
-def check_arguments(cfg: TrainConfig) -> None:
-    """Refuse contradictory options and unknown optimizers before anything is read or written."""
-    pairs = [
-        (cfg.resume and cfg.pretrained, "--resume continues a run with its own weights; drop --pretrained"),
-        (cfg.resume and cfg.eval_only, "--eval-only evaluates --pretrained; it does not take --resume"),
-        (cfg.resume and cfg.overwrite, "--resume appends to its run; it does not take --overwrite"),
-        (cfg.eval_only and cfg.overwrite, "--eval-only writes no files; it does not take --overwrite"),
-        (cfg.classes and cfg.dataset != "digits", f"--classes is for --dataset digits, not {cfg.dataset}"),
-        (cfg.data_dir and cfg.dataset in ("digits", "fake"), f"--dataset {cfg.dataset} reads no --data-dir"),
-        (cfg.max_batches is not None and cfg.eval_only, "--max-batches limits training; --eval-only does none"),
-        (cfg.precision != "fp32" and not cfg.eval_only, f"--precision {cfg.precision} evaluates a model: it needs "
-                                                        "--eval-only --pretrained PATH"),
-    ]
-    for bad, message in pairs:
-        if bad:
-            raise UsageError(message)
-    _check_optimizer(cfg)
-
-
-def _check_optimizer(cfg: TrainConfig) -> None:
-    """``--opt`` must name a timm optimizer that builds and steps here: timm lists some that need
-    CUDA or packages that are not installed, which would otherwise fail after the run started."""
-    from timm.optim import create_optimizer_v2, list_optimizers
-
-    base_opt = cfg.opt.lower().split("_")[-1]  # timm reads prefixes such as "lookahead_"
-    if base_opt not in list_optimizers():
-        hint = close_matches(base_opt, list_optimizers())
-        raise UsageError(f"--opt {cfg.opt}: not a timm optimizer"
-                         + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else " (see timm.optim.list_optimizers())"))
-    probe = nn.Parameter(torch.ones(2))
-    try:
-        optimizer = create_optimizer_v2([probe], opt=cfg.opt, lr=min(cfg.lr, 1e-3), weight_decay=cfg.weight_decay)
-        probe.sum().backward()
-        optimizer.step()
-    except Exception as exc:  # noqa: BLE001 - missing packages, CUDA-only kernels, bad arguments
-        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise UsageError(f"--opt {cfg.opt}: timm lists it, but it cannot run here ({detail})") from None
-
-
-def check_memory(cfg: TrainConfig, model: ZooNet, available: Optional[int] = None) -> None:
-    """Refuse, before any batch is allocated, a ``batch_size`` and input size whose training
-    step would need more memory than the machine has available: activations kept for the
-    backward pass and their gradients, twice the fp32 activations of one image per image, and
-    four copies of the weights (weights, gradients, two optimizer states)."""
-    from ..plan import plan_model
-
-    plan = plan_model(model.cfg)
-    need = 2 * plan.activation_bytes * cfg.batch_size + 4 * 4 * plan.params
-    available = available if available is not None else _available_memory()
-    if available and need > available:
-        c, h, w = plan.input_size
-        raise UsageError(f"--batch-size {cfg.batch_size} at {c}x{h}x{w} needs about {need / 2**30:.1f} GiB to train "
-                         f"{cfg.model}, more than the {available / 2**30:.1f} GiB available here; lower --batch-size "
-                         "or --img-size")
-
-
-def _available_memory() -> Optional[int]:
-    """Bytes of memory available to a new allocation (Linux's MemAvailable); None if unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-# --- distributed -------------------------------------------------------------------------------
-
-def _init_distributed() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return rank, world, device
-
-
-# --- model, freezing, optimizer ----------------------------------------------------------------
 
 def frozen_parts(model: ZooNet, spec: str) -> list[nn.Module]:
     """Modules ``--freeze`` names: none, backbone (all but the head) or stages:K."""
@@ -206,89 +59,10 @@ def frozen_parts(model: ZooNet, spec: str) -> list[nn.Module]:
         return [model.stem, *list(model.stages)[: int(spec[7:])]]
     raise UsageError(f"--freeze must be none, backbone or stages:K with K in 0..{len(model.stages)}, got {spec!r}")
 
-
 def _set_train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
     model.train()
     for part in frozen:
         part.eval()  # frozen BatchNorm keeps its statistics
-
-
-def _seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:  # cuDNN picks the fastest convolution algorithm for each shape (on a GPU)
-        torch.backends.cudnn.benchmark = True
-
-
-# --- evaluation and the loop -------------------------------------------------------------------
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
-             channels_last: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy (%) over ``loader``.
-
-    Under ``torch.distributed`` each process passes its own shard of the data and the sums are
-    added up across processes, so every process returns the figures of the whole set.
-    """
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        count += y.numel()
-    if dist.is_initialized():
-        totals = torch.tensor([loss_sum, correct, count], dtype=torch.float64, device=device)
-        dist.all_reduce(totals)
-        loss_sum, correct, count = totals[0].item(), int(totals[1].item()), int(totals[2].item())
-    return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
-
-
-def validation_shard(dataset: Dataset, rank: int, world: int) -> Dataset:
-    """Every ``world``-th example from ``rank`` on: the shards of all processes partition the set
-    exactly (unlike ``DistributedSampler``, no example is repeated to even them out), so
-    ``evaluate``'s sums, added up across processes, are those of the whole set."""
-    return dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
-
-
-def uses_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    """``--channels-last`` as given, else on: on a CPU oneDNN runs convs, BatchNorm and pooling
-    natively in NHWC (the default job trained 1.5x faster, a training step of batch 16 1.08-1.32x),
-    and on a GPU cuDNN's NHWC kernels with bf16 trained mobilenet_v1 2.7x and xception 2.4x faster
-    than bf16 alone (one H100)."""
-    return cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
-
-
-def amp_dtype(device_type: str, bf16_supported: bool) -> torch.dtype:
-    """The dtype ``--amp`` autocasts to: bfloat16 on a CPU and on GPUs that have it (it needs no
-    loss scaling), float16 on older GPUs, where a ``GradScaler`` keeps small gradients from
-    underflowing to zero."""
-    return torch.bfloat16 if device_type == "cpu" or bf16_supported else torch.float16
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype:
-    return amp_dtype(device.type, device.type == "cuda" and torch.cuda.is_bf16_supported())
-
-
-def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
-    """A ``GradScaler`` that scales only where ``--amp`` autocasts to float16 (else a no-op)."""
-    enabled = amp and _amp_dtype(device) == torch.float16
-    return torch.amp.GradScaler(device.type if device.type in ("cuda", "cpu") else "cuda", enabled=enabled)
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=_amp_dtype(device))
-
 
 def _build_model(cfg: TrainConfig) -> ZooNet:
     overrides: dict[str, Any] = {}
@@ -304,7 +78,6 @@ def _build_model(cfg: TrainConfig) -> ZooNet:
     if not isinstance(model, ZooNet):
         raise UsageError(f"{cfg.model} is not a classification model")
     return model
-
 
 @dataclass
 class _Session:
@@ -332,7 +105,6 @@ class _Session:
         if self.lead and self.cfg.quiet < 2:
             print(text)
 
-
 @dataclass
 class _Trainer:
     """The optimizer side of a run: what a checkpoint saves and a resume restores."""
@@ -346,7 +118,6 @@ class _Trainer:
     loader: DataLoader
     criterion: nn.Module
     scaler: torch.amp.GradScaler
-
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume, or only evaluate) one fine-tuning job as ``cfg`` describes.
@@ -389,18 +160,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         if run.lock is not None:
             release_run_lock(run.lock)
 
-
-RESUME_MAY_CHANGE = ("epochs", "quiet", "workers", "allow_large")
-"""Options a resumed run takes from the command line; every other comes from its checkpoint."""
-_PER_INVOCATION = ("resume", "overwrite", "eval_only", "out_dir")
-"""What one command asked for, never read back from a checkpoint (a resumed run that read
-``overwrite`` back would delete its own files)."""
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 @torch.no_grad()
 def _evaluate_low_precision(run: _Session, fp32_loss: float, fp32_top1: float) -> TrainResult:
     """``eval_only`` at ``precision``: the model made bf16 or int8 (calibrated on the first
@@ -439,53 +198,11 @@ def _evaluate_low_precision(run: _Session, fp32_loss: float, fp32_top1: float) -
               + (f"; note: {fast.failures.get(cfg.precision)}" if used != cfg.precision else ""))
     return TrainResult(val_loss=loss_sum / max(total, 1), val_top1=top1)
 
-
 def _run_padded(fast: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
     """A compiled model specialised on ``batch`` rows run on a last, shorter batch: zero rows
     pad it, and their outputs are dropped."""
     pad = torch.zeros(batch - len(x), *x.shape[1:], dtype=x.dtype)
     return fast(torch.cat([x, pad]))[: len(x)]
-
-
-def _options_of_resumed_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dict[str, Any]]]:
-    """With ``resume``: the saved run's options (and its checkpoint), with ``RESUME_MAY_CHANGE``
-    taken from ``cfg``. Refused: options given that contradict the run's, a checkpoint older
-    than its folder's ``last.pt``, and a run that has already trained every epoch asked for.
-    Otherwise ``cfg`` as given."""
-    if not cfg.resume:
-        return cfg, None
-    ckpt = load_checkpoint(cfg.resume)
-    known = {f.name for f in fields(TrainConfig)}
-    saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known and k not in _PER_INVOCATION})
-    folder = Path(cfg.resume).parent
-    defaults = TrainConfig()
-    contradictions = [
-        f"{_flag(f.name)} {getattr(cfg, f.name)!r} (the run's: {getattr(saved, f.name)!r})"
-        for f in fields(TrainConfig)
-        if f.name not in RESUME_MAY_CHANGE + _PER_INVOCATION
-        and getattr(cfg, f.name) != getattr(defaults, f.name) and getattr(cfg, f.name) != getattr(saved, f.name)
-    ]
-    if cfg.out_dir is not None and Path(cfg.out_dir).resolve() != folder.resolve():
-        contradictions.append(f"--out-dir {cfg.out_dir!r} (the run's: {str(folder)!r})")
-    if contradictions:
-        raise UsageError(f"--resume continues a run with its own options, and these differ: {', '.join(contradictions)}; "
-                         f"drop them or start a new run (a resume may change only "
-                         f"{', '.join(_flag(n) for n in RESUME_MAY_CHANGE)})")
-    latest = folder / "last.pt"
-    if Path(cfg.resume).resolve() != latest.resolve() and latest.is_file():
-        newer = load_checkpoint(str(latest))["epoch"]
-        if newer > ckpt["epoch"]:
-            raise UsageError(f"--resume {cfg.resume}: {latest} holds a later epoch ({newer} > {ckpt['epoch']}) that "
-                             f"resuming would overwrite; resume from {latest}, or copy {cfg.resume} into a new folder")
-    for name in RESUME_MAY_CHANGE:
-        if getattr(cfg, name) != getattr(defaults, name):
-            setattr(saved, name, getattr(cfg, name))
-    saved.resume, saved.out_dir = cfg.resume, str(folder)
-    if ckpt["epoch"] >= saved.total_epochs:
-        raise UsageError(f"--resume {cfg.resume}: the run has already trained all {saved.total_epochs} epochs; pass "
-                         f"--epochs N with N > {ckpt['epoch']} to train it longer")
-    return saved, ckpt
-
 
 def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
     """Processes, seeds, the run folder, the model (with pretrained weights), data and the
@@ -521,7 +238,6 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
     val_loader = DataLoader(validation_shard(data.val, rank, world), batch_size=max(cfg.batch_size, 128),
                             shuffle=False, num_workers=cfg.workers)
     return _Session(cfg, rank, world, device, out, model, data, channels_last, val_loader, chosen_out_dir)
-
 
 def _build_trainer(run: _Session) -> _Trainer:
     """Freezing, parameter groups (``lr`` for the body, ``lr_head`` for the classifier), timm's
@@ -559,34 +275,6 @@ def _build_trainer(run: _Session) -> _Trainer:
     return _Trainer(train_model, frozen, optimizer, scheduler, ema, sampler, loader, criterion,
                     grad_scaler(run.device, cfg.amp))
 
-
-def _config_changes(old: Any, new: Any, path: str = "") -> list[str]:
-    """Key paths where two config dumps differ, with both values."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [c for k in sorted(set(old) | set(new), key=str)
-                for c in _config_changes(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [c for i, (a, b) in enumerate(zip(old, new)) for c in _config_changes(a, b, f"{path}[{i}]")]
-    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
-
-
-def _check_same_model(model: ZooNet, ckpt: dict[str, Any], path: str) -> None:
-    """A resumed run must rebuild the network it saved: a config edited since gives one line
-    saying what changed, not a state-dict traceback."""
-    saved = ckpt.get("model_config")
-    changes = _config_changes(saved, model.cfg.model_dump(mode="json")) if isinstance(saved, dict) else []
-    if changes:
-        raise UsageError(f"--resume {path}: the model's config changed since the run was saved ({'; '.join(changes[:5])}"
-                         f"{' ...' if len(changes) > 5 else ''}); restore it, or start a new run")
-    problems = tensor_problems(ckpt["model"], model.state_dict()) if ckpt["model"].keys() == model.state_dict().keys() \
-        else [f"its weights are those of another network ({len(ckpt['model'])} tensors, the model has "
-              f"{len(model.state_dict())})"]
-    problems += [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(model.state_dict()[k].shape)} in the model"
-                 for k, v in ckpt["model"].items() if k in model.state_dict() and v.shape != model.state_dict()[k].shape]
-    if problems:
-        raise CheckpointError(f"--resume {path}: does not fit {model.cfg.name}: {'; '.join(problems[:5])}")
-
-
 def _restore(run: _Session, trainer: _Trainer, ckpt: dict[str, Any], result: TrainResult) -> int:
     """Load a checkpoint's model, optimizer, scheduler, EMA, history and RNG states; return the
     epoch to continue from."""
@@ -606,7 +294,6 @@ def _restore(run: _Session, trainer: _Trainer, ckpt: dict[str, Any], result: Tra
         trainer.scaler.load_state_dict(ckpt["scaler"])
     return ckpt["epoch"]
 
-
 def _claim_run_folder(run: _Session) -> None:
     """Take the run folder's lock (``acquire_run_lock``); a folder chosen by default that another
     run claimed first gives way to the next free one."""
@@ -619,7 +306,6 @@ def _claim_run_folder(run: _Session) -> None:
                 raise
             run.out = free_run_dir(run.out.parent, "train", run.world)
             run.cfg.out_dir = str(run.out)
-
 
 def _write_run_header(run: _Session) -> None:
     """Rank 0 claims the folder, clears temporaries a killed write left there and the files of
@@ -639,12 +325,10 @@ def _write_run_header(run: _Session) -> None:
                                         indent=2))
     run.say(f"training {cfg.model} on {run.data.description}, {cfg.total_epochs} epochs, {run.world} process(es) -> {out}")
 
-
 def _last_good(run: _Session) -> str:
     """Where a stopped run can continue from, in words."""
     last = run.out / "last.pt"
     return f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
-
 
 def _refuse_non_finite(run: _Session, row: dict[str, float], model: nn.Module) -> None:
     """Stop (``RunError``) rather than checkpoint weights or a validation loss that are not
@@ -655,7 +339,6 @@ def _refuse_non_finite(run: _Session, row: dict[str, float], model: nn.Module) -
             f"the validation loss is {row['val_loss']}"
         raise RunError(f"epoch {row['epoch']}: {what}; not saved, stopped; {_last_good(run)} "
                        "(try a lower --lr or --clip-grad)")
-
 
 def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict[str, float], float, nn.Module]:
     """One pass over the training data, then validation; returns the epoch's metrics row, its
@@ -708,7 +391,6 @@ def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict
                    f"val_top1 {top1:6.2f}%  lr {lr:.2e}  {row['seconds']:.1f}s")
     return row, top1, eval_model
 
-
 def _save_epoch(run: _Session, trainer: _Trainer, result: TrainResult, epoch: int, top1: float,
                 best_model: Optional[nn.Module]) -> None:
     """Write ``last.pt`` (and ``best.pt`` from ``best_model`` when the epoch improved) and
@@ -730,7 +412,6 @@ def _save_epoch(run: _Session, trainer: _Trainer, result: TrainResult, epoch: in
     save_checkpoint(run.out / "last.pt", payload)
     write_metrics(run.out, result.history)
 
-
 def _finish(run: _Session, result: TrainResult) -> TrainResult:
     """The last epoch's figures, the curves plot and the closing line."""
     if result.history:
@@ -745,7 +426,6 @@ def _finish(run: _Session, result: TrainResult) -> TrainResult:
     if dist.is_initialized():
         dist.barrier()
     return result
-
 
 @torch.no_grad()
 def _test_best(run: _Session, result: TrainResult) -> None:
@@ -768,11 +448,9 @@ def _test_best(run: _Session, result: TrainResult) -> None:
     run.say(f"test top-1 of best.pt {result.test_top1:.2f}% on {total} held-out clips; confusion matrix in "
             f"{run.out / 'confusion.png'}")
 
-
 def _from_random_state(state: tuple) -> list:
     version, internal, gauss = state
     return [version, list(internal), gauss]
-
 
 def _to_random_state(state: list) -> tuple:
     version, internal, gauss = state
