@@ -94,7 +94,7 @@ def summary_figure(s: ModelSummary) -> Any:
     params = sum(r.params for r in rows) / sum(r.standard_params for r in rows)
     axes[0].set_title(f"{s.model}, input {_shape(s.input_size)}: its {len(rows)} depthwise-separable layers need "
                       f"{macs:.1%} of the multiply-adds\nand {params:.1%} of the parameters of standard convs in "
-                      f"their place ({s.macs / s.standard.macs:.1%} of the MACs for the whole network)", fontsize=10)
+                      f"their place\n({s.macs / s.standard.macs:.1%} of the MACs for the whole network)", fontsize=9)
     fig.tight_layout()
     return fig
 

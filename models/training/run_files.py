@@ -84,6 +84,7 @@ def curves_figure(history: list[dict[str, float]]) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -112,6 +113,8 @@ def curves_figure(history: list[dict[str, float]]) -> Any:
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation top-1 accuracy (%)")
     ax2.set_title("validation accuracy per epoch")
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.tight_layout()
     return fig
 
