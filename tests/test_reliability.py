@@ -79,7 +79,7 @@ def test_resume_refuses_options_that_contradict_the_run(tmp_path: Path, given: d
     train(TrainConfig(**QUICK, epochs=1, out_dir=str(out)))
     with pytest.raises(UsageError, match="--resume continues a run with its own options") as err:
         train(TrainConfig(resume=str(out / "last.pt"), epochs=2, quiet=2, **given))
-    assert named in str(err.value) and "may change only --epochs, --quiet, --workers, --allow-large" in str(err.value)
+    assert named in str(err.value) and "may change only --epochs, --quiet, --workers, --allow-large, --compile" in str(err.value)
     assert _epoch(out / "last.pt") == 1
 
 

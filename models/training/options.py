@@ -49,7 +49,7 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.998
     amp: bool = False
-    channels_last: Optional[bool] = None  # None: on for CPU, off for GPU (see uses_channels_last)
+    channels_last: Optional[bool] = None  # None: on (see uses_channels_last)
     seed: int = 0
     deterministic: bool = False
     workers: int = 0
@@ -145,7 +145,7 @@ def _available_memory() -> Optional[int]:
 
 # --- distributed -------------------------------------------------------------------------------
 
-RESUME_MAY_CHANGE = ("epochs", "quiet", "workers", "allow_large")
+RESUME_MAY_CHANGE = ("epochs", "quiet", "workers", "allow_large", "compile")
 """Options a resumed run takes from the command line; every other comes from its checkpoint."""
 
 _PER_INVOCATION = ("resume", "overwrite", "eval_only", "out_dir")
