@@ -27,8 +27,8 @@ from blocks import ConvNormAct, SeparableConv2d
 
 from ..profile import timed
 
-__all__ = ["BACKENDS", "CUDA_TF32_TOLERANCE", "PRECISIONS", "OptimizedModel", "cuda_tf32_enabled", "device_plan",
-           "fold_batchnorm", "glibc_malloc_is_tuned", "onednn_graph_fusion", "optimize_for_inference",
+__all__ = ["BACKENDS", "CUDA_TF32_TOLERANCE", "PRECISIONS", "OptimizedModel", "compile_frozen", "cuda_tf32_enabled",
+           "device_plan", "fold_batchnorm", "glibc_malloc_is_tuned", "onednn_graph_fusion", "optimize_for_inference",
            "relative_difference", "tune_glibc_malloc"]
 
 # onednn_graph first: 1.01-1.03x (xception, batch 8) to 2.2-2.4x (small models, batch 1) faster
@@ -192,6 +192,29 @@ def device_plan(device_type: str, batch: int, backends: Sequence[str], tolerance
     return chosen, max(tolerance, CUDA_TF32_TOLERANCE) if tf32 else tolerance, mode
 
 
+def compile_frozen(model: nn.Module, compile_mode: Optional[str] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` compiled by inductor with ``dynamic=False`` and weight freezing, as a callable.
+
+    Freezing constant-folds the weights into the graph. Inductor compiles on a call (the first,
+    and any with a new shape), so freezing is switched on around each call and left as it was for
+    every other torch.compile in the process (torch.compile's options={"freezing": True}
+    compiled unfrozen graphs in torch 2.14).
+    """
+    import torch._inductor.config as inductor_config
+
+    # Every ZooNet shares one forward code object, and dynamo caches graphs per code object:
+    # without room for more entries the ninth model compiled would silently run eagerly.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
+    compiled = torch.compile(model, backend="inductor", dynamic=False, mode=compile_mode)
+
+    def run_frozen(x: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    return run_frozen
+
+
 def _build(backend: str, model: nn.Module, example: torch.Tensor,
            compile_mode: Optional[str] = None) -> Callable[[torch.Tensor], torch.Tensor]:
     if backend == "onednn_graph":
@@ -217,23 +240,7 @@ def _build(backend: str, model: nn.Module, example: torch.Tensor,
             raise RuntimeError("oneDNN Graph fused nothing on this machine (it needs an x86 CPU)")
         return run
     if backend == "inductor":
-        import torch._inductor.config as inductor_config
-
-        # Every ZooNet shares one forward code object, and dynamo caches graphs per code object:
-        # without room for more entries the ninth model compiled would silently run eagerly.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
-        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
-        compiled = torch.compile(model, backend="inductor", dynamic=False, mode=compile_mode)
-
-        def run_frozen(x: torch.Tensor) -> torch.Tensor:
-            # Freezing constant-folds the weights into the graph. Inductor compiles on a call
-            # (the first, and any with a new shape), so it is switched on around each call and
-            # left as it was for every other torch.compile in the process. (torch.compile's
-            # options={"freezing": True} compiled unfrozen graphs in torch 2.14.)
-            with inductor_config.patch(freezing=True):
-                return compiled(x)
-
-        return run_frozen
+        return compile_frozen(model, compile_mode)
     if backend == "torchscript":
         frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(model)))
         return lambda x: frozen(x)

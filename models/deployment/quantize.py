@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from .optimize import OptimizedModel, fold_batchnorm, glibc_malloc_is_tuned, relative_difference, tune_glibc_malloc
+from .optimize import (OptimizedModel, compile_frozen, fold_batchnorm, glibc_malloc_is_tuned, relative_difference,
+                       tune_glibc_malloc)
 
 __all__ = ["CalibrationError", "bf16_supported", "calibration_batches", "cosine_similarity", "optimize_bf16",
            "quantize"]
@@ -60,18 +61,6 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.flatten().double(), b.flatten().double()
     norm = float(a.norm() * b.norm())
     return float(a @ b) / norm if norm else float(torch.equal(a, b))
-
-
-def _compiled(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    import torch._inductor.config as inductor_config
-
-    compiled = torch.compile(module, backend="inductor", dynamic=False)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with inductor_config.patch(freezing=True):  # switched on around our calls only
-            return compiled(x)
-
-    return run
 
 
 @torch.no_grad()
@@ -118,7 +107,7 @@ def quantize(model: nn.Module, calibration: Iterable[Any], *, method: str = "ptq
     for x in batches:
         prepared(x)
     converted = convert_pt2e(prepared)
-    run = _compiled(converted) if compile else converted
+    run = compile_frozen(converted) if compile else converted
     out = run(batches[0])
     seconds = time.perf_counter() - t0
     expected = original(batches[0])
@@ -126,8 +115,8 @@ def quantize(model: nn.Module, calibration: Iterable[Any], *, method: str = "ptq
     if not agreement >= MIN_AGREEMENT:
         raise RuntimeError(f"int8 outputs agree with fp32 only to cosine similarity {agreement:.3f} on the calibration "
                            f"data (at least {MIN_AGREEMENT} needed)")
-    result = OptimizedModel(run, "inductor" if compile else "eager", False, seconds, relative_difference(out, expected), {}, malloc_tuned,
-                            getattr(original, "check_input", None), precision="int8")
+    result = OptimizedModel(run, "inductor" if compile else "eager", False, seconds, relative_difference(out, expected),
+                            {}, malloc_tuned, getattr(original, "check_input", None), precision="int8")
     result.agreement = agreement
     return result
 
@@ -149,7 +138,7 @@ def optimize_bf16(model: nn.Module, example_input: torch.Tensor, *, tune_malloc:
     original = model.eval()
     folded = fold_batchnorm(copy.deepcopy(original)).to(torch.bfloat16)
     folded = folded.to(memory_format=torch.channels_last)
-    compiled = _compiled(folded)
+    compiled = compile_frozen(folded)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return compiled(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
