@@ -1,18 +1,22 @@
-"""Export a dszoo model to TorchScript, ONNX or torch.export (.pt2), verified against eager.
+"""Export a dszoo model to TorchScript, ONNX or torch.export (.pt2), verified against eager;
+in int8 (ONNX QDQ or .pt2), calibrated on a dataset and verified against the PyTorch int8 model.
 
     python scripts/export.py --model mobilenet_v1 --format onnx --out mobilenet_v1.onnx
     python scripts/export.py --model xception --pretrained xception.safetensors --format pt2 --out x.pt2
+    python scripts/export.py --model mobilenet_v1_025 --pretrained runs/train/best.pt --input-size 1 32 32 \
+        --precision int8 --calibration digits --format onnx --out digits_int8.onnx
 """
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import torch
 
 from .. import create_model
 from .cli import ArgumentParser, UsageError, new_output_file, non_negative_int, positive_int, run_cli
-from ..deployment.export import EXPORT_FORMATS, EXPORT_SUFFIXES, ExportError, export_model
+from ..deployment.export import EXPORT_FORMATS, EXPORT_PRECISIONS, EXPORT_SUFFIXES, ExportError, export_model
+from ..deployment.quantize import CalibrationError
+from ..training.data import DATASETS, build_datasets, calibration_examples
 from ..plan import check_model_size, plan_model
 
 
@@ -23,24 +27,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--pretrained", help="checkpoint to load first (ours or timm's)")
     p.add_argument("--num-classes", type=non_negative_int)
-    p.add_argument("--input-size", nargs=3, type=positive_int, metavar=("C", "H", "W"), help="default: the model's")
+    p.add_argument("--input-size", nargs=3, type=positive_int, metavar=("C", "H", "W"),
+                   help="default: the model's (digits-trained models: 1 32 32)")
+    p.add_argument("--precision", default="fp32", choices=sorted(EXPORT_PRECISIONS),
+                   help="int8: static quantization (onnx or pt2), needs --calibration")
+    p.add_argument("--calibration", choices=DATASETS, help="int8: the dataset whose training images calibrate it")
+    p.add_argument("--data-dir", help="--calibration's folder (imagefolder, cifar10, speech_commands)")
+    p.add_argument("--calibration-images", type=positive_int, default=256,
+                   help="int8: calibrate on this many training examples (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers (default: folded into convs)")
     p.add_argument("--allow-large", action="store_true", help="build models above the size guard (models.plan)")
     args = p.parse_args(argv)
+    _check_precision_options(args)
     new_output_file(args.out, args.overwrite, "--out", EXPORT_SUFFIXES[args.format])
-    overrides = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+    overrides: dict[str, Any] = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+    if args.input_size:
+        overrides["input_size"] = tuple(args.input_size)
     model = create_model(args.model, pretrained=args.pretrained, allow_large=args.allow_large, **overrides)
-    size = tuple(args.input_size) if args.input_size else model.cfg.input_size
-    model.check_input(torch.empty(1, *size, device="meta"))  # a wrong --input-size fails before any file
+    size = tuple(model.cfg.input_size)
     if not args.allow_large:
         check_model_size(plan_model(model.cfg, size))
+    calibration = None
+    if args.precision == "int8":
+        pretrained_cfg = dict(model.pretrained_cfg, input_size=size)
+        data = build_datasets(args.calibration, pretrained_cfg, data_dir=args.data_dir, num_classes=model.num_classes)
+        calibration = calibration_examples(data.train, args.calibration_images)
     try:
-        check = export_model(model, args.format, args.out, size, fold_bn=not args.no_fold_bn)
-    except ExportError as exc:
+        check = export_model(model, args.format, args.out, size, fold_bn=not args.no_fold_bn, precision=args.precision,
+                             calibration=calibration)
+    except (ExportError, CalibrationError) as exc:
         raise UsageError(str(exc)) from None
-    print(f"wrote {args.out} ({args.format}, input {'x'.join(map(str, size))}, dynamic batch); {check}")
+    calibrated = (f", calibrated on {sum(len(x) for x in calibration)} {args.calibration} training examples"
+                  if calibration else "")
+    print(f"wrote {args.out} ({args.precision} {args.format}, input {'x'.join(map(str, size))}, dynamic batch"
+          f"{calibrated}); {check}")
     return 0
+
+
+def _check_precision_options(args: argparse.Namespace) -> None:
+    """int8 needs --calibration and a format that holds it; fp32 takes no calibration options."""
+    if args.precision == "int8":
+        if args.calibration is None:
+            raise UsageError(f"--precision int8 needs --calibration DATASET ({', '.join(DATASETS)}): the training "
+                             "images whose activation ranges set the int8 scales")
+        if args.format not in EXPORT_PRECISIONS["int8"]:
+            raise UsageError(f"--precision int8 exports as {' or '.join(EXPORT_PRECISIONS['int8'])}, not "
+                             f"--format {args.format}")
+    elif args.calibration is not None or args.data_dir is not None:
+        raise UsageError("--calibration and --data-dir calibrate int8 exports; add --precision int8")
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:

@@ -4,6 +4,12 @@ Every file is loaded back and compared with eager on a fresh random batch of ano
 size (the batch dimension is dynamic in every format), by relative difference, so a broken
 export never passes silently; a freshly built model is also checked through a copy with
 randomised BatchNorm statistics (``ExportCheck``).
+
+int8 (``precision="int8"`` with calibration batches) writes the PyTorch int8 model of
+``models.deployment.quantize.int8_graph``: as ONNX with QuantizeLinear/DequantizeLinear pairs
+(QDQ, run by onnxruntime's int8 kernels) or as ``.pt2`` (load it with ``torch.export.load``
+after ``import torchao.quantization.pt2e``, which registers the quantize ops), verified against
+that PyTorch int8 model on fresh inputs.
 """
 from __future__ import annotations
 
@@ -11,16 +17,16 @@ import copy
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
 
 from ..files import atomic_path
-from .optimize import fold_batchnorm, relative_difference
+from .optimize import PRECISIONS, fold_batchnorm, relative_difference
 
-__all__ = ["EXPORT_FORMATS", "EXPORT_SUFFIXES", "ExportCheck", "ExportError", "export_model",
-           "has_initial_batchnorm_statistics", "randomise_batchnorm_statistics"]
+__all__ = ["EXPORT_FORMATS", "EXPORT_SUFFIXES", "EXPORT_PRECISIONS", "ExportCheck", "ExportError", "INT8_EXPORT_TOLERANCE",
+           "export_model", "has_initial_batchnorm_statistics", "randomise_batchnorm_statistics"]
 
 PathLike = Union[str, Path]
 
@@ -38,8 +44,10 @@ def _torchscript(model: nn.Module, example: torch.Tensor, path: str) -> Callable
 def _pt2(model: nn.Module, example: torch.Tensor, path: str) -> Callable[[torch.Tensor], torch.Tensor]:
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, path)
-    loaded = torch.export.load(path).module()
+    with open(path, "wb") as fh:  # through a file object: the temporary name does not end in .pt2
+        torch.export.save(program, fh)
+    with open(path, "rb") as fh:
+        loaded = torch.export.load(fh).module()
     return lambda x: loaded(x)
 
 
@@ -56,8 +64,21 @@ def _onnx(model: nn.Module, example: torch.Tensor, path: str) -> Callable[[torch
         )
     except ImportError as exc:
         raise ExportError(f"ONNX export needs the onnx extras: pip install 'dszoo[onnx]' ({exc})") from None
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if _is_qdq(path):
+        # An int8 file is checked as its QuantizeLinear/DequantizeLinear nodes define it, op by op.
+        # onnxruntime's fused int8 kernels compute u8 x s8 products that can saturate on CPUs without
+        # VNNI (its quantization guide says so): deployment figures for them are in docs/performance.md.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+def _is_qdq(path: str) -> bool:
+    """Whether an ONNX file holds quantized (QuantizeLinear) nodes."""
+    import onnx
+
+    return any(n.op_type == "QuantizeLinear" for n in onnx.load(path).graph.node)
 
 
 EXPORT_FORMATS: dict[str, Callable[[nn.Module, torch.Tensor, str], Callable[[torch.Tensor], torch.Tensor]]] = {
@@ -74,6 +95,41 @@ EXPORT_SUFFIXES: dict[str, tuple[str, ...]] = {
 }
 """File name endings each format's file may have (``scripts/export.py`` checks ``--out``)."""
 
+def _onnx_float_layers(path: str) -> list[str]:
+    """The Conv/Gemm/MatMul nodes of an ONNX file whose weights are not int8 behind a DequantizeLinear."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    int8 = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8}
+    return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] not in dequantized]
+
+
+def _pt2_float_layers(path: str) -> list[str]:
+    """The conv/linear nodes of a ``.pt2`` file whose weights do not come from a dequantize op."""
+    with open(path, "rb") as fh:
+        graph = torch.export.load(fh).graph
+    layers = [n for n in graph.nodes if n.op == "call_function" and getattr(n.target, "__name__", "").split(".")[0]
+              in ("conv2d", "conv1d", "linear", "convolution")]
+    return [n.name for n in layers if not (isinstance(n.args[1], torch.fx.Node)
+                                           and "dequantize" in str(n.args[1].target))]
+
+
+INT8_LAYER_CHECKS: dict[str, Callable[[str], list[str]]] = {"onnx": _onnx_float_layers, "pt2": _pt2_float_layers}
+"""For each int8 format: the layers of a written file that still compute with floating-point weights."""
+
+EXPORT_PRECISIONS: dict[str, tuple[str, ...]] = {"fp32": tuple(EXPORT_FORMATS), "int8": ("onnx", "pt2")}
+"""The formats each precision exports to (TorchScript cannot hold the quantize/dequantize ops)."""
+
+INT8_EXPORT_TOLERANCE = 2e-2
+"""Allowed relative difference between an int8 file and the PyTorch int8 model. Both quantize
+the same activations with the same scales, but where they sum in another order an activation can
+round to the neighbouring int8 step, and the step travels on through the layers (up to 5e-3 of
+the output's range measured for the registry's models on random inputs); a wrong scale or zero
+point moves it by its own size. That the file is int8 at all is checked apart (an fp32 file
+agrees with the int8 model to about 1e-2):
+every conv and linear layer in it must take int8 weights (``INT8_LAYER_CHECKS``)."""
+
 
 @dataclass(frozen=True)
 class ExportCheck:
@@ -84,9 +140,10 @@ class ExportCheck:
 
     relative_difference: float
     randomised_relative_difference: Optional[float] = None
+    reference: str = "the model"
 
     def __str__(self) -> str:
-        text = f"max relative difference vs the model on a fresh batch {self.relative_difference:.2e}"
+        text = f"max relative difference vs {self.reference} on a fresh batch {self.relative_difference:.2e}"
         if self.randomised_relative_difference is not None:
             text += (f"; {self.randomised_relative_difference:.2e} on a copy with randomised BatchNorm statistics "
                      "(the model's own are at their initial values)")
@@ -117,35 +174,68 @@ def randomise_batchnorm_statistics(model: nn.Module, seed: int = 0) -> nn.Module
     return model.eval()
 
 
-def _written_and_checked(model: nn.Module, fmt: str, path: str, input_size: tuple[int, ...], fold_bn: bool) -> float:
+def _written_and_checked(model: nn.Module, fmt: str, path: str, input_size: tuple[int, ...], fold_bn: bool,
+                         calibration: Optional[list[torch.Tensor]]) -> float:
     """Write ``model`` as ``fmt`` to ``path``, load it back and return its relative difference
-    from the eager model on a fresh batch of 3 (the export was traced at a batch of 2)."""
-    exported = fold_batchnorm(copy.deepcopy(model)) if fold_bn else model
+    from the eager model on a fresh batch of 3 (the export was traced at a batch of 2). With
+    ``calibration`` the file holds, and is compared with, the model's PyTorch int8 graph."""
+    if calibration is not None:
+        from .quantize import int8_graph
+
+        exported = reference = int8_graph(model, calibration)
+    else:
+        reference = model
+        exported = fold_batchnorm(copy.deepcopy(model)) if fold_bn else model
     run = EXPORT_FORMATS[fmt](exported, torch.randn(2, *input_size), path)
+    if calibration is not None:
+        float_layers = INT8_LAYER_CHECKS[fmt](path)
+        if float_layers:
+            raise ExportError(f"the int8 {fmt} file keeps {len(float_layers)} layers with floating-point weights "
+                              f"({', '.join(float_layers[:3])}{', ...' if len(float_layers) > 3 else ''})")
     fresh = torch.randn(3, *input_size)
-    return relative_difference(run(fresh), model(fresh))
+    return relative_difference(run(fresh), reference(fresh))
 
 
 @torch.no_grad()
-def export_model(model: nn.Module, fmt: str, out: PathLike, input_size: tuple[int, ...], rtol: float = 1e-4,
-                 fold_bn: bool = True) -> ExportCheck:
+def export_model(model: nn.Module, fmt: str, out: PathLike, input_size: tuple[int, ...], rtol: Optional[float] = None,
+                 fold_bn: bool = True, *, precision: str = "fp32", calibration: Any = None) -> ExportCheck:
     """Write ``model`` (eval mode) as ``fmt`` to ``out`` and verify it (``ExportCheck``); raise
-    ``ExportError`` where a relative difference is above ``rtol``. With ``fold_bn`` the exported
-    graph has every BatchNorm folded into its conv (``optimize_for_inference``'s first step).
+    ``ExportError`` where a relative difference is above ``rtol`` (default 1e-4 for fp32,
+    ``INT8_EXPORT_TOLERANCE`` for int8). With ``fold_bn`` the exported graph has every BatchNorm
+    folded into its conv (``optimize_for_inference``'s first step; int8 always folds).
+    ``precision="int8"`` needs ``calibration``: input batches, or ``(input, target)`` pairs, of
+    at least two examples each (the file keeps a dynamic batch dimension).
     The file appears at ``out`` only once verified.
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision {precision!r} cannot be exported; allowed: {', '.join(EXPORT_PRECISIONS)} "
+                         f"({', '.join(p for p in PRECISIONS if p not in EXPORT_PRECISIONS)} runs through "
+                         "optimize_for_inference)")
+    if fmt not in EXPORT_PRECISIONS[precision]:
+        raise ValueError(f"{precision} exports as {' or '.join(EXPORT_PRECISIONS[precision])}, not {fmt}")
     model = model.eval()
+    batches = None
+    if precision == "int8":
+        from .quantize import CalibrationError, calibration_batches
+
+        batches = calibration_batches(calibration, model)
+        if len(batches[0]) < 2:
+            raise CalibrationError("an int8 export calibrates on batches of at least 2 examples (the file keeps a "
+                                   f"dynamic batch dimension); the first batch has {len(batches[0])}")
+    tolerance = rtol if rtol is not None else (INT8_EXPORT_TOLERANCE if batches else 1e-4)
+    reference = "the PyTorch int8 model" if batches else "the model"
     randomised = None
     with atomic_path(out) as tmp:
-        check = ExportCheck(_written_and_checked(model, fmt, tmp, input_size, fold_bn))
+        check = ExportCheck(_written_and_checked(model, fmt, tmp, input_size, fold_bn, batches), reference=reference)
         if has_initial_batchnorm_statistics(model):
             probe = randomise_batchnorm_statistics(copy.deepcopy(model))
             with tempfile.TemporaryDirectory() as folder:
-                randomised = _written_and_checked(probe, fmt, str(Path(folder) / Path(tmp).name), input_size, fold_bn)
-            check = ExportCheck(check.relative_difference, randomised)
+                randomised = _written_and_checked(probe, fmt, str(Path(folder) / Path(tmp).name), input_size, fold_bn,
+                                                  batches)
+            check = ExportCheck(check.relative_difference, randomised, reference)
         worst = max(check.relative_difference, randomised or 0.0)
-        if not worst <= rtol:
-            raise ExportError(f"{fmt} export differs from the model: {check} (allowed {rtol:g})")
+        if not worst <= tolerance:
+            raise ExportError(f"{precision} {fmt} export differs from {reference}: {check} (allowed {tolerance:g})")
     return check

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import time
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -20,8 +22,8 @@ from torch import nn
 from .optimize import (OptimizedModel, compile_frozen, fold_batchnorm, glibc_malloc_is_tuned, relative_difference,
                        tune_glibc_malloc)
 
-__all__ = ["CalibrationError", "bf16_supported", "calibration_batches", "cosine_similarity", "optimize_bf16",
-           "quantize"]
+__all__ = ["CalibrationError", "bf16_supported", "calibration_batches", "cosine_similarity", "export_for_quantization",
+           "int8_graph", "optimize_bf16", "quantize", "quantizer"]
 
 MIN_AGREEMENT = 0.95
 """Below this cosine similarity between int8 and fp32 outputs on the calibration data, the int8
@@ -63,6 +65,88 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / norm if norm else float(torch.equal(a, b))
 
 
+def _pt2e() -> Any:
+    """torchao's PT2E functions and x86 quantizer module, or an ImportError saying how to get them."""
+    pytree_log = logging.getLogger("torch.utils._pytree")  # torchao 0.18 registers an Enum the old way
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        from torchao.quantization import pt2e
+        from torchao.quantization.pt2e import quantize_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    except ImportError:
+        raise ImportError("int8 quantization needs torchao: pip install 'dszoo[int8]'") from None
+    finally:
+        pytree_log.setLevel(level)
+    return SimpleNamespace(prepare=quantize_pt2e.prepare_pt2e, prepare_qat=quantize_pt2e.prepare_qat_pt2e,
+                           convert=quantize_pt2e.convert_pt2e, to_eval=pt2e.move_exported_model_to_eval,
+                           to_train=pt2e.move_exported_model_to_train, x86=x86)
+
+
+def export_for_quantization(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """``model`` captured by ``torch.export`` as the graph PT2E quantizes: with a dynamic batch
+    dimension, so that batches may differ in size, unless ``example`` is one example (torch.export
+    cannot keep a dimension of size 1 dynamic; such a graph runs one example at a time)."""
+    dynamic = None if len(example) == 1 else ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    graph = torch.export.export(model, (example,), dynamic_shapes=dynamic).module()
+    return _module_classes_resolved(graph, model)
+
+
+def _module_classes_resolved(graph: torch.fx.GraphModule, model: nn.Module) -> torch.fx.GraphModule:
+    """``graph`` with each node's module stack naming module classes, not their names as text.
+
+    The quantizer finds convolutions by the class of the module they ran in, and compares a
+    class name as text for equality but a class by ``issubclass``: given the name, it passes
+    over subclasses of ``nn.Conv2d`` such as ``blocks.layers.Conv2dSame`` (the DS-CNN's first
+    layer), which would stay in fp32."""
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        for key, (path, cls) in list((stack or {}).items()):
+            if isinstance(cls, str):
+                try:
+                    stack[key] = (path, type(model.get_submodule(path)))
+                except AttributeError:  # a path export made up: leave it as it is
+                    pass
+    return graph
+
+
+def quantizer(*, is_qat: bool = False) -> Any:
+    """``X86InductorQuantizer`` with its default config: per-channel symmetric int8 weights,
+    per-tensor activations (fake-quantized for quantization-aware training with ``is_qat``)."""
+    x86 = _pt2e().x86
+    return x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+
+
+@torch.no_grad()
+def int8_graph(model: nn.Module, batches: list[torch.Tensor]) -> torch.fx.GraphModule:
+    """The PyTorch int8 model of ``model`` in eval mode: exported, prepared with ``quantizer()``,
+    calibrated on ``batches`` (checked ones: ``calibration_batches``) and converted. Its ops are
+    quantize/dequantize pairs around fp32 ones: the reference that ``quantize`` compiles into
+    int8 kernels and ``export_model`` writes as ONNX QDQ or ``.pt2``."""
+    pt2e = _pt2e()
+    if len(batches[0]) == 1:  # a graph for one example calibrates one example at a time
+        batches = [x[i:i + 1] for x in batches for i in range(len(x))]
+    exported = export_for_quantization(copy.deepcopy(model).eval(), batches[0])
+    prepared = pt2e.prepare(exported, quantizer())
+    for x in batches:
+        prepared(x)
+    converted = pt2e.to_eval(pt2e.convert(prepared))
+    converted.training = False  # to_eval switched the ops; the flag says so (ONNX export reads it)
+    return _without_unused_tensors(converted)
+
+
+def _without_unused_tensors(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph`` less the parameters and buffers no node reads: after ``convert_pt2e`` the fp32
+    weights stay attached beside their int8 copies, and would be saved with every exported file."""
+    used = {n.target for n in graph.graph.nodes if n.op == "get_attr"}
+    for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
+        if name not in used:
+            path, _, attr = name.rpartition(".")
+            delattr(graph.get_submodule(path) if path else graph, attr)
+    graph.delete_all_unused_submodules()
+    return graph
+
+
 @torch.no_grad()
 def quantize(model: nn.Module, calibration: Iterable[Any], *, method: str = "ptq",
              max_batches: Optional[int] = None, compile: bool = True, tune_malloc: bool = True) -> OptimizedModel:
@@ -83,34 +167,24 @@ def quantize(model: nn.Module, calibration: Iterable[Any], *, method: str = "ptq
     """
     if method != "ptq":
         raise ValueError(f"unknown quantization method {method!r}; allowed: ptq")
-    try:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
-    except ImportError:
-        raise ImportError("int8 quantization needs torchao: pip install 'dszoo[int8]'") from None
+    _pt2e()
     original = model.eval()
     batches = calibration_batches(calibration, original, max_batches)
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     t0 = time.perf_counter()
-    # A dynamic batch dimension, so that calibration batches may differ in size and so may later
-    # inputs (inductor compiles once per batch size it meets, each specialised). torch.export
-    # cannot keep a dimension of size 1 dynamic: a model made for batch 1 is exported for it, and
-    # calibrates one example at a time.
-    if len(batches[0]) == 1:
-        batches = [x[i:i + 1] for x in batches for i in range(len(x))]
-        dynamic = None
-    else:
-        dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    exported = torch.export.export(copy.deepcopy(original), (batches[0],), dynamic_shapes=dynamic).module()
-    quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(exported, quantizer)
-    for x in batches:
-        prepared(x)
-    converted = convert_pt2e(prepared)
+    converted = int8_graph(original, batches)
+    return _checked_int8(converted, original, batches[0], compile, time.perf_counter() - t0, malloc_tuned)
+
+
+def _checked_int8(converted: torch.fx.GraphModule, original: nn.Module, first: torch.Tensor, compile: bool,
+                  seconds: float, malloc_tuned: bool) -> OptimizedModel:
+    """The converted int8 graph, compiled with inductor (``compile``), as an ``OptimizedModel``
+    whose agreement with ``original`` on ``first`` is measured and at least ``MIN_AGREEMENT``."""
+    t0 = time.perf_counter()
     run = compile_frozen(converted) if compile else converted
-    out = run(batches[0])
-    seconds = time.perf_counter() - t0
-    expected = original(batches[0])
+    out = run(first)
+    seconds += time.perf_counter() - t0
+    expected = original(first)
     agreement = cosine_similarity(out, expected)
     if not agreement >= MIN_AGREEMENT:
         raise RuntimeError(f"int8 outputs agree with fp32 only to cosine similarity {agreement:.3f} on the calibration "

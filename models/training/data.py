@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 from ..errors import UsageError
 from ..files import regular_file
 
-__all__ = ["DATASETS", "DataSplits", "build_datasets"]
+__all__ = ["DATASETS", "DataSplits", "build_datasets", "calibration_examples"]
 
 DATASETS = ("digits", "imagefolder", "cifar10", "fake", "speech_commands")
 
@@ -207,3 +207,17 @@ def build_datasets(
     except RuntimeError as exc:
         raise UsageError(f"--data-dir {root}: {exc} (expected cifar-10-batches-py/ inside; nothing is downloaded)") from None
     return DataSplits(train, val, 10, f"CIFAR-10 {root}")
+
+
+def calibration_examples(dataset: Dataset, count: int, batch_size: int = 64) -> list[torch.Tensor]:
+    """The inputs of the first ``count`` examples of ``dataset`` (in its order, through its own
+    transforms), in batches of ``batch_size``: the calibration data of an int8 model."""
+    from torch.utils.data import DataLoader
+
+    batches, seen = [], 0
+    for x, _ in DataLoader(dataset, batch_size=min(batch_size, count), shuffle=False):
+        batches.append(x[: count - seen])
+        seen += len(batches[-1])
+        if seen >= count:
+            break
+    return batches

@@ -27,7 +27,7 @@ from ..errors import RunError, UsageError
 from ..files import atomic_path, remove_leftover_temporaries
 from ..registry import create_model
 from ..weights import load_pretrained
-from .data import DataSplits, build_datasets
+from .data import DataSplits, build_datasets, calibration_examples
 from .options import TrainConfig, TrainResult, _check_same_model, _options_of_resumed_run, check_arguments, check_memory
 from .run_files import (
     CHECKPOINT_FORMAT,
@@ -170,13 +170,8 @@ def _evaluate_low_precision(run: _Session, fp32_loss: float, fp32_top1: float) -
 
     cfg = run.cfg
     eval_batch = 64  # one compiled shape for calibration and evaluation (the last batch is padded)
-    train_loader = DataLoader(run.data.train, batch_size=min(eval_batch, cfg.calibration_images), shuffle=False)
-    calibration, seen = [], 0
-    for x, _ in train_loader:
-        calibration.append(x[: cfg.calibration_images - seen])
-        seen += len(calibration[-1])
-        if seen >= cfg.calibration_images:
-            break
+    calibration = calibration_examples(run.data.train, cfg.calibration_images, eval_batch)
+    seen = sum(len(x) for x in calibration)
     model = run.model.to(memory_format=torch.contiguous_format).eval()
     val = [(x, y) for x, y in DataLoader(run.data.val, batch_size=eval_batch, shuffle=False)]
     batch = len(val[0][0])
