@@ -222,3 +222,40 @@ def test_timm_weights_round_trip_keeps_int8_agreement(default_run: tuple[Path, A
     with torch.no_grad():
         agreement = (int8(x).argmax(1) == back(x).argmax(1)).float().mean().item()
     assert len(x) == 360 and agreement >= 0.99
+
+
+@pytest.mark.xdist_group(name="default_run")
+def test_quantization_aware_training_writes_an_int8_model(default_run: tuple[Path, Any], tmp_path: Path) -> None:
+    """--qat fine-tunes the main job's model with fake int8 and writes int8.pt2, whose top-1 on
+    the held-out split is the one the run reports, within a point of the fake-quantized model's."""
+    import torchao.quantization.pt2e  # noqa: F401 - registers the quantize ops int8.pt2 holds
+
+    out, trained = default_run
+    assert trained.returncode == 0, trained.stderr
+    run = tmp_path / "qat"
+    res = run_in_process("train", ["--qat", "--pretrained", str(out / "best.pt"), "--epochs", "1", "--lr", "0.001",
+                                   "--max-batches", "8", "--out-dir", str(run), "-q"])
+    assert res.returncode == 0, res.stderr
+    fake = float(res.stdout.split("val_top1 ")[1].split("%")[0])
+    line = next(t for t in res.stdout.splitlines() if t.startswith("int8 (quantization-aware"))
+    reported = float(line.split("val_top1 ")[1].split("%")[0])
+    assert abs(reported - fake) <= 1.0
+    model = create_model("mobilenet_v1_025", num_classes=10, input_size=(1, 32, 32))
+    x, y = build_datasets("digits", model.pretrained_cfg).val.tensors
+    with open(run / "int8.pt2", "rb") as fh:
+        int8 = torch.export.load(fh).module()
+    with torch.no_grad():
+        assert round(100.0 * (int8(x).argmax(1) == y).float().mean().item(), 2) == reported
+    assert sorted(p.name for p in run.iterdir()) == ["args.json", "best.pt", "curves.png", "int8.pt2", "last.pt",
+                                                     "metrics.csv"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--eval-only"], "--qat trains; to evaluate a model in int8 use --eval-only --precision int8"),
+    (["--ema"], "--qat fake-quantizes the exported training graph; it does not take --ema"),
+    (["--amp"], "it does not take --amp"),
+    (["--freeze", "backbone"], "it does not take --freeze backbone (its BatchNorm would keep training)"),
+])
+def test_qat_refuses_options_it_cannot_honour(extra: list[str], message: str) -> None:
+    res = run_in_process("train", ["--qat", "--pretrained", "x.pt", *extra])
+    assert res.returncode == 2 and message in res.stderr, res.stderr

@@ -22,7 +22,7 @@ from torch import nn
 from .optimize import (OptimizedModel, compile_frozen, fold_batchnorm, glibc_malloc_is_tuned, relative_difference,
                        tune_glibc_malloc)
 
-__all__ = ["CalibrationError", "bf16_supported", "calibration_batches", "cosine_similarity", "export_for_quantization",
+__all__ = ["CalibrationError", "QuantizationAwareModel", "bf16_supported", "calibration_batches", "cosine_similarity", "export_for_quantization",
            "int8_graph", "optimize_bf16", "quantize", "quantizer"]
 
 MIN_AGREEMENT = 0.95
@@ -145,6 +145,41 @@ def _without_unused_tensors(graph: torch.fx.GraphModule) -> torch.fx.GraphModule
             delattr(graph.get_submodule(path) if path else graph, attr)
     graph.delete_all_unused_submodules()
     return graph
+
+
+class QuantizationAwareModel(nn.Module):
+    """``model`` with fake quantization for quantization-aware training (torchao's
+    ``prepare_qat_pt2e`` on the exported training graph), sharing its parameters and BatchNorm
+    buffers: training it trains ``model``. ``train()``/``eval()`` switch the graph's BatchNorm and
+    dropout (an exported graph cannot by itself); ``convert()`` gives the int8 graph."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
+        super().__init__()
+        pt2e = _pt2e()
+        mode = model.training
+        graph = export_for_quantization(model.train(), example)
+        model.train(mode)
+        self.graph = pt2e.prepare_qat(graph, quantizer(is_qat=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(x)
+
+    def train(self, mode: bool = True) -> "QuantizationAwareModel":
+        pt2e = _pt2e()
+        (pt2e.to_train if mode else pt2e.to_eval)(self.graph)
+        self.training = mode
+        return self
+
+    @torch.no_grad()
+    def convert(self) -> torch.fx.GraphModule:
+        """The int8 graph of the weights as they are now (as ``int8_graph`` gives after calibration),
+        with the activation ranges the fake quantizers observed; this model stays trainable."""
+        pt2e = _pt2e()
+        graph = copy.deepcopy(self.graph)
+        pt2e.to_eval(graph)
+        converted = pt2e.to_eval(pt2e.convert(graph))
+        converted.training = False
+        return _without_unused_tensors(converted)
 
 
 @torch.no_grad()

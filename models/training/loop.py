@@ -155,7 +155,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 result.best_top1, result.best_epoch = top1, epoch + 1
             if run.lead:
                 _save_epoch(run, trainer, result, epoch, top1, eval_model if improved else None)
-        return _finish(run, result)
+        return _finish(run, result, trainer)
     finally:
         if run.lock is not None:
             release_run_lock(run.lock)
@@ -263,12 +263,28 @@ def _build_trainer(run: _Session) -> _Trainer:
                         drop_last=len(train_set) // run.world > cfg.batch_size, pin_memory=run.device.type == "cuda",
                         persistent_workers=cfg.workers > 0)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if cfg.qat:
+        train_model = _quantization_aware(run, loader)
     if cfg.compile:
         # dynamic=False: every ZooNet shares one forward, and dynamo would otherwise recompile the
         # second model it meets with dynamic shapes (slower code, minutes of compiling)
         train_model = torch.compile(train_model, dynamic=False)
     return _Trainer(train_model, frozen, optimizer, scheduler, ema, sampler, loader, criterion,
                     grad_scaler(run.device, cfg.amp))
+
+def _quantization_aware(run: _Session, loader: DataLoader) -> nn.Module:
+    """``--qat``: the model with fake quantization, sharing its weights (the optimizer and the
+    checkpoints keep working on ``run.model``), exported at a training batch's shape."""
+    from ..deployment.quantize import QuantizationAwareModel
+
+    if run.world > 1:
+        raise UsageError("--qat runs in one process (the fake-quantized graph is not wrapped in DDP here)")
+    example = next(iter(loader))[0].to(run.device)
+    if len(example) == 1:  # a graph exported at batch 1 would take batch 1 alone
+        example = example.expand(2, *example.shape[1:])
+    if run.channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    return QuantizationAwareModel(run.model, example)
 
 def _restore(run: _Session, trainer: _Trainer, ckpt: dict[str, Any], result: TrainResult) -> int:
     """Load a checkpoint's model, optimizer, scheduler, EMA, history and RNG states; return the
@@ -343,7 +359,7 @@ def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict
     cfg, device = run.cfg, run.device
     t0 = time.perf_counter()
     trainer.sampler.set_epoch(epoch)
-    _set_train_mode(run.model, trainer.frozen)
+    _set_train_mode(trainer.train_model, trainer.frozen)
     lr = trainer.optimizer.param_groups[0]["lr"]
     loss_sum, seen = 0.0, 0
     bar = tqdm(trainer.loader, desc=f"epoch {epoch + 1}/{cfg.total_epochs}", leave=False,
@@ -378,7 +394,9 @@ def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict
         # validate rank 0's model everywhere, the one its checkpoint saves
         for buffer in eval_model.buffers():
             dist.broadcast(buffer, src=0)
-    val_loss, top1 = evaluate(eval_model, run.val_loader, device, amp=cfg.amp, channels_last=run.channels_last)
+    # --qat measures the fake-quantized model (what int8 will give); its weights are run.model's
+    measured = trainer.train_model if cfg.qat else eval_model
+    val_loss, top1 = evaluate(measured, run.val_loader, device, amp=cfg.amp, channels_last=run.channels_last)
     row = dict(epoch=epoch + 1, train_loss=round(loss_sum / max(seen, 1), 6), val_loss=round(val_loss, 6),
                val_top1=round(top1, 4), lr=lr, seconds=round(time.perf_counter() - t0, 3))
     if run.lead and cfg.quiet < 2:
@@ -407,20 +425,47 @@ def _save_epoch(run: _Session, trainer: _Trainer, result: TrainResult, epoch: in
     save_checkpoint(run.out / "last.pt", payload)
     write_metrics(run.out, result.history)
 
-def _finish(run: _Session, result: TrainResult) -> TrainResult:
-    """The last epoch's figures, the curves plot and the closing line."""
+def _finish(run: _Session, result: TrainResult, trainer: _Trainer) -> TrainResult:
+    """The last epoch's figures, the curves plot, ``--qat``'s int8 model and the closing line."""
     if result.history:
         result.val_loss, result.val_top1 = result.history[-1]["val_loss"], result.history[-1]["val_top1"]
     if run.lead and result.history:
         plot_curves(run.out, result.history)
         if run.data.test is not None and (run.out / "best.pt").is_file():
             _test_best(run, result)
+        if run.cfg.qat and (run.out / "best.pt").is_file():
+            _write_int8(run, trainer.train_model, result)
         written = [f for f in RUN_FILES if (run.out / f).is_file()]
         run.say(f"best val_top1 {result.best_top1:.2f}% (epoch {result.best_epoch}); {run.out} holds "
                 f"{', '.join(written)}")
     if dist.is_initialized():
         dist.barrier()
     return result
+
+@torch.no_grad()
+def _write_int8(run: _Session, qat_model: nn.Module, result: TrainResult) -> None:
+    """``--qat``'s deployable model: ``best.pt``'s weights converted to int8 with the ranges the
+    fake quantizers observed, measured on the validation split and written as ``int8.pt2``
+    (checked against the converted graph on load, as ``dszoo-export`` checks its files)."""
+    from ..deployment.export import EXPORT_FORMATS
+    from ..deployment.optimize import relative_difference
+
+    best = torch.load(run.out / "best.pt", map_location=run.device, weights_only=True)["model"]
+    run.model.load_state_dict(best)  # in place: the fake-quantized graph shares these tensors
+    int8 = qat_model.convert()
+    correct = total = 0
+    for x, y in run.val_loader:
+        correct += (int8(x.to(run.device)).argmax(1).cpu() == y).sum().item()
+        total += len(y)
+    result.int8_top1 = 100.0 * correct / max(total, 1)
+    x = next(iter(run.val_loader))[0][:4].to(run.device)
+    with atomic_path(run.out / "int8.pt2") as tmp:
+        loaded = EXPORT_FORMATS["pt2"](int8, x, tmp)
+        difference = relative_difference(loaded(x), int8(x))
+        if not difference <= 1e-5:
+            raise RunError(f"int8.pt2 differs from the converted model by {difference:.2e}; not written")
+    run.say(f"int8 (quantization-aware, best.pt converted) val_top1 {result.int8_top1:.2f}% on {total} examples; "
+            f"written to {run.out / 'int8.pt2'}")
 
 @torch.no_grad()
 def _test_best(run: _Session, result: TrainResult) -> None:

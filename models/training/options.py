@@ -32,6 +32,7 @@ class TrainConfig:
     data_dir: Optional[str] = None
     speech_task: str = "12"
     precision: str = "fp32"  # with eval_only: also evaluate the model in bf16 or int8
+    qat: bool = False  # quantization-aware training: fake int8 in every step, int8.pt2 at the end
     compile: bool = False
     calibration_images: int = 256
     classes: Optional[list[int]] = None
@@ -76,6 +77,7 @@ class TrainResult:
     val_loss: float = float("nan")
     val_top1: float = float("nan")
     test_top1: Optional[float] = None  # of best.pt, on the held-out test split where the data has one
+    int8_top1: Optional[float] = None  # --qat: best.pt converted to int8, on the validation split
 
 
 def check_arguments(cfg: TrainConfig) -> None:
@@ -90,6 +92,10 @@ def check_arguments(cfg: TrainConfig) -> None:
         (cfg.max_batches is not None and cfg.eval_only, "--max-batches limits training; --eval-only does none"),
         (cfg.precision != "fp32" and not cfg.eval_only, f"--precision {cfg.precision} evaluates a model: it needs "
                                                         "--eval-only --pretrained PATH"),
+        (cfg.qat and cfg.eval_only, "--qat trains; to evaluate a model in int8 use --eval-only --precision int8"),
+        *[(cfg.qat and bad, f"--qat fake-quantizes the exported training graph; it does not take {flag}")
+          for bad, flag in ((cfg.ema, "--ema"), (cfg.amp, "--amp"), (cfg.compile, "--compile"),
+                            (cfg.freeze != "none", f"--freeze {cfg.freeze} (its BatchNorm would keep training)"))],
     ]
     for bad, message in pairs:
         if bad:

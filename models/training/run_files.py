@@ -22,7 +22,7 @@ __all__ = ["CHECKPOINT_FORMAT", "LOCK_FILE", "RUN_FILES", "RUN_RESULTS", "RunFol
            "plot_confusion", "plot_curves", "release_run_lock", "save_checkpoint", "write_metrics"]
 
 CHECKPOINT_FORMAT = "dszoo-train-1"
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "args.json", "curves.png", "confusion.png")
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "args.json", "curves.png", "confusion.png", "int8.pt2")
 """Every file a run writes (``--overwrite`` replaces them all)."""
 RUN_RESULTS = ("last.pt", "best.pt", "metrics.csv")
 """The files that make a folder hold a run: what training produced."""
