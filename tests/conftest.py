@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -66,12 +67,28 @@ def run_in_process(name: str, args: Sequence[str], cwd: Optional[Path] = None) -
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """The README's main job, exactly as a user runs it (only the output folder differs), once
-    per session: its folder and the finished process. Tests that need a trained model use it."""
-    cwd = tmp_path_factory.mktemp("default_run")
+    per session: its folder and the finished process. Tests that need a trained model use it.
+
+    Under pytest-xdist the workers share one run: the first to need it trains while holding a
+    file lock in the session's common folder, the others wait and read its result. (xdist's
+    ``xdist_group`` does not group tests under pytest 9.2, whose node ids it can no longer
+    rewrite, so each worker would train its own.)"""
+    from filelock import FileLock  # a dependency of torch
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
+    cwd, record = shared / "default_run", shared / "default_run.json"
     out = cwd / "run"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
-    res = subprocess.run([sys.executable, str(script), "--out-dir", str(out)], capture_output=True, text=True, cwd=cwd)
-    return out, res
+    with FileLock(str(shared / "default_run.lock")):
+        if not record.is_file():
+            cwd.mkdir(exist_ok=True)
+            script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+            res = subprocess.run([sys.executable, str(script), "--out-dir", str(out)], capture_output=True, text=True,
+                                 cwd=cwd)
+            record.write_text(json.dumps({"args": res.args, "returncode": res.returncode, "stdout": res.stdout,
+                                          "stderr": res.stderr}))
+        saved = json.loads(record.read_text())
+    return out, subprocess.CompletedProcess(saved["args"], saved["returncode"], saved["stdout"], saved["stderr"])
 
 
 @pytest.fixture(autouse=True)

@@ -166,7 +166,7 @@ SCRIPT_CASES = [
     ("export", ["--model", "ds_cnn_s", "--format", "onnx", "--out", "m.pt"], "error: --out m.pt: must end in .onnx"),
     ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "existing.pt"], "error: --out existing.pt: exists"),
     ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "folder.pt"], "error: --out folder.pt: is a folder"),
-    ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "m.pt", "--input-size", "3", "49", "10"], "error: expected 1 input channels"),
+    ("export", ["--model", "xception", "--format", "torchscript", "--out", "m.pt", "--input-size", "3", "32", "32"], "input_size: 3x32x32 is smaller than the minimum 71x71 of this network"),
     ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "m.pt", "--pretrained", "corrupt.pt"], "error: corrupt.pt: not a readable PyTorch checkpoint"),
     ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "m.pt", "--pretrained", "mobilenet.pt"], "error: mobilenet.pt (dszoo) does not fit ds_cnn_s: shape mismatch"),
     ("export", ["--model", "ds_cnn_s", "--format", "pt2", "--out", "m.pt2", "--num-classes", "-1"], "error: argument --num-classes: must be an integer >= 0"),

@@ -177,13 +177,13 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     report = out_md.read_text()
     for p in data["profiles"]:
         shares = [op["share"] for op in p["operators"]]
-        assert len(shares) == 4 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+        assert len(shares) == 4 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
         assert f"### {p['model']}, {p['variant']}, batch 2" in report
         if p["variant"] == "ours":  # eager time goes to the convolutions (at these tiny sizes a
             # BatchNorm row sometimes edges out the largest conv row: 1 run in 6 here)
             assert "aten::mkldnn_convolution" in [op["operator"] for op in p["operators"]]
         dnnl = p["onednn"]
-        assert len(dnnl["top"]) == 4 and 0 < sum(op["share"] for op in dnnl["top"]) <= 1
+        assert len(dnnl["top"]) == 4 and 0 < sum(op["share"] for op in dnnl["top"]) <= 1 + 1e-9
         assert sum(op["ms"] for op in dnnl["top"]) <= dnnl["total_ms"] * (1 + 1e-9)
         assert 0 < dnnl["total_ms"] < dnnl["wall_ms"]
         assert (f"oneDNN primitives: {dnnl['total_ms']:.2f} ms of a {dnnl['wall_ms']:.2f} ms call "

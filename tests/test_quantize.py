@@ -91,7 +91,6 @@ def test_bf16_where_the_cpu_has_it() -> None:
     assert fast(x).dtype == torch.float32
 
 
-@pytest.mark.xdist_group(name="default_run")  # one worker trains it, once
 def test_eval_only_int8_keeps_a_trained_models_predictions(default_run: tuple[Path, Any]) -> None:
     """The main job's model on digits, the real held-out split: int8 calibrated on 64 training images."""
     out, trained = default_run
@@ -167,7 +166,6 @@ def test_export_command_int8_options(args: list[str], message: str, tmp_path: Pa
     assert res.returncode == 2 and "--calibration and --data-dir calibrate int8 exports; add --precision int8" in res.stderr
 
 
-@pytest.mark.xdist_group(name="default_run")
 def test_int8_onnx_of_the_trained_digits_model_keeps_its_accuracy(default_run: tuple[Path, Any], tmp_path: Path) -> None:
     """The main job's model exported to int8 ONNX, calibrated on 64 digits training images, run by
     onnxruntime op by op (the file's own QDQ semantics) on the real held-out split: within a
@@ -197,7 +195,6 @@ def test_int8_onnx_of_the_trained_digits_model_keeps_its_accuracy(default_run: t
     assert (int8 == fp32).float().mean().item() >= 0.98
 
 
-@pytest.mark.xdist_group(name="default_run")
 def test_timm_weights_round_trip_keeps_int8_agreement(default_run: tuple[Path, Any], tmp_path: Path) -> None:
     """The digits-trained weights through timm's MobileNetV1 (the same logits) and back into a new
     model (the same tensors): its int8 model, calibrated on 256 training images, predicts the
@@ -218,17 +215,16 @@ def test_timm_weights_round_trip_keeps_int8_agreement(default_run: tuple[Path, A
     back = create_model("mobilenet_v1_025", pretrained=tmp_path / "timm.safetensors", num_classes=10,
                         input_size=(1, 32, 32)).eval()
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), ours.state_dict().values()))
-    int8 = quantize(back, calibration_examples(data.train, 256))
+    int8 = quantize(back, calibration_examples(data.train, 256), compile=False)  # the reference graph: same numbers
     with torch.no_grad():
         agreement = (int8(x).argmax(1) == back(x).argmax(1)).float().mean().item()
     assert len(x) == 360 and agreement >= 0.99
 
 
-@pytest.mark.xdist_group(name="default_run")
 def test_quantization_aware_training_writes_an_int8_model(default_run: tuple[Path, Any], tmp_path: Path) -> None:
     """--qat fine-tunes the main job's model with fake int8 and writes int8.pt2, whose top-1 on
     the held-out split is the one the run reports, within a point of the fake-quantized model's."""
-    import torchao.quantization.pt2e  # noqa: F401 - registers the quantize ops int8.pt2 holds
+    importlib.import_module("torchao.quantization.pt2e")  # registers the quantize ops int8.pt2 holds
 
     out, trained = default_run
     assert trained.returncode == 0, trained.stderr

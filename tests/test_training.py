@@ -33,7 +33,6 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-@pytest.mark.xdist_group(name="default_run")  # one worker trains it, once
 def test_default_run_reaches_93_percent_on_digits(default_run: tuple[Path, subprocess.CompletedProcess]) -> None:
     """The README's main job, exactly as a user runs it (only the output folder differs)."""
     out, res = default_run
@@ -119,7 +118,6 @@ def test_freeze_stages_k_and_bad_spec(tmp_path: Path) -> None:
         train(TrainConfig(**QUICK, epochs=1, freeze="stages:9", out_dir=str(tmp_path / "b")))
 
 
-@pytest.mark.xdist_group(name="default_run")  # one worker trains it, once
 def test_eval_only_reproduces_the_logged_accuracy(default_run: tuple[Path, subprocess.CompletedProcess]) -> None:
     out, _ = default_run
     evaluated = train(TrainConfig(eval_only=True, pretrained=str(out / "best.pt"), quiet=2))
