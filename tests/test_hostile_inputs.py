@@ -182,7 +182,7 @@ SCRIPT_CASES = [
     ("benchmark", ["--repeats", "2.5"], "error: argument --repeats: must be a positive integer, got '2.5'"),
     ("benchmark", ["--threads", "-1"], "error: argument --threads: must be a positive integer, got '-1'"),
     ("benchmark", ["--backends", "tvm"], "error: argument --backends: invalid choice: 'tvm'"),
-    ("benchmark", ["--quick", "--models", "xception"], "error: --quick sets its own models, batch sizes, repeats and backends; drop --models"),
+    ("benchmark", ["--quick", "--models", "xception"], "error: --quick sets its own models, batch sizes, repeats, backends and precisions; drop --models"),
     ("benchmark", ["--json", "existing.json"], "error: --json existing.json: exists; pass --overwrite"),
     ("benchmark", ["--plot", "out.jpg"], "error: --plot out.jpg: must end in .png"),
     ("benchmark", ["--profile", "out.txt"], "error: --profile out.txt: must end in .md"),

@@ -255,3 +255,29 @@ def test_quantization_aware_training_writes_an_int8_model(default_run: tuple[Pat
 def test_qat_refuses_options_it_cannot_honour(extra: list[str], message: str) -> None:
     res = run_in_process("train", ["--qat", "--pretrained", "x.pt", *extra])
     assert res.returncode == 2 and message in res.stderr, res.stderr
+
+
+def test_benchmark_times_int8_against_its_own_ceiling() -> None:
+    """int8 rows beside the fp32 ones: their fraction is of the int8 GEMM ceiling and their
+    roofline counts a quarter of the fp32 bytes; bf16 where the CPU has it, else a log line."""
+    from models.measurement.benchmark import roofline_ms, run_benchmarks
+    from models.profile import layer_traffic
+
+    log: list[str] = []
+    result = run_benchmarks(["ds_cnn_s"], batch_sizes=(2,), repeats=2, train_batch=2, backends=("eager",),
+                            log=log.append, ceiling_sizes=(256,), precisions=("int8", "bf16"))
+    ceilings = result["ceilings"]
+    rows = {r["variant"]: r for r in result["rows"] if r["batch"] == 2}
+    assert {"ours", "optimized", "int8"} <= rows.keys() and ceilings["int8"] > 0
+    int8 = rows["int8"]
+    assert int8["ceiling_fraction"] == pytest.approx(2 * int8["gmacs_per_s"] / ceilings["int8"])
+    assert "inductor, compile" in int8["note"] and "max relative difference from fp32" in int8["note"]
+    layers = layer_traffic(create_model("ds_cnn_s"), (1, 49, 10), 2).values()
+    assert int8["roofline_ms"] == pytest.approx(roofline_ms([(m, b / 4) for m, b in layers], ceilings["int8"],
+                                                            result["memory_gbs"]))
+    assert rows["optimized"]["roofline_ms"] == pytest.approx(roofline_ms(list(layers), ceilings["fp32"],
+                                                                         result["memory_gbs"]))
+    if bf16_supported():
+        assert "bf16" in rows and ceilings["bf16"] > 0
+    else:
+        assert "bf16" not in rows and "bf16: not timed, this CPU has no native bfloat16 (AVX-512 BF16 or AMX)" in log

@@ -5,6 +5,7 @@
     python scripts/benchmark.py --models xception --batch-sizes 1 8 32 --json out.json --plot out.png
     python scripts/benchmark.py --models mobilenet_v1 xception --batch-sizes 8 --profile profile.md
     python scripts/benchmark.py --compare-backends inductor  # the default compiler against inductor
+    python scripts/benchmark.py --models mobilenet_v1 --batch-sizes 8 --precisions int8  # int8 beside fp32
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 from .. import list_models
 from ..files import atomic_path
-from ..measurement.benchmark import run_benchmarks
+from ..measurement.benchmark import LOW_PRECISIONS, run_benchmarks
 from .cli import ArgumentParser, UsageError, new_output_file, positive_int, run_cli
 from ..deployment.optimize import BACKENDS
 
@@ -37,8 +38,12 @@ def markdown(result: dict) -> str:
                      f"{r['min_ms']:.2f}-{r['max_ms']:.2f} | {r['images_per_s']:.1f} | {r['gmacs_per_s']:.1f} | "
                      f"{r['ceiling_fraction']:.1%} | {roof} | {r['note']} |")
     m = result["machine"]
+    low = result.get("ceilings", {})
     head = (f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}; fp32 GEMM ceiling "
-            f"{result['gemm_gflops']:.1f} GFLOP/s, memory bandwidth {result['memory_gbs']:.1f} GB/s; "
+            f"{result['gemm_gflops']:.1f} GFLOP/s"
+            + (f", int8 {low['int8']:.1f} GOP/s" if "int8" in low else "")
+            + (f", bf16 {low['bf16']:.1f} GFLOP/s" if "bf16" in low else "")
+            + f", memory bandwidth {result['memory_gbs']:.1f} GB/s; "
             f"medians of {result['repeats']} runs after warm-up; "
             f"glibc malloc {'tuned' if result['malloc_tuned'] else 'default'}")
     optimized = {(r["model"], r["batch"]): r["ceiling_fraction"] for r in result["rows"] if r["variant"] == "optimized"}
@@ -134,6 +139,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    f"(default: {' '.join(BACKENDS)})")
     p.add_argument("--compare-backends", nargs="+", choices=BACKENDS, default=[],
                    help="also time the optimized path built with each of these alone (rows optimized-BACKEND)")
+    p.add_argument("--precisions", nargs="*", choices=LOW_PRECISIONS,
+                   help="also time the optimized path in these (default: int8 bf16, where this CPU runs them; "
+                   "--quick: none), against ceilings of their own")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc malloc's settings alone (by default freed memory is kept for reuse, for every row)")
     p.add_argument("--json", help="write the results as JSON")
@@ -152,10 +160,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UsageError("--device cuda: no CUDA device is available to this process")
         raise UsageError("--device cuda: the GPU benchmark (CUDA events, bf16 ceiling, GPU roofline) is not written "
                          "yet; run the CPU benchmark, or time the models yourself (docs/performance.md)")
-    chosen = [f"--{k.replace('_', '-')}" for k in ("models", "batch_sizes", "repeats", "train_batch", "backends")
+    chosen = [f"--{k.replace('_', '-')}" for k in ("models", "batch_sizes", "repeats", "train_batch", "backends",
+                                                     "precisions")
               if getattr(args, k) is not None]
     if args.quick and chosen:
-        raise UsageError(f"--quick sets its own models, batch sizes, repeats and backends; drop {', '.join(chosen)}")
+        raise UsageError(f"--quick sets its own models, batch sizes, repeats, backends and precisions; drop "
+                         f"{', '.join(chosen)}")
     unknown = [m for m in args.models or [] if m not in list_models()]
     if unknown:
         raise UsageError(f"unknown models {unknown}; available: {', '.join(list_models())}")
@@ -174,6 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.quick:
         args.models, args.batch_sizes, args.repeats, args.train_batch = ["ds_cnn_s", "mobilenet_v1_025"], [1, 2], 3, 4
         args.backends = ["onednn_graph", "torchscript", "eager"]
+        args.precisions = []
     args.models = args.models or DEFAULT_MODELS
     args.batch_sizes = args.batch_sizes or [1, 8]
     args.repeats = args.repeats or 10
@@ -183,7 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             log=lambda s: print(s, file=sys.stderr), tune_malloc=not args.default_malloc,
                             profile_top=(args.profile_top or 10) if args.profile else 0,
                             compare_backends=args.compare_backends,
-                            ceiling_sizes=(1024,) if args.quick else (2048, 4096))
+                            ceiling_sizes=(1024,) if args.quick else (2048, 4096),
+                            precisions=LOW_PRECISIONS if args.precisions is None else args.precisions)
     print(markdown(result))
     if args.json:
         with atomic_path(args.json) as tmp, open(tmp, "w") as fh:

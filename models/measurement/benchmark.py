@@ -13,6 +13,14 @@ the ceiling a forward pass can reach if those layers run no faster. With ``profi
 largest batch of each model is also run under ``torch.profiler`` and its top operators kept,
 and then with oneDNN's verbose log on, which names the kernels inside fused partitions, to say
 where the time goes.
+
+With ``precisions`` the optimized path is also timed in int8 (``models.quantize``, calibrated on
+random batches: speed only; accuracy is measured on real data elsewhere) and bf16 (where the CPU
+has it), in the same round-robin. Their fractions and rooflines use their own ceilings, measured
+the same way as the fp32 one: the int8 ceiling is a large square linear layer through the same
+int8 path (the oneDNN kernel int8 models run on; ``torch._int_mm`` takes a slow generic path
+here), the bf16 ceiling a large square bf16 product; an int8 layer moves a quarter of the fp32
+bytes, a bf16 layer half.
 """
 from __future__ import annotations
 
@@ -26,14 +34,21 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..deployment.export import has_initial_batchnorm_statistics, randomise_batchnorm_statistics
 from ..deployment.optimize import BACKENDS, OptimizedModel, glibc_malloc_is_tuned, optimize_for_inference, tune_glibc_malloc
 from ..profile import count_macs, layer_gemms, layer_traffic, timed
 from ..registry import create_model
 from ..weights import TIMM_MODELS, export_to_timm
 from .profiler import onednn_primitives, top_operators
 
-__all__ = ["BenchRow", "LayerGemms", "gemm_gflops", "machine_info", "memory_bandwidth_gbs", "roofline_ms",
-           "run_benchmarks", "timed_interleaved"]
+__all__ = ["BenchRow", "LOW_PRECISIONS", "LayerGemms", "bf16_gemm_gflops", "gemm_gflops", "int8_gemm_gops",
+           "machine_info", "memory_bandwidth_gbs", "precision_of", "roofline_ms", "run_benchmarks", "timed_interleaved"]
+
+LOW_PRECISIONS = ("int8", "bf16")
+"""The precisions besides fp32 the benchmark can time (rows named after them)."""
+
+BYTES_SCALE = {"fp32": 1.0, "bf16": 0.5, "int8": 0.25}
+"""Bytes a layer moves in each precision, as a share of its fp32 bytes."""
 
 
 CL = torch.channels_last
@@ -44,7 +59,8 @@ class BenchRow:
     """One measured configuration."""
 
     model: str
-    # ours | ours-cl | timm | optimized | optimized-BACKEND | standard | gemms | ours-train | ours-cl-train | timm-train
+    # ours | ours-cl | timm | optimized | optimized-BACKEND | int8 | bf16 | standard | gemms | ours-train
+    # | ours-cl-train | timm-train
     variant: str
     batch: int
     median_ms: float
@@ -82,6 +98,29 @@ def gemm_gflops(sizes: Sequence[int] = (2048, 4096), repeats: int = 10) -> float
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n), torch.randn(n, n)
+        best = max(best, 2 * n**3 / statistics.median(timed(lambda: torch.mm(a, b), repeats, warmup=3)) / 1e9)
+    return best
+
+
+def int8_gemm_gops(sizes: Sequence[int] = (2048, 4096), repeats: int = 10) -> float:
+    """int8 GOP/s of large square products through the int8 path the models take: an n x n
+    linear layer quantized by ``models.quantize`` (oneDNN's u8 x s8 kernel, fp32 in and out), at
+    a batch of n (the best median over ``sizes``)."""
+    from ..deployment.quantize import quantize
+
+    best = 0.0
+    for n in sizes:
+        x = torch.randn(n, n)
+        layer = quantize(nn.Linear(n, n, bias=False).eval(), [x], tune_malloc=False)
+        best = max(best, 2 * n**3 / statistics.median(timed(lambda: layer(x), repeats, warmup=3)) / 1e9)
+    return best
+
+
+def bf16_gemm_gflops(sizes: Sequence[int] = (2048, 4096), repeats: int = 10) -> float:
+    """bf16 GFLOP/s of large square matrix products (the best median over ``sizes``)."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
         best = max(best, 2 * n**3 / statistics.median(timed(lambda: torch.mm(a, b), repeats, warmup=3)) / 1e9)
     return best
 
@@ -162,16 +201,41 @@ def _optimized_note(opt: OptimizedModel) -> str:
     return f"{opt.backend}, {'channels_last' if opt.channels_last else 'contiguous'}, compile {opt.compile_seconds:.1f}s"
 
 
+def precision_of(variant: str) -> str:
+    """The number format a row's variant computes in."""
+    return variant if variant in LOW_PRECISIONS else "fp32"
+
+
+def _low_precision(model: nn.Module, x: torch.Tensor, precision: str, tune_malloc: bool) -> tuple[Optional[OptimizedModel], str]:
+    """The optimized path in ``precision`` (int8 calibrated on random batches), or None and why not.
+    A fresh model's BatchNorm computes the identity and its outputs are near zero, too little
+    for int8 to agree with: such a model is quantized with randomised statistics (BatchNorm is
+    folded away, so the speed is the same)."""
+    if has_initial_batchnorm_statistics(model):
+        model = randomise_batchnorm_statistics(copy.deepcopy(model))
+    try:
+        calibration = [torch.randn_like(x) for _ in range(4)] if precision == "int8" else None
+        opt = optimize_for_inference(model, x, precision=precision, calibration=calibration, tune_malloc=tune_malloc)
+    except (RuntimeError, ImportError) as exc:
+        return None, " ".join(str(exc).split())[:200]
+    if opt.precision != precision:
+        return None, opt.failures.get(precision, "it fell back to fp32")
+    return opt, ""
+
+
 @torch.no_grad()
-def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling: float,
+def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceilings: dict[str, float],
                     backends: Sequence[str], log: Callable[[str], None], tune_malloc: bool,
                     layers: dict[tuple[str, int, bool], list[tuple[int, int]]],
-                    profiles: list[dict], profile_top: int, compare_backends: Sequence[str]) -> list[BenchRow]:
+                    profiles: list[dict], profile_top: int, compare_backends: Sequence[str],
+                    precisions: Sequence[str] = ()) -> list[BenchRow]:
     """Inference rows of one model; fills ``layers[(name, batch, separable)]`` with the (MACs,
     bytes) of each conv and linear layer, for the roofline, and, where ``profile_top`` > 0,
     appends the top operators and oneDNN primitives of each variant at the largest batch to
     ``profiles``. Each of ``compare_backends`` adds a row ``optimized-BACKEND``: the optimized
-    path built with that backend alone (skipped, with a log line, where it fails)."""
+    path built with that backend alone (skipped, with a log line, where it fails); each of
+    ``precisions`` (int8, bf16) a row named after it (skipped, with a log line, where it cannot
+    be made here)."""
     model = create_model(name).eval()
     model_cl = copy.deepcopy(model).to(memory_format=CL)  # the same weights, eager, channels-last
     size = model.cfg.input_size
@@ -199,19 +263,27 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
                 continue
             fns[f"optimized-{backend}"] = lambda alt=alt: alt(x)
             notes[f"optimized-{backend}"] = _optimized_note(alt)
+        for precision in precisions:
+            low, why = _low_precision(model, x, precision, tune_malloc)
+            if low is None:
+                log(f"{name:<20} {precision}: not timed, {why}")
+                continue
+            fns[precision] = lambda low=low: low(x)
+            notes[precision] = f"{low.backend}, compile {low.compile_seconds:.1f}s, max relative difference from fp32 " \
+                               f"{low.max_relative_difference:.1e}"
         times = timed_interleaved(fns, repeats)
         if profile_top and batch == max(batch_sizes):  # after timing, so profiling never slows a timed run
             profiles += [{"model": name, "batch": batch, "variant": k, "operators": top_operators(fn, top=profile_top),
                           "onednn": onednn_primitives(fn, top=profile_top)}
                          for k, fn in fns.items() if k != "gemms"]
-        batch_rows = [_row(name, k, batch, v, gemms.macs // batch if k == "gemms" else macs, ceiling, notes.get(k, ""))
-                      for k, v in times.items()]
+        batch_rows = [_row(name, k, batch, v, gemms.macs // batch if k == "gemms" else macs,
+                           ceilings[precision_of(k)], notes.get(k, "")) for k, v in times.items()]
         if batch == min(batch_sizes):  # the standard-conv twin is ~8x the work: latency only
             std = create_model(name, separable=False).eval()
             std_macs = count_macs(std, size)
             layers[(name, batch, False)] = list(layer_traffic(std, size, batch).values())
             batch_rows.append(_row(name, "standard", batch, timed(lambda: std(x), max(3, repeats // 2)), std_macs,
-                                   ceiling, f"{std_macs / macs:.1f}x the MACs"))
+                                   ceilings["fp32"], f"{std_macs / macs:.1f}x the MACs"))
         for r in batch_rows:
             log(f"{name:<20} {r.variant:<13} b{batch:<3} {r.median_ms:9.2f} ms  {r.ceiling_fraction:6.1%} {r.note}")
         rows += batch_rows
@@ -251,10 +323,35 @@ def _training_rows(name: str, batch: int, repeats: int, ceiling: float, log: Cal
     return rows
 
 
+def _low_precision_ceilings(precisions: Sequence[str], sizes: Sequence[int], log: Callable[[str], None]) -> dict[str, float]:
+    """The int8 and bf16 GEMM ceilings ``precisions`` ask for, measured; a precision this machine
+    cannot run is left out with a log line."""
+    from ..deployment.quantize import bf16_supported
+
+    unknown = [p for p in precisions if p not in LOW_PRECISIONS]
+    if unknown:
+        raise ValueError(f"unknown precisions {unknown}; allowed: {', '.join(LOW_PRECISIONS)}")
+    ceilings = {}
+    if "int8" in precisions:
+        try:
+            ceilings["int8"] = int8_gemm_gops(sizes)
+            log(f"int8 GEMM ceiling: {ceilings['int8']:.1f} GOP/s")
+        except ImportError as exc:
+            log(f"int8: not timed, {exc}")
+    if "bf16" in precisions:
+        if bf16_supported():
+            ceilings["bf16"] = bf16_gemm_gflops(sizes)
+            log(f"bf16 GEMM ceiling: {ceilings['bf16']:.1f} GFLOP/s")
+        else:
+            log("bf16: not timed, this CPU has no native bfloat16 (AVX-512 BF16 or AMX)")
+    return ceilings
+
+
 def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), repeats: int = 10,
                    train_batch: int = 16, backends: Sequence[str] = BACKENDS,
                    log: Callable[[str], None] = print, tune_malloc: bool = True, profile_top: int = 0,
-                   compare_backends: Sequence[str] = (), ceiling_sizes: Sequence[int] = (2048, 4096)) -> dict:
+                   compare_backends: Sequence[str] = (), ceiling_sizes: Sequence[int] = (2048, 4096),
+                   precisions: Sequence[str] = ()) -> dict:
     """Everything ``scripts/benchmark.py`` reports, as a JSON-ready dict.
 
     ``tune_malloc`` applies ``tune_glibc_malloc`` before anything is timed, so that every row -
@@ -264,18 +361,21 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
     ``compare_backends`` adds rows ``optimized-BACKEND``, the optimized path built with that
     backend alone, timed beside the default choice. ``ceiling_sizes`` are the square matrix
     products the GEMM ceiling is measured on (smaller ones for a quick run: a 4096-square product
-    takes seconds on two cores).
+    takes seconds on two cores). ``precisions`` (of ``LOW_PRECISIONS``) adds a row per precision
+    beside the fp32 ones, with its own ceiling (``ceilings`` in the result).
     """
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     log(f"glibc malloc tuned (freed memory reused): {'yes' if malloc_tuned else 'no'}")
     ceiling, bandwidth = gemm_gflops(ceiling_sizes), memory_bandwidth_gbs()
     log(f"fp32 GEMM ceiling: {ceiling:.1f} GFLOP/s; memory bandwidth {bandwidth:.1f} GB/s")
+    ceilings = {"fp32": ceiling, **_low_precision_ceilings(precisions, ceiling_sizes, log)}
+    precisions = [p for p in precisions if p in ceilings]
     rows: list[BenchRow] = []
     layers: dict[tuple[str, int, bool], list[tuple[int, int]]] = {}
     profiles: list[dict] = []
     for name in models:
-        rows += _inference_rows(name, batch_sizes, repeats, ceiling, backends, log, tune_malloc, layers, profiles,
-                                profile_top, compare_backends)
+        rows += _inference_rows(name, batch_sizes, repeats, ceilings, backends, log, tune_malloc, layers, profiles,
+                                profile_top, compare_backends, precisions)
     for name in models:
         rows += _training_rows(name, train_batch, max(5, repeats // 2), ceiling, log)
     # Both rates are measured again at the end and the best kept: a slow moment of the machine
@@ -284,8 +384,9 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
     if end_ceiling > ceiling:
         log(f"fp32 GEMM ceiling at the end: {end_ceiling:.1f} GFLOP/s (fractions rescaled to it)")
         for r in rows:
-            r.ceiling_fraction *= ceiling / end_ceiling
-        ceiling = end_ceiling
+            if precision_of(r.variant) == "fp32":
+                r.ceiling_fraction *= ceiling / end_ceiling
+        ceiling = ceilings["fp32"] = end_ceiling
     bandwidth = max(bandwidth, end_bandwidth)
     for r in rows:
         key = (r.model, r.batch, r.variant != "standard")
@@ -294,7 +395,10 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
         if r.variant == "gemms":  # the whole model's MACs in the time of its bare GEMMs alone
             r.model_ceiling_bound = 2 * sum(macs for macs, _ in layers[key]) / (r.median_ms * 1e6) / ceiling
         else:
-            r.roofline_ms = roofline_ms(layers[key], ceiling, bandwidth)
+            precision = precision_of(r.variant)
+            moved = [(macs, nbytes * BYTES_SCALE[precision]) for macs, nbytes in layers[key]]
+            r.roofline_ms = roofline_ms(moved, ceilings[precision], bandwidth)
             r.roofline_fraction = r.roofline_ms / r.median_ms
-    return {"machine": machine_info(), "gemm_gflops": ceiling, "memory_gbs": bandwidth, "repeats": repeats,
+    return {"machine": machine_info(), "gemm_gflops": ceiling, "ceilings": ceilings, "memory_gbs": bandwidth,
+            "repeats": repeats,
             "malloc_tuned": malloc_tuned, "rows": [asdict(r) for r in rows], "profiles": profiles}
