@@ -241,9 +241,10 @@ def test_benchmark_script_passes_default_malloc(monkeypatch: pytest.MonkeyPatch,
     seen = {}
 
     def fake_run(models, batch_sizes, repeats, train_batch, backends, log, tune_malloc, profile_top, compare_backends,
-                 ceiling_sizes):
+                 ceiling_sizes, precisions):
         seen["tune_malloc"] = tune_malloc
         assert tuple(ceiling_sizes) == (1024,)  # --quick: a small product for the ceiling
+        assert list(precisions) == []  # --quick: fp32 alone
         return {"machine": {"cpu": "x", "threads": "2", "torch": "t"}, "gemm_gflops": 1.0, "memory_gbs": 1.0,
                 "repeats": repeats,
                 "malloc_tuned": tune_malloc, "rows": []}

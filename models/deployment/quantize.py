@@ -22,8 +22,8 @@ from torch import nn
 from .optimize import (OptimizedModel, compile_frozen, fold_batchnorm, glibc_malloc_is_tuned, relative_difference,
                        tune_glibc_malloc)
 
-__all__ = ["CalibrationError", "QuantizationAwareModel", "bf16_supported", "calibration_batches", "cosine_similarity", "export_for_quantization",
-           "int8_graph", "optimize_bf16", "quantize", "quantizer"]
+__all__ = ["CalibrationError", "QuantizationAwareModel", "bf16_supported", "calibration_batches", "cosine_similarity",
+           "export_for_quantization", "int8_graph", "optimize_bf16", "quantize", "quantizer"]
 
 MIN_AGREEMENT = 0.95
 """Below this cosine similarity between int8 and fp32 outputs on the calibration data, the int8
@@ -130,14 +130,16 @@ def int8_graph(model: nn.Module, batches: list[torch.Tensor]) -> torch.fx.GraphM
     prepared = pt2e.prepare(exported, quantizer())
     for x in batches:
         prepared(x)
-    converted = pt2e.to_eval(pt2e.convert(prepared))
-    converted.training = False  # to_eval switched the ops; the flag says so (ONNX export reads it)
-    return _without_unused_tensors(converted)
+    return _converted(prepared)
 
 
-def _without_unused_tensors(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """``graph`` less the parameters and buffers no node reads: after ``convert_pt2e`` the fp32
-    weights stay attached beside their int8 copies, and would be saved with every exported file."""
+def _converted(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``convert_pt2e`` of a prepared graph, in eval mode, less the parameters and buffers no node
+    reads: the fp32 weights stay attached beside their int8 copies, and would be saved with every
+    exported file."""
+    pt2e = _pt2e()
+    graph = pt2e.to_eval(pt2e.convert(prepared))
+    graph.training = False  # to_eval switched the ops; the flag says so (ONNX export reads it)
     used = {n.target for n in graph.graph.nodes if n.op == "get_attr"}
     for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
         if name not in used:
@@ -174,12 +176,7 @@ class QuantizationAwareModel(nn.Module):
     def convert(self) -> torch.fx.GraphModule:
         """The int8 graph of the weights as they are now (as ``int8_graph`` gives after calibration),
         with the activation ranges the fake quantizers observed; this model stays trainable."""
-        pt2e = _pt2e()
-        graph = copy.deepcopy(self.graph)
-        pt2e.to_eval(graph)
-        converted = pt2e.to_eval(pt2e.convert(graph))
-        converted.training = False
-        return _without_unused_tensors(converted)
+        return _converted(_pt2e().to_eval(copy.deepcopy(self.graph)))
 
 
 @torch.no_grad()
