@@ -87,3 +87,68 @@ def test_benchmark_device_option_on_a_machine_without_cuda() -> None:
         pytest.skip("this machine has a GPU: the message below is for machines without one")
     res = run_in_process("benchmark", ["--device", "cuda"])
     assert res.returncode == 2 and res.stderr.startswith("error: --device cuda: no CUDA device is available")
+
+
+def test_gpu_benchmark_plumbing_runs_on_a_cpu() -> None:
+    """The GPU benchmark's code on a CPU (host clock, no compiling): every eager variant of ours
+    and timm's at a batch, the training steps, throughput from the medians, rooflines against the
+    ceiling and bytes of each row's precision, and its table."""
+    from models.commands.benchmark import device_markdown
+    from models.measurement.benchmark import roofline_ms
+    from models.measurement.device_benchmark import run_device_benchmarks
+    from models.profile import layer_traffic
+
+    log: list[str] = []
+    result = run_device_benchmarks(["mobilenet_v1"], torch.device("cpu"), batch_sizes=(2,), train_batch=2, repeats=2,
+                                   compile=False, log=log.append, matmul_size=128, copy_mib=4, input_size=32)
+    rows = {(r["variant"], r["batch"]): r for r in result["rows"]}
+    assert set(rows) == {("ours", 2), ("timm", 2), ("ours-bf16-cl", 2), ("timm-bf16-cl", 2), ("ours-train", 2),
+                         ("timm-train", 2)}
+    assert result["device"] == "cpu" and result["low_precision"] == "bfloat16"
+    layers = list(layer_traffic(create_model("mobilenet_v1", input_size=32), (3, 32, 32), 2).values())
+    ceilings, bandwidth = result["ceilings_gflops"], result["copy_gbs"]
+    for (variant, batch), r in rows.items():
+        assert r["images_per_s"] == pytest.approx(batch / (r["median_ms"] / 1e3))
+        if variant.endswith("-train"):
+            assert r["roofline_ms"] is None and "SGD step, autocast torch.bfloat16, channels-last" in r["note"]
+        else:
+            half = "bf16" in variant
+            moved = [(m, b * (0.5 if half else 1.0)) for m, b in layers]
+            assert r["roofline_ms"] == pytest.approx(roofline_ms(moved, ceilings["bf16" if half else "fp32"], bandwidth))
+    table = device_markdown(result)
+    assert table.count("\n| mobilenet_v1 |") == 6 and "medians of 2 runs timed with CUDA events" in table
+
+
+def test_gpu_timer_reads_cuda_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU a call is timed between two CUDA events, waiting for the second (elapsed_time is
+    in milliseconds)."""
+    from models.measurement.device_benchmark import device_timer
+
+    calls: list[str] = []
+
+    class Event:
+        made = 0
+
+        def __init__(self, enable_timing: bool) -> None:
+            assert enable_timing
+            self.name = "start" if Event.made % 2 == 0 else "end"
+            Event.made += 1
+
+        def record(self) -> None:
+            calls.append(f"{self.name}.record")
+
+        def synchronize(self) -> None:
+            calls.append(f"{self.name}.synchronize")
+
+        def elapsed_time(self, end: "Event") -> float:
+            return 12.5
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    seconds = device_timer(torch.device("cuda"))(lambda: calls.append("call"))
+    assert seconds == 0.0125 and calls == ["start.record", "call", "end.record", "end.synchronize"]
+
+
+def test_gpu_benchmark_refuses_cpu_options() -> None:
+    res = run_in_process("benchmark", ["--device", "cuda", "--quick", "--precisions", "int8"])
+    assert res.returncode == 2 and res.stderr.strip() == ("error: --device cuda does not take --precisions, --quick "
+                                                           "(CPU benchmark options)")

@@ -152,14 +152,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--profile-top", type=positive_int, help="rows per --profile table (default 10)")
     p.add_argument("--overwrite", action="store_true", help="replace --json/--plot/--profile files that exist")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                   help="where to run (cuda: the GPU benchmark is not written yet; see docs/performance.md)")
+                   help="cuda: ours vs timm eager and compiled, fp32/TF32 and bf16 channels-last, inference and "
+                   "training, timed with CUDA events (default models mobilenet_v1 xception, batches 1 64 256)")
     p.add_argument("--quick", action="store_true", help="small models, few repeats, no inductor (smoke test)")
     args = p.parse_args(argv)
     if args.device == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available to this process")
-        raise UsageError("--device cuda: the GPU benchmark (CUDA events, bf16 ceiling, GPU roofline) is not written "
-                         "yet; run the CPU benchmark, or time the models yourself (docs/performance.md)")
+        return _run_on_gpu(args)
     chosen = [f"--{k.replace('_', '-')}" for k in ("models", "batch_sizes", "repeats", "train_batch", "backends",
                                                      "precisions")
               if getattr(args, k) is not None]
@@ -206,6 +204,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with atomic_path(args.profile) as tmp, open(tmp, "w") as fh:
             fh.write(profile_markdown(result))
     return 0
+
+
+CPU_ONLY = ("backends", "compare_backends", "precisions", "profile", "plot", "quick", "default_malloc", "threads")
+"""Options of the CPU benchmark that ``--device cuda`` does not take."""
+
+
+def _run_on_gpu(args: argparse.Namespace) -> int:
+    """``--device cuda``: ``models.measurement.device_benchmark`` with this command's options."""
+    from ..measurement.device_benchmark import run_device_benchmarks
+
+    given = [f"--{k.replace('_', '-')}" for k in CPU_ONLY if getattr(args, k) not in (None, False, [])]
+    if given:
+        raise UsageError(f"--device cuda does not take {', '.join(given)} (CPU benchmark options)")
+    if not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available to this process")
+    unknown = [m for m in args.models or [] if m not in list_models()]
+    if unknown:
+        raise UsageError(f"unknown models {unknown}; available: {', '.join(list_models())}")
+    if args.json:
+        new_output_file(args.json, args.overwrite, "--json", (".json",))
+    result = run_device_benchmarks(args.models or ["mobilenet_v1", "xception"], torch.device("cuda"),
+                                   args.batch_sizes or (1, 64, 256), args.train_batch or 64, args.repeats or 20,
+                                   log=lambda s: print(s, file=sys.stderr))
+    print(device_markdown(result))
+    if args.json:
+        with atomic_path(args.json) as tmp, open(tmp, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
+def device_markdown(result: dict) -> str:
+    """The GPU benchmark's table: one row per model, variant and batch, with its roofline."""
+    c = result["ceilings_gflops"]
+    head = (f"{result['device']}, torch {result['torch']}; fp32 products {c['fp32'] / 1e3:.1f} TFLOP/s, "
+            f"{result['low_precision']} {c['bf16'] / 1e3:.1f} TFLOP/s, device copies {result['copy_gbs']:.0f} GB/s; "
+            f"medians of {result['repeats']} runs timed with CUDA events")
+    lines = ["| model | variant | batch | median ms | spread ms | img/s | roofline ms | of roofline | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        roof = f"{r['roofline_ms']:.3f} | {r['roofline_fraction']:.1%}" if r["roofline_ms"] is not None else "- | -"
+        lines.append(f"| {r['model']} | {r['variant']} | {r['batch']} | {r['median_ms']:.3f} | {r['min_ms']:.3f}-"
+                     f"{r['max_ms']:.3f} | {r['images_per_s']:.1f} | {roof} | {r['note']} |")
+    return head + "\n\n" + "\n".join(lines)
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from .optimize import (OptimizedModel, compile_frozen, fold_batchnorm, glibc_malloc_is_tuned, relative_difference,
-                       tune_glibc_malloc)
+from .optimize import (OptimizedModel, compile_frozen, device_plan, fold_batchnorm, glibc_malloc_is_tuned,
+                       relative_difference, tune_glibc_malloc)
 
 __all__ = ["CalibrationError", "QuantizationAwareModel", "bf16_supported", "calibration_batches", "cosine_similarity",
            "export_for_quantization", "int8_graph", "optimize_bf16", "quantize", "quantizer"]
@@ -237,14 +237,18 @@ def bf16_supported() -> bool:
 def optimize_bf16(model: nn.Module, example_input: torch.Tensor, *, tune_malloc: bool = True) -> OptimizedModel:
     """``model`` with BatchNorm folded, weights in bfloat16, compiled by inductor with freezing;
     fp32 inputs in, fp32 outputs out. ``max_relative_difference`` against fp32 is measured on
-    fresh inputs and reported: bf16 keeps 8 bits of mantissa, so it is not held to fp32's 1e-4."""
-    if not bf16_supported():
+    fresh inputs and reported: bf16 keeps 8 bits of mantissa, so it is not held to fp32's 1e-4.
+    On a GPU (``example_input`` on CUDA) small batches run as CUDA graphs, as in fp32."""
+    if example_input.is_cuda and not torch.cuda.is_bf16_supported():
+        raise RuntimeError("this GPU has no bfloat16; use precision='fp32'")
+    if not example_input.is_cuda and not bf16_supported():
         raise RuntimeError("this CPU has no native bfloat16 (AVX-512 BF16 or AMX); use precision='fp32' or 'int8'")
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     original = model.eval()
     folded = fold_batchnorm(copy.deepcopy(original)).to(torch.bfloat16)
     folded = folded.to(memory_format=torch.channels_last)
-    compiled = compile_frozen(folded)
+    _, _, mode = device_plan(example_input.device.type, len(example_input), ("inductor",), 0.0, False, None)
+    compiled = compile_frozen(folded, mode)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return compiled(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()

@@ -41,8 +41,8 @@ from ..registry import create_model
 from ..weights import TIMM_MODELS, export_to_timm
 from .profiler import onednn_primitives, top_operators
 
-__all__ = ["BenchRow", "LOW_PRECISIONS", "LayerGemms", "bf16_gemm_gflops", "gemm_gflops", "int8_gemm_gops",
-           "machine_info", "memory_bandwidth_gbs", "precision_of", "roofline_ms", "run_benchmarks", "timed_interleaved"]
+__all__ = ["BenchRow", "LOW_PRECISIONS", "LayerGemms", "bf16_gemm_gflops", "gemm_gflops", "host_timer",
+           "int8_gemm_gops", "machine_info", "memory_bandwidth_gbs", "precision_of", "roofline_ms", "run_benchmarks", "timed_interleaved"]
 
 LOW_PRECISIONS = ("int8", "bf16")
 """The precisions besides fp32 the benchmark can time (rows named after them)."""
@@ -77,18 +77,25 @@ class BenchRow:
     model_ceiling_bound: Optional[float] = None
 
 
-def timed_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+def host_timer(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes by the host clock."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def timed_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+                      timer: Callable[[Callable[[], object]], float] = host_timer) -> dict[str, list[float]]:
     """Like ``timed`` for several callables, run round-robin so that drift in the machine's
-    speed (other load, frequency) affects them alike and their ratios stay fair."""
+    speed (other load, frequency) affects them alike and their ratios stay fair; ``timer`` times
+    one call (on a GPU: ``device_benchmark.device_timer``)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     out: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            out[key].append(time.perf_counter() - t0)
+            out[key].append(timer(fn))
     return out
 
 
