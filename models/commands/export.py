@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional, Sequence
 
-
 from .. import create_model
 from .cli import ArgumentParser, UsageError, new_output_file, non_negative_int, positive_int, run_cli
 from ..deployment.export import EXPORT_FORMATS, EXPORT_PRECISIONS, EXPORT_SUFFIXES, ExportError, export_model
