@@ -15,6 +15,7 @@ from models import CalibrationError, create_model, export_to_timm, list_models, 
 from models.deployment import bf16_supported
 from models.deployment.export import (INT8_EXPORT_TOLERANCE, INT8_LAYER_CHECKS, ExportError, export_model,
                                       randomise_batchnorm_statistics)
+from models.deployment.optimize import relative_difference
 from models.deployment.quantize import cosine_similarity
 from models.training.data import build_datasets, calibration_examples
 
@@ -59,7 +60,7 @@ def test_bad_calibration_is_a_clear_error(calibration: object, message: str) -> 
 
 def test_unknown_precision_and_method() -> None:
     model = create_model("ds_cnn_s")
-    with pytest.raises(ValueError, match="unknown precision 'int4'; allowed: fp32, bf16, int8"):
+    with pytest.raises(ValueError, match="unknown precision 'int4'; allowed: fp32, bf16, fp16, int8"):
         optimize_for_inference(model, torch.randn(1, 1, 49, 10), precision="int4")
     with pytest.raises(ValueError, match="unknown quantization method 'qat'; allowed: ptq"):
         quantize(model, [torch.randn(1, 1, 49, 10)], method="qat")
@@ -77,6 +78,27 @@ def test_a_model_that_cannot_be_quantized_falls_back_to_fp32(monkeypatch: pytest
     assert fast.precision == "fp32" and fast.failures["int8"] == "RuntimeError: export cannot take this op"
     with torch.no_grad():
         assert torch.allclose(fast(x), model(x), rtol=1e-4, atol=1e-6)
+
+
+def test_fp16_is_for_gpus() -> None:
+    with pytest.raises(RuntimeError, match=r"fp16 runs on a GPU; on a CPU use 'bf16' \(where it has it\) or 'int8'; "
+                                           "use precision='fp32' or 'int8'"):
+        optimize_for_inference(create_model("ds_cnn_s"), torch.randn(1, 1, 49, 10), precision="fp16")
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_the_half_precision_path_compiles_and_reports_its_difference(precision: str, dtype: torch.dtype,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path a GPU takes (and a CPU with native bf16), run here with the device check passed:
+    weights in the 16-bit type, fp32 in and out, the difference from fp32 measured."""
+    monkeypatch.setattr(quantize_module, "half_unsupported", lambda precision, device: None)
+    model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
+    x = torch.randn(2, 1, 49, 10)
+    fast = optimize_for_inference(model, x, precision=precision)
+    assert (fast.precision, fast.backend) == (precision, "inductor") and fast(x).dtype == torch.float32
+    assert 0 < fast.max_relative_difference < 0.05
+    with torch.no_grad():
+        assert relative_difference(fast(x), model(x)) < 0.05
 
 
 def test_bf16_where_the_cpu_has_it() -> None:

@@ -247,7 +247,7 @@ def _build(backend: str, model: nn.Module, example: torch.Tensor,
     return lambda x: model(x)
 
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 @torch.no_grad()
@@ -267,8 +267,9 @@ def optimize_for_inference(
 
     Args:
         example_input: a batch of the shape you will run (compiled graphs specialise on it).
-        precision: "fp32" (the default and the 1e-4 contract), "bf16" (where the CPU runs it
-            natively; its measured difference is reported, not held to ``tolerance``) or "int8"
+        precision: "fp32" (the default and the 1e-4 contract), "bf16" (on GPUs that have it and
+            CPUs that run it natively) or "fp16" (GPUs): their measured difference is reported,
+            not held to ``tolerance`` (``models.deployment.quantize.optimize_half``); or "int8"
             (static quantization, ``models.deployment.quantize``; needs ``calibration``). An
             int8 model that cannot be made, or whose outputs do not agree with fp32, falls back
             to fp32 with the reason in ``failures["int8"]``.
@@ -288,10 +289,10 @@ def optimize_for_inference(
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
     if precision != "fp32":
-        from .quantize import CalibrationError, optimize_bf16, quantize
+        from .quantize import CalibrationError, optimize_half, quantize
 
-        if precision == "bf16":
-            return optimize_bf16(model, example_input, tune_malloc=tune_malloc)
+        if precision in ("bf16", "fp16"):
+            return optimize_half(model, example_input, precision, tune_malloc=tune_malloc)
         try:
             return quantize(model, calibration, tune_malloc=tune_malloc)
         except (CalibrationError, ImportError):

@@ -22,8 +22,8 @@ from torch import nn
 from .optimize import (OptimizedModel, compile_frozen, device_plan, fold_batchnorm, glibc_malloc_is_tuned,
                        relative_difference, tune_glibc_malloc)
 
-__all__ = ["CalibrationError", "QuantizationAwareModel", "bf16_supported", "calibration_batches", "cosine_similarity",
-           "export_for_quantization", "int8_graph", "optimize_bf16", "quantize", "quantizer"]
+__all__ = ["CalibrationError", "HALF_DTYPES", "QuantizationAwareModel", "bf16_supported", "calibration_batches", "cosine_similarity",
+           "export_for_quantization", "half_unsupported", "int8_graph", "optimize_half", "quantize", "quantizer"]
 
 MIN_AGREEMENT = 0.95
 """Below this cosine similarity between int8 and fp32 outputs on the calibration data, the int8
@@ -233,25 +233,41 @@ def bf16_supported() -> bool:
     return bool(check()) if check is not None else False
 
 
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The 16-bit precisions ``optimize_half`` compiles, and their dtypes."""
+
+
+def half_unsupported(precision: str, device: torch.device) -> Optional[str]:
+    """Why ``precision`` ("bf16" or "fp16") cannot run on ``device``, or None where it can:
+    bf16 needs a GPU that has it or a CPU with AVX-512 BF16 or AMX; fp16 is for GPUs (CPUs have
+    no fast fp16 convolutions)."""
+    if device.type == "cuda":
+        return None if precision == "fp16" or torch.cuda.is_bf16_supported() else "this GPU has no bfloat16"
+    if precision == "fp16":
+        return "fp16 runs on a GPU; on a CPU use 'bf16' (where it has it) or 'int8'"
+    return None if bf16_supported() else "this CPU has no native bfloat16 (AVX-512 BF16 or AMX)"
+
+
 @torch.no_grad()
-def optimize_bf16(model: nn.Module, example_input: torch.Tensor, *, tune_malloc: bool = True) -> OptimizedModel:
-    """``model`` with BatchNorm folded, weights in bfloat16, compiled by inductor with freezing;
-    fp32 inputs in, fp32 outputs out. ``max_relative_difference`` against fp32 is measured on
-    fresh inputs and reported: bf16 keeps 8 bits of mantissa, so it is not held to fp32's 1e-4.
-    On a GPU (``example_input`` on CUDA) small batches run as CUDA graphs, as in fp32."""
-    if example_input.is_cuda and not torch.cuda.is_bf16_supported():
-        raise RuntimeError("this GPU has no bfloat16; use precision='fp32'")
-    if not example_input.is_cuda and not bf16_supported():
-        raise RuntimeError("this CPU has no native bfloat16 (AVX-512 BF16 or AMX); use precision='fp32' or 'int8'")
+def optimize_half(model: nn.Module, example_input: torch.Tensor, precision: str = "bf16", *,
+                  tune_malloc: bool = True) -> OptimizedModel:
+    """``model`` with BatchNorm folded, weights in bfloat16 or float16 (``precision``), channels-
+    last, compiled by inductor with freezing; fp32 inputs in, fp32 outputs out. On a GPU small
+    batches run as CUDA graphs, as in fp32. ``max_relative_difference`` against fp32 is measured
+    on fresh inputs and reported, not held to fp32's 1e-4 (bf16 keeps 8 bits of mantissa, fp16
+    11). Raises ``RuntimeError`` where the device cannot run ``precision`` (``half_unsupported``)."""
+    why = half_unsupported(precision, example_input.device)
+    if why:
+        raise RuntimeError(f"{why}; use precision='fp32'" + (" or 'int8'" if not example_input.is_cuda else ""))
+    dtype = HALF_DTYPES[precision]
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     original = model.eval()
-    folded = fold_batchnorm(copy.deepcopy(original)).to(torch.bfloat16)
-    folded = folded.to(memory_format=torch.channels_last)
+    folded = fold_batchnorm(copy.deepcopy(original)).to(dtype).to(memory_format=torch.channels_last)
     _, _, mode = device_plan(example_input.device.type, len(example_input), ("inductor",), 0.0, False, None)
     compiled = compile_frozen(folded, mode)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return compiled(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
+        return compiled(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
 
     t0 = time.perf_counter()
     run(example_input)
@@ -259,4 +275,4 @@ def optimize_bf16(model: nn.Module, example_input: torch.Tensor, *, tune_malloc:
     checks = [torch.randn_like(example_input) for _ in range(2)]
     diff = max(relative_difference(run(x), original(x)) for x in checks)
     return OptimizedModel(run, "inductor", True, seconds, diff, {}, malloc_tuned, getattr(original, "check_input", None),
-                          precision="bf16")
+                          precision=precision)

@@ -38,7 +38,9 @@ class DeviceRow:
     """One measured configuration on the device."""
 
     model: str
-    variant: str  # ours | timm | ours-bf16-cl | timm-bf16-cl | timm-bf16-cl-compiled | optimized | optimized-bf16 | *-train
+    # ours | timm | ours-bf16-cl | timm-bf16-cl | timm-bf16-cl-compiled | optimized | optimized-bf16 | *-train
+    # (fp16 for bf16 on GPUs without bfloat16)
+    variant: str
     batch: int
     median_ms: float
     min_ms: float
@@ -118,12 +120,12 @@ def _inference_fns(model: nn.Module, twin: Optional[nn.Module], x: torch.Tensor,
         fns["optimized"] = lambda: fast(x)
         notes["optimized"] = f"{fast.backend}, compile {fast.compile_seconds:.1f}s" + (", TF32" if fast.tf32 else "")
         try:
-            fast_low = optimize_for_inference(model, x, precision="bf16")
-            fns["optimized-bf16"] = lambda: fast_low(x)
-            notes["optimized-bf16"] = (f"{fast_low.backend}, compile {fast_low.compile_seconds:.1f}s, max relative "
-                                       f"difference from fp32 {fast_low.max_relative_difference:.1e}")
+            fast_low = optimize_for_inference(model, x, precision=tag)
+            fns[f"optimized-{tag}"] = lambda: fast_low(x)
+            notes[f"optimized-{tag}"] = (f"{fast_low.backend}, compile {fast_low.compile_seconds:.1f}s, max relative "
+                                         f"difference from fp32 {fast_low.max_relative_difference:.1e}")
         except RuntimeError as exc:
-            log(f"optimized-bf16: not timed, {exc}")
+            log(f"optimized-{tag}: not timed, {exc}")
     return fns, notes
 
 
