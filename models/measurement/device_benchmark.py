@@ -182,9 +182,9 @@ def run_device_benchmarks(models: Sequence[str], device: torch.device, batch_siz
         twin = twin.to(device) if twin is not None else None
         for batch in batch_sizes:
             x = torch.randn(batch, *size, device=device)
-            layers = list(layer_traffic(model, size, batch).values())  # a forward pass on the device
             fns, notes = _inference_fns(model, twin, x, low, compile, log)
             with torch.no_grad():
+                layers = list(layer_traffic(model, size, batch).values())  # a forward pass on the device
                 times = timed_interleaved(fns, repeats, 3, timer)
             for variant, secs in times.items():
                 row = _row(name, variant, batch, secs, notes.get(variant, ""))
