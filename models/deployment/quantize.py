@@ -152,8 +152,9 @@ def _converted(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
 class QuantizationAwareModel(nn.Module):
     """``model`` with fake quantization for quantization-aware training (torchao's
     ``prepare_qat_pt2e`` on the exported training graph), sharing its parameters and BatchNorm
-    buffers: training it trains ``model``. ``train()``/``eval()`` switch the graph's BatchNorm and
-    dropout (an exported graph cannot by itself); ``convert()`` gives the int8 graph."""
+    buffers: training it trains ``model``. Switching it between training and evaluation mode
+    switches the graph's BatchNorm and dropout (an exported graph cannot by itself); ``convert()``
+    gives the int8 graph."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
         super().__init__()

@@ -88,22 +88,17 @@ def _row(model: str, variant: str, batch: int, secs: list[float], note: str = ""
     return DeviceRow(model, variant, batch, med * 1e3, min(secs) * 1e3, max(secs) * 1e3, batch / med, note=note)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype) -> Callable[[], object]:
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def _inference_fns(model: nn.Module, twin: Optional[nn.Module], x: torch.Tensor, low: torch.dtype, compile: bool,
                    log: Callable[[str], None]) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
     """The inference variants of one model at one batch, as callables, and notes on them."""
     tag = "bf16" if low == torch.bfloat16 else "fp16"
-    cast = _autocast(x.device, low)
     x_cl = x.contiguous(memory_format=CL)
     ours_cl = copy.deepcopy(model).to(memory_format=CL)
 
     def under_cast(net: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], object]:
         def call() -> object:
-            with cast():
+            with torch.autocast(x.device.type, dtype=low):
                 return net(x_cl)
         return call
 
