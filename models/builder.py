@@ -15,8 +15,8 @@ import torch
 from timm.models import FeatureInfo
 from torch import nn
 
-from blocks import ConvNormAct, DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, pair, standard_conv
-from blocks.layers import NormLike
+from .blocks import ConvNormAct, DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, pair, standard_conv
+from .blocks.layers import NormLike
 
 from .config import ConvStage, DSStage, ModelConfig, XceptionStage
 from .plan import check_model_size, make_divisible, min_input_size, plan_model
@@ -117,7 +117,7 @@ class ZooNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig, allow_large: bool = False) -> None:
         """Build ``cfg``; unless ``allow_large``, first refuse (``ModelTooLargeError``) a config
-        whose closed-form size exceeds ``models.plan``'s limits, before allocating anything."""
+        whose closed-form size exceeds ``dszoo.plan``'s limits, before allocating anything."""
         super().__init__()
         plan = None if allow_large else plan_model(cfg)
         if plan is not None:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
-from blocks import ACTIVATIONS, NORMS
+from .blocks import ACTIVATIONS, NORMS
 
 from .files import FileKindError, regular_file
 
@@ -434,7 +434,7 @@ def merge_config(
     """Merge defaults + variant + overrides and validate the schema, or raise one ``ConfigError``.
 
     Whether the input is large enough for the network is the plan's to say:
-    ``models.plan.resolve_config`` does both.
+    ``dszoo.plan.resolve_config`` does both.
     """
     where = config_source(name, variant, overrides, source)
     try:

@@ -1,5 +1,5 @@
 """Errors that describe what a user asked for or what a run met, shared by the library and its
-commands (``models.commands`` prints each as one line)."""
+commands (``dszoo.commands`` prints each as one line)."""
 from __future__ import annotations
 
 __all__ = ["RunError", "UsageError"]

@@ -228,7 +228,7 @@ def resolve_config(
     overrides: Mapping[str, Any],
     source: str,
 ) -> ModelConfig:
-    """Merge and validate a config (``models.config.merge_config``), then check that its input
+    """Merge and validate a config (``dszoo.config.merge_config``), then check that its input
     is at least the smallest one the network's layers accept; raise one ``ConfigError``."""
     cfg = merge_config(name, family, defaults, variant, overrides, source)
     blocks = [(f"{part}[{i}]", spec.repeat) for part in ("stem", "stages") for i, spec in enumerate(getattr(cfg, part))]

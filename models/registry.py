@@ -40,7 +40,7 @@ _BUILTIN_LOADED = False
 
 
 def _config_files() -> list[Path]:
-    root = resources.files("configs")
+    root = resources.files(f"{__package__}.configs")
     return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith((".yaml", ".yml")))
 
 
@@ -140,10 +140,10 @@ def create_model(
 
     Args:
         name: a name from ``list_models()``, a YAML file, or ``file.yaml:variant``.
-        pretrained: a checkpoint of ours or a timm state dict (``models.load_pretrained``).
+        pretrained: a checkpoint of ours or a timm state dict (``dszoo.load_pretrained``).
         features_only: return a ``ZooFeatures`` backbone giving the ``feature_info`` maps.
         out_indices: which feature levels ``features_only`` returns (default: all).
-        allow_large: build even above ``models.plan.MAX_PARAMS`` parameters or
+        allow_large: build even above ``dszoo.plan.MAX_PARAMS`` parameters or
             ``MAX_ACTIVATION_BYTES`` of activations per image (else ``ModelTooLargeError``).
         **overrides: ``num_classes``, ``in_chans``, ``width_mult``, ``drop_rate``,
             ``input_size`` (int, (H, W) or (C, H, W)), ``separable`` or any top-level config key.

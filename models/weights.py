@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Union
 import torch
 from torch import nn
 
-from blocks import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock
+from .blocks import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock
 
 from .files import FileKindError, atomic_path, regular_file
 from .builder import ZooNet

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""``dszoo-benchmark`` without installing the commands: ``python scripts/benchmark.py --help``.
+"""``dszoo-benchmark`` from a checkout, installed or not: ``python scripts/benchmark.py --help``.
 
-The command lives in ``models/commands/benchmark.py``; this file only runs it.
+The command lives in ``models/commands/benchmark.py`` (``dszoo.commands.benchmark``); this file only runs it.
 """
 import sys
+from pathlib import Path
 
-from models.commands.benchmark import cli
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hubconf  # noqa: E402,F401  (imports dszoo from this checkout)
+from dszoo.commands.benchmark import cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(cli())

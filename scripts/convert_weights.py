@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""``dszoo-convert-weights`` without installing the commands: ``python scripts/convert_weights.py --help``.
+"""``dszoo-convert-weights`` from a checkout, installed or not: ``python scripts/convert_weights.py --help``.
 
-The command lives in ``models/commands/convert_weights.py``; this file only runs it.
+The command lives in ``models/commands/convert_weights.py`` (``dszoo.commands.convert_weights``); this file only runs it.
 """
 import sys
+from pathlib import Path
 
-from models.commands.convert_weights import cli
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hubconf  # noqa: E402,F401  (imports dszoo from this checkout)
+from dszoo.commands.convert_weights import cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(cli())

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""``dszoo-export`` without installing the commands: ``python scripts/export.py --help``.
+"""``dszoo-export`` from a checkout, installed or not: ``python scripts/export.py --help``.
 
-The command lives in ``models/commands/export.py``; this file only runs it.
+The command lives in ``models/commands/export.py`` (``dszoo.commands.export``); this file only runs it.
 """
 import sys
+from pathlib import Path
 
-from models.commands.export import cli
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hubconf  # noqa: E402,F401  (imports dszoo from this checkout)
+from dszoo.commands.export import cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(cli())

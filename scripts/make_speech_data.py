@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""``dszoo-make-speech-data`` without installing the commands: ``python scripts/make_speech_data.py --help``.
+"""``dszoo-make-speech-data`` from a checkout, installed or not: ``python scripts/make_speech_data.py --help``.
 
-The command lives in ``models/commands/make_speech_data.py``; this file only runs it.
+The command lives in ``models/commands/make_speech_data.py`` (``dszoo.commands.make_speech_data``); this file only runs it.
 """
 import sys
+from pathlib import Path
 
-from models.commands.make_speech_data import cli
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hubconf  # noqa: E402,F401  (imports dszoo from this checkout)
+from dszoo.commands.make_speech_data import cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(cli())

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""``dszoo-spot`` without installing the commands: ``python scripts/spot.py --help``.
+"""``dszoo-spot`` from a checkout, installed or not: ``python scripts/spot.py --help``.
 
-The command lives in ``models/commands/spot.py``; this file only runs it.
+The command lives in ``models/commands/spot.py`` (``dszoo.commands.spot``); this file only runs it.
 """
 import sys
+from pathlib import Path
 
-from models.commands.spot import cli
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hubconf  # noqa: E402,F401  (imports dszoo from this checkout)
+from dszoo.commands.spot import cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(cli())

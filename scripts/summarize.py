@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""``dszoo-summarize`` without installing the commands: ``python scripts/summarize.py --help``.
+"""``dszoo-summarize`` from a checkout, installed or not: ``python scripts/summarize.py --help``.
 
-The command lives in ``models/commands/summarize.py``; this file only runs it.
+The command lives in ``models/commands/summarize.py`` (``dszoo.commands.summarize``); this file only runs it.
 """
 import sys
+from pathlib import Path
 
-from models.commands.summarize import cli
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hubconf  # noqa: E402,F401  (imports dszoo from this checkout)
+from dszoo.commands.summarize import cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(cli())

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""``dszoo-train`` without installing the commands: ``python scripts/train.py --help``.
+"""``dszoo-train`` from a checkout, installed or not: ``python scripts/train.py --help``.
 
-The command lives in ``models/commands/train.py``; this file only runs it.
+The command lives in ``models/commands/train.py`` (``dszoo.commands.train``); this file only runs it.
 """
 import sys
+from pathlib import Path
 
-from models.commands.train import cli
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import hubconf  # noqa: E402,F401  (imports dszoo from this checkout)
+from dszoo.commands.train import cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(cli())

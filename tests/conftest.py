@@ -31,6 +31,10 @@ settings.register_profile("ci", max_examples=100, deadline=None, suppress_health
 settings.register_profile("thorough", max_examples=2000, deadline=None, suppress_health_check=_QUIET, print_blob=True)
 settings.load_profile("ci")
 
+# Python code that makes a process see this checkout as not installed: setuptools' editable
+# finder is taken out before anything imports dszoo.
+NOT_INSTALLED = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in f.__module__]; "
+
 
 def small_input_size(cfg) -> tuple[int, int, int]:
     """The smallest cheap input for a model: 64x64 images, the native size for audio models."""
@@ -44,7 +48,7 @@ def small_input_size(cfg) -> tuple[int, int, int]:
 def command_module(name: str) -> ModuleType:
     """The module behind ``scripts/<name>.py`` and ``dszoo-<name>`` (its ``main`` callable with
     an argv list)."""
-    return importlib.import_module(f"models.commands.{name}")
+    return importlib.import_module(f"dszoo.commands.{name}")
 
 
 def run_in_process(name: str, args: Sequence[str], cwd: Optional[Path] = None) -> subprocess.CompletedProcess:

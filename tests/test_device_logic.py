@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import run_in_process
-from models import create_model, optimize_for_inference, quantize
-from models.deployment.export import randomise_batchnorm_statistics
-from models.deployment.optimize import CUDA_TF32_TOLERANCE, device_plan
-from models.training import TrainConfig, loop, runtime, train, uses_channels_last
+from dszoo import create_model, optimize_for_inference, quantize
+from dszoo.deployment.export import randomise_batchnorm_statistics
+from dszoo.deployment.optimize import CUDA_TF32_TOLERANCE, device_plan
+from dszoo.training import TrainConfig, loop, runtime, train, uses_channels_last
 
 QUICK = dict(model="mobilenet_v1_025", img_size=16, warmup_epochs=0, quiet=2, max_batches=2)
 
@@ -93,10 +93,10 @@ def test_gpu_benchmark_plumbing_runs_on_a_cpu() -> None:
     """The GPU benchmark's code on a CPU (host clock, no compiling): every eager variant of ours
     and timm's at a batch, the training steps, throughput from the medians, rooflines against the
     ceiling and bytes of each row's precision, and its table."""
-    from models.commands.benchmark import device_markdown
-    from models.measurement.benchmark import roofline_ms
-    from models.measurement.device_benchmark import run_device_benchmarks
-    from models.profile import layer_traffic
+    from dszoo.commands.benchmark import device_markdown
+    from dszoo.measurement.benchmark import roofline_ms
+    from dszoo.measurement.device_benchmark import run_device_benchmarks
+    from dszoo.profile import layer_traffic
 
     log: list[str] = []
     result = run_device_benchmarks(["mobilenet_v1"], torch.device("cpu"), batch_sizes=(2,), train_batch=2, repeats=2,
@@ -122,7 +122,7 @@ def test_gpu_benchmark_plumbing_runs_on_a_cpu() -> None:
 def test_gpu_timer_reads_cuda_events(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU a call is timed between two CUDA events, waiting for the second (elapsed_time is
     in milliseconds)."""
-    from models.measurement.device_benchmark import device_timer
+    from dszoo.measurement.device_benchmark import device_timer
 
     calls: list[str] = []
 

@@ -18,10 +18,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from blocks import ACTIVATIONS
-from models import (ConfigError, ModelConfig, build_model, count_macs, count_params, create_model, get_model_config,
+from dszoo import (ConfigError, ModelConfig, build_model, count_macs, count_params, create_model, get_model_config,
                     list_models, min_input_size, plan_model)
-from models.plan import resolve_config
-from models.measurement.summary import summarize
+from dszoo.plan import resolve_config
+from dszoo.measurement.summary import summarize
 
 kernels = st.one_of(st.integers(1, 5), st.tuples(st.integers(1, 5), st.integers(1, 5)))
 strides = st.one_of(st.sampled_from([1, 2]), st.tuples(st.sampled_from([1, 2]), st.sampled_from([1, 2])))

@@ -15,10 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import command_module
-from models import CheckpointError, create_model, get_model_config, list_models, load_pretrained, read_state_dict, save_state_dict
-from models.commands.cli import run_cli
-from models.training.run_files import load_checkpoint
-from models.commands.train import main as train_main
+from dszoo import CheckpointError, create_model, get_model_config, list_models, load_pretrained, read_state_dict, save_state_dict
+from dszoo.commands.cli import run_cli
+from dszoo.training.run_files import load_checkpoint
+from dszoo.commands.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_MODELS = list_models()
@@ -271,7 +271,7 @@ def test_size_guard_refuses_before_allocating(monkeypatch: pytest.MonkeyPatch) -
         raise AssertionError("a layer was allocated")
 
     monkeypatch.setattr(torch.nn.Conv2d, "__init__", no_allocation)
-    from models import ModelTooLargeError
+    from dszoo import ModelTooLargeError
 
     typo = [{"type": "ds", "out": 1024}, {"type": "ds", "out": 1024000}]  # 1024000 for 1024
     with pytest.raises(ModelTooLargeError, match=r"stages\[1\]: the model would have 1,0\d\d,\d{3},\d{3} parameters .* "

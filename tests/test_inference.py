@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from conftest import command_module, small_input_size
-from models.deployment.export import randomise_batchnorm_statistics
-from models import count_macs, create_model, get_model_config, list_models
-from models.deployment import optimize as inference
-from models.measurement.benchmark import LayerGemms, roofline_ms
-from models.measurement.profiler import describe_onednn_problem, onednn_primitives, top_operators
-from models.profile import layer_gemms, layer_traffic
-from models.deployment.optimize import fold_batchnorm, optimize_for_inference, relative_difference
+from dszoo.deployment.export import randomise_batchnorm_statistics
+from dszoo import count_macs, create_model, get_model_config, list_models
+from dszoo.deployment import optimize as inference
+from dszoo.measurement.benchmark import LayerGemms, roofline_ms
+from dszoo.measurement.profiler import describe_onednn_problem, onednn_primitives, top_operators
+from dszoo.profile import layer_gemms, layer_traffic
+from dszoo.deployment.optimize import fold_batchnorm, optimize_for_inference, relative_difference
 
 REPO = Path(__file__).resolve().parents[1]
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -195,7 +195,7 @@ def test_benchmark_quick(tmp_path: Path) -> None:
 MALLOC_PROBE = textwrap.dedent("""
     import resource, sys, threading, torch
     sys.path.insert(0, sys.argv[1])
-    from models import create_model, optimize_for_inference, tune_glibc_malloc
+    from dszoo import create_model, optimize_for_inference, tune_glibc_malloc
 
     def mib_faulted(fn):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

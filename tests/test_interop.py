@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,9 +13,9 @@ from timm.models import FeatureInfo
 import torch
 from torch import nn
 
-from conftest import run_in_process, small_input_size
-from models import CheckpointError, create_model, export_to_timm, list_models, load_pretrained, save_state_dict
-from models.deployment.export import (EXPORT_FORMATS, ExportError, export_model, has_initial_batchnorm_statistics,
+from conftest import NOT_INSTALLED, run_in_process, small_input_size
+from dszoo import CheckpointError, create_model, export_to_timm, list_models, load_pretrained, save_state_dict
+from dszoo.deployment.export import (EXPORT_FORMATS, ExportError, export_model, has_initial_batchnorm_statistics,
                                       randomise_batchnorm_statistics)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,6 +246,14 @@ def test_onnx_without_onnxruntime_is_a_clear_message(tmp_path: Path, monkeypatch
 def test_torch_hub_local(name: str) -> None:
     model = torch.hub.load(str(REPO), name, source="local", num_classes=10, trust_repo=True)
     assert model.cfg.name == name and model.get_classifier().out_features == 10
+
+
+def test_torch_hub_loads_a_checkout_that_is_not_installed() -> None:
+    code = (NOT_INSTALLED + f"import torch; m = torch.hub.load({str(REPO)!r}, 'ds_cnn_s', source='local', "
+            "num_classes=5, trust_repo=True); import dszoo; print(m.num_classes, dszoo.__file__)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["5", str(REPO / "models" / "__init__.py")]
 
 
 @pytest.mark.parametrize("ours,arch", [("mobilenet_v1", "mobilenetv1_100"), ("xception", "legacy_xception")])

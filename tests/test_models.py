@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from conftest import small_input_size
-from models import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models
-from models.profile import layer_gemms, layer_macs
+from dszoo import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models
+from dszoo.profile import layer_gemms, layer_macs
 
 ALL_MODELS = list_models()
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from models.commands.benchmark import VARIANT_LABELS, benchmark_figure
-from models.commands.summarize import summary_figure
-from models.measurement.summary import summarize
-from models.training.run_files import curves_figure
+from dszoo.commands.benchmark import VARIANT_LABELS, benchmark_figure
+from dszoo.commands.summarize import summary_figure
+from dszoo.measurement.summary import summarize
+from dszoo.training.run_files import curves_figure
 
 
 def _history(train_loss: list[float]) -> list[dict[str, float]]:

@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from conftest import run_in_process, small_input_size
-from models import CalibrationError, create_model, export_to_timm, list_models, optimize_for_inference, quantize
-from models.deployment import bf16_supported
-from models.deployment.export import (INT8_EXPORT_TOLERANCE, INT8_LAYER_CHECKS, ExportError, export_model,
+from dszoo import CalibrationError, create_model, export_to_timm, list_models, optimize_for_inference, quantize
+from dszoo.deployment import bf16_supported
+from dszoo.deployment.export import (INT8_EXPORT_TOLERANCE, INT8_LAYER_CHECKS, ExportError, export_model,
                                       randomise_batchnorm_statistics)
-from models.deployment.optimize import relative_difference
-from models.deployment.quantize import cosine_similarity
-from models.training.data import build_datasets, calibration_examples
+from dszoo.deployment.optimize import relative_difference
+from dszoo.deployment.quantize import cosine_similarity
+from dszoo.training.data import build_datasets, calibration_examples
 
-quantize_module = importlib.import_module("models.deployment.quantize")  # the package's `quantize` is the function
+quantize_module = importlib.import_module("dszoo.deployment.quantize")  # the package's `quantize` is the function
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -282,8 +282,8 @@ def test_qat_refuses_options_it_cannot_honour(extra: list[str], message: str) ->
 def test_benchmark_times_int8_against_its_own_ceiling() -> None:
     """int8 rows beside the fp32 ones: their fraction is of the int8 GEMM ceiling and their
     roofline counts a quarter of the fp32 bytes; bf16 where the CPU has it, else a log line."""
-    from models.measurement.benchmark import roofline_ms, run_benchmarks
-    from models.profile import layer_traffic
+    from dszoo.measurement.benchmark import roofline_ms, run_benchmarks
+    from dszoo.profile import layer_traffic
 
     log: list[str] = []
     result = run_benchmarks(["ds_cnn_s"], batch_sizes=(2,), repeats=2, train_batch=2, backends=("eager",),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from models import list_models
-from models.commands import COMMANDS
+from dszoo import list_models
+from dszoo.commands import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

@@ -16,14 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run_in_process, small_input_size
-from models import CheckpointError, ConfigError, create_model, list_models, load_pretrained, optimize_for_inference
-from models.deployment.export import randomise_batchnorm_statistics
-from models.errors import RunError, UsageError
-from models.files import atomic_path
-from models.training import TrainConfig, train
-from models.training import loop
-from models.training.data import _image_folder
-from models.training.run_files import LOCK_FILE, RunFolderBusy, acquire_run_lock, load_checkpoint, release_run_lock
+from dszoo import CheckpointError, ConfigError, create_model, list_models, load_pretrained, optimize_for_inference
+from dszoo.deployment.export import randomise_batchnorm_statistics
+from dszoo.errors import RunError, UsageError
+from dszoo.files import atomic_path
+from dszoo.training import TrainConfig, train
+from dszoo.training import loop
+from dszoo.training.data import _image_folder
+from dszoo.training.run_files import LOCK_FILE, RunFolderBusy, acquire_run_lock, load_checkpoint, release_run_lock
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = dict(model="mobilenet_v1_025", img_size=16, warmup_epochs=0, quiet=2, max_batches=2)

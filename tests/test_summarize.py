@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import run_in_process, small_input_size
 
-from models import count_macs, count_params, create_model, list_models
-from models.measurement.summary import summarize
+from dszoo import count_macs, count_params, create_model, list_models
+from dszoo.measurement.summary import summarize
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from conftest import run_in_process
-from models import create_model, load_pretrained
-from models.errors import RunError, UsageError
-from models.training.data import build_datasets
-from models.commands.train import build_parser
-from models.training import TrainConfig, evaluate, train, uses_channels_last, validation_shard
+from dszoo import create_model, load_pretrained
+from dszoo.errors import RunError, UsageError
+from dszoo.training.data import build_datasets
+from dszoo.commands.train import build_parser
+from dszoo.training import TrainConfig, evaluate, train, uses_channels_last, validation_shard
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]

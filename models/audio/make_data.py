@@ -88,7 +88,7 @@ def background_noises(seconds: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def write_wav(path: Path, wave: np.ndarray, rate: int = SAMPLE_RATE) -> None:
-    """16-bit PCM mono WAV, written through a temporary file (``models.files.atomic_path``)."""
+    """16-bit PCM mono WAV, written through a temporary file (``dszoo.files.atomic_path``)."""
     from ..files import atomic_path
 
     pcm = (np.clip(wave, -1.0, 1.0) * 32767.0).round().astype("<i2")

@@ -1,6 +1,6 @@
 """Command-line fronts over the library, one module per command, each with ``main(argv)``
 (errors propagate) and ``cli(argv)`` (errors as one ``error:`` line, exit code 2). They are
-installed as ``dszoo-<name>`` console commands, run by ``python -m models <name>`` and by
+installed as ``dszoo-<name>`` console commands, run by ``python -m dszoo <name>`` and by
 ``scripts/<name>.py``."""
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def markdown(result: dict) -> str:
 
 
 def onednn_markdown(dnnl: dict) -> list[str]:
-    """Lines of the table of top oneDNN primitives (``models.benchmark.onednn_primitives``)."""
+    """Lines of the table of top oneDNN primitives (``dszoo.benchmark.onednn_primitives``)."""
     if not dnnl["calls"]:
         return ["oneDNN primitives: none ran (this variant does not use oneDNN, or torch was built without it)."]
     lines = [f"oneDNN primitives: {dnnl['total_ms']:.2f} ms of a {dnnl['wall_ms']:.2f} ms call "
@@ -211,7 +211,7 @@ CPU_ONLY = ("backends", "compare_backends", "precisions", "profile", "plot", "qu
 
 
 def _run_on_gpu(args: argparse.Namespace) -> int:
-    """``--device cuda``: ``models.measurement.device_benchmark`` with this command's options."""
+    """``--device cuda``: ``dszoo.measurement.device_benchmark`` with this command's options."""
     from ..measurement.device_benchmark import run_device_benchmarks
 
     given = [f"--{k.replace('_', '-')}" for k in CPU_ONLY if getattr(args, k) not in (None, False, [])]

@@ -36,7 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="int8: calibrate on this many training examples (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers (default: folded into convs)")
-    p.add_argument("--allow-large", action="store_true", help="build models above the size guard (models.plan)")
+    p.add_argument("--allow-large", action="store_true", help="build models above the size guard (dszoo.plan)")
     args = p.parse_args(argv)
     _check_precision_options(args)
     new_output_file(args.out, args.overwrite, "--out", EXPORT_SUFFIXES[args.format])

@@ -140,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--list", action="store_true", help="list every registered model")
     p.add_argument("--plot", metavar="PNG", help="bar chart of separable vs standard per layer")
     p.add_argument("--overwrite", action="store_true", help="replace the --plot file if it exists")
-    p.add_argument("--allow-large", action="store_true", help="build models above the size guard (models.plan)")
+    p.add_argument("--allow-large", action="store_true", help="build models above the size guard (dszoo.plan)")
     args = p.parse_args(argv)
 
     if args.list:

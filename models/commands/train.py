@@ -1,4 +1,4 @@
-"""``dszoo-train`` / ``scripts/train.py``: fine-tune a dszoo model (the loop is ``models.training``).
+"""``dszoo-train`` / ``scripts/train.py``: fine-tune a dszoo model (the loop is ``dszoo.training``).
 
     dszoo-train                                  # mobilenet_v1_025 on bundled digits
     dszoo-train --model xception --pretrained x.safetensors --dataset imagefolder --data-dir DIR
@@ -70,7 +70,7 @@ def build_parser() -> ArgumentParser:
     a("--max-batches", type=positive_int, help="train on at most this many batches per epoch (smoke tests)")
     a("-q", "--quiet", action="count", default=0, help="-q: no progress bars; -qq: no epoch lines or notes either "
       "(errors are always printed)")
-    a("--allow-large", action="store_true", help="build models above the size guard (models.plan)")
+    a("--allow-large", action="store_true", help="build models above the size guard (dszoo.plan)")
     return p
 
 

@@ -6,7 +6,7 @@ export never passes silently; a freshly built model is also checked through a co
 randomised BatchNorm statistics (``ExportCheck``).
 
 int8 (``precision="int8"`` with calibration batches) writes the PyTorch int8 model of
-``models.deployment.quantize.int8_graph``: as ONNX with QuantizeLinear/DequantizeLinear pairs
+``dszoo.deployment.quantize.int8_graph``: as ONNX with QuantizeLinear/DequantizeLinear pairs
 (QDQ, run by onnxruntime's int8 kernels) or as ``.pt2`` (load it with ``torch.export.load``
 after ``import torchao.quantization.pt2e``, which registers the quantize ops), verified against
 that PyTorch int8 model on fresh inputs.

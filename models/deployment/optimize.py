@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from blocks import ConvNormAct, SeparableConv2d
+from ..blocks import ConvNormAct, SeparableConv2d
 
 from ..profile import timed
 
@@ -269,8 +269,8 @@ def optimize_for_inference(
         example_input: a batch of the shape you will run (compiled graphs specialise on it).
         precision: "fp32" (the default and the 1e-4 contract), "bf16" (on GPUs that have it and
             CPUs that run it natively) or "fp16" (GPUs): their measured difference is reported,
-            not held to ``tolerance`` (``models.deployment.quantize.optimize_half``); or "int8"
-            (static quantization, ``models.deployment.quantize``; needs ``calibration``). An
+            not held to ``tolerance`` (``dszoo.deployment.quantize.optimize_half``); or "int8"
+            (static quantization, ``dszoo.deployment.quantize``; needs ``calibration``). An
             int8 model that cannot be made, or whose outputs do not agree with fp32, falls back
             to fp32 with the reason in ``failures["int8"]``.
         calibration: for int8, input batches or ``(input, target)`` pairs of the shape of

@@ -14,7 +14,7 @@ largest batch of each model is also run under ``torch.profiler`` and its top ope
 and then with oneDNN's verbose log on, which names the kernels inside fused partitions, to say
 where the time goes.
 
-With ``precisions`` the optimized path is also timed in int8 (``models.quantize``, calibrated on
+With ``precisions`` the optimized path is also timed in int8 (``dszoo.quantize``, calibrated on
 random batches: speed only; accuracy is measured on real data elsewhere) and bf16 (where the CPU
 has it), in the same round-robin. Their fractions and rooflines use their own ceilings, measured
 the same way as the fp32 one: the int8 ceiling is a large square linear layer through the same
@@ -111,7 +111,7 @@ def gemm_gflops(sizes: Sequence[int] = (2048, 4096), repeats: int = 10) -> float
 
 def int8_gemm_gops(sizes: Sequence[int] = (2048, 4096), repeats: int = 10) -> float:
     """int8 GOP/s of large square products through the int8 path the models take: an n x n
-    linear layer quantized by ``models.quantize`` (oneDNN's u8 x s8 kernel, fp32 in and out), at
+    linear layer quantized by ``dszoo.quantize`` (oneDNN's u8 x s8 kernel, fp32 in and out), at
     a batch of n (the best median over ``sizes``)."""
     from ..deployment.quantize import quantize
 
@@ -143,7 +143,7 @@ def memory_bandwidth_gbs(mib: int = 256, repeats: int = 10) -> float:
 class LayerGemms:
     """A model's ungrouped conv and linear layers as bare fp32 matrix products, one per layer.
 
-    Each (M, K, N) of ``models.profile.layer_gemms`` becomes an (M x K) input times the
+    Each (M, K, N) of ``dszoo.profile.layer_gemms`` becomes an (M x K) input times the
     transpose of an (N x K) weight, as ``F.linear`` computes it, written into a preallocated
     output. Timed beside the model, it says how fast this machine's BLAS runs the model's own
     GEMM shapes - small ones run far below the large-square ceiling - so a forward pass that

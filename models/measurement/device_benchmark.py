@@ -8,7 +8,7 @@ clock would time the launch); calls run round-robin so drift affects every varia
 device's matrix-product rate (fp32 and bf16, large squares) and its device-to-device copy
 bandwidth are measured in the same run, and each inference row gets a roofline time: the sum
 over its conv and linear layers of max(2 x MACs / product rate, bytes / bandwidth), bf16 layers
-moving half the fp32 bytes (``models.profile.layer_traffic``). The same code runs on a CPU with
+moving half the fp32 bytes (``dszoo.profile.layer_traffic``). The same code runs on a CPU with
 a host clock, which is how its plumbing is tested without a GPU.
 """
 from __future__ import annotations

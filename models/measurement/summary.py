@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from blocks import DepthwiseSeparableConv, SeparableConv2d
+from ..blocks import DepthwiseSeparableConv, SeparableConv2d
 
 from ..builder import ZooNet
 from ..plan import check_model_size, plan_model
@@ -204,7 +204,7 @@ def summarize(
         input_size: (C, H, W) to profile at; the model's default input when ``None``.
         depth: nesting depth of torchinfo's table.
         compare_standard: also profile the network with every separable conv standard.
-        allow_large: profile even above the size guard of ``models.plan`` (at ``input_size``).
+        allow_large: profile even above the size guard of ``dszoo.plan`` (at ``input_size``).
     """
     model = (model_or_name if isinstance(model_or_name, ZooNet)
              else create_model(model_or_name, allow_large=allow_large, **overrides))

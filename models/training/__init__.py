@@ -1,6 +1,6 @@
 """Training: the fine-tuning loop (``loop``), its options (``options``), devices and evaluation
 (``runtime``), its datasets (``data``) and the files a run writes (``run_files``).
-``models.commands.train`` is its command-line front."""
+``dszoo.commands.train`` is its command-line front."""
 from .data import DATASETS, DataSplits, build_datasets
 from .loop import frozen_parts, train
 from .options import TrainConfig, TrainResult, check_arguments, check_memory
