@@ -1,6 +1,7 @@
 """optimize_for_inference (same outputs, BN folded, fallbacks) and the benchmark script."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import platform
@@ -76,6 +77,27 @@ def test_onednn_graph_fuses_and_leaves_the_process_wide_switch_off() -> None:
         assert relative_difference(opt(y), model(y)) <= 1e-4
 
 
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_onednn_graph_runs_a_model_whose_last_maps_are_1x1(memory_format: str) -> None:
+    """At 32x32 MobileNet's last depthwise conv sees a 1x1 map, where oneDNN Graph's fused
+    1x1 + depthwise group cannot reorder; traced as its centre tap, it fuses, and inputs of
+    another size run correctly too."""
+    model = randomise_batchnorm_statistics(create_model("mobilenet_v1_025", input_size=32)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    folded = fold_batchnorm(copy.deepcopy(model))
+    special = inference.centre_tap_convs(folded, x)
+    changed = [n for (n, a), (_, b) in zip(folded.named_modules(), special.named_modules()) if type(a) is nn.Conv2d
+               and a.kernel_size != b.kernel_size]
+    assert changed == ["stages.4.1.dw.conv"] and special.stages[4][1].dw.conv.kernel_size == (1, 1)
+    assert inference.centre_tap_convs(folded, torch.randn(2, 3, 64, 64)) is None  # no 1x1 map there
+    with torch.no_grad():
+        assert relative_difference(special(x), folded(x)) < 1e-6
+        fast = optimize_for_inference(model, x, backends=("onednn_graph",), memory_format=memory_format)
+        assert fast.backend == "onednn_graph" and fast.failures == {}
+        for other in (x, torch.randn(2, 3, 64, 64), torch.randn(1, 3, 48, 40)):
+            assert relative_difference(fast(other), model(other)) <= 1e-4
+
+
 def test_onednn_graph_that_fuses_nothing_gives_way_to_the_next_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.jit, "last_executed_optimized_graph", lambda: "graph(%x): no fusion groups")
     model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
@@ -108,21 +130,24 @@ def test_inductor_path(caplog: pytest.LogCaptureFixture) -> None:
         assert relative_difference(opt(x), model(x)) <= 1e-4
 
 
-def test_failing_compiler_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_compiler_falls_back_and_says_why_in_full(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     real = inference._build
+    long_reason = "could not create a primitive descriptor for the reorder primitive. " + "Run it again. " * 20
 
     def broken(backend, model, example, *args):
-        if backend in ("onednn_graph", "inductor", "torchscript"):
-            raise RuntimeError(f"{backend} is broken here")
+        if backend in ("onednn_graph", "inductor", "torchscript"):  # TorchScript's error texts are tracebacks
+            raise RuntimeError(f"The following operation failed.\nTraceback:\n  frozen(x)\n{backend}: {long_reason}\n")
         return real(backend, model, example, *args)
 
     monkeypatch.setattr(inference, "_build", broken)
     model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
-    opt = optimize_for_inference(model, torch.randn(2, 1, 49, 10))
+    opt = optimize_for_inference(model, torch.randn(2, 1, 49, 10), verbose=True)
     assert opt.backend == "eager"
-    assert opt.failures == {"onednn_graph": "RuntimeError: onednn_graph is broken here",
-                            "inductor": "RuntimeError: inductor is broken here",
-                            "torchscript": "RuntimeError: torchscript is broken here"}
+    reasons = {b: f"RuntimeError: {b}: {long_reason.strip()}" for b in ("onednn_graph", "inductor", "torchscript")}
+    assert opt.failures == reasons
+    assert capsys.readouterr().err.splitlines() == [f"optimize_for_inference: backend {b} not used: {why}"
+                                                    for b, why in reasons.items()]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
 
 

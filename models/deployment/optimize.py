@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import platform
 import statistics
+import sys
 import time
 import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -215,6 +216,59 @@ def compile_frozen(model: nn.Module, compile_mode: Optional[str] = None) -> Call
     return run_frozen
 
 
+def failure_reason(exc: BaseException) -> str:
+    """``Type: message`` on one line, whole: for TorchScript's interpreter errors, whose text is a
+    TorchScript traceback, the innermost error's line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+
+
+def centre_tap_convs(model: nn.Module, example: torch.Tensor) -> Optional[nn.Module]:
+    """A copy of ``model`` in which every conv that sees a 1x1 feature map at ``example``'s size,
+    with "same" zero padding, is the 1x1 conv of its kernel's centre (the other taps only ever
+    multiply padding, so the outputs are identical at that size); None when no conv is one.
+
+    oneDNN Graph fuses a 1x1 conv with the depthwise conv after it, and on a 1x1 map that fused
+    group fails ("could not create a primitive descriptor for the reorder primitive": a 1x1 map's
+    strides fit both NCHW and NHWC); with the depthwise conv as its 1x1 equivalent it runs fused.
+    """
+    copied = copy.deepcopy(model)
+    seen: dict[nn.Conv2d, tuple[int, ...]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.__setitem__(mod, tuple(args[0].shape[2:])))
+             for m in copied.modules() if type(m) is nn.Conv2d]  # subclasses (Conv2dSame) pad by themselves
+    try:
+        copied(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    def centre_only(conv: nn.Conv2d) -> bool:
+        return (seen.get(conv) == (1, 1) and conv.kernel_size != (1, 1) and conv.padding_mode == "zeros"
+                and isinstance(conv.padding, tuple)
+                and all(k % 2 == 1 and p == d * (k - 1) // 2
+                        for k, p, d in zip(conv.kernel_size, conv.padding, conv.dilation)))
+
+    replaced = 0
+    for parent in list(copied.modules()):
+        for child_name, conv in list(parent.named_children()):
+            if isinstance(conv, nn.Conv2d) and centre_only(conv):
+                kh, kw = conv.kernel_size
+                one = nn.Conv2d(conv.in_channels, conv.out_channels, 1, groups=conv.groups, bias=conv.bias is not None)
+                one.weight = nn.Parameter(conv.weight[:, :, kh // 2:kh // 2 + 1, kw // 2:kw // 2 + 1].clone(),
+                                          requires_grad=False)
+                if conv.bias is not None:
+                    one.bias = nn.Parameter(conv.bias.clone(), requires_grad=False)
+                setattr(parent, child_name, one.to(memory_format=torch.channels_last)
+                        if conv.weight.is_contiguous(memory_format=torch.channels_last) else one)
+                replaced += 1
+    return copied.eval() if replaced else None
+
+
+def _say_fallback(verbose: bool, backend: str, reason: str) -> None:
+    if verbose:
+        print(f"optimize_for_inference: backend {backend} not used: {reason}", file=sys.stderr)
+
+
 def _build(backend: str, model: nn.Module, example: torch.Tensor,
            compile_mode: Optional[str] = None) -> Callable[[torch.Tensor], torch.Tensor]:
     if backend == "onednn_graph":
@@ -222,13 +276,18 @@ def _build(backend: str, model: nn.Module, example: torch.Tensor,
         # (+ residual add), fusing each 1x1 conv with the depthwise conv after it, and runs each
         # group with oneDNN's own kernels. The fused groups are guarded by the example's shape
         # and strides; other shapes run the unfused graph, still correctly. TorchScript's
-        # deprecation notices are not the user's business.
+        # deprecation notices are not the user's business. Convs that see a 1x1 map are traced
+        # as their centre taps (centre_tap_convs): exact at the example's size only, so inputs of
+        # another size run the BN-folded model itself.
+        special = centre_tap_convs(model, example)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            frozen = torch.jit.freeze(torch.jit.trace(model, example))
+            frozen = torch.jit.freeze(torch.jit.trace(model if special is None else special, example))
 
         def run(x: torch.Tensor) -> torch.Tensor:
+            if special is not None and x.shape[2:] != example.shape[2:]:
+                return model(x)
             with onednn_graph_fusion():
                 return frozen(x)
 
@@ -262,6 +321,7 @@ def optimize_for_inference(
     memory_format: Optional[str] = None,
     tune_malloc: bool = True,
     compile_mode: Optional[str] = None,
+    verbose: bool = False,
 ) -> OptimizedModel:
     """A module giving ``model``'s outputs (max relative difference <= ``tolerance``), fast.
 
@@ -282,6 +342,8 @@ def optimize_for_inference(
             memory instead of page-faulting fresh memory on every call.
         compile_mode: torch.compile's ``mode`` for the inductor backend ("max-autotune",
             "reduce-overhead" for CUDA graphs); on a GPU small batches default to CUDA graphs.
+        verbose: print a line to stderr for each backend that is passed over, with its whole reason
+            (they are always in ``result.failures``).
 
     On a GPU (``example_input`` on CUDA): inductor, channels-last by default, and with TF32 on
     (cuDNN's default) the tolerance is ``CUDA_TF32_TOLERANCE``; ``result.tf32`` says which.
@@ -298,10 +360,10 @@ def optimize_for_inference(
         except (CalibrationError, ImportError):
             raise
         except Exception as exc:  # noqa: BLE001 - an op the quantizer or export cannot take: fp32 instead
-            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            reason = failure_reason(exc)
             warnings.warn(f"int8 quantization failed, using fp32 instead ({reason})", stacklevel=2)
             fallback = optimize_for_inference(model, example_input, backends=backends, tolerance=tolerance,
-                                              memory_format=memory_format, tune_malloc=tune_malloc)
+                                              memory_format=memory_format, tune_malloc=tune_malloc, verbose=verbose)
             fallback.failures["int8"] = reason
             return fallback
     tf32 = example_input.is_cuda and cuda_tf32_enabled()
@@ -340,7 +402,8 @@ def optimize_for_inference(
             seconds = time.perf_counter() - t0
             diff = max(relative_difference(runner(fmt(x)), y) for x, y in zip(checks, expected))
         except Exception as exc:  # a compiler that fails falls through to the next path
-            failures[backend] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            failures[backend] = failure_reason(exc)
+            _say_fallback(verbose, backend, failures[backend])
             continue
         if diff <= tolerance:
             result = OptimizedModel(runner, backend, channels_last, seconds, diff, failures, malloc_tuned,
@@ -348,4 +411,5 @@ def optimize_for_inference(
             result.tf32 = tf32
             return result
         failures[backend] = f"outputs differ by {diff:.2e} (relative), above {tolerance:g}"
+        _say_fallback(verbose, backend, failures[backend])
     raise RuntimeError(f"no backend reproduced the model's outputs: {failures}")

@@ -253,6 +253,8 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
         layers[(name, batch, True)] = list(layer_traffic(model, size, batch).values())
         x = torch.randn(batch, *size)
         opt = optimize_for_inference(model, x, backends=backends, tune_malloc=tune_malloc)
+        for backend, why in opt.failures.items():
+            log(f"{name:<20} optimized, batch {batch}: {backend} not used ({why}); {opt.backend} instead")
         fns: dict[str, Callable[[], object]] = {"ours": lambda: model(x),
                                                 "ours-cl": lambda: model_cl(x.contiguous(memory_format=CL))}
         if twin is not None:
