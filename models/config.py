@@ -163,6 +163,7 @@ class ModelConfig(_Strict):
     name: str
     family: str
     paper: str = ""
+    timm_name: Optional[str] = None  # timm's name for this network, whose weights pretrained=True loads
     input_size: tuple[PosInt, PosInt, PosInt] = (3, 224, 224)
     min_input_size: Optional[tuple[PosInt, PosInt]] = None
     num_classes: Annotated[int, Field(strict=True, ge=0, le=MAX_INT)] = 1000

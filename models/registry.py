@@ -130,7 +130,7 @@ def get_model_config(name: str, **overrides: Any) -> ModelConfig:
 def create_model(
     name: str,
     *,
-    pretrained: Optional[PathLike] = None,
+    pretrained: Union[PathLike, bool, None] = None,
     features_only: bool = False,
     out_indices: Optional[Sequence[int]] = None,
     allow_large: bool = False,
@@ -140,7 +140,8 @@ def create_model(
 
     Args:
         name: a name from ``list_models()``, a YAML file, or ``file.yaml:variant``.
-        pretrained: a checkpoint of ours or a timm state dict (``dszoo.load_pretrained``).
+        pretrained: a checkpoint of ours or a timm state dict (``dszoo.load_pretrained``); True:
+            timm's weights for the model from the local cache (``dszoo.weights.cached_timm_weights``).
         features_only: return a ``ZooFeatures`` backbone giving the ``feature_info`` maps.
         out_indices: which feature levels ``features_only`` returns (default: all).
         allow_large: build even above ``dszoo.plan.MAX_PARAMS`` parameters or
@@ -149,7 +150,11 @@ def create_model(
             ``input_size`` (int, (H, W) or (C, H, W)), ``separable`` or any top-level config key.
     """
     model = build_model(get_model_config(name, **overrides), allow_large)
-    if pretrained is not None:
+    if pretrained is True:
+        from .weights import cached_timm_weights
+
+        pretrained = cached_timm_weights(model.cfg)
+    if pretrained is not None and pretrained is not False:
         from .weights import load_pretrained
 
         report = load_pretrained(model, pretrained)

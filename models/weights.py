@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Union
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from .builder import ZooNet
 __all__ = [
     "CheckpointError",
     "LoadReport",
+    "cached_timm_weights",
     "export_to_timm",
     "from_timm_state_dict",
     "load_pretrained",
@@ -226,6 +228,36 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
         raise CheckpointError(f"{path} ({source}) does not fit {model.cfg.name}: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return LoadReport(source=source, head_reset=bool(head_reset), missing=missing, unexpected=unexpected)
+
+
+def cached_timm_weights(cfg: Any) -> Path:
+    """The weights file timm's ``pretrained=True`` would load for this model, from the local
+    caches timm uses (the Hugging Face hub's, then torch.hub's ``checkpoints/``); nothing is
+    downloaded. ``CheckpointError`` in one line when the model has no timm weights or they are not
+    on this machine, saying how to pass a file instead."""
+    if not cfg.timm_name:
+        raise CheckpointError(f"{cfg.name}: pretrained=True: timm publishes no weights for this network; pass "
+                              f"pretrained='FILE' (a checkpoint of ours or a timm state dict)")
+    from timm.models import get_pretrained_cfg
+
+    theirs = get_pretrained_cfg(cfg.timm_name)
+    looked = []
+    if theirs is not None and theirs.hf_hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(theirs.hf_hub_id, filename, cache_dir=constants.HF_HUB_CACHE)
+            if isinstance(found, str) and Path(found).is_file():
+                return Path(found)
+        looked.append(f"{constants.HF_HUB_CACHE} ({theirs.hf_hub_id})")
+    if theirs is not None and theirs.url:
+        found = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(theirs.url).path).name
+        if found.is_file():
+            return found
+        looked.append(str(found))
+    raise CheckpointError(f"{cfg.name}: pretrained=True: timm's {cfg.timm_name} weights are not on this machine "
+                          f"(looked in {', '.join(looked) or 'no cache: timm lists no file'}); where there is internet, "
+                          f"timm.create_model({cfg.timm_name!r}, pretrained=True) caches them, or pass pretrained='FILE'")
 
 
 def save_state_dict(model: nn.Module, path: PathLike) -> None:

@@ -264,3 +264,35 @@ def test_timm_transforms_match_the_timm_weights(ours: str, arch: str) -> None:
     expected = resolve_data_config({}, model=timm.create_model(arch))
     assert {k: cfg[k] for k in expected} == expected
     assert str(create_transform(**cfg)) == str(create_transform(**expected))
+
+
+def test_pretrained_true_loads_timms_weights_from_the_local_caches(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """pretrained=True reads the file timm's pretrained=True would: the Hugging Face hub's cache
+    (mobilenetv1_100), torch.hub's checkpoints/ (legacy_xception); without one, one line."""
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for name, says in (("mobilenet_v1", "timm's mobilenetv1_100 weights are not on this machine (looked in "),
+                       ("xception", "timm's legacy_xception weights are not on this machine (looked in "),
+                       ("mobilenet_v1_025", "timm publishes no weights for this network; pass pretrained='FILE'")):
+        with pytest.raises(CheckpointError, match=re.escape(f"{name}: pretrained=True: {says}")) as err:
+            create_model(name, pretrained=True)
+        assert "\n" not in str(err.value) and "pretrained='FILE'" in str(err.value)
+    from safetensors.torch import save_file
+
+    mnv1 = timm.create_model("mobilenetv1_100").eval()
+    snapshot = tmp_path / "hf" / "models--timm--mobilenetv1_100.ra4_e3600_r224_in1k"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("abc123")
+    (snapshot / "snapshots" / "abc123").mkdir(parents=True)
+    save_file(mnv1.state_dict(), str(snapshot / "snapshots" / "abc123" / "model.safetensors"))
+    xcp = timm.create_model("legacy_xception").eval()
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(xcp.state_dict(), tmp_path / "torch" / "hub" / "checkpoints" / "xception-43020ad28.pth")
+    for name, theirs, size in (("mobilenet_v1", mnv1, 64), ("xception", xcp, 71)):
+        ours = create_model(name, pretrained=True).eval()
+        x = torch.randn(1, 3, size, size)
+        with torch.no_grad():
+            assert torch.equal(ours(x), theirs(x))
