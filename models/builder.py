@@ -214,6 +214,9 @@ class ZooNet(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
             self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.AdaptiveMaxPool2d(1)
         self.num_classes = num_classes
+        # the config describes the network as it now is (checkpoints save it, and rebuild from it)
+        head = self.cfg.head if global_pool is None else self.cfg.head.model_copy(update={"pool": global_pool})
+        self.cfg = self.cfg.model_copy(update={"num_classes": num_classes, "head": head})
         self.classifier = self._make_classifier(num_classes)
         if isinstance(self.classifier, nn.Linear):
             nn.init.normal_(self.classifier.weight, 0.0, 0.01)

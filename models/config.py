@@ -424,6 +424,16 @@ def config_source(name: str, variant: Mapping[str, Any], overrides: Mapping[str,
     return where
 
 
+def config_changes(old: Any, new: Any, path: str = "") -> list[str]:
+    """Key paths where two config dumps differ, with both values (``stages[1].out: 64 -> 32``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in config_changes(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [c for i, (a, b) in enumerate(zip(old, new)) for c in config_changes(a, b, f"{path}[{i}]")]
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
 def merge_config(
     name: str,
     family: str,

@@ -27,6 +27,7 @@ __all__ = [
     "export_to_timm",
     "from_timm_state_dict",
     "load_pretrained",
+    "model_from_checkpoint",
     "read_state_dict",
     "save_state_dict",
     "timm_module_map",
@@ -258,6 +259,60 @@ def cached_timm_weights(cfg: Any) -> Path:
     raise CheckpointError(f"{cfg.name}: pretrained=True: timm's {cfg.timm_name} weights are not on this machine "
                           f"(looked in {', '.join(looked) or 'no cache: timm lists no file'}); where there is internet, "
                           f"timm.create_model({cfg.timm_name!r}, pretrained=True) caches them, or pass pretrained='FILE'")
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> tuple[ZooNet, list[str]]:
+    """The network a training checkpoint saved, built from its own ``model_config`` (not from a
+    registered name that may have been edited since, and with its own classes and input size),
+    with its weights; and notes, such as how the registry's config of that name now differs.
+    ``CheckpointError`` in one line for a config, weights or ``class_names`` that do not fit."""
+    from pydantic import ValidationError
+
+    from .builder import build_model
+    from .config import ModelConfig, config_changes
+    from .registry import UnknownModelError, get_model_config
+
+    saved = ckpt.get("model_config")
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(f"{source}: the checkpoint holds no model_config (written by an older dszoo); pass --model")
+    try:
+        cfg = ModelConfig.model_validate(dict(saved))
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(map(str, problem["loc"])) or "<top level>"
+        raise CheckpointError(f"{source}: its model_config is damaged ({where}: {problem['msg']})") from None
+    head = ckpt["model"].get("classifier.weight")
+    if isinstance(head, torch.Tensor) and head.dim() == 2 and head.shape[0] != cfg.num_classes:
+        cfg = cfg.model_copy(update={"num_classes": head.shape[0]})  # saved before configs followed reset_classifier
+    classes = ckpt.get("class_names")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)
+                                    and len(set(classes)) == len(classes) == cfg.num_classes):
+        raise CheckpointError(f"{source}: class_names must be {cfg.num_classes} distinct non-empty names, one per "
+                              f"output of the model, got {str(classes)[:120]}")
+    model = build_model(cfg)
+    own, state = model.state_dict(), ckpt["model"]
+    problems = ([f"its weights are those of another network ({len(state)} tensors, its config builds {len(own)})"]
+                if state.keys() != own.keys() else
+                [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} from its config"
+                 for k, v in state.items() if v.shape != own[k].shape])
+    problems = problems or tensor_problems(state, own)
+    if problems:
+        raise CheckpointError(f"{source}: its weights do not fit its own model_config: {'; '.join(problems[:3])}")
+    model.load_state_dict(state)
+    notes = []
+    try:
+        current = get_model_config(cfg.name, num_classes=cfg.num_classes, input_size=cfg.input_size,
+                                   width_mult=cfg.width_mult, separable=cfg.separable)
+    except (UnknownModelError, ValueError):
+        current = None  # a user's YAML or a name registered no longer: nothing to compare
+    if current is not None:
+        ours, theirs = cfg.model_dump(mode="json"), current.model_dump(mode="json")
+        ours["head"]["dropout"] = theirs["head"]["dropout"]  # drop_rate is a training option
+        changes = config_changes(theirs, ours)
+        if changes:
+            notes.append(f"built {cfg.name} from the checkpoint's own config, which differs from the registry's now "
+                         f"(registry -> checkpoint: {'; '.join(changes[:3])}{' ...' if len(changes) > 3 else ''})")
+    return model, notes
 
 
 def save_state_dict(model: nn.Module, path: PathLike) -> None:

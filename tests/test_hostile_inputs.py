@@ -162,7 +162,7 @@ SCRIPT_CASES = [
     ("summarize", ["--model", "ds_cnn_s", "--plot", "existing.png"], "error: --plot existing.png: exists; pass --overwrite"),
     ("summarize", ["--model", "ds_cnn_s", "--format", "xml"], "error: argument --format: invalid choice: 'xml'"),
     ("summarize", ["--model", "ds_cnn_s", "--input-size", "1", "99999", "99999"], "input_size: one 1x99999x99999 image would need"),
-    ("export", [], "error: the following arguments are required: --model, --format, --out"),
+    ("export", [], "error: the following arguments are required: --format, --out"),
     ("export", ["--model", "ds_cnn_s", "--format", "onnx", "--out", "m.pt"], "error: --out m.pt: must end in .onnx"),
     ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "existing.pt"], "error: --out existing.pt: exists"),
     ("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", "folder.pt"], "error: --out folder.pt: is a folder"),
@@ -202,7 +202,7 @@ SCRIPT_CASES = [
     ("train", ["--data-dir", "folder.pt"], "error: --dataset digits reads no --data-dir"),
     ("train", ["--out-dir", "existing.png/run"], "error: --out-dir existing.png/run: existing.png is a file, not a folder"),
     ("train", ["--img-size", "40000"], "input_size: one 1x40000x40000 image would need"),
-    ("train", ["--model", "xception"], "error: configs/xception.yaml + overrides {'in_chans': 1, 'input_size': 32}: input_size: 1x32x32 is smaller than the minimum 71x71"),
+    ("train", ["--model", "xception"], "error: configs/xception.yaml: variant xception + overrides {'in_chans': 1, 'input_size': 32}: input_size: 1x32x32 is smaller than the minimum 71x71"),
     ("train", ["--pretrained", "mobilenet.pt", "--model", "ds_cnn_s", "--img-size", "49"], "does not fit ds_cnn_s"),
 ]
 

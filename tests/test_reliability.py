@@ -174,8 +174,8 @@ def test_best_is_written_even_at_zero_accuracy(tmp_path: Path, monkeypatch: pyte
 
 def test_eval_only_refuses_a_head_for_other_classes(tmp_path: Path) -> None:
     train(TrainConfig(**QUICK, epochs=1, classes=[0, 1, 2], out_dir=str(tmp_path / "three")))
-    with pytest.raises(UsageError, match=r"--eval-only .*last.pt: its classifier does not have the 10 classes of "
-                                         r"digits .* freshly initialised head"):
+    with pytest.raises(UsageError, match=r"--eval-only .*last.pt: its model has 3 classes, digits \(.*\) has 10; "
+                                         r"evaluate it on data with its classes"):
         train(TrainConfig(**{**QUICK, "max_batches": None}, eval_only=True, pretrained=str(tmp_path / "three" / "last.pt")))
 
 
@@ -390,3 +390,52 @@ def test_every_backend_keeps_input_checks_and_nan(backend: str) -> None:
         eager, out = model(x), fast(x)
     assert eager[0].isnan().all() and out[0].isnan().all()  # as eager: NaN in, NaN out
     assert torch.allclose(out[1], eager[1], rtol=1e-3, atol=1e-5)
+
+
+def test_a_checkpoint_carries_its_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--eval-only, dszoo-export --pretrained and dszoo-spot's loader build the network from the
+    checkpoint's own config: no --model, --num-classes or --input-size, the same answers after the
+    registry's YAML is edited (with a note saying so), and hand-edited class_names refused."""
+    from dszoo import registry
+    from dszoo.audio.spot import load_spotter
+
+    train(TrainConfig(**QUICK, epochs=1, classes=[0, 1, 2], out_dir=str(tmp_path / "run")))
+    ckpt = tmp_path / "run" / "best.pt"
+    first = run_in_process("train", ["--eval-only", "--pretrained", str(ckpt), "--classes", "0,1,2",
+                                     "--model", "ds_cnn_s"])
+    assert first.returncode == 0, first.stderr
+    assert "note: the checkpoint holds mobilenet_v1_025; evaluating that (not --model ds_cnn_s)" in first.stdout
+    score = first.stdout.splitlines()[-1].split("val_top1")[1]
+    exported = run_in_process("export", ["--pretrained", str(ckpt), "--format", "torchscript", "--out",
+                                         str(tmp_path / "m.pt")])
+    assert exported.returncode == 0, exported.stderr
+    assert "(fp32 torchscript, input 1x16x16, dynamic batch" in exported.stdout
+
+    entry = registry._REGISTRY["mobilenet_v1_025"]  # the YAML edited: the first stage twice as wide
+    stages = [dict(s) for s in entry.defaults["stages"]]
+    stages[0]["out"] = 128
+    monkeypatch.setitem(registry._REGISTRY, "mobilenet_v1_025",
+                        registry._Entry(entry.family, {**entry.defaults, "stages": stages}, entry.variant, entry.source))
+    again = run_in_process("train", ["--eval-only", "--pretrained", str(ckpt), "--classes", "0,1,2"])
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-1].split("val_top1")[1] == score
+    assert ("note: built mobilenet_v1_025 from the checkpoint's own config, which differs from the registry's now "
+            "(registry -> checkpoint: stages[0].out: 128 -> 64)") in again.stdout
+    named = tmp_path / "named.pt"  # a spotter's checkpoint names its classes
+    torch.save({**torch.load(ckpt, weights_only=True), "class_names": ["0", "1", "2"]}, named)
+    spotter = load_spotter(named)
+    assert spotter.model.stages[0][0].pw.conv.out_channels == 16 and spotter.notes[0].startswith(
+        "built mobilenet_v1_025 from the checkpoint's own config")  # 64 x 0.25, as trained
+
+    wrong_data = run_in_process("export", ["--pretrained", str(ckpt), "--format", "pt2", "--out", str(tmp_path / "q.pt2"),
+                                           "--precision", "int8", "--calibration", "speech_commands"])
+    assert wrong_data.returncode == 2 and wrong_data.stderr.startswith(
+        f"error: --calibration speech_commands: --pretrained {ckpt} was trained on digits; calibrate int8 on that data")
+    saved = torch.load(ckpt, weights_only=True)
+    for bad in (["0", "1"], ["0", "1", 2], ["0", "0", "1"], "012"):
+        torch.save({**saved, "class_names": bad}, tmp_path / "bad.pt")
+        res = run_in_process("export", ["--pretrained", str(tmp_path / "bad.pt"), "--format", "torchscript", "--out",
+                                        str(tmp_path / "b.pt")])
+        assert res.returncode == 2 and res.stderr == (
+            f"error: --pretrained {tmp_path / 'bad.pt'}: class_names must be 3 distinct non-empty names, one per output "
+            f"of the model, got {bad}\n")

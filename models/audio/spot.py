@@ -35,6 +35,7 @@ class KeywordSpotter:
         self.model = model.eval()
         self.classes = list(classes)
         self.mfcc = MFCC(preset)
+        self.notes: list[str] = []  # how the model was loaded, for the user (load_spotter's)
 
     @torch.no_grad()
     def posteriors(self, clips: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -90,17 +91,18 @@ def load_spotter(checkpoint: Union[str, Path]) -> KeywordSpotter:
     """A ``KeywordSpotter`` from a ``dszoo-train`` checkpoint of a speech-commands run (its model,
     class names and front end)."""
     from ..errors import UsageError
-    from ..registry import create_model
     from ..training.run_files import load_checkpoint
+    from ..weights import model_from_checkpoint
 
     ckpt = load_checkpoint(str(checkpoint), what="checkpoint")
     classes: Optional[list[str]] = ckpt.get("class_names")
     if not classes:
         raise UsageError(f"{checkpoint}: not a keyword-spotting run (it names no classes; train with "
                          "--dataset speech_commands)")
-    model = create_model(ckpt["model_name"], num_classes=len(classes))
-    model.load_state_dict(ckpt["model"])
-    return KeywordSpotter(model, classes, ckpt.get("mfcc_preset", "mlperf_tiny"))
+    model, notes = model_from_checkpoint(ckpt, str(checkpoint))
+    spotter = KeywordSpotter(model, classes, ckpt.get("mfcc_preset", "mlperf_tiny"))
+    spotter.notes = notes
+    return spotter
 
 
 def load_audio(path: Union[str, Path]) -> tuple[np.ndarray, list[str]]:

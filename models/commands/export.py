@@ -3,13 +3,15 @@ in int8 (ONNX QDQ or .pt2), calibrated on a dataset and verified against the PyT
 
     python scripts/export.py --model mobilenet_v1 --format onnx --out mobilenet_v1.onnx
     python scripts/export.py --model xception --pretrained xception.safetensors --format pt2 --out x.pt2
-    python scripts/export.py --model mobilenet_v1_025 --pretrained runs/train/best.pt --input-size 1 32 32 \
-        --precision int8 --calibration digits --format onnx --out digits_int8.onnx
+    python scripts/export.py --pretrained runs/train/best.pt --precision int8 --calibration digits \
+        --format onnx --out digits_int8.onnx     # a dszoo-train checkpoint names its model and input size
 """
 from __future__ import annotations
 
 import argparse
 from typing import Any, Optional, Sequence
+
+from torch import nn
 
 from .. import create_model
 from .cli import ArgumentParser, UsageError, new_output_file, non_negative_int, positive_int, run_cli
@@ -17,17 +19,20 @@ from ..deployment.export import EXPORT_FORMATS, EXPORT_PRECISIONS, EXPORT_SUFFIX
 from ..deployment.quantize import CalibrationError
 from ..training.data import DATASETS, build_datasets, calibration_examples
 from ..plan import check_model_size, plan_model
+from ..training.run_files import read_training_checkpoint
+from ..weights import model_from_checkpoint
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="registered name or config.yaml")
+    p.add_argument("--model", help="registered name or config.yaml (default with a dszoo-train checkpoint as "
+                                    "--pretrained: the model it saved)")
     p.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--pretrained", help="checkpoint to load first (ours or timm's)")
     p.add_argument("--num-classes", type=non_negative_int)
     p.add_argument("--input-size", nargs=3, type=positive_int, metavar=("C", "H", "W"),
-                   help="default: the model's (digits-trained models: 1 32 32)")
+                   help="default: the model's (a dszoo-train checkpoint's: the size it trained at)")
     p.add_argument("--precision", default="fp32", choices=sorted(EXPORT_PRECISIONS),
                    help="int8: static quantization (onnx or pt2), needs --calibration")
     p.add_argument("--calibration", choices=DATASETS, help="int8: the dataset whose training images calibrate it")
@@ -43,8 +48,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides: dict[str, Any] = {"num_classes": args.num_classes} if args.num_classes is not None else {}
     if args.input_size:
         overrides["input_size"] = tuple(args.input_size)
-    model = create_model(args.model, pretrained=args.pretrained, allow_large=args.allow_large, **overrides)
-    size = tuple(model.cfg.input_size)
+    saved = read_training_checkpoint(args.pretrained, "--pretrained") if args.pretrained else None
+    if saved is not None:  # the checkpoint carries its model, classes and input size
+        model = checkpoint_model(saved, args)
+    elif args.model is None:
+        raise UsageError("--model is required (or --pretrained CHECKPOINT, a dszoo-train checkpoint, which names its "
+                         "model)")
+    else:
+        model = create_model(args.model, pretrained=args.pretrained, allow_large=args.allow_large, **overrides)
+    size = tuple(args.input_size or model.cfg.input_size)
     if not args.allow_large:
         check_model_size(plan_model(model.cfg, size))
     calibration = None
@@ -62,6 +74,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {args.out} ({args.precision} {args.format}, input {'x'.join(map(str, size))}, dynamic batch"
           f"{calibrated}); {check}")
     return 0
+
+
+def checkpoint_model(saved: dict[str, Any], args: argparse.Namespace) -> nn.Module:
+    """The model a dszoo-train checkpoint saved; options that contradict it are refused, and int8
+    is calibrated only on the dataset it was trained on."""
+    source = f"--pretrained {args.pretrained}"
+    model, notes = model_from_checkpoint(saved, source)
+    if args.model is not None and args.model != model.cfg.name:
+        raise UsageError(f"{source} holds {model.cfg.name}, not --model {args.model}; drop --model")
+    if args.num_classes is not None and args.num_classes != model.num_classes:
+        raise UsageError(f"{source} has {model.num_classes} classes, not --num-classes {args.num_classes}")
+    trained_on = saved["config"].get("dataset")
+    if args.calibration is not None and trained_on and args.calibration != trained_on:
+        raise UsageError(f"--calibration {args.calibration}: {source} was trained on {trained_on}; calibrate int8 on "
+                         f"that data (--calibration {trained_on}), or its scales will not fit what it sees")
+    for note in notes:
+        print(f"note: {note}")
+    return model
 
 
 def _check_precision_options(args: argparse.Namespace) -> None:

@@ -37,6 +37,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             files.append(item)
     spotter = load_spotter(args.checkpoint)
+    for note in spotter.notes:
+        print(f"note: {note}")
     for path in files:
         wave, notes = load_audio(path)
         note = f" (note: {'; '.join(notes)})" if notes else ""

@@ -26,7 +26,7 @@ from ..builder import ZooNet
 from ..errors import RunError, UsageError
 from ..files import atomic_path, remove_leftover_temporaries
 from ..registry import create_model
-from ..weights import load_pretrained
+from ..weights import load_pretrained, model_from_checkpoint
 from .data import DataSplits, build_datasets, calibration_examples
 from .options import TrainConfig, TrainResult, _check_same_model, _options_of_resumed_run, check_arguments, check_memory
 from .run_files import (
@@ -38,6 +38,7 @@ from .run_files import (
     free_run_dir,
     plot_confusion,
     plot_curves,
+    read_training_checkpoint,
     release_run_lock,
     save_checkpoint,
     write_metrics,
@@ -210,16 +211,28 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
     out = Path(cfg.out_dir)
     if rank == 0 and not cfg.eval_only:
         check_out_dir(cfg, out)
-    model = _build_model(cfg)
+    saved = read_training_checkpoint(cfg.pretrained, "--pretrained") if cfg.eval_only and cfg.pretrained else None
+    if saved is not None:  # the checkpoint carries its model: --model, --num-classes, --img-size not needed
+        model, notes = model_from_checkpoint(saved, f"--pretrained {cfg.pretrained}")
+        if model.cfg.name != cfg.model:
+            notes.insert(0, f"the checkpoint holds {model.cfg.name}; evaluating that (not --model {cfg.model})")
+        cfg.model = model.cfg.name
+        for note in notes if rank == 0 and cfg.quiet < 2 else []:
+            print(f"note: {note}")
+    else:
+        model = _build_model(cfg)
     if not cfg.eval_only and device.type == "cpu":
         check_memory(cfg, model)
     data = build_datasets(cfg.dataset, model.pretrained_cfg, data_dir=cfg.data_dir, classes=cfg.classes,
                           fake_size=cfg.fake_size, num_classes=cfg.num_classes, speech_task=cfg.speech_task)
     if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
         raise UsageError(f"--num-classes {cfg.num_classes} disagrees with {data.description}: it has {data.num_classes} classes")
+    if saved is not None and model.num_classes != data.num_classes:
+        raise UsageError(f"--eval-only {cfg.pretrained}: its model has {model.num_classes} classes, {data.description} "
+                         f"has {data.num_classes}; evaluate it on data with its classes")
     if model.num_classes != data.num_classes:
         model.reset_classifier(data.num_classes)
-    if cfg.pretrained and not resuming:
+    if cfg.pretrained and not resuming and saved is None:
         report = load_pretrained(model, cfg.pretrained)
         if report["head_reset"] and cfg.eval_only:
             raise UsageError(f"--eval-only {cfg.pretrained}: its classifier does not have the {data.num_classes} classes "

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..builder import ZooNet
-from ..config import close_matches
+from ..config import close_matches, config_changes
 from ..errors import UsageError
 from ..weights import CheckpointError, tensor_problems
 from .run_files import load_checkpoint
@@ -200,20 +200,11 @@ def _options_of_resumed_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dic
                          f"--epochs N with N > {ckpt['epoch']} to train it longer")
     return saved, ckpt
 
-def _config_changes(old: Any, new: Any, path: str = "") -> list[str]:
-    """Key paths where two config dumps differ, with both values."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [c for k in sorted(set(old) | set(new), key=str)
-                for c in _config_changes(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [c for i, (a, b) in enumerate(zip(old, new)) for c in _config_changes(a, b, f"{path}[{i}]")]
-    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
-
 def _check_same_model(model: ZooNet, ckpt: dict[str, Any], path: str) -> None:
     """A resumed run must rebuild the network it saved: a config edited since gives one line
     saying what changed, not a state-dict traceback."""
     saved = ckpt.get("model_config")
-    changes = _config_changes(saved, model.cfg.model_dump(mode="json")) if isinstance(saved, dict) else []
+    changes = config_changes(saved, model.cfg.model_dump(mode="json")) if isinstance(saved, dict) else []
     if changes:
         raise UsageError(f"--resume {path}: the model's config changed since the run was saved ({'; '.join(changes[:5])}"
                          f"{' ...' if len(changes) > 5 else ''}); restore it, or start a new run")

@@ -19,6 +19,7 @@ from ..weights import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "LOCK_FILE", "RUN_FILES", "RUN_RESULTS", "RunFolderBusy", "acquire_run_lock",
            "check_out_dir", "confusion_figure", "curves_figure", "folder_in_use", "free_run_dir", "load_checkpoint",
+           "read_training_checkpoint",
            "plot_confusion", "plot_curves", "release_run_lock", "save_checkpoint", "write_metrics"]
 
 CHECKPOINT_FORMAT = "dszoo-train-1"
@@ -67,6 +68,25 @@ def load_checkpoint(path: str, what: str = "--resume") -> dict[str, Any]:
     if problems:
         raise CheckpointError(f"{what} {path}: a damaged training checkpoint: {'; '.join(problems)}")
     return ckpt
+
+
+def read_training_checkpoint(path: str, what: str) -> Optional[dict[str, Any]]:
+    """``path`` checked as ``load_checkpoint`` does if it is a dszoo training checkpoint; None
+    for any other weights file (safetensors, a timm state dict), which ``load_pretrained`` reads."""
+    if Path(path).suffix == ".safetensors":
+        return None
+    try:
+        regular_file(path, what)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path}: no such file") from None
+    except FileKindError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception:  # noqa: BLE001 - not a pickle we read: load_pretrained says what it is
+        return None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        return None
+    return load_checkpoint(path, what)
 
 
 def write_metrics(out: Path, history: list[dict[str, float]]) -> None:
