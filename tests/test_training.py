@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -51,7 +52,7 @@ def test_default_run_reaches_93_percent_on_digits(default_run: tuple[Path, subpr
 
 def test_finetuning_beats_scratch(tmp_path: Path) -> None:
     """Pretrain on digits 0-4, fine-tune on 5-9 with a new 5-class head: better than scratch."""
-    pre = train(TrainConfig(**QUICK, classes=[0, 1, 2, 3, 4], epochs=4, out_dir=str(tmp_path / "pre")))
+    pre = train(TrainConfig(**QUICK, classes=[0, 1, 2, 3, 4], epochs=5, out_dir=str(tmp_path / "pre")))
     assert pre.best_top1 > 80
     common = dict(**QUICK, classes=[5, 6, 7, 8, 9], epochs=2)
     tuned = train(TrainConfig(**common, pretrained=str(tmp_path / "pre" / "last.pt"), out_dir=str(tmp_path / "ft")))
@@ -247,3 +248,18 @@ def test_cifar10_from_local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert len(result.history) == 1 and best["model"]["classifier.weight"].shape == (10, 64)
     assert json.loads((tmp_path / "run" / "args.json").read_text())["dataset_info"].startswith("CIFAR-10")
+
+
+def test_warm_up_scales_to_the_runs_length(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    """--warmup-epochs 1 of a one-epoch run is a tenth of its steps, and the cosine schedule then
+    anneals over optimizer steps (timm's "no effect" warning came from an all-warm-up run)."""
+    from dszoo.training.loop import warmup_steps
+
+    assert [warmup_steps(1, 44, 1), warmup_steps(1, 44, 15), warmup_steps(3, 44, 15), warmup_steps(0, 44, 1)] == \
+        [4, 44, 66, 0]
+    result = train(TrainConfig(**{**QUICK, "warmup_epochs": 1}, epochs=2, max_batches=10, out_dir=str(tmp_path)))
+    # 20 steps: 2 of warm-up from lr/10, then cosine from lr to lr/100 over 18; epoch 2 starts at step 10
+    lr, low = 1e-2, 1e-4
+    assert result.history[0]["lr"] == pytest.approx(lr * 0.1)
+    assert result.history[1]["lr"] == pytest.approx(low + 0.5 * (lr - low) * (1 + math.cos(math.pi * 8 / 18)))
+    assert not [w for w in recwarn if "no effect" in str(w.message)]

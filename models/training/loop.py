@@ -119,6 +119,7 @@ class _Trainer:
     loader: DataLoader
     criterion: nn.Module
     scaler: torch.amp.GradScaler
+    steps_per_epoch: int
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume, or only evaluate) one fine-tuning job as ``cfg`` describes.
@@ -247,6 +248,16 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
                             shuffle=False, num_workers=cfg.workers)
     return _Session(cfg, rank, world, device, out, model, data, channels_last, val_loader, chosen_out_dir)
 
+WARMUP_SHARE = 0.1
+"""Warm-up takes at most this share of a run's optimizer steps, however many epochs are asked."""
+
+
+def warmup_steps(warmup_epochs: int, steps_per_epoch: int, total_epochs: int) -> int:
+    """Optimizer steps of linear warm-up: ``warmup_epochs`` of them, scaled down to at most
+    ``WARMUP_SHARE`` of the run (``--epochs 1`` warms up for a tenth of its epoch, not all of it)."""
+    return min(warmup_epochs * steps_per_epoch, int(WARMUP_SHARE * total_epochs * steps_per_epoch))
+
+
 def _build_trainer(run: _Session) -> _Trainer:
     """Freezing, parameter groups (``lr`` for the body, ``lr_head`` for the classifier), timm's
     optimizer, cosine schedule with warm-up and EMA, DDP and the training loader."""
@@ -263,8 +274,6 @@ def _build_trainer(run: _Session) -> _Trainer:
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = [g for g in ({"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.lr_head or cfg.lr}) if g["params"]]
     optimizer = create_optimizer_v2(groups, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=cfg.total_epochs, lr_min=cfg.lr * 0.01,
-                                  warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.lr * 0.1, warmup_prefix=True)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
     train_model: nn.Module = model
     if run.world > 1:
@@ -275,6 +284,11 @@ def _build_trainer(run: _Session) -> _Trainer:
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         drop_last=len(train_set) // run.world > cfg.batch_size, pin_memory=run.device.type == "cuda",
                         persistent_workers=cfg.workers > 0)
+    steps = min(len(loader), cfg.max_batches or len(loader))  # optimizer steps per epoch
+    warmup = warmup_steps(cfg.warmup_epochs, steps, cfg.total_epochs)
+    # timm's cosine schedule over optimizer steps, not epochs, so that a short run still anneals
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, cfg.total_epochs * steps - warmup), lr_min=cfg.lr * 0.01,
+                                  warmup_t=warmup, warmup_lr_init=cfg.lr * 0.1, warmup_prefix=True, t_in_epochs=False)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     if cfg.qat:
         train_model = _quantization_aware(run, loader)
@@ -283,7 +297,7 @@ def _build_trainer(run: _Session) -> _Trainer:
         # second model it meets with dynamic shapes (slower code, minutes of compiling)
         train_model = torch.compile(train_model, dynamic=False)
     return _Trainer(train_model, frozen, optimizer, scheduler, ema, sampler, loader, criterion,
-                    grad_scaler(run.device, cfg.amp))
+                    grad_scaler(run.device, cfg.amp), steps)
 
 def _quantization_aware(run: _Session, loader: DataLoader) -> nn.Module:
     """``--qat``: the model with fake quantization, sharing its weights (the optimizer and the
@@ -380,6 +394,8 @@ def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict
     for step, (x, y) in enumerate(bar):
         if cfg.max_batches is not None and step >= cfg.max_batches:
             break
+        trainer.scheduler.step_update(epoch * trainer.steps_per_epoch + step)
+        lr = trainer.optimizer.param_groups[0]["lr"] if step == 0 else lr
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -400,7 +416,6 @@ def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict
         loss_sum += loss.item() * y.numel()
         seen += y.numel()
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    trainer.scheduler.step(epoch + 1)
     eval_model = trainer.ema.module if trainer.ema is not None else run.model
     if run.world > 1:
         # BatchNorm statistics (and EMA buffers) drift apart in the processes' last steps:
