@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -169,6 +170,7 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     for r in data["rows"]:
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert r["ceiling_fraction"] == pytest.approx(2 * r["gmacs_per_s"] / data["gemm_gflops"])
+        assert r["ceiling_fraction"] <= 1  # a ceiling bounds what it is compared with
         if r["variant"] == "gemms":  # the model's ungrouped layers as bare matrix products
             model, size = create_model(r["model"]), get_model_config(r["model"]).input_size
             gemm_macs = sum(m * k * n for m, k, n in layer_gemms(model, size, r["batch"]).values())
@@ -260,13 +262,60 @@ def test_tuned_malloc_reuses_freed_memory_instead_of_faulting_it_in_again() -> N
     assert big_ok == "True"
 
 
+def test_warm_up_lasts_until_calls_settle() -> None:
+    """A first-call cost lasting several calls stays out of the timed ones; at most ``most``."""
+    from dszoo.measurement.benchmark import settle, timed_interleaved
+
+    def calls_made(costs: list[float], **limits: Any) -> int:
+        it, made = iter(costs), []
+        settle(lambda: None, 2, lambda fn: (made.append(1), next(it))[1], **limits)
+        return len(made)
+
+    assert calls_made([0.1, 0.3, 0.05, 0.3, 0.04, 0.05] + [0.04] * 30) == 5  # until one is within 2x the fastest
+    assert calls_made([0.001] * 30) == 20  # fast calls: up to `most`, short of half a second
+    assert calls_made([0.3, 0.3, 0.3]) == 2  # slow, steady calls: the warm-up asked for
+    assert calls_made([0.01, 0.03] * 20, most=9) == 9  # never settling: at most `most`
+    costs = iter([0.1, 0.3, 0.05, 0.3, 0.04] + [0.01] * 3)
+    assert timed_interleaved({"f": lambda: None}, 3, warmup=2, timer=lambda fn: next(costs)) == {"f": [0.01] * 3}
+
+
+def test_a_ceiling_bounds_every_row_and_results_are_written_as_they_come(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dszoo.measurement import benchmark as bench
+
+    rows = [bench.BenchRow("m", "gemms", 1, 1.0, 1.0, 1.0, 1.0, 150.0, 0.0), bench.BenchRow("m", "ours", 1, 2.0, 2.0, 2.0,
+                                                                                        0.5, 30.0, 0.0)]
+    logged: list[str] = []
+    ceilings = {"fp32": 200.0}
+    out = bench._assemble(rows, {}, ceilings, 10.0, logged.append)
+    assert out["gemm_gflops"] == ceilings["fp32"] == 300.0 and [r["ceiling_fraction"] for r in out["rows"]] == [1.0, 0.2]
+    assert logged == ["fp32 ceiling raised to 300.0 G/s, the rate of m gemms b1 (above the 200.0 measured)"]
+    assert rows[0].ceiling_fraction == 0.0  # the measured rows are left as they were
+
+    script = command_module("benchmark")
+    written = []
+
+    def interrupted_run(models, *args, on_progress, **kwargs):
+        on_progress({"machine": {"cpu": "x", "threads": 2, "torch": "t"}, "gemm_gflops": 1.0, "memory_gbs": 1.0,
+                     "repeats": 3, "malloc_tuned": True, "rows": [dict(bench.asdict(rows[1]), model=models[0])]})
+        written.append((json.loads((tmp_path / "b.json").read_text()), (tmp_path / "b.md").read_text()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "run_benchmarks", interrupted_run)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(["--models", "ds_cnn_s", "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")])
+    (data, table), = written
+    assert [r["model"] for r in data["rows"]] == ["ds_cnn_s"] and "| ds_cnn_s | ours | 1 | 2.00 |" in table
+    assert (tmp_path / "b.json").is_file()  # what was finished stays
+
+
 def test_benchmark_script_passes_default_malloc(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     script = command_module("benchmark")
     seen = {}
 
     def fake_run(models, batch_sizes, repeats, train_batch, backends, log, tune_malloc, profile_top, compare_backends,
-                 ceiling_sizes, precisions):
+                 ceiling_sizes, precisions, on_progress):
         seen["tune_malloc"] = tune_malloc
         assert tuple(ceiling_sizes) == (1024,)  # --quick: a small product for the ceiling
         assert list(precisions) == []  # --quick: fp32 alone

@@ -144,7 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "--quick: none), against ceilings of their own")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc malloc's settings alone (by default freed memory is kept for reuse, for every row)")
-    p.add_argument("--json", help="write the results as JSON")
+    p.add_argument("--json", help="write the results as JSON (updated as each model finishes)")
+    p.add_argument("--markdown", help="write the results table as markdown (updated as each model finishes)")
     p.add_argument("--plot", help="write a PNG of latency against MACs")
     p.add_argument("--profile", help="write torch.profiler tables of the top operators, and of the top oneDNN "
                    "primitives, of every inference variant at the largest batch size, as markdown (run after "
@@ -169,6 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError(f"unknown models {unknown}; available: {', '.join(list_models())}")
     if args.json:
         new_output_file(args.json, args.overwrite, "--json", (".json",))
+    if args.markdown:
+        new_output_file(args.markdown, args.overwrite, "--markdown", (".md",))
     if args.plot:
         new_output_file(args.plot, args.overwrite, "--plot", (".png",))
     if args.profile:
@@ -193,11 +196,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             profile_top=(args.profile_top or 10) if args.profile else 0,
                             compare_backends=args.compare_backends,
                             ceiling_sizes=(1024,) if args.quick else (2048, 4096),
-                            precisions=LOW_PRECISIONS if args.precisions is None else args.precisions)
+                            precisions=LOW_PRECISIONS if args.precisions is None else args.precisions,
+                            on_progress=lambda partial: write_results(partial, args))
     print(markdown(result))
-    if args.json:
-        with atomic_path(args.json) as tmp, open(tmp, "w") as fh:
-            json.dump(result, fh, indent=2)
+    write_results(result, args)
     if args.plot:
         plot(result, args.plot)
     if args.profile:
@@ -206,7 +208,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-CPU_ONLY = ("backends", "compare_backends", "precisions", "profile", "plot", "quick", "default_malloc", "threads")
+def write_results(result: dict, args: argparse.Namespace) -> None:
+    """``--json`` and ``--markdown`` as they stand (after each model, then at the end), atomically:
+    an interrupted run keeps every row it finished."""
+    if args.json:
+        with atomic_path(args.json) as tmp, open(tmp, "w") as fh:
+            json.dump(result, fh, indent=2)
+    if args.markdown:
+        with atomic_path(args.markdown) as tmp, open(tmp, "w") as fh:
+            fh.write(markdown(result) + "\n")
+
+
+CPU_ONLY = ("backends", "compare_backends", "precisions", "profile", "markdown", "plot", "quick", "default_malloc", "threads")
 """Options of the CPU benchmark that ``--device cuda`` does not take."""
 
 

@@ -28,8 +28,8 @@ import copy
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -37,7 +37,8 @@ from torch import nn
 from ..deployment.export import has_initial_batchnorm_statistics, randomise_batchnorm_statistics
 from ..deployment.optimize import BACKENDS, OptimizedModel, glibc_malloc_is_tuned, optimize_for_inference, tune_glibc_malloc
 from ..profile import count_macs, layer_gemms, layer_traffic, timed
-from ..registry import create_model
+from ..plan import plan_model
+from ..registry import create_model, get_model_config
 from ..weights import TIMM_MODELS, export_to_timm
 from .profiler import onednn_primitives, top_operators
 
@@ -84,14 +85,24 @@ def host_timer(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def settle(fn: Callable[[], object], warmup: int, timer: Callable[[Callable[[], object]], float] = host_timer,
+           most: int = 20, seconds: float = 0.5) -> None:
+    """Untimed calls of ``fn``: ``warmup`` of them, then more (up to ``most`` in all) while the
+    last call is over twice the fastest one or they have taken under ``seconds`` together, so
+    that a first-call cost lasting several calls (a profiling executor re-optimising, caches of
+    kernels and pages filling) stays out of the timed calls."""
+    seen: list[float] = []
+    while len(seen) < warmup or (len(seen) < most and (seen[-1] > 2 * min(seen) or sum(seen) < seconds)):
+        seen.append(timer(fn))
+
+
 def timed_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
                       timer: Callable[[Callable[[], object]], float] = host_timer) -> dict[str, list[float]]:
     """Like ``timed`` for several callables, run round-robin so that drift in the machine's
     speed (other load, frequency) affects them alike and their ratios stay fair; ``timer`` times
     one call (on a GPU: ``device_benchmark.device_timer``)."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
+    for fn in fns.values():
+        settle(fn, warmup, timer)
     out: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
@@ -360,8 +371,9 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
                    train_batch: int = 16, backends: Sequence[str] = BACKENDS,
                    log: Callable[[str], None] = print, tune_malloc: bool = True, profile_top: int = 0,
                    compare_backends: Sequence[str] = (), ceiling_sizes: Sequence[int] = (2048, 4096),
-                   precisions: Sequence[str] = ()) -> dict:
-    """Everything ``scripts/benchmark.py`` reports, as a JSON-ready dict.
+                   precisions: Sequence[str] = (), on_progress: Callable[[dict], None] = lambda result: None) -> dict:
+    """Everything ``scripts/benchmark.py`` reports, as a JSON-ready dict; ``on_progress`` gets the
+    result so far after each model's rows (the command writes its files from it).
 
     ``tune_malloc`` applies ``tune_glibc_malloc`` before anything is timed, so that every row -
     ours, timm's, optimized, training - runs under the same allocator settings. ``profile_top``
@@ -379,35 +391,85 @@ def run_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), r
     log(f"fp32 GEMM ceiling: {ceiling:.1f} GFLOP/s; memory bandwidth {bandwidth:.1f} GB/s")
     ceilings = {"fp32": ceiling, **_low_precision_ceilings(precisions, ceiling_sizes, log)}
     precisions = [p for p in precisions if p in ceilings]
+    guess = estimate_seconds(models, batch_sizes, repeats, ceiling, precisions, compare_backends)
+    log(f"estimated run time: about {f'{guess:.0f} s' if guess < 120 else f'{guess / 60:.0f} min'} (a rough figure from "
+        "the models' MACs at this ceiling and typical compile times)")
     rows: list[BenchRow] = []
     layers: dict[tuple[str, int, bool], list[tuple[int, int]]] = {}
     profiles: list[dict] = []
+
+    def result() -> dict:
+        return {"machine": machine_info(), "repeats": repeats, "malloc_tuned": malloc_tuned, "profiles": profiles,
+                **_assemble(rows, layers, ceilings, bandwidth, log)}
+
     for name in models:
         rows += _inference_rows(name, batch_sizes, repeats, ceilings, backends, log, tune_malloc, layers, profiles,
                                 profile_top, compare_backends, precisions)
+        on_progress(result())
     for name in models:
         rows += _training_rows(name, train_batch, max(5, repeats // 2), ceiling, log)
+        on_progress(result())
     # Both rates are measured again at the end and the best kept: a slow moment of the machine
     # at the start must not make every fraction look better than it is.
     end_ceiling, end_bandwidth = gemm_gflops(ceiling_sizes), memory_bandwidth_gbs()
-    if end_ceiling > ceiling:
+    if end_ceiling > ceilings["fp32"]:
         log(f"fp32 GEMM ceiling at the end: {end_ceiling:.1f} GFLOP/s (fractions rescaled to it)")
-        for r in rows:
-            if precision_of(r.variant) == "fp32":
-                r.ceiling_fraction *= ceiling / end_ceiling
-        ceiling = ceilings["fp32"] = end_ceiling
+        ceilings["fp32"] = end_ceiling
     bandwidth = max(bandwidth, end_bandwidth)
-    for r in rows:
+    return result()
+
+
+def _assemble(rows: Sequence[BenchRow], layers: Mapping[tuple[str, int, bool], list[tuple[int, int]]],
+              ceilings: dict[str, float], bandwidth: float, log: Callable[[str], None]) -> dict:
+    """The rows (copies) against their ceilings, rooflines and GEMM bounds. A ceiling must bound
+    what it is compared with: where a row of a precision ran faster than the ceiling measured for
+    it (a small product's ceiling against a model's larger ones), that row's rate becomes the
+    ceiling, and ``ceilings`` keeps it."""
+    out = [replace(r) for r in rows]
+    for r in out:  # fractions were taken against the ceiling measured first
+        r.ceiling_fraction = 2 * r.gmacs_per_s / ceilings[precision_of(r.variant)]
+    for precision in ceilings:
+        fastest = max((r for r in out if precision_of(r.variant) == precision), key=lambda r: r.ceiling_fraction,
+                      default=None)
+        if fastest is not None and fastest.ceiling_fraction > 1:
+            log(f"{precision} ceiling raised to {2 * fastest.gmacs_per_s:.1f} G/s, the rate of {fastest.model} "
+                f"{fastest.variant} b{fastest.batch} (above the {ceilings[precision]:.1f} measured)")
+            ceilings[precision] = 2 * fastest.gmacs_per_s
+            for r in out:
+                if precision_of(r.variant) == precision:
+                    r.ceiling_fraction = 2 * r.gmacs_per_s / ceilings[precision]
+    for r in out:
         key = (r.model, r.batch, r.variant != "standard")
         if key not in layers or r.variant.endswith("-train"):
             continue
         if r.variant == "gemms":  # the whole model's MACs in the time of its bare GEMMs alone
-            r.model_ceiling_bound = 2 * sum(macs for macs, _ in layers[key]) / (r.median_ms * 1e6) / ceiling
+            r.model_ceiling_bound = 2 * sum(macs for macs, _ in layers[key]) / (r.median_ms * 1e6) / ceilings["fp32"]
         else:
             precision = precision_of(r.variant)
             moved = [(macs, nbytes * BYTES_SCALE[precision]) for macs, nbytes in layers[key]]
             r.roofline_ms = roofline_ms(moved, ceilings[precision], bandwidth)
             r.roofline_fraction = r.roofline_ms / r.median_ms
-    return {"machine": machine_info(), "gemm_gflops": ceiling, "ceilings": ceilings, "memory_gbs": bandwidth,
-            "repeats": repeats,
-            "malloc_tuned": malloc_tuned, "rows": [asdict(r) for r in rows], "profiles": profiles}
+    return {"gemm_gflops": ceilings["fp32"], "ceilings": dict(ceilings), "memory_gbs": bandwidth,
+            "rows": [asdict(r) for r in out]}
+
+
+COMPILE_SECONDS = {"fp32": 3.0, "int8": 30.0, "bf16": 20.0}
+"""Typical seconds ``optimize_for_inference`` takes per model and batch (2-core x86 VM), for the estimate."""
+
+
+def estimate_seconds(models: Sequence[str], batch_sizes: Sequence[int], repeats: int, ceiling: float,
+                     precisions: Sequence[str] = (), compare_backends: Sequence[str] = ()) -> float:
+    """A rough run time: every timed and warm-up call at a quarter of the GEMM ceiling (eager
+    convs reach about that), the standard-conv and training rows, and typical compile times."""
+    total = 0.0
+    for name in models:
+        cfg = get_model_config(name)
+        macs = plan_model(cfg).macs
+        for batch in batch_sizes:
+            forward = 2 * macs * batch / (0.25 * ceiling * 1e9)
+            variants = 5 + len(precisions) + len(compare_backends)  # ours, ours-cl, timm, optimized, gemms
+            total += forward * variants * (repeats + 2) + COMPILE_SECONDS["fp32"] * (1 + len(compare_backends))
+            total += sum(COMPILE_SECONDS[p] for p in precisions)
+        total += 8 * 2 * macs * min(batch_sizes) / (0.25 * ceiling * 1e9) * max(3, repeats // 2)  # standard convs
+        total += 3 * 3 * 2 * macs * 16 / (0.25 * ceiling * 1e9) * (max(5, repeats // 2) + 1)  # training steps
+    return total
