@@ -1,4 +1,5 @@
-"""Reusable depthwise-separable building blocks (no YAML, no model registry here)."""
+"""Reusable depthwise-separable building blocks, first and second generation (no YAML, no model
+registry here)."""
 from .layers import (
     ACTIVATIONS,
     NORMS,
@@ -11,6 +12,7 @@ from .layers import (
     create_norm,
     pair,
 )
+from .mobile import InvertedResidual, SqueezeExcite
 from .separable import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, standard_conv
 
 __all__ = [
@@ -20,8 +22,10 @@ __all__ = [
     "ConvNormAct",
     "DepthwiseConv",
     "DepthwiseSeparableConv",
+    "InvertedResidual",
     "PointwiseConv",
     "SeparableConv2d",
+    "SqueezeExcite",
     "XceptionBlock",
     "create_act",
     "create_conv2d",

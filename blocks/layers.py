@@ -37,7 +37,11 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),
     "relu6": lambda: nn.ReLU6(inplace=True),
     "silu": lambda: nn.SiLU(inplace=True),
-    "hardswish": lambda: nn.Hardswish(inplace=True),
+    "hardswish": lambda: nn.Hardswish(inplace=True),  # MobileNetV3 (Howard et al. 2019, section 5.2)
+    "hard_swish": lambda: nn.Hardswish(inplace=True),
+    "hard_sigmoid": nn.Hardsigmoid,  # relu6(x + 3) / 6: MobileNetV3's squeeze-excite gate
+    "sigmoid": nn.Sigmoid,  # the squeeze-excite gate of SENet, MnasNet and EfficientNet
+    "swish": lambda: nn.SiLU(inplace=True),  # EfficientNet's name for SiLU (Ramachandran et al. 2017)
     "gelu": nn.GELU,
     "identity": nn.Identity,
 }

@@ -8,11 +8,13 @@ multiply-adds instead of ``C*K^2*O`` and ``H*W*C*K^2*O``, a ratio of ``1/O + 1/K
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
+from timm.layers import DropPath
 from torch import nn
 
+from .mobile import SEFactory
 from .layers import ActLike, ConvNormAct, DepthwiseConv, IntPair, NormLike, PointwiseConv, create_act, create_conv2d, create_norm, pair
 
 __all__ = ["DepthwiseSeparableConv", "SeparableConv2d", "XceptionBlock", "SepConvFactory"]
@@ -25,7 +27,11 @@ class DepthwiseSeparableConv(nn.Module):
     """MobileNet-style depthwise-separable conv: dw -> norm -> act -> pw -> norm -> act.
 
     (Howard et al. 2017, Figure 3.) With ``mid_norm_act=False`` nothing sits between the
-    depthwise and the pointwise conv, which gives Xception's "SeparableConv, BN, ReLU".
+    depthwise and the pointwise conv, which gives Xception's "SeparableConv, BN, ReLU". The
+    second generation's first stage (MobileNetV2's ``t = 1`` row, EfficientNet's MBConv1,
+    MobileNetV3) puts a squeeze-excite (``se``) between them, leaves the pointwise conv linear
+    (``pw_act=False``) and adds the input when the shape allows (``skip``), through stochastic
+    depth (``drop_path``).
     """
 
     def __init__(
@@ -42,6 +48,10 @@ class DepthwiseSeparableConv(nn.Module):
         norm: NormLike = "batchnorm",
         act: ActLike = "relu",
         mid_norm_act: bool = True,
+        se: Optional[SEFactory] = None,
+        pw_act: bool = True,
+        skip: bool = False,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.dw = DepthwiseConv(
@@ -49,13 +59,17 @@ class DepthwiseSeparableConv(nn.Module):
             dilation=dilation, bias=bias, padding=padding,
             norm=norm if mid_norm_act else None, act=act if mid_norm_act else None,
         )
-        self.pw = PointwiseConv(self.dw.out_chs, out_chs, bias=bias, norm=norm, act=act)
+        self.se = se(self.dw.out_chs, act) if se is not None else nn.Identity()
+        self.pw = PointwiseConv(self.dw.out_chs, out_chs, bias=bias, norm=norm, act=act if pw_act else None)
         self.in_chs = in_chs
         self.out_chs = out_chs
         self.stride = pair(stride, "stride")
+        self.has_skip = skip and in_chs == out_chs and self.stride == (1, 1)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 and self.has_skip else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pw(self.dw(x))
+        out = self.pw(self.se(self.dw(x)))
+        return self.drop_path(out) + x if self.has_skip else out
 
 
 class SeparableConv2d(nn.Module):

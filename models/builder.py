@@ -7,7 +7,7 @@ depthwise-separable conv for a standard conv with the same channels, kernel and 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
@@ -15,32 +15,56 @@ import torch
 from timm.models import FeatureInfo
 from torch import nn
 
-from .blocks import ConvNormAct, DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, pair, standard_conv
+from .blocks import (ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d, SqueezeExcite, XceptionBlock,
+                     pair, standard_conv)
 from .blocks.layers import NormLike
+from .blocks.mobile import SEFactory
 
-from .config import ConvStage, DSStage, ModelConfig, XceptionStage
-from .plan import check_model_size, make_divisible, min_input_size, plan_model
+from .config import ConvStage, DSStage, IRStage, ModelConfig, SEConfig, XceptionStage
+from .plan import (check_model_size, drop_path_rates, make_divisible, min_input_size, plan_model, se_channels,
+                   stage_width)
 
 __all__ = ["BLOCK_BUILDERS", "ZooFeatures", "ZooNet", "build_model"]
 
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What every block builder needs besides its own stage spec."""
+    """What every block builder needs besides its own stage spec: the model's settings, the
+    stage's activation and the stochastic-depth rate of the block being built."""
 
     norm: NormLike
     act: str
     separable: bool
     width_mult: float
     channel_divisor: int
+    round_limit: float = 0.9
+    se: SEConfig = SEConfig()
+    drop_path: float = 0.0
 
-    def chs(self, channels: int) -> int:
-        return make_divisible(channels * self.width_mult, self.channel_divisor)
+    def chs(self, channels: float) -> int:
+        """``make_divisible`` with the config's divisor and round limit (timm's rule)."""
+        return make_divisible(channels, self.channel_divisor, self.round_limit)
+
+    def out(self, spec: Any) -> int:
+        """A stage's output channels under its ``width`` rule."""
+        return stage_width(spec, self.width_mult, self.channel_divisor, self.round_limit)
+
+    def se_factory(self, ratio: float, expand: float) -> Optional[SEFactory]:
+        """The squeeze-excite a block with ``se_ratio`` and expansion ``expand`` gets (``SEConfig``)."""
+        if not ratio:
+            return None
+        se = self.se
+
+        def make(channels: int, block_act: Any) -> nn.Module:
+            return SqueezeExcite(channels, se_channels(channels, ratio, expand, se), act=se.act or block_act,
+                                 gate=se.gate)
+
+        return make
 
 
 def _conv_block(in_chs: int, spec: ConvStage, stride: Any, ctx: BuildContext) -> nn.Module:
     return ConvNormAct(
-        in_chs, ctx.chs(spec.out), spec.kernel, stride=stride, dilation=spec.dilation,
+        in_chs, ctx.out(spec), spec.kernel, stride=stride, dilation=spec.dilation,
         padding=spec.padding, norm=ctx.norm, act=ctx.act,
     )
 
@@ -48,19 +72,35 @@ def _conv_block(in_chs: int, spec: ConvStage, stride: Any, ctx: BuildContext) ->
 def _ds_block(in_chs: int, spec: DSStage, stride: Any, ctx: BuildContext) -> nn.Module:
     if not ctx.separable:
         return ConvNormAct(
-            in_chs, ctx.chs(spec.out), spec.kernel, stride=stride, dilation=spec.dilation,
+            in_chs, ctx.out(spec), spec.kernel, stride=stride, dilation=spec.dilation,
             norm=ctx.norm, act=ctx.act,
         )
     return DepthwiseSeparableConv(
-        in_chs, ctx.chs(spec.out), kernel_size=spec.kernel, stride=stride, dilation=spec.dilation,
+        in_chs, ctx.out(spec), kernel_size=spec.kernel, stride=stride, dilation=spec.dilation,
         depth_multiplier=spec.depth_multiplier, norm=ctx.norm, act=ctx.act,
-        mid_norm_act=spec.mid_norm_act,
+        mid_norm_act=spec.mid_norm_act, se=ctx.se_factory(spec.se_ratio, 1.0), pw_act=spec.pw_act,
+        skip=spec.skip, drop_path=ctx.drop_path,
     )
+
+
+def _ir_block(in_chs: int, spec: IRStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    mid = ctx.chs(in_chs * spec.expand)
+    if not ctx.separable:  # the depthwise conv as a standard one; expand and project stay
+        block = InvertedResidual(in_chs, ctx.out(spec), mid, kernel_size=spec.kernel, stride=stride,
+                                 dilation=spec.dilation, norm=ctx.norm, act=ctx.act,
+                                 se=ctx.se_factory(spec.se_ratio, spec.expand), skip=spec.skip,
+                                 drop_path=ctx.drop_path)
+        block.dw = ConvNormAct(mid, mid, spec.kernel, stride=stride, dilation=spec.dilation, norm=ctx.norm,
+                               act=ctx.act)
+        return block
+    return InvertedResidual(in_chs, ctx.out(spec), mid, kernel_size=spec.kernel, stride=stride, dilation=spec.dilation,
+                            norm=ctx.norm, act=ctx.act, se=ctx.se_factory(spec.se_ratio, spec.expand), skip=spec.skip,
+                            drop_path=ctx.drop_path)
 
 
 def _xception_block(in_chs: int, spec: XceptionStage, stride: Any, ctx: BuildContext) -> nn.Module:
     return XceptionBlock(
-        in_chs, ctx.chs(spec.out), stride=stride, num_convs=spec.convs, kernel_size=spec.kernel,
+        in_chs, ctx.out(spec), stride=stride, num_convs=spec.convs, kernel_size=spec.kernel,
         start_with_act=spec.start_with_act, grow_first=spec.grow_first, norm=ctx.norm, act=ctx.act,
         sep_conv=_sep_conv if ctx.separable else standard_conv,
     )
@@ -74,15 +114,20 @@ BlockBuilder = Callable[[int, Any, Any, BuildContext], nn.Module]
 BLOCK_BUILDERS: dict[str, BlockBuilder] = {
     "conv": _conv_block,
     "ds": _ds_block,
+    "ir": _ir_block,
     "xception": _xception_block,
 }
 """Stage ``type`` -> function building one block; the stride applies to a stage's first block."""
 
 
-def _build_stage(spec: Any, in_chs: int, ctx: BuildContext) -> tuple[list[nn.Module], int, tuple[int, int]]:
+def _build_stage(spec: Any, in_chs: int, ctx: BuildContext, repeats: int,
+                 drop_paths: Sequence[float] = ()) -> tuple[list[nn.Module], int, tuple[int, int]]:
+    """``repeats`` blocks of a stage, block i with stochastic depth ``drop_paths[i]``."""
     blocks: list[nn.Module] = []
-    for i in range(spec.repeat):
-        block = BLOCK_BUILDERS[spec.type](in_chs, spec, spec.stride if i == 0 else 1, ctx)
+    ctx = replace(ctx, act=spec.act or ctx.act)
+    for i in range(repeats):
+        rate = drop_paths[i] if drop_paths else 0.0
+        block = BLOCK_BUILDERS[spec.type](in_chs, spec, spec.stride if i == 0 else 1, replace(ctx, drop_path=rate))
         blocks.append(block)
         in_chs = block.out_chs
     if spec.dropout > 0:
@@ -124,7 +169,8 @@ class ZooNet(nn.Module):
             check_model_size(plan)
         self.cfg = cfg
         norm = None if cfg.norm.type == "none" else partial(nn.BatchNorm2d, eps=cfg.norm.eps, momentum=cfg.norm.momentum)
-        ctx = BuildContext(norm, cfg.act, cfg.separable, cfg.width_mult, cfg.channel_divisor)
+        ctx = BuildContext(norm, cfg.act, cfg.separable, cfg.width_mult, cfg.channel_divisor,
+                           cfg.channel_round_limit, cfg.se)
         self.in_chans = cfg.in_chans
         declared = cfg.min_input_size or (1, 1)
         smallest = plan.min_input_size if plan is not None else min_input_size(cfg)
@@ -135,14 +181,15 @@ class ZooNet(nn.Module):
         points: list[tuple[str, int, int]] = []  # (module, channels, reduction) after each stage
         stem: list[nn.Module] = []
         for spec in cfg.stem:
-            layers, chs, (sh, sw) = _build_stage(spec, chs, ctx)
+            layers, chs, (sh, sw) = _build_stage(spec, chs, ctx, spec.repeat)
             stem += layers
             red_h, red_w = red_h * sh, red_w * sw
         self.stem = nn.Sequential(*stem)
         points.append(("stem", chs, max(red_h, red_w)))
         stages: list[nn.Module] = []
+        rates = drop_path_rates(cfg)
         for i, spec in enumerate(cfg.stages):
-            layers, chs, (sh, sw) = _build_stage(spec, chs, ctx)
+            layers, chs, (sh, sw) = _build_stage(spec, chs, ctx, cfg.repeats(spec), rates[i])
             stages.append(nn.Sequential(*layers))
             red_h, red_w = red_h * sh, red_w * sw
             points.append((f"stages.{i}", chs, max(red_h, red_w)))
@@ -153,8 +200,11 @@ class ZooNet(nn.Module):
             for k, (m, c, r) in enumerate(points)
             if k == len(points) - 1 or points[k + 1][2] != r
         ]
-        self.num_features = chs
         self.global_pool = nn.AdaptiveAvgPool2d(1) if cfg.head.pool == "avg" else nn.AdaptiveMaxPool2d(1)
+        head = cfg.head.conv
+        self.head_conv: nn.Module = nn.Identity() if head is None else ConvNormAct(
+            chs, head.out, 1, padding=0, bias=head.bias, norm=None, act=head.act)
+        self.num_features = chs if head is None else head.out
         self.head_drop = nn.Dropout(cfg.head.dropout)
         self.num_classes = cfg.num_classes
         self.classifier: nn.Module = self._make_classifier(cfg.num_classes)
@@ -247,7 +297,7 @@ class ZooNet(nn.Module):
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(torch.flatten(self.global_pool(x), 1))
+        x = self.head_drop(torch.flatten(self.head_conv(self.global_pool(x)), 1))
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from .blocks import ACTIVATIONS, NORMS
 
@@ -25,6 +26,9 @@ __all__ = [
     "ConvStage",
     "DSStage",
     "HeadConfig",
+    "HeadConv",
+    "IRStage",
+    "SEConfig",
     "ModelConfig",
     "NormConfig",
     "OVERRIDE_KEYS",
@@ -102,12 +106,28 @@ class NormConfig(_Strict):
         return v
 
 
+def _known_activation(v: Optional[str]) -> Optional[str]:
+    if v is not None and v not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {v!r}; allowed: {', '.join(sorted(ACTIVATIONS))}{_did_you_mean(v, list(ACTIVATIONS))}")
+    return v
+
+
+Activation = Annotated[str, AfterValidator(_known_activation)]
+WidthRule = Literal["scaled", "fixed", "at_least"]
+"""How ``width_mult`` reaches a stage's ``out``: scaled and rounded (``make_divisible``), left as
+written (EfficientNet-Lite's stem and head), or scaled but never below it (MobileNetV2's head)."""
+
+
 class _Stage(_Strict):
     out: PosInt
     repeat: Annotated[int, Field(strict=True, gt=0, le=MAX_REPEAT)] = 1
     stride: Stride = 1
     kernel: Kernel = 3
     dropout: Fraction = 0.0
+    act: Optional[Activation] = None  # this stage's activation (default: the model's ``act``)
+    width: WidthRule = "scaled"
+    scale_depth: StrictBool = True  # whether ``depth_mult`` scales ``repeat`` (stages only, not the stem)
 
 
 class ConvStage(_Stage):
@@ -119,12 +139,25 @@ class ConvStage(_Stage):
 
 
 class DSStage(_Stage):
-    """``repeat`` x MobileNet depthwise-separable conv (dw, norm, act, pw, norm, act)."""
+    """``repeat`` x MobileNet depthwise-separable conv (dw, norm, act, [SE], pw, norm, act)."""
 
     type: Literal["ds"]
     depth_multiplier: PosInt = 1
     dilation: PosInt = 1
     mid_norm_act: StrictBool = True
+    se_ratio: Fraction = 0.0  # squeeze-excite after the dw conv (``ModelConfig.se`` says how)
+    pw_act: StrictBool = True  # False: a linear pointwise conv (the second generation's first stage)
+    skip: StrictBool = False  # add the input when stride 1 and the channels match
+
+
+class IRStage(_Stage):
+    """``repeat`` x inverted residual: 1x1 expand by ``expand``, dw, [SE], linear 1x1 project."""
+
+    type: Literal["ir"]
+    expand: Annotated[float, Field(strict=True, gt=0, le=100)] = 6.0
+    dilation: PosInt = 1
+    se_ratio: Fraction = 0.0
+    skip: StrictBool = True
 
 
 class XceptionStage(_Stage):
@@ -137,8 +170,17 @@ class XceptionStage(_Stage):
     grow_first: StrictBool = True
 
 
-StageConfig = Annotated[Union[ConvStage, DSStage, XceptionStage], Field(discriminator="type")]
-STAGE_TYPES = ("conv", "ds", "xception")
+StageConfig = Annotated[Union[ConvStage, DSStage, IRStage, XceptionStage], Field(discriminator="type")]
+STAGE_TYPES = ("conv", "ds", "ir", "xception")
+
+
+class HeadConv(_Strict):
+    """A 1x1 conv on the pooled features (MobileNetV3, Howard et al. 2019, section 5.3: the
+    efficient last stage), with a bias and no norm; ``out`` is not scaled by ``width_mult``."""
+
+    out: PosInt
+    act: Activation = "hard_swish"
+    bias: StrictBool = True
 
 
 class HeadConfig(_Strict):
@@ -146,6 +188,19 @@ class HeadConfig(_Strict):
 
     pool: Literal["avg", "max"] = "avg"
     dropout: Fraction = 0.0
+    conv: Optional[HeadConv] = None  # MobileNetV3: a 1x1 conv after the pool, before the dropout
+
+
+class SEConfig(_Strict):
+    """How a stage's ``se_ratio`` becomes a squeeze-excite: reduced channels ``ratio`` x the
+    block's input (``of: input``: SENet, MnasNet, EfficientNet) or of its expanded channels
+    (``expanded``: MobileNetV3), rounded half to even, or with ``make_divisible(.., divisor)``;
+    the activation between the two 1x1 convs (default: the block's) and the gate."""
+
+    of: Literal["input", "expanded"] = "input"
+    divisor: Optional[PosInt] = None
+    act: Optional[Activation] = None
+    gate: Literal["sigmoid", "hard_sigmoid"] = "sigmoid"
 
 
 class PretrainedConfig(_Strict):
@@ -168,7 +223,11 @@ class ModelConfig(_Strict):
     min_input_size: Optional[tuple[PosInt, PosInt]] = None
     num_classes: Annotated[int, Field(strict=True, ge=0, le=MAX_INT)] = 1000
     width_mult: Annotated[float, Field(strict=True, gt=0, le=100)] = 1.0
+    depth_mult: Annotated[float, Field(strict=True, gt=0, le=100)] = 1.0  # repeats x this, rounded up
     channel_divisor: PosInt = 8
+    channel_round_limit: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.9  # make_divisible's (timm's)
+    drop_path_rate: Fraction = 0.0  # stochastic depth of the last block; block i of n gets rate x i / n
+    se: SEConfig = SEConfig()
     separable: StrictBool = True
     act: str = "relu"
     norm: NormConfig = NormConfig()
@@ -180,11 +239,7 @@ class ModelConfig(_Strict):
     @field_validator("act")
     @classmethod
     def _known_act(cls, v: str) -> str:
-        if v not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {v!r}; allowed: {', '.join(sorted(ACTIVATIONS))}{_did_you_mean(v, list(ACTIVATIONS))}"
-            )
-        return v
+        return _known_activation(v)
 
     @field_validator("stem", mode="before")
     @classmethod
@@ -195,10 +250,15 @@ class ModelConfig(_Strict):
     def in_chans(self) -> int:
         return self.input_size[0]
 
+    def repeats(self, spec: Any) -> int:
+        """A stage's blocks: ``repeat`` x ``depth_mult`` rounded up (EfficientNet, Tan & Le 2019,
+        eq. 3, as its code rounds), unless the stage keeps its depth."""
+        return math.ceil(spec.repeat * self.depth_mult) if spec.scale_depth else spec.repeat
+
 
 # create_model keywords that are not top-level config keys, and the paths they set.
 OVERRIDE_KEYS = {"in_chans": "input_size[0]", "drop_rate": "head.dropout"}
-STAGE_CLASSES: dict[str, type[BaseModel]] = {"conv": ConvStage, "ds": DSStage, "xception": XceptionStage}
+STAGE_CLASSES: dict[str, type[BaseModel]] = {"conv": ConvStage, "ds": DSStage, "ir": IRStage, "xception": XceptionStage}
 
 
 def _known_fields(loc: tuple) -> list[str]:

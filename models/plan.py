@@ -27,10 +27,13 @@ __all__ = [
     "ModelTooLargeError",
     "SpatialOp",
     "check_model_size",
+    "drop_path_rates",
     "make_divisible",
     "min_input_size",
     "plan_model",
     "resolve_config",
+    "se_channels",
+    "stage_width",
 ]
 
 MAX_PARAMS = 1_000_000_000
@@ -51,6 +54,33 @@ def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> 
     if new < round_limit * value:
         new += divisor
     return new
+
+
+def stage_width(spec: Any, width_mult: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+    """A stage's output channels: ``out`` x ``width_mult`` made divisible (``width: scaled``),
+    ``out`` as written (``fixed``), or the larger of the two (``at_least``: MobileNetV2's 1280-channel
+    last conv, Sandler et al. 2018, section 6.1)."""
+    scaled = make_divisible(spec.out * width_mult, divisor, round_limit)
+    return {"scaled": scaled, "fixed": spec.out, "at_least": max(spec.out, scaled)}[spec.width]
+
+
+def se_channels(channels: int, ratio: float, expand: float, se: Any) -> int:
+    """Reduced channels of a block's squeeze-excite on ``channels`` (its expanded width):
+    ``ratio`` of the block's input (``se.of == "input"``, so ``channels * ratio / expand``) or of
+    ``channels`` itself, rounded half to even as timm does, or ``make_divisible(.., se.divisor)``."""
+    value = channels * ratio / (expand if se.of == "input" else 1.0)
+    return make_divisible(value, se.divisor) if se.divisor else max(1, round(value))
+
+
+def drop_path_rates(cfg: Any) -> list[list[float]]:
+    """Stochastic depth per stage and block: block i of the n in ``stages`` gets
+    ``drop_path_rate * i / n`` (Huang et al. 2016's linear rule, as EfficientNet's code)."""
+    counts = [cfg.repeats(spec) for spec in cfg.stages]
+    total, start, out = sum(counts), 0, []
+    for n in counts:
+        out.append([cfg.drop_path_rate * (start + i) / total for i in range(n)] if cfg.drop_path_rate else [])
+        start += n
+    return out
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -123,11 +153,11 @@ class _Walker:
         self.chain: list[tuple[SpatialOp, SpatialOp]] = []
         self.c, self.h, self.w = size
 
-    def chs(self, channels: int) -> int:
-        return make_divisible(channels * self.cfg.width_mult, self.cfg.channel_divisor)
+    def out(self, spec: Any) -> int:
+        return stage_width(spec, self.cfg.width_mult, self.cfg.channel_divisor, self.cfg.channel_round_limit)
 
     def conv(self, name: str, key: str, c_in: int, c_out: int, kernel: Any, stride: Any = 1, dilation: Any = 1,
-             padding: Union[str, int] = "same", groups: int = 1) -> None:
+             padding: Union[str, int] = "same", groups: int = 1, bias: bool = False) -> None:
         """A Conv2d on the main path: records it and moves the current shape and the chain on."""
         (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
         padding = 0 if padding == "valid" else padding
@@ -135,7 +165,8 @@ class _Walker:
         ops = (SpatialOp(kh, sh, dh, padding), SpatialOp(kw, sw, dw, padding))
         h, w = ops[0].out(self.h), ops[1].out(self.w)
         per_out = c_in // groups * kh * kw
-        self.layers.append(LayerPlan(name, kind, key, c_in, (c_out, h, w), c_out * per_out, c_out * h * w * per_out))
+        self.layers.append(LayerPlan(name, kind, key, c_in, (c_out, h, w), c_out * per_out + c_out * bias,
+                                     c_out * h * w * per_out))
         self.chain.append(ops)
         self.c, self.h, self.w = c_out, h, w
 
@@ -150,8 +181,19 @@ class _Walker:
         if norm:
             self.bn(f"{prefix}.norm", key, self.c, self.h, self.w)
 
+    def pooled_conv(self, name: str, key: str, c_in: int, c_out: int) -> None:
+        """A 1x1 conv with bias on a pooled 1x1 map (squeeze-excite, MobileNetV3's head): off
+        the spatial chain."""
+        self.layers.append(LayerPlan(name, "Conv2d", key, c_in, (c_out, 1, 1), c_in * c_out + c_out, c_in * c_out))
+
+    def squeeze_excite(self, prefix: str, key: str, ratio: float, expand: float) -> None:
+        if ratio:
+            reduced = se_channels(self.c, ratio, expand, self.cfg.se)
+            self.pooled_conv(f"{prefix}.se.conv_reduce", key, self.c, reduced)
+            self.pooled_conv(f"{prefix}.se.conv_expand", key, reduced, self.c)
+
     def block(self, prefix: str, key: str, spec: Any, stride: Any) -> None:
-        out = self.chs(spec.out)
+        out = self.out(spec)
         if spec.type == "conv" or (spec.type == "ds" and not self.cfg.separable):
             padding = getattr(spec, "padding", "same")
             self.conv_norm(prefix, key, out, spec.kernel, stride, spec.dilation, padding)
@@ -159,7 +201,15 @@ class _Walker:
             mid = self.c * spec.depth_multiplier
             self.conv_norm(f"{prefix}.dw", key, mid, spec.kernel, stride, spec.dilation, groups=self.c,
                            norm=spec.mid_norm_act)
+            self.squeeze_excite(prefix, key, spec.se_ratio, 1.0)
             self.conv_norm(f"{prefix}.pw", key, out, 1)
+        elif spec.type == "ir":
+            mid = make_divisible(self.c * spec.expand, self.cfg.channel_divisor, self.cfg.channel_round_limit)
+            self.conv_norm(f"{prefix}.expand", key, mid, 1)
+            self.conv_norm(f"{prefix}.dw", key, mid, spec.kernel, stride, spec.dilation,
+                           groups=mid if self.cfg.separable else 1)
+            self.squeeze_excite(prefix, key, spec.se_ratio, spec.expand)
+            self.conv_norm(f"{prefix}.project", key, out, 1)
         else:
             self.xception(prefix, key, spec, out, stride)
 
@@ -201,8 +251,11 @@ def _walk(cfg: ModelConfig, size: tuple[int, int, int]) -> _Walker:
             index += 1
         index += spec.dropout > 0
     for i, spec in enumerate(cfg.stages):
-        for r in range(spec.repeat):
+        for r in range(cfg.repeats(spec)):
             walker.block(f"stages.{i}.{r}", f"stages[{i}]", spec, spec.stride if r == 0 else 1)
+    if cfg.head.conv is not None:
+        walker.pooled_conv("head_conv.conv", "head.conv", walker.c, cfg.head.conv.out)
+        walker.c = cfg.head.conv.out
     if cfg.num_classes > 0:
         c = walker.c
         walker.layers.append(LayerPlan("classifier", "Linear", "num_classes", c, (cfg.num_classes,),
@@ -231,7 +284,8 @@ def resolve_config(
     """Merge and validate a config (``dszoo.config.merge_config``), then check that its input
     is at least the smallest one the network's layers accept; raise one ``ConfigError``."""
     cfg = merge_config(name, family, defaults, variant, overrides, source)
-    blocks = [(f"{part}[{i}]", spec.repeat) for part in ("stem", "stages") for i, spec in enumerate(getattr(cfg, part))]
+    blocks = [(f"stem[{i}]", spec.repeat) for i, spec in enumerate(cfg.stem)]
+    blocks += [(f"stages[{i}]", cfg.repeats(spec)) for i, spec in enumerate(cfg.stages)]
     total = sum(repeat for _, repeat in blocks)
     if total > MAX_BLOCKS:  # before walking them: the check costs time in the file's size, not the network's
         key = max(blocks, key=lambda b: b[1])[0]
