@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .blocks import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock
+from .blocks import ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d, XceptionBlock
 
 from .files import FileKindError, atomic_path, regular_file
 from .builder import ZooNet
@@ -40,16 +40,58 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read safely or does not fit the model."""
 
 
-def _mobilenet_map(model: ZooNet) -> dict[str, str]:
+# Each of our blocks' modules -> the names timm's EfficientNet builder gives them
+# (timm.models._efficientnet_blocks: DepthwiseSeparableConv, InvertedResidual, ConvBnAct).
+_EFFICIENTNET_BLOCK_NAMES: dict[type, dict[str, str]] = {
+    DepthwiseSeparableConv: {"dw.conv": "conv_dw", "dw.norm": "bn1", "se.conv_reduce": "se.conv_reduce",
+                             "se.conv_expand": "se.conv_expand", "pw.conv": "conv_pw", "pw.norm": "bn2"},
+    InvertedResidual: {"expand.conv": "conv_pw", "expand.norm": "bn1", "dw.conv": "conv_dw", "dw.norm": "bn2",
+                       "se.conv_reduce": "se.conv_reduce", "se.conv_expand": "se.conv_expand",
+                       "project.conv": "conv_pwl", "project.norm": "bn3"},
+    ConvNormAct: {"conv": "conv", "norm": "bn1"},
+}
+
+
+def _efficientnet_map(model: ZooNet) -> dict[str, str]:
+    """timm's ``EfficientNet`` and ``MobileNetV3`` classes (MobileNetV1/V2, MnasNet, EfficientNet,
+    MobileNetV3): ``conv_stem``/``bn1``, then ``blocks.i.j`` numbered by timm's stages, which
+    may group several of our config rows (MobileNetV3's), so blocks are matched in order; a last
+    1x1 conv stage is timm's ``conv_head``/``bn2`` where timm has no conv after the pool, else
+    ``head_conv`` is."""
     out = {"conv_stem": "stem.0.conv", "bn1": "stem.0.norm", "classifier": "classifier"}
-    for i, stage in enumerate(model.stages):
-        for j, block in enumerate(stage):
-            if isinstance(block, DepthwiseSeparableConv):
-                ours = f"stages.{i}.{j}"
-                out.update({
-                    f"blocks.{i}.{j}.conv_dw": f"{ours}.dw.conv", f"blocks.{i}.{j}.bn1": f"{ours}.dw.norm",
-                    f"blocks.{i}.{j}.conv_pw": f"{ours}.pw.conv", f"blocks.{i}.{j}.bn2": f"{ours}.pw.norm",
-                })
+    blocks = [(f"stages.{i}.{j}", block) for i, stage in enumerate(model.stages) for j, block in enumerate(stage)
+              if type(block) in _EFFICIENTNET_BLOCK_NAMES]
+    if model.cfg.head.conv is None and blocks and type(blocks[-1][1]) is ConvNormAct:
+        last, _ = blocks.pop()
+        out.update({"conv_head": f"{last}.conv", "bn2": f"{last}.norm"})
+    else:
+        out["conv_head"] = "head_conv.conv"
+    stage_sizes = _timm_stage_sizes(model, len(blocks))
+    flat = [(i, j) for i, size in enumerate(stage_sizes) for j in range(size)]
+    for (ours, block), (i, j) in zip(blocks, flat):
+        out.update({f"blocks.{i}.{j}.{theirs}": f"{ours}.{mine}"
+                    for mine, theirs in _EFFICIENTNET_BLOCK_NAMES[type(block)].items()})
+    return out
+
+
+def _timm_stage_sizes(model: ZooNet, count: int) -> list[int]:
+    """How timm groups the first ``count`` blocks into ``blocks.i``: one timm stage per run of
+    config rows with the same output channels (MobileNetV3's rows of 80 channels are one timm
+    stage; every other family has one row per stage)."""
+    sizes: list[int] = []
+    last = None
+    for spec in model.cfg.stages:
+        if spec.out == last:
+            sizes[-1] += model.cfg.repeats(spec)
+        else:
+            sizes.append(model.cfg.repeats(spec))
+        last = spec.out
+    out, left = [], count
+    for size in sizes:
+        if left <= 0:
+            break
+        out.append(min(size, left))
+        left -= out[-1]
     return out
 
 
@@ -72,9 +114,13 @@ def _xception_map(model: ZooNet) -> dict[str, str]:
     return out
 
 
-# family -> (timm architecture, a key only that architecture has, module-path map builder)
+# family -> (timm architecture, a key only that layout has, module-path map builder)
 TIMM_MODELS: dict[str, tuple[str, str, Callable[[ZooNet], dict[str, str]]]] = {
-    "mobilenet_v1": ("mobilenetv1_100", "conv_stem.weight", _mobilenet_map),
+    "mobilenet_v1": ("mobilenetv1_100", "conv_stem.weight", _efficientnet_map),
+    "mobilenet_v2": ("mobilenetv2_100", "conv_stem.weight", _efficientnet_map),
+    "mobilenet_v3": ("mobilenetv3_large_100", "conv_stem.weight", _efficientnet_map),
+    "efficientnet": ("efficientnet_b0", "conv_stem.weight", _efficientnet_map),
+    "mnasnet": ("semnasnet_100", "conv_stem.weight", _efficientnet_map),
     "xception": ("legacy_xception", "block1.rep.0.conv1.weight", _xception_map),
 }
 
@@ -194,11 +240,14 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     """
     state = read_state_dict(path)
     source = "dszoo"
-    for family, (arch, marker, _) in TIMM_MODELS.items():
+    ours = TIMM_MODELS.get(model.cfg.family)
+    for marker in dict.fromkeys(m for _, m, _ in TIMM_MODELS.values()):
         if marker in state:
-            if family != model.cfg.family:
-                raise CheckpointError(f"{path}: holds timm {arch} weights, which do not fit {model.cfg.name}")
-            state, source = from_timm_state_dict(model, state), f"timm {arch}"
+            if ours is None or ours[1] != marker:
+                archs = " / ".join(a for a, m, _ in TIMM_MODELS.values() if m == marker)
+                raise CheckpointError(f"{path}: holds timm {archs} weights, which do not fit {model.cfg.name}")
+            state, source = from_timm_state_dict(model, state), f"timm {model.cfg.timm_name or ours[0]}"
+            break
     own = model.state_dict()
     head = model.pretrained_cfg["classifier"]
     head_keys = [k for k in state if k.startswith(head + ".")]
