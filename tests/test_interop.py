@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from conftest import NOT_INSTALLED, run_in_process, small_input_size
-from dszoo import CheckpointError, create_model, export_to_timm, list_models, load_pretrained, save_state_dict
+from dszoo import (CheckpointError, create_model, export_to_timm, get_model_config, list_models, load_pretrained,
+                   save_state_dict)
 from dszoo.deployment.export import (EXPORT_FORMATS, ExportError, export_model, has_initial_batchnorm_statistics,
                                       randomise_batchnorm_statistics)
 
@@ -46,6 +47,23 @@ def test_timm_weights_give_identical_logits(tmp_path: Path, ours: str, arch: str
         for s in (size, other_size):
             x = torch.randn(2, 3, s, s)
             assert (model(x) - theirs(x)).abs().max().item() <= 1e-5
+
+
+TIMM_NAMES = {name: get_model_config(name).timm_name for name in list_models() if get_model_config(name).timm_name}
+
+
+@pytest.mark.parametrize("ours", sorted(TIMM_NAMES))
+def test_every_timm_counterpart_loads_bit_identically_and_back(tmp_path: Path, ours: str) -> None:
+    """timm's weights (random, with random BatchNorm statistics) give identical logits, max
+    difference 0, and export_to_timm gives timm's state dict back tensor for tensor."""
+    theirs = random_timm(TIMM_NAMES[ours])
+    torch.save(theirs.state_dict(), tmp_path / "timm.pth")
+    model = create_model(ours, pretrained=tmp_path / "timm.pth").eval()
+    x = torch.randn(2, 3, *small_input_size(model.cfg)[1:])
+    with torch.no_grad():
+        assert torch.equal(model(x), theirs(x))
+    back, want = export_to_timm(model), theirs.state_dict()
+    assert list(back) == list(want) and all(torch.equal(back[k], want[k]) for k in want)
 
 
 @pytest.mark.parametrize("ours,arch,other_size", PAIRS)

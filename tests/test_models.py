@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import timm
@@ -29,7 +30,24 @@ REFERENCE = [
     ("ds_cnn_s", {}, (1, 49, 10), 23_180, 2_656_768, (64, 25, 5)),
     ("ds_cnn_m", {}, (1, 49, 10), 136_580, 9_816_384, (172, 13, 5)),
     ("ds_cnn_l", {}, (1, 49, 10), 413_736, 28_327_812, (276, 13, 5)),
+    ("mobilenet_v2", {}, (3, 224, 224), 3_504_872, 300_774_272, (1280, 7, 7)),
+    ("mobilenet_v2_035", {}, (3, 224, 224), 1_677_128, 59_285_808, (1280, 7, 7)),
+    ("mobilenet_v2_050", {}, (3, 224, 224), 1_968_680, 97_131_840, (1280, 7, 7)),
+    ("mobilenet_v2_075", {}, (3, 224, 224), 2_636_424, 209_069_792, (1280, 7, 7)),
+    ("mobilenet_v2_140", {}, (3, 224, 224), 6_108_776, 582_195_824, (1792, 7, 7)),
+    ("mobilenet_v3_large", {}, (3, 224, 224), 5_483_032, 216_589_760, (960, 7, 7)),
+    ("mobilenet_v3_large_075", {}, (3, 224, 224), 3_993_528, 154_560_624, (720, 7, 7)),
+    ("mobilenet_v3_small", {}, (3, 224, 224), 2_542_856, 56_510_400, (576, 7, 7)),
+    ("mobilenet_v3_small_075", {}, (3, 224, 224), 2_041_872, 43_399_344, (432, 7, 7)),
+    ("efficientnet_b0", {}, (3, 224, 224), 5_288_548, 385_814_752, (1280, 7, 7)),
+    ("efficientnet_b1", {}, (3, 240, 240), 7_794_184, 686_802_832, (1280, 8, 8)),
+    ("efficientnet_b2", {}, (3, 260, 260), 9_109_994, 993_561_872, (1408, 9, 9)),
+    ("efficientnet_b3", {}, (3, 300, 300), 12_233_232, 1_827_141_392, (1536, 10, 10)),
+    ("efficientnet_lite0", {}, (3, 224, 224), 4_652_008, 385_187_552, (1280, 7, 7)),
+    ("mnasnet_a1", {}, (3, 224, 224), 3_887_038, 311_579_072, (1280, 7, 7)),
+    ("mnasnet_b1", {}, (3, 224, 224), 4_383_312, 314_415_872, (1280, 7, 7)),
 ]
+TIMM_NAMES = {name: get_model_config(name).timm_name for name in list_models() if get_model_config(name).timm_name}
 
 
 @pytest.mark.parametrize(
@@ -45,16 +63,23 @@ def test_reference_numbers(name, overrides, input_size, params, macs, final_map)
         assert tuple(model.forward_features(torch.zeros(1, *input_size)).shape[1:]) == final_map
 
 
-@pytest.mark.parametrize("ours,theirs", [("mobilenet_v1", "mobilenetv1_100"), ("xception", "legacy_xception")])
-def test_parameter_count_equals_timm(ours: str, theirs: str) -> None:
-    assert count_params(create_model(ours)) == count_params(timm.create_model(theirs))
+def test_parameter_count_equals_timm() -> None:
+    """Every model with a timm counterpart (its config's ``timm_name``) has timm's parameters."""
+    assert len(TIMM_NAMES) == 18
+    for ours, theirs in TIMM_NAMES.items():
+        assert count_params(create_model(ours)) == count_params(timm.create_model(theirs)), ours
 
 
 def test_list_models_shows_every_family() -> None:
-    assert list_models("mobilenet*") == [
+    assert list_models("mobilenet_v1*") == [
         "mobilenet_v1", "mobilenet_v1_025", "mobilenet_v1_050", "mobilenet_v1_075", "mobilenet_v1_shallow",
     ]
-    assert set(list_models()) >= {"xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l"}
+    assert list_models("mobilenet_v3*") == ["mobilenet_v3_large", "mobilenet_v3_large_075", "mobilenet_v3_small",
+                                            "mobilenet_v3_small_075"]
+    assert set(list_models()) >= {"xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l", "mobilenet_v2", "mobilenet_v2_035",
+                                  "mobilenet_v2_050", "mobilenet_v2_075", "mobilenet_v2_140", "efficientnet_b0",
+                                  "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_lite0",
+                                  "mnasnet_a1", "mnasnet_b1"}
     assert list_models("nothing*") == []
 
 
@@ -102,7 +127,9 @@ def test_feature_info_matches_feature_maps(name: str) -> None:
         expected = math.ceil(prev_h / (info["reduction"] // prev_red))
         assert expected - 4 <= fmap.shape[2] <= expected, info
         prev_h, prev_red = fmap.shape[2], info["reduction"]
-    assert model.feature_info[-1]["num_chs"] == model.num_features == final.shape[1]
+    assert model.feature_info[-1]["num_chs"] == final.shape[1]
+    head = model.cfg.head.conv  # MobileNetV3: the pooled features go through one more conv
+    assert model.num_features == (head.out if head is not None else final.shape[1])
     assert torch.equal(maps[model.feature_info[-1]["module"]], final)
 
 
@@ -263,3 +290,23 @@ def test_unknown_model_suggests_close_matches() -> None:
         create_model("mobilenetv1")
     with pytest.raises(UnknownModelError, match="did you mean 'xception'"):
         get_model_config("xceptoin")
+
+
+def test_a_user_yaml_mixes_block_types(tmp_path: Path) -> None:
+    """docs/configs.md's example: a MobileNetV1 stem and ds stage, inverted residuals with
+    squeeze-excite and hard-swish, an Xception unit; one builder, the plan agrees."""
+    from dszoo import plan_model
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "configs.md").read_text()
+    text = docs.split("Mixing them is fine", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "mixed.yaml").write_text(text)
+    model = create_model(str(tmp_path / "mixed.yaml"), num_classes=10, input_size=64).eval()
+    kinds = [type(block).__name__ for stage in model.stages for block in stage]
+    assert kinds == ["DepthwiseSeparableConv", "InvertedResidual", "InvertedResidual", "XceptionBlock"]
+    ir = model.stages[1][1]
+    assert ir.mid_chs == 256 and ir.has_skip and isinstance(ir.se.gate, torch.nn.Sigmoid)
+    assert isinstance(ir.dw.act, torch.nn.Hardswish) and not model.stages[1][0].has_skip
+    plan = plan_model(model.cfg)
+    assert plan.params == count_params(model) and plan.macs == count_macs(model, (3, 64, 64))
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)

@@ -453,7 +453,7 @@ def _assemble(rows: Sequence[BenchRow], layers: Mapping[tuple[str, int, bool], l
             "rows": [asdict(r) for r in out]}
 
 
-COMPILE_SECONDS = {"fp32": 3.0, "int8": 30.0, "bf16": 20.0}
+COMPILE_SECONDS = {"fp32": 3.0, "int8": 10.0, "bf16": 5.0}
 """Typical seconds ``optimize_for_inference`` takes per model and batch (2-core x86 VM), for the estimate."""
 
 

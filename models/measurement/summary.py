@@ -141,9 +141,13 @@ def _profile(model: nn.Module, input_size: Sequence[int], depth: int,
 
 
 def _stage_parts(model: ZooNet) -> list[tuple[str, str]]:
-    """(label, module name) of each top-level part: the stem, every stage and the head."""
+    """(label, module name) of each top-level part: the stem, every stage and the head (the
+    classifier, after MobileNetV3's conv on the pooled features where there is one)."""
     return [("stem", "stem"), *((f"stages.{i}", f"stages.{i}") for i in range(len(model.stages))),
             ("head", "classifier")]
+
+
+_HEAD_MODULES = ("head_conv", "classifier")
 
 
 def _stage_rows(model: ZooNet, layers: list[LayerRow], shapes: dict[str, tuple[int, ...]]) -> list[StageRow]:
@@ -151,8 +155,10 @@ def _stage_rows(model: ZooNet, layers: list[LayerRow], shapes: dict[str, tuple[i
     modules = dict(model.named_modules())
     rows = []
     for label, prefix in _stage_parts(model):
-        mine = [r for r in layers if r.name == prefix or r.name.startswith(prefix + ".")]
-        rows.append(StageRow(label, shapes[prefix], count_params(modules[prefix]), sum(r.macs for r in mine)))
+        prefixes = _HEAD_MODULES if label == "head" else (prefix,)
+        mine = [r for r in layers if any(r.name == p or r.name.startswith(p + ".") for p in prefixes)]
+        params = sum(count_params(modules[p]) for p in prefixes if p in modules)
+        rows.append(StageRow(label, shapes[prefix], params, sum(r.macs for r in mine)))
     return rows
 
 
