@@ -36,6 +36,24 @@ settings.load_profile("ci")
 NOT_INSTALLED = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in f.__module__]; "
 
 
+def structural_variants() -> list[str]:
+    """One registered model per distinct network: variants that differ only in ``width_mult``,
+    ``depth_mult``, input size or dropout (MobileNetV1/V2 widths, EfficientNet B1-B3) run the
+    same blocks as the first of them. The costly per-model tests (compile, int8, BN folding,
+    scripting) run on these; the cheap ones on the whole registry."""
+    from dszoo import get_model_config, list_models
+
+    first: dict[str, str] = {}
+    for name in list_models():
+        shape = get_model_config(name).model_dump(mode="json")
+        for key in ("name", "paper", "timm_name", "width_mult", "depth_mult", "input_size", "min_input_size",
+                    "pretrained_cfg"):
+            shape.pop(key)
+        shape["head"]["dropout"] = 0.0
+        first.setdefault(json.dumps(shape, sort_keys=True), name)
+    return sorted(first.values())
+
+
 def small_input_size(cfg) -> tuple[int, int, int]:
     """The smallest cheap input for a model: 64x64 images, the native size for audio models."""
     c, h, w = cfg.input_size

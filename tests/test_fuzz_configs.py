@@ -25,7 +25,9 @@ from dszoo.measurement.summary import summarize
 
 kernels = st.one_of(st.integers(1, 5), st.tuples(st.integers(1, 5), st.integers(1, 5)))
 strides = st.one_of(st.sampled_from([1, 2]), st.tuples(st.sampled_from([1, 2]), st.sampled_from([1, 2])))
-common = {"repeat": st.integers(1, 2), "dropout": st.sampled_from([0.0, 0.25])}
+common = {"repeat": st.integers(1, 2), "dropout": st.sampled_from([0.0, 0.25]),
+          "act": st.sampled_from(["relu", "hard_swish", "swish"]), "width": st.sampled_from(["scaled", "fixed", "at_least"]),
+          "scale_depth": st.booleans()}
 
 conv_fields = {"kernel": kernels, "stride": strides, "dilation": st.integers(1, 2),
                "padding": st.one_of(st.sampled_from(["same", "valid"]), st.integers(0, 2)), **common}
@@ -34,7 +36,14 @@ conv_stages = st.fixed_dictionaries({"type": st.just("conv"), "out": st.integers
 ds_stages = st.fixed_dictionaries(
     {"type": st.just("ds"), "out": st.integers(1, 16)},
     optional={"kernel": kernels, "stride": strides, "dilation": st.integers(1, 2),
-              "depth_multiplier": st.integers(1, 2), "mid_norm_act": st.booleans(), **common},
+              "depth_multiplier": st.integers(1, 2), "mid_norm_act": st.booleans(),
+              "se_ratio": st.sampled_from([0.0, 0.25, 0.5]), "pw_act": st.booleans(), "skip": st.booleans(), **common},
+)
+ir_stages = st.fixed_dictionaries(
+    {"type": st.just("ir"), "out": st.integers(1, 16)},
+    optional={"kernel": kernels, "stride": strides, "dilation": st.integers(1, 2),
+              "expand": st.sampled_from([1, 2.5, 3.67, 6]), "se_ratio": st.sampled_from([0.0, 0.25]),
+              "skip": st.booleans(), **common},
 )
 xception_stages = st.fixed_dictionaries(
     {"type": st.just("xception"), "out": st.integers(1, 16)},
@@ -42,7 +51,7 @@ xception_stages = st.fixed_dictionaries(
               "start_with_act": st.booleans(), "grow_first": st.booleans(), **common},
 )
 valid_configs = st.fixed_dictionaries(
-    {"stem": st.lists(stem_stages, max_size=2), "stages": st.lists(st.one_of(conv_stages, ds_stages, xception_stages), max_size=3)},
+    {"stem": st.lists(stem_stages, max_size=2), "stages": st.lists(st.one_of(conv_stages, ds_stages, ir_stages, xception_stages), max_size=3)},
     optional={
         "width_mult": st.sampled_from([0.25, 0.5, 1.0, 1.5]),
         "channel_divisor": st.sampled_from([1, 2, 4, 8]),
@@ -50,8 +59,15 @@ valid_configs = st.fixed_dictionaries(
         "act": st.sampled_from(sorted(ACTIVATIONS)),
         "norm": st.fixed_dictionaries({"type": st.sampled_from(["batchnorm", "none"])}),
         "head": st.fixed_dictionaries({}, optional={"pool": st.sampled_from(["avg", "max"]),
-                                                    "dropout": st.sampled_from([0.0, 0.5])}),
+                                                    "dropout": st.sampled_from([0.0, 0.5]),
+                                                    "conv": st.fixed_dictionaries({"out": st.integers(1, 16)})}),
         "num_classes": st.integers(0, 12),
+        "depth_mult": st.sampled_from([1.0, 1.2, 1.5]),
+        "channel_round_limit": st.sampled_from([0.9, 0.5]),
+        "drop_path_rate": st.sampled_from([0.0, 0.2]),
+        "se": st.fixed_dictionaries({}, optional={"of": st.sampled_from(["input", "expanded"]),
+                                                  "divisor": st.sampled_from([1, 8]),
+                                                  "gate": st.sampled_from(["sigmoid", "hard_sigmoid"])}),
     },
 )
 
@@ -125,6 +141,7 @@ INT_KEYS = {"out", "repeat", "dilation", "depth_multiplier", "convs"}
 BOOL_KEYS = {"mid_norm_act", "start_with_act", "grow_first"}
 STAGE_KEYS = {"conv": {"out", "repeat", "kernel", "stride", "dilation", "dropout"},
               "ds": {"out", "repeat", "kernel", "stride", "dilation", "depth_multiplier", "mid_norm_act", "dropout"},
+              "ir": {"out", "repeat", "kernel", "stride", "dilation", "dropout"},
               "xception": {"out", "repeat", "kernel", "stride", "convs", "start_with_act", "grow_first", "dropout"}}
 TOP_KEYS = {"width_mult": "float", "channel_divisor": "int", "num_classes": "count", "separable": "bool", "act": "str"}
 WRONG_TYPE = {"int": ["8", 8.5, True, None, [8], {"n": 8}], "count": ["8", 2.5, False, None, [1]],
@@ -181,7 +198,7 @@ def mutated_configs(draw: st.DrawFn) -> tuple[dict[str, Any], str, str]:
         return raw, _join(path, key), kind
     if kind == "wrong_nesting":
         if path:  # a top-level key inside a stage
-            key = draw(st.sampled_from(["act", "num_classes", "stages", "norm"]))
+            key = draw(st.sampled_from(["width_mult", "num_classes", "stages", "norm"]))
             target[key] = raw.get(key, 1)
             return raw, _join(path, key), kind
         key = draw(st.sampled_from(["kernel", "repeat", "out", "stride"]))  # a stage key at the top
