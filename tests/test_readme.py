@@ -67,3 +67,63 @@ def test_reliability_counts_are_current() -> None:
 
     tests = [f for name, f in vars(reliability).items() if name.startswith("test_") and callable(f)]
     assert f"({sum(map(cases, tests))} test cases in all" in text
+
+
+def _readme_commands() -> list[tuple[str, list[str]]]:
+    """The README's examples in order: ("python", [its text]) or ("bash", the words of one command)."""
+    import shlex
+
+    out: list[tuple[str, list[str]]] = []
+    for kind, body in re.findall(r"^```(bash|python)\n(.*?)^```", README, flags=re.M | re.S):
+        if kind == "python":
+            out.append((kind, [body]))
+            continue
+        for line in body.replace("\\\n", " ").splitlines():
+            for command in line.split("#", 1)[0].split("&&"):
+                words = shlex.split(command)
+                if words:
+                    out.append((kind, [w.removeprefix(".venv/bin/") for w in words]))
+    return out
+
+
+READS = ("--pretrained", "--resume", "--data-dir")
+WRITES = ("--out", "--json", "--plot", "--profile", "--markdown")
+
+
+def test_readme_examples_run_top_to_bottom() -> None:
+    """Every file an example reads was made by an example above it (DIR-style placeholders
+    aside), and every file the examples leave in the checkout's root is ignored by git."""
+    made: list[str] = []
+    runs = 0
+    for kind, words in _readme_commands():
+        if kind == "python":
+            made += re.findall(r"""torch\.save\(.*["']([^"']+)["']\)""", words[0])
+            continue
+        opts = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+        positional = [w for i, w in enumerate(words) if not w.startswith("-") and not words[i - 1].startswith("--")]
+        command = words[0].rsplit("/", 1)[-1]
+        reads = [opts[o] for o in READS if o in opts]
+        if command == "dszoo-convert-weights":
+            reads.append(positional[1])
+        if command == "dszoo-spot":
+            reads += positional[1:]
+        for path in reads:
+            if path.isupper() or path.endswith(("DIR", "CHECKPOINT")):
+                continue  # the user's own data
+            assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in made), \
+                f"{' '.join(words)}: reads {path}, which no example above it makes"
+        made += [opts[o] for o in WRITES if o in opts]
+        if command == "dszoo-convert-weights":
+            made.append(positional[2])
+        if command in ("dszoo-train", "train.py") and "--eval-only" not in opts and "--resume" not in opts:
+            if "--out-dir" in opts:
+                made.append(opts["--out-dir"])
+            else:  # runs/train, then runs/train2, ...
+                runs += 1
+                made.append(f"runs/train{runs if runs > 1 else ''}")
+    at_root = sorted({m for m in made if "/" not in m})
+    assert {"mnv1.pt", "kws.onnx", "mobilenet_v1.safetensors", "mobilenetv1_100.pth"} <= set(at_root)
+    import subprocess
+
+    ignored = subprocess.run(["git", "check-ignore", *at_root], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert sorted(ignored) == at_root, f"not ignored by .gitignore: {sorted(set(at_root) - set(ignored))}"

@@ -201,13 +201,12 @@ def _row(model: str, variant: str, batch: int, secs: list[float], macs: int, cei
 
 
 def _timm_twin(model: nn.Module) -> Optional[nn.Module]:
-    """timm's counterpart loaded with our weights, where its architecture fits ours exactly
-    (mobilenet_v1 and xception; not the width or depth variants)."""
-    if model.cfg.family not in TIMM_MODELS:
+    """timm's counterpart (the config's ``timm_name``) loaded with our weights, where there is one."""
+    if not model.cfg.timm_name or model.cfg.family not in TIMM_MODELS:
         return None
     import timm
 
-    twin = timm.create_model(TIMM_MODELS[model.cfg.family][0], num_classes=model.num_classes)
+    twin = timm.create_model(model.cfg.timm_name, num_classes=model.num_classes)
     ours, theirs = export_to_timm(model), twin.state_dict()
     if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
         return None
