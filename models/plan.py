@@ -263,6 +263,17 @@ def _walk(cfg: ModelConfig, size: tuple[int, int, int]) -> _Walker:
     return walker
 
 
+MAX_WALKED_LAYERS = 100_000
+"""A config of more conv, norm and linear layers than this is an error before anything is walked
+(``MAX_LAYERS`` is the opt-in limit for building; Xception has 160)."""
+
+
+def _layers_per_block(spec: Any) -> int:
+    """Conv and norm layers one block of a stage has (squeeze-excite's two convs included)."""
+    se = 2 if getattr(spec, "se_ratio", 0) else 0
+    return {"conv": 2, "ds": 4 + se, "ir": 6 + se}.get(spec.type, 3 * getattr(spec, "convs", 1) + 2)
+
+
 def min_input_size(cfg: ModelConfig) -> tuple[int, int]:
     """The smallest (H, W) every layer of ``cfg`` gives a non-empty output for (structural;
     a config's ``min_input_size`` may ask for more)."""
@@ -284,14 +295,21 @@ def resolve_config(
     """Merge and validate a config (``dszoo.config.merge_config``), then check that its input
     is at least the smallest one the network's layers accept; raise one ``ConfigError``."""
     cfg = merge_config(name, family, defaults, variant, overrides, source)
-    blocks = [(f"stem[{i}]", spec.repeat) for i, spec in enumerate(cfg.stem)]
-    blocks += [(f"stages[{i}]", cfg.repeats(spec)) for i, spec in enumerate(cfg.stages)]
-    total = sum(repeat for _, repeat in blocks)
+    blocks = [(f"stem[{i}]", spec.repeat, spec) for i, spec in enumerate(cfg.stem)]
+    blocks += [(f"stages[{i}]", cfg.repeats(spec), spec) for i, spec in enumerate(cfg.stages)]
+    total = sum(repeat for _, repeat, _ in blocks)
+    where = config_source(name, variant, overrides, source)
     if total > MAX_BLOCKS:  # before walking them: the check costs time in the file's size, not the network's
         key = max(blocks, key=lambda b: b[1])[0]
-        raise ConfigError(config_source(name, variant, overrides, source),
-                          [f"{key}: the network would have {total:,} blocks in all, above the limit of {MAX_BLOCKS:,} "
-                           "(check the repeat counts and the number of stages)"])
+        raise ConfigError(where, [f"{key}: the network would have {total:,} blocks in all, above the limit of "
+                                  f"{MAX_BLOCKS:,} (check the repeat counts and the number of stages)"])
+    layers = [(key, repeat * _layers_per_block(spec), repeat, spec) for key, repeat, spec in blocks]
+    if sum(n for _, n, _, _ in layers) > MAX_WALKED_LAYERS:  # Xception's convs multiply its repeats
+        key, n, repeat, spec = max(layers, key=lambda item: item[1])
+        product = f"repeat {repeat:,} x {getattr(spec, 'convs', 1):,} convs" if spec.type == "xception" else \
+            f"repeat {repeat:,}"
+        raise ConfigError(where, [f"{key}: the network would have {sum(n for _, n, _, _ in layers):,} layers "
+                                  f"({key}: {product} alone gives {n:,}), above the limit of {MAX_WALKED_LAYERS:,}"])
     smallest = min_input_size(cfg)
     declared = cfg.min_input_size or (1, 1)
     least = (max(smallest[0], declared[0]), max(smallest[1], declared[1]))

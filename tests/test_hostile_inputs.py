@@ -15,8 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import command_module
-from dszoo import CheckpointError, create_model, get_model_config, list_models, load_pretrained, read_state_dict, save_state_dict
+from dszoo import CheckpointError, ConfigError, create_model, get_model_config, list_models, load_pretrained, read_state_dict, save_state_dict
 from dszoo.commands.cli import run_cli
+from dszoo.errors import UsageError
 from dszoo.training.run_files import load_checkpoint
 from dszoo.commands.train import main as train_main
 
@@ -281,3 +282,66 @@ def test_size_guard_refuses_before_allocating(monkeypatch: pytest.MonkeyPatch) -
     assert get_model_config("mobilenet_v1", stages=typo).stages[1].out == 1024000  # valid, only too large to build
     small = create_model("ds_cnn_s", width_mult=40.0, allow_large=True)  # opting in builds it
     assert small.num_features == 2560
+
+
+def test_wav_files_that_lie_or_hold_non_finite_samples_are_refused_naming_the_file(tmp_path: Path) -> None:
+    """The one WAV reader behind spotting, training and calibration: sample rates outside 1 kHz -
+    384 kHz, NaN or infinite samples and headers of 0 channels or a 0-byte block are one line naming the
+    file; resampling any allowed rate costs a bounded filter (up and down at most 1,000)."""
+    import numpy as np
+    from scipy.io import wavfile
+
+    from dszoo.audio.speech_commands import decode_wav
+    from dszoo.audio.spot import load_audio
+    from dszoo.audio.synth import MAX_RESAMPLE_FACTOR, resample_ratio
+
+    silence = np.zeros(1600, np.int16)
+    for rate in (0, 999, 384_001, 9_999_991, 2**31 - 1):
+        path = tmp_path / f"r{rate}.wav"
+        wavfile.write(path, 16000, silence)
+        data = bytearray(path.read_bytes())
+        data[24:32] = rate.to_bytes(4, "little") + (2 * rate).to_bytes(4, "little")  # rate and bytes per second
+        path.write_bytes(bytes(data))
+        with pytest.raises(UsageError) as err:
+            load_audio(path)
+        assert str(err.value) == f"{path}: sample rate {rate} Hz in its header; allowed: 1,000 to 384,000 Hz"
+    for bad in (np.nan, np.inf, -np.inf):
+        path = tmp_path / f"{bad}.wav"
+        wavfile.write(path, 16000, np.array([0.0, 0.5, bad, 0.1], np.float32))
+        with pytest.raises(UsageError, match=re.escape(f"{path}: holds NaN or infinite samples; audio must be finite")):
+            decode_wav(path)
+    for offset, name in ((22, "channels"), (32, "block_align")):
+        path = tmp_path / f"zero_{name}.wav"
+        wavfile.write(path, 16000, silence)
+        data = bytearray(path.read_bytes())
+        data[offset:offset + 2] = b"\0\0"
+        path.write_bytes(bytes(data))
+        with pytest.raises(UsageError) as err:
+            decode_wav(path)
+        assert str(err.value).startswith(f"{path}: not a readable WAV file (") and "\n" not in str(err.value)
+    for rate in [1000, 1001, 8000, 11025, 15999, 16001, 22050, 44100, 48000, 96000, 192000, 383_999, 384_000]:
+        up, down = resample_ratio(rate, 16000)
+        assert max(up, down) <= MAX_RESAMPLE_FACTOR and abs(up / down * rate / 16000 - 1) < 1e-4, rate
+    path = tmp_path / "odd_rate.wav"
+    wavfile.write(path, 383_999, np.zeros(383_999, np.int16))
+    wave, notes = load_audio(path)
+    assert len(wave) == 16000 and notes == ["resampled from 383999 Hz to 16000 Hz"]
+
+
+def test_a_config_whose_counts_multiply_past_the_layer_limit_is_refused_at_once(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each count within its own bound, their product 9 million layers: refused before any walk
+    of its layers, naming the stage and the product."""
+    from dszoo import plan
+
+    def no_walk(*args: object) -> None:
+        raise AssertionError("the layers were walked")
+
+    monkeypatch.setattr(plan, "_walk", no_walk)
+    path = tmp_path / "bomb.yaml"
+    path.write_text("stem: {type: conv, out: 8, stride: 2}\nstages:\n"
+                    + "  - {type: xception, out: 8, repeat: 1000, convs: 1000}\n" * 3)
+    with pytest.raises(ConfigError) as err:
+        create_model(str(path))
+    assert str(err.value) == (f"{path}: stages[0]: the network would have 9,006,002 layers (stages[0]: repeat 1,000 x "
+                              "1,000 convs alone gives 3,002,000), above the limit of 100,000")

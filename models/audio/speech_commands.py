@@ -11,6 +11,8 @@ computed once.
 """
 from __future__ import annotations
 
+import struct
+
 import hashlib
 import math
 import os
@@ -53,6 +55,11 @@ def which_set(filename: str, validation_percentage: float = 10.0, testing_percen
     return "training"
 
 
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
+"""Sample rates a WAV file may declare: telephone-band to studio audio; anything else is a broken
+or hostile header (a 1 s file claiming 10 MHz would cost gigabytes to resample)."""
+
+
 def decode_wav(path: PathLike) -> tuple[np.ndarray, int, int]:
     """``(samples, rate, channels)`` of a WAV file: float32 in [-1, 1], channels mixed down
     (SciPy's reader: PCM of 8 to 32 bits and float). A file that is not audio is a ``UsageError``."""
@@ -60,8 +67,16 @@ def decode_wav(path: PathLike) -> tuple[np.ndarray, int, int]:
 
     try:
         rate, data = wavfile.read(regular_file(path, "audio file"))
-    except (ValueError, OSError, EOFError) as exc:
-        raise UsageError(f"{path}: not a readable WAV file ({' '.join(str(exc).split())[:120]})") from None
+    except (ValueError, OSError, EOFError, ArithmeticError, LookupError, UnboundLocalError, struct.error) as exc:
+        # scipy's reader: a header of 0 channels or 0 bits divides by zero, a bad chunk size
+        # leaves a local unset; each is a file that is not audio
+        detail = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise UsageError(f"{path}: not a readable WAV file ({detail})") from None
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise UsageError(f"{path}: sample rate {rate} Hz in its header; allowed: {MIN_SAMPLE_RATE:,} to "
+                         f"{MAX_SAMPLE_RATE:,} Hz")
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise UsageError(f"{path}: holds NaN or infinite samples; audio must be finite")
     if data.dtype.kind in "iu":
         info = np.iinfo(data.dtype)
         wave = (data.astype(np.float32) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)

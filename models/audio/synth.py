@@ -39,12 +39,29 @@ def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     polyphase filter (SciPy comes with scikit-learn)."""
     if rate_in == rate_out:
         return wave.astype(np.float32)
-    from math import gcd
-
     from scipy.signal import resample_poly
 
-    g = gcd(rate_in, rate_out)
-    return resample_poly(wave, rate_out // g, rate_in // g, axis=-1).astype(np.float32)
+    up, down = resample_ratio(rate_in, rate_out)
+    return resample_poly(wave, up, down, axis=-1).astype(np.float32)
+
+
+MAX_RESAMPLE_FACTOR = 1000
+
+
+def resample_ratio(rate_in: int, rate_out: int) -> tuple[int, int]:
+    """``(up, down)`` for ``resample_poly``: ``rate_out / rate_in`` as the nearest fraction with
+    both terms at most ``MAX_RESAMPLE_FACTOR`` (the filter's length and the work grow with them:
+    383,999 Hz exactly would take 16,000 / 383,999), off by at most a few parts per million."""
+    from fractions import Fraction
+
+    ratio = Fraction(rate_out, rate_in)
+    if ratio.numerator <= MAX_RESAMPLE_FACTOR and ratio.denominator <= MAX_RESAMPLE_FACTOR:
+        return ratio.numerator, ratio.denominator
+    if ratio < 1:
+        best = ratio.limit_denominator(MAX_RESAMPLE_FACTOR)  # numerator <= denominator
+        return best.numerator, best.denominator
+    inverse = (1 / ratio).limit_denominator(MAX_RESAMPLE_FACTOR)  # upsampling: through the inverse
+    return inverse.denominator, inverse.numerator
 
 
 class SpeechSynthesizer:
