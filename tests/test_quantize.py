@@ -303,3 +303,31 @@ def test_benchmark_times_int8_against_its_own_ceiling() -> None:
         assert "bf16" in rows and ceilings["bf16"] > 0
     else:
         assert "bf16" not in rows and "bf16: not timed, this CPU has no native bfloat16 (AVX-512 BF16 or AMX)" in log
+
+
+def test_int8_calibrated_on_the_wrong_data_falls_back_to_fp32(default_run: tuple[Path, Any]) -> None:
+    """The trained digits model calibrated on zeros: judged on inputs held out of calibration
+    (here the example batch), int8 disagrees with fp32 and the result is fp32 with the reason;
+    on real digits it stays int8. Misshapen and empty batches are CalibrationErrors; the
+    caller's own errors from a calibration generator pass through unchanged."""
+    out, trained = default_run
+    assert trained.returncode == 0, trained.stderr
+    model = create_model("mobilenet_v1_025", pretrained=out / "best.pt", num_classes=10, input_size=(1, 32, 32)).eval()
+    x, _ = build_datasets("digits", model.pretrained_cfg).val.tensors
+    with pytest.warns(UserWarning, match="int8 quantization failed, using fp32 instead"):
+        zeros = optimize_for_inference(model, x[:16], precision="int8", calibration=[torch.zeros(64, 1, 32, 32)])
+    assert zeros.precision == "fp32" and "inputs held out of calibration" in zeros.failures["int8"]
+    real = optimize_for_inference(model, x[:16], precision="int8", calibration=[x[16:80]])
+    assert real.precision == "int8" and real.agreement >= 0.95
+    with pytest.raises(CalibrationError, match=r"calibration batch 1: inputs of shape \(1, 16, 16\), batch 0's are "
+                                               r"\(1, 32, 32\)"):
+        quantize(model, [x[:4], torch.randn(4, 1, 16, 16)])
+    with pytest.raises(CalibrationError, match="calibration batch 0 is empty"):
+        quantize(model, [x[:0]])
+
+    def failing():
+        yield x[:4]
+        raise KeyError("the caller's own bug")
+
+    with pytest.raises(KeyError, match="the caller's own bug"):
+        optimize_for_inference(model, x[:4], precision="int8", calibration=failing())

@@ -351,12 +351,13 @@ def optimize_for_inference(
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
     if precision != "fp32":
-        from .quantize import CalibrationError, optimize_half, quantize
+        from .quantize import CalibrationError, calibration_batches, optimize_half, quantize
 
         if precision in ("bf16", "fp16"):
             return optimize_half(model, example_input, precision, tune_malloc=tune_malloc)
+        batches = calibration_batches(calibration, model.eval())  # the caller's own errors pass through
         try:
-            return quantize(model, calibration, tune_malloc=tune_malloc)
+            return quantize(model, batches, tune_malloc=tune_malloc, example_input=example_input)
         except (CalibrationError, ImportError):
             raise
         except Exception as exc:  # noqa: BLE001 - an op the quantizer or export cannot take: fp32 instead

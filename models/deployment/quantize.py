@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from types import SimpleNamespace
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -51,6 +51,11 @@ def calibration_batches(calibration: Iterable[Any], model: nn.Module, limit: Opt
             check(x)
         except (TypeError, ValueError) as exc:
             raise CalibrationError(f"calibration batch {k}: {exc}") from None
+        if len(x) == 0:
+            raise CalibrationError(f"calibration batch {k} is empty; each batch needs at least one input")
+        if batches and x.shape[1:] != batches[0].shape[1:]:
+            raise CalibrationError(f"calibration batch {k}: inputs of shape {tuple(x.shape[1:])}, batch 0's are "
+                                   f"{tuple(batches[0].shape[1:])}; calibrate at the one size the model will run at")
         batches.append(x)
     if not batches:
         raise CalibrationError("calibration holds no batches; give a DataLoader or list of input batches shaped "
@@ -182,7 +187,8 @@ class QuantizationAwareModel(nn.Module):
 
 @torch.no_grad()
 def quantize(model: nn.Module, calibration: Iterable[Any], *, method: str = "ptq",
-             max_batches: Optional[int] = None, compile: bool = True, tune_malloc: bool = True) -> OptimizedModel:
+             max_batches: Optional[int] = None, compile: bool = True, tune_malloc: bool = True,
+             example_input: Optional[torch.Tensor] = None) -> OptimizedModel:
     """Static int8 post-training quantization of ``model`` (see the module docstring).
 
     Args:
@@ -195,33 +201,78 @@ def quantize(model: nn.Module, calibration: Iterable[Any], *, method: str = "ptq
 
     Returns an ``OptimizedModel`` with ``precision == "int8"``, compiled for the first batch's
     shape, whose ``agreement`` is the cosine similarity of its outputs with the fp32 model's on
-    the first calibration batch. Raises ``CalibrationError`` for missing or misshapen data, and
-    ``RuntimeError`` when the int8 outputs do not agree with fp32 (below ``MIN_AGREEMENT``).
+    inputs held out of calibration (``split_for_checking``; ``example_input`` among them).
+    Raises ``CalibrationError`` for missing, empty or misshapen data, and ``RuntimeError`` when
+    the int8 outputs do not agree with fp32 there (``int8_disagreement``).
     """
     if method != "ptq":
         raise ValueError(f"unknown quantization method {method!r}; allowed: ptq")
     _pt2e()
     original = model.eval()
     batches = calibration_batches(calibration, original, max_batches)
+    calibrate, held_out = split_for_checking(batches, example_input)
     malloc_tuned = tune_glibc_malloc() if tune_malloc else glibc_malloc_is_tuned()
     t0 = time.perf_counter()
-    converted = int8_graph(original, batches)
-    return _checked_int8(converted, original, batches[0], compile, time.perf_counter() - t0, malloc_tuned)
+    converted = int8_graph(original, calibrate)
+    return _checked_int8(converted, original, calibrate[0], compile, time.perf_counter() - t0, malloc_tuned, held_out)
+
+
+def split_for_checking(batches: list[torch.Tensor],
+                       example_input: Optional[torch.Tensor] = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(batches to calibrate on, inputs to check int8 against fp32 on): never the same inputs, so a
+    calibration that fits only itself (zeros, another task's data) cannot pass its own check. The
+    last of several batches is held out, else the second half of a single batch; the example
+    input, when given, is checked too."""
+    if len(batches) > 1:
+        calibrate, held_out = batches[:-1], [batches[-1]]
+    elif len(batches[0]) > 1:
+        half = len(batches[0]) // 2
+        calibrate, held_out = [batches[0][:half]], [batches[0][half:]]
+    else:
+        calibrate, held_out = batches, []
+    if example_input is not None:
+        held_out.append(example_input)
+    return calibrate, held_out or batches
+
+
+MIN_TOP1_AGREEMENT = 0.9
+"""int8 must give fp32's top class on at least this share of the held-out inputs (classifiers)."""
+
+
+def int8_disagreement(converted: nn.Module, original: nn.Module, inputs: Sequence[torch.Tensor]) -> Optional[str]:
+    """Why int8 does not reproduce fp32 on some batch of ``inputs`` (cosine similarity below
+    ``MIN_AGREEMENT``, or top-1 agreement below ``MIN_TOP1_AGREEMENT``), or None. Each batch is
+    judged alone, so held-out inputs like the calibration ones cannot hide others."""
+    for x in inputs:
+        with torch.no_grad():
+            out, expected = converted(x), original(x)
+        cosine = cosine_similarity(out, expected)
+        if not cosine >= MIN_AGREEMENT:
+            return f"int8 outputs agree with fp32 only to cosine similarity {cosine:.3f} on inputs held out of " \
+                   f"calibration (at least {MIN_AGREEMENT} needed): calibrate on data like the model's task"
+        if out.dim() == 2 and out.shape[1] > 1:
+            same = float((out.argmax(1) == expected.argmax(1)).double().mean())
+            if same < MIN_TOP1_AGREEMENT:
+                return f"int8 gives fp32's top class on only {same:.1%} of the inputs held out of calibration (at " \
+                       f"least {MIN_TOP1_AGREEMENT:.0%} needed): calibrate on data like the model's task"
+    return None
 
 
 def _checked_int8(converted: torch.fx.GraphModule, original: nn.Module, first: torch.Tensor, compile: bool,
-                  seconds: float, malloc_tuned: bool) -> OptimizedModel:
+                  seconds: float, malloc_tuned: bool, held_out: Sequence[torch.Tensor] = ()) -> OptimizedModel:
     """The converted int8 graph, compiled with inductor (``compile``), as an ``OptimizedModel``
-    whose agreement with ``original`` on ``first`` is measured and at least ``MIN_AGREEMENT``."""
+    whose agreement with ``original`` is measured on ``held_out`` inputs (``first`` without them)."""
+    problem = int8_disagreement(converted, original, list(held_out) or [first])
+    if problem is not None:
+        raise RuntimeError(problem)
     t0 = time.perf_counter()
     run = compile_frozen(converted) if compile else converted
     out = run(first)
     seconds += time.perf_counter() - t0
     expected = original(first)
-    agreement = cosine_similarity(out, expected)
-    if not agreement >= MIN_AGREEMENT:
-        raise RuntimeError(f"int8 outputs agree with fp32 only to cosine similarity {agreement:.3f} on the calibration "
-                           f"data (at least {MIN_AGREEMENT} needed)")
+    with torch.no_grad():
+        agreement = cosine_similarity(torch.cat([converted(x) for x in held_out or [first]]),
+                                      torch.cat([original(x) for x in held_out or [first]]))
     result = OptimizedModel(run, "inductor" if compile else "eager", False, seconds, relative_difference(out, expected),
                             {}, malloc_tuned, getattr(original, "check_input", None), precision="int8")
     result.agreement = agreement
