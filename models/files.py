@@ -7,6 +7,7 @@ import contextlib
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -57,13 +58,15 @@ def _temp_prefix(target: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(target: PathLike) -> Iterator[str]:
+def atomic_path(target: PathLike, replace: bool = True) -> Iterator[str]:
     """Yield a temporary path in ``target``'s folder; on success it replaces ``target``.
 
     Killing the process at any moment leaves either the old file or the new one, never a
     truncated file (a killed write leaves a ``.NAME.XXXX.tmp`` file, which
     ``remove_leftover_temporaries`` clears). On error the temporary file is removed and
-    ``target`` is untouched.
+    ``target`` is untouched. With ``replace=False`` the file is linked into place only if
+    ``target`` still does not exist at that moment (``FileExistsError`` otherwise): a file
+    created there while the work ran is never clobbered.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -76,22 +79,27 @@ def atomic_path(target: PathLike) -> Iterator[str]:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the result private
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)  # atomic, and fails if target exists
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def remove_leftover_temporaries(folder: PathLike, names: tuple[str, ...]) -> list[Path]:
+def remove_leftover_temporaries(folder: PathLike, names: tuple[str, ...],
+                                older_than: Optional[float] = None) -> list[Path]:
     """Delete the temporary files a killed ``atomic_path`` write of any of ``names`` left in
     ``folder``; returns them. Call it only while no other process writes there (a training run
-    holds its folder's lock)."""
+    holds its folder's lock), or pass ``older_than`` seconds: only files untouched that long go."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     prefixes = tuple(_temp_prefix(folder / name) for name in names)
     removed = []
     for entry in folder.iterdir():
-        if entry.name.startswith(prefixes) and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
+        if entry.name.startswith(prefixes) and entry.name.endswith(TEMP_SUFFIX) and entry.is_file() and (
+                older_than is None or time.time() - entry.stat().st_mtime > older_than):
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed

@@ -439,3 +439,33 @@ def test_a_checkpoint_carries_its_model(tmp_path: Path, monkeypatch: pytest.Monk
         assert res.returncode == 2 and res.stderr == (
             f"error: --pretrained {tmp_path / 'bad.pt'}: class_names must be 3 distinct non-empty names, one per output "
             f"of the model, got {bad}\n")
+
+
+def test_export_never_replaces_a_file_that_appears_meanwhile_and_clears_stale_temporaries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out is checked again at the atomic link, not only at the start: a file created there
+    during the export is kept and the command says so; temporary files of ours that a killed
+    export left (untouched for an hour) are removed, a fresh one (another export at work) kept."""
+    from dszoo.deployment import export as export_module
+
+    out = tmp_path / "kws.pt"
+    stale, fresh = tmp_path / ".kws.pt.dead1234.tmp", tmp_path / ".kws.pt.live5678.tmp"
+    stale.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"y")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    real = export_module._written_and_checked
+
+    def racing(*args: Any, **kwargs: Any) -> float:
+        result = real(*args, **kwargs)
+        if not out.exists():
+            out.write_text("the user's own file")
+        return result
+
+    monkeypatch.setattr(export_module, "_written_and_checked", racing)
+    res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", str(out)])
+    assert res.returncode == 2 and res.stderr == (f"error: --out {out}: a file appeared there while exporting; it was "
+                                                  "kept and nothing was written (pass --overwrite to replace it)\n")
+    assert out.read_text() == "the user's own file"
+    assert f"note: removed {stale}, left by an export that was killed" in res.stdout
+    assert not stale.exists() and fresh.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, out.name]  # no temporary file of this run left

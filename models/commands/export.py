@@ -9,6 +9,7 @@ in int8 (ONNX QDQ or .pt2), calibrated on a dataset and verified against the PyT
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from torch import nn
@@ -18,9 +19,14 @@ from .cli import ArgumentParser, UsageError, new_output_file, non_negative_int, 
 from ..deployment.export import EXPORT_FORMATS, EXPORT_PRECISIONS, EXPORT_SUFFIXES, ExportError, export_model
 from ..deployment.quantize import CalibrationError
 from ..training.data import DATASETS, build_datasets, calibration_examples
+from ..files import remove_leftover_temporaries
 from ..plan import check_model_size, plan_model
 from ..training.run_files import read_training_checkpoint
 from ..weights import model_from_checkpoint
+
+
+STALE_SECONDS = 3600
+"""A temporary export file of ours untouched this long was left by a killed export: removed."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -64,11 +70,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pretrained_cfg = dict(model.pretrained_cfg, input_size=size)
         data = build_datasets(args.calibration, pretrained_cfg, data_dir=args.data_dir, num_classes=model.num_classes)
         calibration = calibration_examples(data.train, args.calibration_images)
+    out = Path(args.out)
+    for stale in remove_leftover_temporaries(out.parent, (out.name,), older_than=STALE_SECONDS):
+        print(f"note: removed {stale}, left by an export that was killed")
     try:
         check = export_model(model, args.format, args.out, size, fold_bn=not args.no_fold_bn, precision=args.precision,
-                             calibration=calibration)
+                             calibration=calibration, overwrite=args.overwrite)
     except (ExportError, CalibrationError) as exc:
         raise UsageError(str(exc)) from None
+    except FileExistsError:
+        raise UsageError(f"--out {args.out}: a file appeared there while exporting; it was kept and nothing was written "
+                         "(pass --overwrite to replace it)") from None
     calibrated = (f", calibrated on {sum(len(x) for x in calibration)} {args.calibration} training examples"
                   if calibration else "")
     print(f"wrote {args.out} ({args.precision} {args.format}, input {'x'.join(map(str, size))}, dynamic batch"

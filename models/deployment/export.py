@@ -198,14 +198,16 @@ def _written_and_checked(model: nn.Module, fmt: str, path: str, input_size: tupl
 
 @torch.no_grad()
 def export_model(model: nn.Module, fmt: str, out: PathLike, input_size: tuple[int, ...], rtol: Optional[float] = None,
-                 fold_bn: bool = True, *, precision: str = "fp32", calibration: Any = None) -> ExportCheck:
+                 fold_bn: bool = True, *, precision: str = "fp32", calibration: Any = None,
+                 overwrite: bool = True) -> ExportCheck:
     """Write ``model`` (eval mode) as ``fmt`` to ``out`` and verify it (``ExportCheck``); raise
     ``ExportError`` where a relative difference is above ``rtol`` (default 1e-4 for fp32,
     ``INT8_EXPORT_TOLERANCE`` for int8). With ``fold_bn`` the exported graph has every BatchNorm
     folded into its conv (``optimize_for_inference``'s first step; int8 always folds).
     ``precision="int8"`` needs ``calibration``: input batches, or ``(input, target)`` pairs, of
     at least two examples each (the file keeps a dynamic batch dimension).
-    The file appears at ``out`` only once verified.
+    The file appears at ``out`` only once verified; with ``overwrite=False`` only if nothing
+    appeared there meanwhile (else ``FileExistsError``, and nothing is replaced).
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
@@ -227,7 +229,7 @@ def export_model(model: nn.Module, fmt: str, out: PathLike, input_size: tuple[in
     tolerance = rtol if rtol is not None else (INT8_EXPORT_TOLERANCE if batches else 1e-4)
     reference = "the PyTorch int8 model" if batches else "the model"
     randomised = None
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace=overwrite) as tmp:
         check = ExportCheck(_written_and_checked(model, fmt, tmp, input_size, fold_bn, batches), reference=reference)
         if has_initial_batchnorm_statistics(model):
             probe = randomise_batchnorm_statistics(copy.deepcopy(model))

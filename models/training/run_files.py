@@ -41,21 +41,34 @@ _CHECKPOINT_FIELDS: dict[str, tuple[type, ...]] = {
 """What a training checkpoint holds, field by field (``format`` aside)."""
 
 
+def _unpickle(path: str, what: str) -> Any:
+    """``torch.load(weights_only=True)`` of a regular file; a missing or special file is one
+    ``UsageError``, anything torch cannot read raises as torch does."""
+    try:
+        regular_file(path, what)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path}: no such file") from None
+    except FileKindError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def load_checkpoint(path: str, what: str = "--resume") -> dict[str, Any]:
     """Read a training checkpoint safely (``weights_only``) and check that it has every field,
     of the right type; raise ``CheckpointError`` naming ``what`` (the option that gave it), the
     file and the field otherwise."""
     try:
-        regular_file(path, what)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path}: no such file") from None
-    except FileKindError as exc:
-        raise UsageError(str(exc)) from None
+        ckpt = _unpickle(path, what)
+    except UsageError:
+        raise
     except Exception as exc:  # corrupt, truncated or unsafe files all end here
         raise CheckpointError(f"{what} {path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{what} {path}: not a dszoo training checkpoint (use --pretrained for weights)")
+    return _checked_fields(ckpt, path, what)
+
+
+def _checked_fields(ckpt: dict[str, Any], path: str, what: str) -> dict[str, Any]:
     problems = [f"{key} is missing" if key not in ckpt else
                 f"{key} is a {type(ckpt[key]).__name__}, not a {' or '.join(t.__name__ for t in types)}"
                 for key, types in _CHECKPOINT_FIELDS.items()
@@ -76,17 +89,14 @@ def read_training_checkpoint(path: str, what: str) -> Optional[dict[str, Any]]:
     if Path(path).suffix == ".safetensors":
         return None
     try:
-        regular_file(path, what)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path}: no such file") from None
-    except FileKindError as exc:
-        raise UsageError(str(exc)) from None
+        ckpt = _unpickle(path, what)
+    except UsageError:
+        raise
     except Exception:  # noqa: BLE001 - not a pickle we read: load_pretrained says what it is
         return None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         return None
-    return load_checkpoint(path, what)
+    return _checked_fields(ckpt, path, what)
 
 
 def write_metrics(out: Path, history: list[dict[str, float]]) -> None:
