@@ -158,6 +158,8 @@ def create_model(
         from .weights import load_pretrained
 
         report = load_pretrained(model, pretrained)
+        for note in report["notes"]:
+            warnings.warn(f"{pretrained}: {note}", stacklevel=2)
         if report["head_reset"]:
             warnings.warn(
                 f"{pretrained}: classifier shape differs from num_classes={model.num_classes}; "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Optional, Union
 from urllib.parse import urlparse
 
 import torch
@@ -26,6 +26,7 @@ __all__ = [
     "cached_timm_weights",
     "export_to_timm",
     "from_timm_state_dict",
+    "from_torchvision_state_dict",
     "load_pretrained",
     "model_from_checkpoint",
     "read_state_dict",
@@ -125,6 +126,50 @@ TIMM_MODELS: dict[str, tuple[str, str, Callable[[ZooNet], dict[str, str]]]] = {
 }
 
 
+# family -> (torchvision model, a key only its layout has, BatchNorm eps its weights were trained with)
+TORCHVISION_MODELS: dict[str, tuple[str, str, float]] = {
+    "mobilenet_v2": ("mobilenet_v2", "features.0.0.weight", 1e-5),
+    "mobilenet_v3": ("mobilenet_v3_large / mobilenet_v3_small", "features.0.0.weight", 1e-3),
+    "efficientnet": ("efficientnet_b0", "features.0.0.weight", 1e-5),
+    "mnasnet": ("mnasnet1_0", "layers.0.weight", 1e-5),
+}
+
+
+def from_torchvision_state_dict(model: ZooNet, state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """torchvision's keys -> ours. torchvision's modules come in our order (stem, blocks, last
+    conv, head), so the tensors are paired in order, and every pair must agree in kind
+    (weight, bias, running statistics) and shape; MobileNetV3's first head Linear becomes our 1x1
+    head conv. Only the classifier may differ in shape (another ``num_classes``)."""
+    ours = list(model.state_dict().items())
+    theirs = list(state.items())
+    if len(ours) != len(theirs):
+        raise CheckpointError(f"{source}: holds {len(theirs)} tensors in torchvision's layout, {model.cfg.name} has "
+                              f"{len(ours)}; it is another network")
+    out = {}
+    for (mine, want), (key, value) in zip(ours, theirs):
+        if mine.rpartition(".")[2] != key.rpartition(".")[2]:
+            raise CheckpointError(f"{source}: torchvision's {key} does not line up with our {mine}; another network")
+        if value.dim() == 2 and want.dim() == 4 and want.shape[2:] == (1, 1):
+            value = value[:, :, None, None]  # a Linear on pooled features is a 1x1 conv
+        if value.shape != want.shape and not mine.startswith("classifier."):
+            raise CheckpointError(f"{source}: torchvision's {key} {tuple(value.shape)} does not fit our {mine} "
+                                  f"{tuple(want.shape)}; another width or variant")
+        out[mine] = value
+    return out
+
+
+def _set_batchnorm_eps(model: ZooNet, eps: float) -> Optional[str]:
+    """Give every BatchNorm of ``model`` (and its config) ``eps``; a note when that changes it."""
+    if model.cfg.norm.eps == eps:
+        return None
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = eps
+    was = model.cfg.norm.eps
+    model.cfg = model.cfg.model_copy(update={"norm": model.cfg.norm.model_copy(update={"eps": eps})})
+    return f"BatchNorm eps set to {eps:g} (was {was:g}): torchvision trained these weights with it"
+
+
 def timm_module_map(model: ZooNet) -> dict[str, str]:
     """timm module path -> our module path, for a model whose family has a timm counterpart."""
     if model.cfg.family not in TIMM_MODELS:
@@ -208,7 +253,8 @@ def _some(keys: list[str], limit: int = 8) -> str:
 
 
 class LoadReport(dict):
-    """What ``load_pretrained`` did: ``source``, ``head_reset``, ``missing``, ``unexpected``."""
+    """What ``load_pretrained`` did: ``source``, ``head_reset``, ``missing``, ``unexpected`` and
+    ``notes`` (what else it changed, such as the BatchNorm eps a torchvision source needs)."""
 
 
 def tensor_problems(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:
@@ -231,7 +277,7 @@ def tensor_problems(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.T
 
 
 def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadReport:
-    """Load our checkpoint or a timm state dict into ``model``.
+    """Load our checkpoint, or a timm or torchvision state dict, into ``model``.
 
     The source is detected from the keys. A classifier whose shape differs from the model's
     (another ``num_classes``) is dropped and the model keeps its fresh head; that is reported.
@@ -248,6 +294,15 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
                 raise CheckpointError(f"{path}: holds timm {archs} weights, which do not fit {model.cfg.name}")
             state, source = from_timm_state_dict(model, state), f"timm {model.cfg.timm_name or ours[0]}"
             break
+    notes = []
+    vision = TORCHVISION_MODELS.get(model.cfg.family)
+    if source == "dszoo" and any(marker in state for _, marker, _ in TORCHVISION_MODELS.values()) \
+            and not any(k.startswith(("stem.", "stages.")) for k in state):
+        if vision is None or vision[1] not in state:
+            raise CheckpointError(f"{path}: holds torchvision weights, which do not fit {model.cfg.name} (torchvision "
+                                  f"layouts load into {', '.join(sorted(TORCHVISION_MODELS))})")
+        state, source = from_torchvision_state_dict(model, state, str(path)), f"torchvision {vision[0]}"
+        notes += [n for n in [_set_batchnorm_eps(model, vision[2])] if n]
     own = model.state_dict()
     head = model.pretrained_cfg["classifier"]
     head_keys = [k for k in state if k.startswith(head + ".")]
@@ -277,7 +332,7 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     if problems:
         raise CheckpointError(f"{path} ({source}) does not fit {model.cfg.name}: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return LoadReport(source=source, head_reset=bool(head_reset), missing=missing, unexpected=unexpected)
+    return LoadReport(source=source, head_reset=bool(head_reset), missing=missing, unexpected=unexpected, notes=notes)
 
 
 def cached_timm_weights(cfg: Any) -> Path:

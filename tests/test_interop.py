@@ -4,6 +4,7 @@ from __future__ import annotations
 import pickle
 import re
 import subprocess
+import warnings
 import sys
 from pathlib import Path
 
@@ -314,3 +315,38 @@ def test_pretrained_true_loads_timms_weights_from_the_local_caches(tmp_path: Pat
         x = torch.randn(1, 3, size, size)
         with torch.no_grad():
             assert torch.equal(ours(x), theirs(x))
+
+
+TORCHVISION_PAIRS = [("mobilenet_v2", "mobilenet_v2"), ("mobilenet_v3_large", "mobilenet_v3_large"),
+                     ("mobilenet_v3_small", "mobilenet_v3_small"), ("mnasnet_b1", "mnasnet1_0"),
+                     ("efficientnet_b0", "efficientnet_b0")]
+
+
+@pytest.mark.parametrize("ours,theirs", TORCHVISION_PAIRS)
+def test_torchvision_weights_load_through_create_model(tmp_path: Path, ours: str, theirs: str) -> None:
+    """torchvision's state dicts (random weights, random BatchNorm statistics) give torchvision's
+    logits: identical, or for MobileNetV3 (whose head is a Linear where ours is the same 1x1 conv)
+    within float rounding; its BatchNorm eps of 1e-3 is set, and said."""
+    import torchvision
+
+    reference = randomise_batchnorm_statistics(getattr(torchvision.models, theirs)())
+    torch.save(reference.state_dict(), tmp_path / "tv.pth")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = create_model(ours, pretrained=tmp_path / "tv.pth").eval()
+    notes = [str(w.message) for w in caught if "torchvision" in str(w.message)]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got, want = model(x), reference(x)
+    if ours.startswith("mobilenet_v3"):
+        assert notes == [f"{tmp_path / 'tv.pth'}: BatchNorm eps set to 0.001 (was 1e-05): torchvision trained these "
+                         "weights with it"] and model.cfg.norm.eps == 1e-3
+        assert (got - want).abs().max().item() <= 1e-6
+    else:
+        assert notes == [] and torch.equal(got, want)
+    ten = create_model(ours, pretrained=tmp_path / "tv.pth", num_classes=10)
+    assert ten.num_classes == 10
+    other = "mobilenet_v2_050" if ours == "mobilenet_v2" else "ds_cnn_s"
+    with pytest.raises(CheckpointError) as err:
+        create_model(other, pretrained=tmp_path / "tv.pth")
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{tmp_path / 'tv.pth'}")
