@@ -404,6 +404,11 @@ def load_family_file(path: Path) -> tuple[str, dict[str, Any], dict[str, dict[st
     data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise ConfigError(str(path), [f"<top level>: must be a mapping, got {type(data).__name__}"])
+    if data and not any(str(k) in ModelConfig.model_fields or k in _FAMILY_KEYS for k in data):
+        # a file that is no config at all (say /etc/shadow, read as YAML): its keys are its
+        # content, and an error must not echo a file that was never a config
+        raise ConfigError(str(path), [f"not a dszoo config: none of its {len(data)} top-level keys is a config key "
+                                      "(a model has stem and stages, a family file variants); its content is not shown"])
     if "variants" not in data:
         bad = [f"{k}: must be a string, got {short_repr(data[k])}" for k in ("name", "family") if not isinstance(data.get(k, ""), str)]
         if bad:

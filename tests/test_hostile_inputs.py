@@ -345,3 +345,22 @@ def test_a_config_whose_counts_multiply_past_the_layer_limit_is_refused_at_once(
         create_model(str(path))
     assert str(err.value) == (f"{path}: stages[0]: the network would have 9,006,002 layers (stages[0]: repeat 1,000 x "
                               "1,000 convs alone gives 3,002,000), above the limit of 100,000")
+
+
+def test_a_file_that_is_no_config_is_never_echoed(tmp_path: Path) -> None:
+    """A secret read as a config (--model /etc/shadow): one line that names the file and shows
+    none of its content; a config with a typo still names its keys."""
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$salt$hash:20228:0:99999:7:::\ndaemon:*:20228:0:99999:7:::\n")
+    res = run_cli(command_module("summarize").main, ["--model", str(secret)])
+    assert res == 2
+    with pytest.raises(ConfigError) as err:
+        create_model(str(secret))
+    assert str(err.value) == (f"{secret}: not a dszoo config: none of its 2 top-level keys is a config key (a model "
+                              "has stem and stages, a family file variants); its content is not shown")
+    shown = str(err.value).removeprefix(str(secret))
+    assert "root" not in shown and "hash" not in shown and "daemon" not in shown
+    typo = tmp_path / "net.yaml"
+    typo.write_text("stem: {type: conv, out: 8}\nstages: []\nwidht_mult: 2\n")
+    with pytest.raises(ConfigError, match="widht_mult: unknown key; did you mean 'width_mult'"):
+        create_model(str(typo))
