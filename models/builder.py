@@ -85,17 +85,12 @@ def _ds_block(in_chs: int, spec: DSStage, stride: Any, ctx: BuildContext) -> nn.
 
 def _ir_block(in_chs: int, spec: IRStage, stride: Any, ctx: BuildContext) -> nn.Module:
     mid = ctx.chs(in_chs * spec.expand)
-    if not ctx.separable:  # the depthwise conv as a standard one; expand and project stay
-        block = InvertedResidual(in_chs, ctx.out(spec), mid, kernel_size=spec.kernel, stride=stride,
-                                 dilation=spec.dilation, norm=ctx.norm, act=ctx.act,
-                                 se=ctx.se_factory(spec.se_ratio, spec.expand), skip=spec.skip,
-                                 drop_path=ctx.drop_path)
-        block.dw = ConvNormAct(mid, mid, spec.kernel, stride=stride, dilation=spec.dilation, norm=ctx.norm,
-                               act=ctx.act)
-        return block
-    return InvertedResidual(in_chs, ctx.out(spec), mid, kernel_size=spec.kernel, stride=stride, dilation=spec.dilation,
-                            norm=ctx.norm, act=ctx.act, se=ctx.se_factory(spec.se_ratio, spec.expand), skip=spec.skip,
-                            drop_path=ctx.drop_path)
+    block = InvertedResidual(in_chs, ctx.out(spec), mid, kernel_size=spec.kernel, stride=stride, dilation=spec.dilation,
+                             norm=ctx.norm, act=ctx.act, se=ctx.se_factory(spec.se_ratio, spec.expand), skip=spec.skip,
+                             drop_path=ctx.drop_path)
+    if not ctx.separable:  # the depthwise conv as a standard one; expansion and projection stay
+        block.dw = ConvNormAct(mid, mid, spec.kernel, stride=stride, dilation=spec.dilation, norm=ctx.norm, act=ctx.act)
+    return block
 
 
 def _xception_block(in_chs: int, spec: XceptionStage, stride: Any, ctx: BuildContext) -> nn.Module:

@@ -192,6 +192,18 @@ def test_torch_compile_full_graph(name: str) -> None:
         torch.testing.assert_close(compiled(x), model(x))
 
 
+def test_the_second_generation_exports_verified(tmp_path: Path) -> None:
+    """MobileNetV3-Small (inverted residuals, squeeze-excite with hard-sigmoid, hard-swish, the
+    head conv) as ONNX, checked against the model as every export is (TorchScript and dynamo's
+    full-graph capture are tested on it with every distinct network above)."""
+    out = tmp_path / "m.onnx"
+    res = run_in_process("export", ["--model", "mobilenet_v3_small", "--format", "onnx", "--input-size", "3", "64", "64",
+                                    "--out", str(out)])
+    assert res.returncode == 0, res.stderr
+    found = re.search(r"fresh batch (\S+); (\S+) on a copy with randomised BatchNorm statistics", res.stdout)
+    assert found and float(found[1]) <= 1e-4 and float(found[2].rstrip(";")) <= 1e-4, res.stdout
+
+
 @pytest.mark.parametrize("fmt,suffix", [("torchscript", ".pt"), ("pt2", ".pt2"), ("onnx", ".onnx")])
 def test_export_script_writes_verified_files(tmp_path: Path, fmt: str, suffix: str) -> None:
     ckpt = tmp_path / "w.safetensors"
