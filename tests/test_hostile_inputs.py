@@ -364,3 +364,22 @@ def test_a_file_that_is_no_config_is_never_echoed(tmp_path: Path) -> None:
     typo.write_text("stem: {type: conv, out: 8}\nstages: []\nwidht_mult: 2\n")
     with pytest.raises(ConfigError, match="widht_mult: unknown key; did you mean 'width_mult'"):
         create_model(str(typo))
+
+
+@pytest.mark.parametrize("preset", ["mlperf_tiny", "arm_kws"])
+def test_mfcc_edge_inputs(preset: str) -> None:
+    """No samples is silence for every preset (it was an IndexError for one); a batch of none, a
+    NumPy array or a list are one clear error saying what to pass."""
+    import numpy as np
+
+    from dszoo import MFCC
+
+    mfcc = MFCC(preset)
+    empty = mfcc(torch.zeros(2, 0))
+    assert empty.shape == (2, 1, 49, 10) and torch.equal(empty, mfcc(torch.zeros(2, 16000)))
+    for wrong, kind in ((np.zeros(16000, np.float32), "ndarray"), ([0.0] * 16000, "list")):
+        with pytest.raises(TypeError, match=f"expected a torch.Tensor of waveforms \\(batch, samples\\), got {kind}; "
+                                            r"convert it with torch.as_tensor\(wave, dtype=torch.float32\)"):
+            mfcc(wrong)
+    with pytest.raises(ValueError, match="expected at least one waveform, got a batch of 0"):
+        mfcc(torch.zeros(0, 16000))

@@ -23,6 +23,7 @@ so the front end is written here with ``torch.stft``.
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -149,14 +150,11 @@ class MFCC(nn.Module):
         self.frames = 1 + (p.clip_samples - p.window_samples) // p.hop_samples
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """The floored log mel energies ``(batch, frames, mel_bins)``, in the compute dtype."""
-        if wave.dim() == 1:
-            wave = wave.unsqueeze(0)
-        if wave.dim() != 2 or not wave.is_floating_point():
-            raise ValueError(f"expected float waveforms of shape (batch, samples), got {wave.dtype} of shape "
-                             f"{list(wave.shape)}")
+        """The floored log mel energies ``(batch, frames, mel_bins)``, in the compute dtype. A
+        clip shorter than a second, even of no samples, is zero-padded (silence), by every preset."""
+        wave = _waveforms(wave)
         wave = wave.to(self.window.dtype)[:, : self.clip_samples]
-        if self.normalise_peak:
+        if self.normalise_peak and wave.shape[1]:
             peak = wave.amax(dim=1, keepdim=True)
             wave = wave / torch.where(peak == 0, torch.ones_like(peak), peak)
         wave = nn.functional.pad(wave, (0, self.clip_samples - wave.shape[1] + self.tail))
@@ -171,5 +169,27 @@ class MFCC(nn.Module):
         return torch.log(mel)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        wave = _waveforms(wave)
         out_dtype = wave.dtype if wave.dtype in (torch.float32, torch.float64) else torch.float32
         return (self.log_mel(wave) @ self.dct).unsqueeze(1).to(out_dtype)
+
+
+def _waveforms(wave: torch.Tensor) -> torch.Tensor:
+    """``wave`` as a ``(batch, samples)`` float tensor, or a ``TypeError``/``ValueError`` saying
+    what was expected (a NumPy array or a list is named, with the conversion to use)."""
+    if not torch.jit.is_scripting():
+        _require_tensor(wave)
+    if wave.dim() == 1:
+        wave = wave.unsqueeze(0)
+    if wave.dim() != 2 or not wave.is_floating_point():
+        raise ValueError(f"expected float waveforms of shape (batch, samples), got {wave.dtype} of shape "
+                         f"{list(wave.shape)}")
+    if wave.shape[0] == 0:
+        raise ValueError("expected at least one waveform, got a batch of 0")
+    return wave
+
+
+def _require_tensor(wave: Any) -> None:
+    if not isinstance(wave, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of waveforms (batch, samples), got {type(wave).__name__}; convert "
+                        "it with torch.as_tensor(wave, dtype=torch.float32)")
