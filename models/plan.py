@@ -157,7 +157,7 @@ class _Walker:
         return stage_width(spec, self.cfg.width_mult, self.cfg.channel_divisor, self.cfg.channel_round_limit)
 
     def conv(self, name: str, key: str, c_in: int, c_out: int, kernel: Any, stride: Any = 1, dilation: Any = 1,
-             padding: Union[str, int] = "same", groups: int = 1, bias: bool = False) -> None:
+             padding: Union[str, int] = "same", groups: int = 1) -> None:
         """A Conv2d on the main path: records it and moves the current shape and the chain on."""
         (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
         padding = 0 if padding == "valid" else padding
@@ -165,8 +165,7 @@ class _Walker:
         ops = (SpatialOp(kh, sh, dh, padding), SpatialOp(kw, sw, dw, padding))
         h, w = ops[0].out(self.h), ops[1].out(self.w)
         per_out = c_in // groups * kh * kw
-        self.layers.append(LayerPlan(name, kind, key, c_in, (c_out, h, w), c_out * per_out + c_out * bias,
-                                     c_out * h * w * per_out))
+        self.layers.append(LayerPlan(name, kind, key, c_in, (c_out, h, w), c_out * per_out, c_out * h * w * per_out))
         self.chain.append(ops)
         self.c, self.h, self.w = c_out, h, w
 
