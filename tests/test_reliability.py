@@ -3,6 +3,7 @@ gets one clear answer. Each test stands for a class of failure (docs/reliability
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -469,3 +470,29 @@ def test_export_never_replaces_a_file_that_appears_meanwhile_and_clears_stale_te
     assert f"note: removed {stale}, left by an export that was killed" in res.stdout
     assert not stale.exists() and fresh.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, out.name]  # no temporary file of this run left
+
+
+def test_a_killed_qat_run_resumes_bit_identically(tmp_path: Path, default_run: tuple[Path, Any]) -> None:
+    """--qat keeps the fake-quantized graph's own state (observers' ranges, scales, zero points)
+    in its checkpoints: SIGKILLed after epoch 1 and resumed, a --deterministic run ends with the
+    same weights and quantizer state as an uninterrupted one (it did not, before)."""
+    out, trained = default_run
+    assert trained.returncode == 0, trained.stderr
+    train = [sys.executable, str(REPO / "scripts" / "train.py")]
+    args = ["--qat", "--pretrained", str(out / "best.pt"), "--epochs", "2", "--deterministic", "--lr", "0.001",
+            "--max-batches", "4", "-qq"]
+    subprocess.run(train + args + ["--out-dir", str(tmp_path / "full")], check=True, capture_output=True)
+    proc = subprocess.Popen(train + args + ["--out-dir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "killed" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["epoch"] == 1
+    subprocess.run(train + ["--resume", str(tmp_path / "killed" / "last.pt"), "-qq"], check=True, capture_output=True)
+    full, resumed = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("full", "killed"))
+    assert full["epoch"] == resumed["epoch"] == 2 and len(full["qat"]) > 100
+    for part in ("model", "qat"):
+        assert full[part].keys() == resumed[part].keys()
+        assert all(torch.equal(full[part][k], resumed[part][k]) for k in full[part]), part

@@ -26,7 +26,7 @@ from ..builder import ZooNet
 from ..errors import RunError, UsageError
 from ..files import atomic_path, remove_leftover_temporaries
 from ..registry import create_model
-from ..weights import load_pretrained, model_from_checkpoint
+from ..weights import CheckpointError, load_pretrained, model_from_checkpoint
 from .data import DataSplits, build_datasets, calibration_examples
 from .options import TrainConfig, TrainResult, _check_same_model, _options_of_resumed_run, check_arguments, check_memory
 from .run_files import (
@@ -317,6 +317,11 @@ def _restore(run: _Session, trainer: _Trainer, ckpt: dict[str, Any], result: Tra
     """Load a checkpoint's model, optimizer, scheduler, EMA, history and RNG states; return the
     epoch to continue from."""
     run.model.load_state_dict(ckpt["model"])
+    if run.cfg.qat:
+        if not isinstance(ckpt.get("qat"), dict):
+            raise CheckpointError(f"--resume {run.cfg.resume}: holds no fake-quantizer state (written by an older dszoo); "
+                                  "a --qat run resumes exactly only from its own checkpoints")
+        trainer.train_model.load_state_dict(ckpt["qat"])
     trainer.optimizer.load_state_dict(ckpt["optimizer"])
     trainer.scheduler.load_state_dict(ckpt["scheduler"])
     if trainer.ema is not None:
@@ -447,6 +452,8 @@ def _save_epoch(run: _Session, trainer: _Trainer, result: TrainResult, epoch: in
         "rng": {"torch": torch.get_rng_state(), "python": _from_random_state(random.getstate()),
                 **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
         "scaler": trainer.scaler.state_dict(),
+        # --qat: the fake-quantized graph's own state (observers' ranges, scales, zero points)
+        "qat": trainer.train_model.state_dict() if cfg.qat else None,
     }
     if best_model is not None:
         save_checkpoint(run.out / "best.pt", {**payload, "model": best_model.state_dict()})
