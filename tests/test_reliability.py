@@ -2,6 +2,7 @@
 gets one clear answer. Each test stands for a class of failure (docs/reliability.md)."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -66,7 +67,9 @@ def test_resuming_an_older_checkpoint_never_replaces_a_newer_one(tmp_path: Path)
     with pytest.raises(UsageError, match=r"has already trained all 2 epochs; pass --epochs N with N > 2"):
         train(TrainConfig(resume=str(out / "last.pt"), quiet=2))
     assert _epoch(out / "last.pt") == 2
-    assert train(TrainConfig(resume=str(out / "last.pt"), epochs=3, quiet=2)).history[-1]["epoch"] == 3
+    longer = train(TrainConfig(resume=str(out / "last.pt"), epochs=3, quiet=2)).history[-1]
+    # the schedule spans the longer run (2 steps an epoch, no warm-up): not stuck at its floor
+    assert longer["epoch"] == 3 and longer["lr"] == pytest.approx(1e-4 + 0.5 * (1e-2 - 1e-4) * (1 + math.cos(math.pi * 4 / 6)))
 
 
 @pytest.mark.parametrize("given, named", [

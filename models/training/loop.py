@@ -324,6 +324,9 @@ def _restore(run: _Session, trainer: _Trainer, ckpt: dict[str, Any], result: Tra
         trainer.train_model.load_state_dict(ckpt["qat"])
     trainer.optimizer.load_state_dict(ckpt["optimizer"])
     trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    # --epochs may have grown since: the cosine then spans the whole, longer run (unchanged, this
+    # is the saved value and the resume stays exact)
+    trainer.scheduler.t_initial = max(1, run.cfg.total_epochs * trainer.steps_per_epoch - trainer.scheduler.warmup_t)
     if trainer.ema is not None:
         trainer.ema.load_state_dict(ckpt["ema"])
     result.history, result.best_top1 = list(ckpt["history"]), ckpt["best_top1"]
