@@ -83,6 +83,10 @@ def atomic_path(target: PathLike, replace: bool = True) -> Iterator[str]:
             os.replace(tmp, target)
         else:
             os.link(tmp, target)  # atomic, and fails if target exists
+    except OSError as exc:
+        if exc.filename is None:  # a full disk says only "No space left on device": name the file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
 

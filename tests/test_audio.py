@@ -86,7 +86,8 @@ def test_the_split_rule_on_hashes_computed_by_hand(name: str, split: str) -> Non
 def speech_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All ten keywords and three other words by 40 synthetic speakers, with background noise."""
     root = tmp_path_factory.mktemp("speech")
-    generate_speech_data(root, speakers_count=40, words=KEYWORDS + ("bed", "cat", "wow"), seed=1, noise_seconds=3)
+    generate_speech_data(root, speakers_count=40, words=KEYWORDS + ("bed", "cat", "wow"), seed=1, noise_seconds=3,
+                         engines=["espeak"])
     return root
 
 
@@ -135,7 +136,7 @@ def test_train_then_spot_a_held_out_speaker(tmp_path: Path) -> None:
     word a held-out speaker says."""
     data, out = tmp_path / "speech", tmp_path / "kws"
     generate_speech_data(data, speakers_count=48, words=("yes", "no", "up", "down"), seed=3, noise_seconds=2,
-                         voices=("en", "en-us", "en-gb-x-rp"))
+                         voices=("en", "en-us", "en-gb-x-rp"), engines=["espeak"])
     res = run_in_process("train", ["--model", "ds_cnn_s", "--dataset", "speech_commands", "--speech-task", "all",
                                    "--data-dir", str(data), "--epochs", "60", "--batch-size", "16", "-q",
                                    "--out-dir", str(out)])

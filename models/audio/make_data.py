@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import time
 import wave as wavmodule
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -22,8 +22,9 @@ import numpy as np
 from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, which_set
 from .synth import Speaker, synthesizer
 
-__all__ = ["ACCENTS", "FOREIGN_VOICES", "OTHER_WORDS", "VARIANTS", "GeneratedData", "generate_speech_data",
-           "speaker_id", "speakers"]
+__all__ = ["ACCENTS", "FOREIGN_VOICES", "GENERATING", "MANIFEST", "OTHER_WORDS", "VARIANTS", "GeneratedData",
+           "SpeakerPlan", "generate_speech_data", "interrupted_dataset", "max_speakers", "plan_speakers",
+           "read_manifest", "speaker_id", "speakers"]
 
 ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
 """eSpeak NG's English accents."""
@@ -46,7 +47,9 @@ def speaker_id(speaker: Speaker) -> str:
 
 def speakers(count: int, seed: int, foreign_share: float = 0.25, voices: Optional[Sequence[str]] = None) -> list[Speaker]:
     """``count`` distinct speakers drawn without replacement from accents (or non-English voices,
-    about ``foreign_share`` of them) x variants x rates x pitches."""
+    about ``foreign_share`` of them) x variants x rates x pitches; at most ``max_speakers``."""
+    if count > max_speakers(foreign_share, voices):
+        raise ValueError(f"{count} speakers asked for; eSpeak NG's pool holds {max_speakers(foreign_share, voices)}")
     rng = np.random.default_rng(seed)
     english = list(itertools.product(voices or ACCENTS, VARIANTS, RATES, PITCHES))
     foreign = [] if voices else list(itertools.product(FOREIGN_VOICES, VARIANTS, RATES, PITCHES))
@@ -54,6 +57,16 @@ def speakers(count: int, seed: int, foreign_share: float = 0.25, voices: Optiona
     picked = [english[i] for i in rng.choice(len(english), min(count - n_foreign, len(english)), replace=False)]
     picked += [foreign[i] for i in rng.choice(len(foreign), n_foreign, replace=False)] if n_foreign else []
     return [Speaker(voice + variant, rate, pitch, int(rng.integers(20, 80))) for voice, variant, rate, pitch in picked]
+
+
+def max_speakers(foreign_share: float = 0.25, voices: Optional[Sequence[str]] = None) -> int:
+    """The most speakers ``speakers`` can draw with the non-English share kept."""
+    english = len(voices or ACCENTS) * len(VARIANTS) * len(RATES) * len(PITCHES)
+    foreign = 0 if voices else len(FOREIGN_VOICES) * len(VARIANTS) * len(RATES) * len(PITCHES)
+    count = english + foreign
+    while count - min(foreign, round(count * foreign_share)) > english:
+        count -= 1
+    return count
 
 
 def _trimmed(wave: np.ndarray, threshold: float = 0.02) -> np.ndarray:
@@ -99,6 +112,13 @@ def write_wav(path: Path, wave: np.ndarray, rate: int = SAMPLE_RATE) -> None:
         out.writeframes(pcm.tobytes())
 
 
+MANIFEST = "manifest.csv"
+"""Every clip the generator wrote, one row each: file, word, engine, voice, speaker, setting."""
+GENERATING = ".dszoo-generating"
+"""Written first and removed last: a folder holding it is a dataset whose generation did not finish."""
+MAX_NOISE_SECONDS = 600
+
+
 @dataclass
 class GeneratedData:
     """What ``generate_speech_data`` wrote."""
@@ -107,30 +127,108 @@ class GeneratedData:
     clips: int
     speakers_by_split: dict[str, list[str]]
     seconds: float
+    engines: list[str] = field(default_factory=list)
+    missing_engines: list[str] = field(default_factory=list)  # asked for (or known) but not installed
+    clips_by_engine: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SpeakerPlan:
+    """One speaker of the dataset: its engine, name, hash id and the settings of its clips."""
+
+    engine: str
+    name: str
+    settings: list
+
+    @property
+    def ident(self) -> str:
+        return hashlib.sha1(self.name.encode()).hexdigest()[:8]
+
+
+def plan_speakers(engines: Sequence[str], speakers_count: int, seed: int,
+                  voices: Optional[Sequence[str]] = None) -> list[SpeakerPlan]:
+    """Every speaker of every engine of ``engines``: ``speakers_count`` drawn eSpeak NG speakers,
+    and each voice of the others (``voices`` restricts each engine to those it has)."""
+    from .engines import ENGINES
+
+    return [SpeakerPlan(name_, spk, settings) for name_ in engines
+            for spk, settings in ENGINES[name_].speakers(speakers_count, seed, voices)]
+
+
+def interrupted_dataset(root: Path) -> bool:
+    """Whether ``root`` is a dataset the generator began and did not finish."""
+    return (root / GENERATING).exists()
 
 
 def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequence[str] = KEYWORDS + OTHER_WORDS,
                          seed: int = 0, noise_seconds: int = 30, voices: Optional[Sequence[str]] = None,
+                         engines: Optional[Sequence[str]] = None,
                          progress: Optional[Callable[[int], None]] = None) -> GeneratedData:
-    """Write the dataset under ``root``: every speaker says every word once, plus background noise.
-    ``progress(n)`` is called after each speaker with the clips written for it."""
+    """Write the dataset under ``root``: every speaker of every engine found among ``engines``
+    (``None``: all known) says every word, then background noise and ``manifest.csv``.
+    ``progress(n)`` is called after each speaker with the clips written for it. The marker
+    ``GENERATING`` exists from the first file to the last."""
+    from .engines import find_engines
+
     start = time.perf_counter()
-    synth = synthesizer(SAMPLE_RATE)
+    found, missing = find_engines(engines)
+    if not found:
+        raise ValueError(f"none of the speech engines {', '.join(engines or [])} is installed")
+    plans = plan_speakers([e.name for e in found], speakers_count, seed, voices)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / GENERATING).write_text("dszoo-make-speech-data is writing this folder; run it again to replace it\n")
     rng = np.random.default_rng(seed)
-    people = speakers(speakers_count, seed, voices=voices)
-    missing = sorted({p.voice for p in people} - set(synth.voices_available(sorted({p.voice for p in people}))))
-    if missing:
-        raise ValueError(f"eSpeak NG lacks the voices {', '.join(missing)}")
     by_split: dict[str, list[str]] = {"training": [], "validation": [], "testing": []}
-    clips = 0
-    for person in people:
-        ident = speaker_id(person)
-        by_split[which_set(f"{ident}_nohash_0.wav")].append(person.name)
-        for word in words:
-            write_wav(root / word / f"{ident}_nohash_0.wav", _place(_trimmed(synth.say(word, person)), rng))
-            clips += 1
+    rows, clips_by_engine = [], {e.name: 0 for e in found}
+    for plan in plans:
+        by_split[which_set(f"{plan.ident}_nohash_0.wav")].append(plan.name)
+        engine = next(e for e in found if e.name == plan.engine)
+        for n, setting in enumerate(plan.settings):
+            for word, wave in zip(words, engine.say_all(words, setting)):
+                name = f"{word}/{plan.ident}_nohash_{n}.wav"
+                write_wav(root / name, _place(_trimmed(wave), rng))
+                rows.append((name, word, plan.engine, getattr(setting, "voice", ""), plan.name,
+                             _describe(setting)))
+        clips_by_engine[plan.engine] += len(plan.settings) * len(words)
         if progress is not None:
-            progress(len(words))
+            progress(len(plan.settings) * len(words))
     for name, noise in background_noises(noise_seconds, seed).items():
         write_wav(root / BACKGROUND_NOISE / f"{name}.wav", noise)
-    return GeneratedData(root, clips, by_split, time.perf_counter() - start)
+    _write_manifest(root / MANIFEST, rows)
+    (root / GENERATING).unlink()
+    return GeneratedData(root, len(rows), by_split, time.perf_counter() - start, [e.name for e in found],
+                         [e.name for e in missing], clips_by_engine)
+
+
+def _describe(setting: object) -> str:
+    if isinstance(setting, Speaker):
+        return f"rate {setting.rate} pitch {setting.pitch} range {setting.pitch_range}"
+    return f"speed {setting.speed} pitch {setting.pitch}"
+
+
+def _write_manifest(path: Path, rows: list[tuple[str, ...]]) -> None:
+    import csv
+    import io
+
+    from ..files import atomic_path
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(("file", "word", "engine", "voice", "speaker", "setting"))
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text.getvalue())
+
+
+def read_manifest(root: Path) -> dict[str, dict[str, str]]:
+    """``manifest.csv`` of a generated dataset by file (``word/name.wav``); empty when the folder
+    has none (the real Speech Commands)."""
+    import csv
+
+    path = root / MANIFEST
+    if not path.is_file():
+        return {}
+    from ..files import regular_file
+
+    with open(regular_file(path, "manifest"), newline="") as fh:
+        return {row["file"]: row for row in csv.DictReader(fh)}

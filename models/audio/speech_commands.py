@@ -113,21 +113,59 @@ def _split_lists(root: Path) -> Optional[dict[str, set[str]]]:
             for split, p in lists.items()}
 
 
-def _index(root: Path, task: str, seed: int) -> tuple[list[str], dict[str, _Items]]:
-    """Class names and, per split, the files and labels of ``task``."""
+def _engine_of(root: Path, hold_out_engine: Optional[str]) -> dict[str, str]:
+    """The engine of every clip (``manifest.csv``), checked against ``hold_out_engine``; empty
+    when no engine is held out."""
+    if hold_out_engine is None:
+        return {}
+    from .make_data import read_manifest
+
+    manifest = read_manifest(root)
+    if not manifest:
+        raise UsageError(f"--hold-out-engine {hold_out_engine}: {root} has no manifest.csv naming each clip's engine "
+                         "(dszoo-make-speech-data writes one)")
+    engines = sorted({row["engine"] for row in manifest.values()})
+    if hold_out_engine not in engines or len(engines) < 2:
+        raise UsageError(f"--hold-out-engine {hold_out_engine}: {root} holds clips of {', '.join(engines)}; hold out "
+                         "one of them, with at least one other left to train on")
+    return {f: row["engine"] for f, row in manifest.items()}
+
+
+def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = None,
+           unknown_ratio: float = 0.125) -> tuple[list[str], dict[str, _Items]]:
+    """Class names and, per split, the files and labels of ``task``: in the 12-class task
+    silence and unknown each 10% of every split, except that the training split holds
+    ``unknown_ratio`` unknown clips per keyword clip (0.125 is 10%). With ``hold_out_engine``
+    (a generated dataset's manifest names each clip's engine) the test split is every clip of
+    that engine, and the other engines' test speakers join their training split."""
     if not root.is_dir():
         raise UsageError(f"--data-dir {root}: no such directory")
+    from .make_data import GENERATING, interrupted_dataset
+
+    if interrupted_dataset(root):
+        raise UsageError(f"--data-dir {root}: its generation did not finish ({GENERATING} is still there); run "
+                         f"dszoo-make-speech-data --out {root} again to replace it")
     words = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name != BACKGROUND_NOISE and not d.name.startswith("."))
     if not words:
         raise UsageError(f"--data-dir {root}: no word folders (expected <word>/<speaker>_nohash_<n>.wav inside)")
     lists = _split_lists(root)
+    engine_of = _engine_of(root, hold_out_engine)
     by_split: dict[str, list[tuple[str, str]]] = {"training": [], "validation": [], "testing": []}
+    listed = 0
     for word in words:
         for wav in sorted((root / word).glob("*.wav")):
             rel = f"{word}/{wav.name}"
             split = which_set(wav.name) if lists is None else next(
                 (s for s, names in lists.items() if rel in names), "training")
+            listed += split != "training" and lists is not None
+            if engine_of:
+                split = "testing" if engine_of.get(rel) == hold_out_engine else \
+                    "training" if split == "testing" else split
             by_split[split].append((str(wav), word))
+    if lists is not None and not listed and any(lists.values()):
+        example = next(iter(sorted(lists["validation"] | lists["testing"])))
+        raise UsageError(f"--data-dir {root}: validation_list.txt and testing_list.txt name no file in it (e.g. "
+                         f"{example!r}; expected lines such as 'yes/0a7c2a8d_nohash_0.wav')")
     if task == "all":
         classes = words
     elif task == "12":
@@ -147,7 +185,8 @@ def _index(root: Path, task: str, seed: int) -> tuple[list[str], dict[str, _Item
         known = [(f, index[w]) for f, w in entries if w in KEYWORDS]
         others = [f for f, w in entries if w not in KEYWORDS]
         extra = math.ceil(len(known) / 8)  # silence and unknown each 10% of the split
-        unknown = [others[i] for i in sorted(rng.choice(len(others), min(extra, len(others)), replace=False))] \
+        wanted = math.ceil(len(known) * unknown_ratio) if split == "training" else extra
+        unknown = [others[i] for i in sorted(rng.choice(len(others), min(wanted, len(others)), replace=False))] \
             if others else []
         files = [f for f, _ in known] + unknown + [None] * extra
         labels = [label for _, label in known] + [index[UNKNOWN]] * len(unknown) + [index[SILENCE]] * extra
@@ -171,43 +210,26 @@ def _background(root: Path) -> list[np.ndarray]:
 
 class SpeechCommands(Dataset):
     """Training clips of one split as MFCC features ``(1, 49, 10)`` with their labels, each
-    clip augmented afresh on every access (noise with probability ``noise_probability`` at a
-    volume from U(0, ``noise_volume``), a shift of up to ``shift_ms``), as the references train."""
+    clip augmented afresh on every access by the levers of ``augment`` (``audio.augment``;
+    default ``basic``: noise with probability 0.8 at a volume from U(0, 0.1) and a shift of up
+    to 100 ms, as the references train)."""
 
     def __init__(self, waves: torch.Tensor, labels: Sequence[int], silence: Sequence[bool], noises: list[np.ndarray],
-                 mfcc: MFCC, seed: int = 0, noise_probability: float = 0.8, noise_volume: float = 0.1,
-                 shift_ms: float = 100.0) -> None:
+                 mfcc: MFCC, seed: int = 0, augment: Sequence[str] = ("shift", "noise")) -> None:
+        from .augment import Augmenter
+
         self.waves, self.labels, self.silence = waves, torch.tensor(list(labels)), list(silence)
-        self.noises = [torch.from_numpy(n) for n in noises]
         self.mfcc = mfcc
-        self.noise_probability, self.noise_volume = noise_probability, noise_volume
-        self.shift = int(SAMPLE_RATE * shift_ms / 1000)
         self.generator = torch.Generator().manual_seed(seed)
+        self.augmenter = Augmenter(tuple(augment), self.generator, tuple(torch.from_numpy(n) for n in noises))
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _noise(self) -> torch.Tensor:
-        noise = self.noises[int(torch.randint(len(self.noises), (), generator=self.generator))]
-        start = int(torch.randint(len(noise) - SAMPLE_RATE + 1, (), generator=self.generator))
-        return noise[start:start + SAMPLE_RATE]
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        wave = self.waves[i].float()
-        shift = int(torch.randint(-self.shift, self.shift + 1, (), generator=self.generator))
-        wave = torch.roll(wave, shift)
-        if shift > 0:
-            wave[:shift] = 0
-        elif shift < 0:
-            wave[shift:] = 0
-        if self.noises:
-            if self.silence[i]:  # silence is background noise at any volume, as the references make it
-                wave = wave + float(torch.rand((), generator=self.generator)) * self._noise()
-            elif float(torch.rand((), generator=self.generator)) < self.noise_probability:
-                wave = wave + float(torch.rand((), generator=self.generator)) * self.noise_volume * self._noise()
-        wave = torch.clamp(wave, -1.0, 1.0)
+        wave = self.augmenter.wave(self.waves[i].float(), silence=self.silence[i])
         with torch.no_grad():
-            return self.mfcc(wave)[0], self.labels[i]
+            return self.augmenter.features(self.mfcc(wave)[0]), self.labels[i]
 
 
 def _load_waves(files: list[Optional[str]]) -> torch.Tensor:
@@ -251,19 +273,22 @@ class SpeechSplits:
     description: str
 
 
-def build_speech_commands(root: PathLike, task: str = "12", preset: str = "mlperf_tiny", seed: int = 0) -> SpeechSplits:
-    """The splits of a Speech Commands folder (the real dataset or ``dszoo-make-speech-data``'s)."""
+def build_speech_commands(root: PathLike, task: str = "12", preset: str = "mlperf_tiny", seed: int = 0,
+                          augment: Sequence[str] = ("shift", "noise"), hold_out_engine: Optional[str] = None,
+                          unknown_ratio: float = 0.125) -> SpeechSplits:
+    """The splits of a Speech Commands folder (the real dataset or ``dszoo-make-speech-data``'s),
+    the training clips augmented by the levers ``augment`` (``audio.augment``)."""
     root = Path(root)
-    classes, items = _index(root, task, seed)
+    classes, items = _index(root, task, seed, hold_out_engine, unknown_ratio)
     empty = [s for s in ("training", "validation", "testing") if not items[s].files]
     if empty:
-        raise UsageError(f"--data-dir {root}: no recordings fall in the {' and '.join(empty)} split(s); "
-                         "it needs more speakers")
+        why = "its split lists leave them empty" if _split_lists(root) is not None else "it needs more speakers"
+        raise UsageError(f"--data-dir {root}: no recordings fall in the {' and '.join(empty)} split(s); {why}")
     noises = _background(root)
     mfcc = MFCC(preset)
     train_items = items["training"]
     train = SpeechCommands(_load_waves(train_items.files), train_items.labels,
-                           [f is None for f in train_items.files], noises, mfcc, seed)
+                           [f is None for f in train_items.files], noises, mfcc, seed, augment)
 
     def fixed(split: str, split_seed: int) -> TensorDataset:
         waves = _load_waves(items[split].files)
@@ -271,6 +296,9 @@ def build_speech_commands(root: PathLike, task: str = "12", preset: str = "mlper
         return TensorDataset(_features(mfcc, waves), torch.tensor(items[split].labels))
 
     val, test = fixed("validation", seed + 1), fixed("testing", seed + 2)
+    from .augment import levers_text
+
+    held_out = f", test: every {hold_out_engine} clip" if hold_out_engine else ""
     description = (f"speech commands {root} ({task}-class task, {len(train)} train / {len(val)} val / {len(test)} "
-                   f"test clips, {len(classes)} classes)")
+                   f"test clips{held_out}, {len(classes)} classes, augment {levers_text(tuple(augment))})")
     return SpeechSplits(train, val, test, classes, description)

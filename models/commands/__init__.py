@@ -15,8 +15,10 @@ COMMANDS: dict[str, str] = {
     "export": "TorchScript, ONNX or .pt2 files, verified against eager",
     "convert-weights": "timm checkpoints to dszoo safetensors",
     "benchmark": "timings against timm, the optimized path and the machine's ceiling",
-    "make-speech-data": "a Speech Commands stand-in synthesised offline with eSpeak NG",
+    "make-speech-data": "a Speech Commands stand-in synthesised offline (eSpeak NG, Flite, Festival)",
     "spot": "keywords in WAV files with a trained keyword model",
+    "eval-speech": "a keyword model scored on every clip of a folder, per engine and voice",
+    "leave-one-engine-out": "a keyword recipe trained without each speech engine and scored on it",
 }
 """Every command, by its console name (``dszoo-<name>``), with what it does."""
 

@@ -1,11 +1,13 @@
-"""``dszoo-make-speech-data``: a Speech Commands stand-in synthesised with eSpeak NG, offline.
+"""``dszoo-make-speech-data``: a Speech Commands stand-in synthesised offline, with every speech
+engine installed (eSpeak NG from pip always; Flite and Festival where Debian's packages are).
 
-    dszoo-make-speech-data --out data/speech                # 200 speakers x 35 words, about a minute
-    dszoo-make-speech-data --out data/tiny --speakers 20 --words yes no up down
+    dszoo-make-speech-data --out data/speech                # 200 eSpeak NG speakers + every Flite/Festival voice
+    dszoo-make-speech-data --out data/tiny --speakers 20 --words yes no up down --engines espeak
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,33 +16,75 @@ from .cli import ArgumentParser, UsageError, positive_int, run_cli
 __all__ = ["cli", "main"]
 
 
+def _replace_interrupted(out: Path) -> None:
+    """Remove a dataset whose generation was interrupted (it holds the generator's marker),
+    provided it holds nothing but what the generator writes."""
+    from ..audio.make_data import GENERATING, MANIFEST
+
+    foreign = [p for p in out.rglob("*") if not (p.name in (GENERATING, MANIFEST) or p.is_dir() or
+                                                  (p.suffix == ".wav" and p.parent.parent == out) or
+                                                  (p.name.startswith(".") and p.name.endswith(".tmp")))]
+    if foreign:
+        raise UsageError(f"--out {out}: an interrupted dataset, but it also holds {foreign[0]}; "
+                         "remove that or choose a new folder")
+    shutil.rmtree(out)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..audio.make_data import OTHER_WORDS, generate_speech_data
+    from ..audio.engines import ENGINES, INSTALL
+    from ..audio.make_data import MAX_NOISE_SECONDS, OTHER_WORDS, generate_speech_data, interrupted_dataset, \
+        max_speakers, plan_speakers
+    from ..audio.engines import find_engines
     from ..audio.speech_commands import KEYWORDS
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="folder to create (must not hold files yet)")
-    p.add_argument("--speakers", type=positive_int, default=200, help="synthetic speakers (default %(default)s)")
+    p.add_argument("--out", required=True, help="folder to create (must not hold files yet, unless it is an "
+                                                "interrupted dataset, which is replaced)")
+    p.add_argument("--speakers", type=positive_int, default=200, help="eSpeak NG speakers (default %(default)s); "
+                   "Flite and Festival add each of their voices at 3 speeds x 3 pitches")
     p.add_argument("--words", nargs="+", default=list(KEYWORDS + OTHER_WORDS),
                    help="words each speaker says (default: the 35 Speech Commands words)")
+    p.add_argument("--engines", nargs="+", choices=list(ENGINES), default=None,
+                   help="speech engines to use (default: every one installed)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noise-seconds", type=positive_int, default=30, help="length of each background-noise file")
+    p.add_argument("--noise-seconds", type=positive_int, default=30,
+                   help=f"length of each background-noise file (at most {MAX_NOISE_SECONDS})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"--out {out}: exists and is not an empty folder; choose a new one")
     bad = [w for w in args.words if not w.isalpha() or not w.islower()]
     if bad:
         raise UsageError(f"--words: {', '.join(map(repr, bad))}: each must be a lower-case word (letters only)")
+    twice = sorted({w for w in args.words if args.words.count(w) > 1})
+    if twice:
+        raise UsageError(f"--words: {', '.join(map(repr, twice))} given more than once; each word is a folder")
+    if args.noise_seconds > MAX_NOISE_SECONDS:
+        raise UsageError(f"--noise-seconds {args.noise_seconds}: at most {MAX_NOISE_SECONDS} (ten minutes of each noise)")
+    if args.speakers > max_speakers():
+        raise UsageError(f"--speakers {args.speakers}: eSpeak NG's pool holds {max_speakers():,} distinct speakers")
+    found, missing = find_engines(args.engines)
+    if not found:
+        raise UsageError(f"--engines {' '.join(args.engines)}: none is installed (eSpeak NG: pip install "
+                         f"'dszoo[speech]'; the others: {INSTALL})")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not (out.is_dir() and interrupted_dataset(out)):
+            raise UsageError(f"--out {out}: exists and is not an empty folder; choose a new one")
+        print(f"note: {out} is a dataset whose generation was interrupted; replacing it")
+        _replace_interrupted(out)
+    for engine in missing:
+        print(f"note: speech engine {engine.name} not found; to add its voices: {engine.install}")
+    plans = plan_speakers([e.name for e in found], args.speakers, args.seed)
+    total = sum(len(plan.settings) for plan in plans) * len(args.words)
     from tqdm import tqdm
 
-    with tqdm(total=args.speakers * len(args.words), unit="clip", disable=args.quiet or None) as bar:
+    with tqdm(total=total, unit="clip", disable=args.quiet or None) as bar:
         made = generate_speech_data(out, speakers_count=args.speakers, words=args.words, seed=args.seed,
-                                    noise_seconds=args.noise_seconds, progress=bar.update)
+                                    noise_seconds=args.noise_seconds, engines=[e.name for e in found],
+                                    progress=bar.update)
     split = ", ".join(f"{len(v)} {k}" for k, v in made.speakers_by_split.items())
-    print(f"wrote {made.clips:,} clips of {len(args.words)} words by {args.speakers} speakers ({split}) and "
-          f"background noise to {out} in {made.seconds:.0f} s")
+    engines = ", ".join(f"{name} {clips:,}" for name, clips in made.clips_by_engine.items())
+    print(f"wrote {made.clips:,} clips ({engines}) of {len(args.words)} words by {len(plans)} speakers ({split}) "
+          f"and background noise to {out} in {made.seconds:.0f} s")
     return 0
 
 

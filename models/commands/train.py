@@ -33,6 +33,12 @@ def build_parser() -> ArgumentParser:
     a("--dataset", default=d.dataset, choices=DATASETS)
     a("--speech-task", default=d.speech_task, choices=("12", "all"),
       help="speech_commands: 12 (silence, unknown, ten keywords) or all (every word a class)")
+    a("--augment", default=d.augment, help="speech_commands: a preset (none, basic, voices) or levers joined by "
+      "commas, e.g. voices,-reverb (default %(default)s; see docs/keyword_spotting.md)")
+    a("--hold-out-engine", help="speech_commands from dszoo-make-speech-data: test on every clip of this speech "
+      "engine, train on the others")
+    a("--unknown-ratio", type=non_negative_float, default=d.unknown_ratio, help="speech_commands, 12-class task: "
+      "non-keyword clips per keyword clip in the training split (default %(default)s: 10%% of it, as the references)")
     a("--data-dir", help="for imagefolder (train/ and val/ inside), cifar10 (local files) and speech_commands")
     a("--classes", type=_class_list, help="digits only: e.g. 0,1,2,3,4")
     a("--fake-size", type=positive_int, default=d.fake_size, help="images in --dataset fake")

@@ -150,6 +150,9 @@ def build_datasets(
     fake_size: int = 64,
     num_classes: Optional[int] = None,
     speech_task: str = "12",
+    augment: str = "basic",
+    hold_out_engine: Optional[str] = None,
+    unknown_ratio: float = 0.125,
 ) -> DataSplits:
     """Train/val datasets for ``name`` shaped for a model with this ``pretrained_cfg``.
 
@@ -165,9 +168,11 @@ def build_datasets(
         if tuple(input_size) != (1, 49, 10):
             raise UsageError(f"--dataset speech_commands gives 1x49x10 MFCC features; this model takes "
                              f"{'x'.join(map(str, input_size))} (use a ds_cnn model)")
+        from ..audio.augment import parse_levers
         from ..audio.speech_commands import build_speech_commands
 
-        speech = build_speech_commands(data_dir, task=speech_task)
+        speech = build_speech_commands(data_dir, task=speech_task, augment=parse_levers(augment),
+                                       hold_out_engine=hold_out_engine, unknown_ratio=unknown_ratio)
         return DataSplits(speech.train, speech.val, len(speech.classes), speech.description, speech.test,
                           speech.classes)
     if classes:

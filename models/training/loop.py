@@ -225,7 +225,9 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
     if not cfg.eval_only and device.type == "cpu":
         check_memory(cfg, model)
     data = build_datasets(cfg.dataset, model.pretrained_cfg, data_dir=cfg.data_dir, classes=cfg.classes,
-                          fake_size=cfg.fake_size, num_classes=cfg.num_classes, speech_task=cfg.speech_task)
+                          fake_size=cfg.fake_size, num_classes=cfg.num_classes, speech_task=cfg.speech_task,
+                          augment=cfg.augment, hold_out_engine=cfg.hold_out_engine,
+                          unknown_ratio=cfg.unknown_ratio)
     if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
         raise UsageError(f"--num-classes {cfg.num_classes} disagrees with {data.description}: it has {data.num_classes} classes")
     if saved is not None and model.num_classes != data.num_classes:

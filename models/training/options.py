@@ -31,6 +31,9 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: Optional[str] = None
     speech_task: str = "12"
+    augment: str = "basic"  # speech_commands: audio.augment levers or preset
+    hold_out_engine: Optional[str] = None  # speech_commands: test on every clip of this engine, train on the rest
+    unknown_ratio: float = 0.125  # speech_commands, 12-class task: unknown clips per keyword clip in training
     precision: str = "fp32"  # with eval_only: also evaluate the model in bf16 or int8
     qat: bool = False  # quantization-aware training: fake int8 in every step, int8.pt2 at the end
     compile: bool = False
@@ -89,6 +92,9 @@ def check_arguments(cfg: TrainConfig) -> None:
         (cfg.eval_only and cfg.overwrite, "--eval-only writes no files; it does not take --overwrite"),
         (cfg.classes and cfg.dataset != "digits", f"--classes is for --dataset digits, not {cfg.dataset}"),
         (cfg.data_dir and cfg.dataset in ("digits", "fake"), f"--dataset {cfg.dataset} reads no --data-dir"),
+        *[(bad and cfg.dataset != "speech_commands", f"{flag} is for --dataset speech_commands, not {cfg.dataset}")
+          for bad, flag in ((cfg.augment != "basic", "--augment"), (cfg.hold_out_engine, "--hold-out-engine"),
+                            (cfg.unknown_ratio != 0.125, "--unknown-ratio"))],
         (cfg.max_batches is not None and cfg.eval_only, "--max-batches limits training; --eval-only does none"),
         (cfg.precision != "fp32" and not cfg.eval_only, f"--precision {cfg.precision} evaluates a model: it needs "
                                                         "--eval-only --pretrained PATH"),
@@ -100,6 +106,13 @@ def check_arguments(cfg: TrainConfig) -> None:
     for bad, message in pairs:
         if bad:
             raise UsageError(message)
+    if cfg.dataset == "speech_commands":
+        from ..audio.augment import parse_levers
+
+        try:
+            parse_levers(cfg.augment)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     _check_optimizer(cfg)
 
 def _check_optimizer(cfg: TrainConfig) -> None:

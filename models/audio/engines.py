@@ -1,0 +1,203 @@
+"""Speech engines the data generator can speak with: eSpeak NG in this process (the pip wheel,
+always there), and Flite and Festival, two independent synthesisers (Debian's ``flite`` and
+``festival`` packages with their ``festvox-*`` voices) run as programs. Each engine gives its
+voices at several speeds and pitches; the generator uses every engine it finds.
+
+Flite and Festival come from CMU and Edinburgh, and neither has a maintained Python binding:
+both are driven through their command lines (Flite one word a call; Festival one process a
+voice, reading a Scheme script of every word).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["ENGINES", "EngineVoice", "FestivalEngine", "FliteEngine", "SpeechEngine", "find_engines"]
+
+SAMPLE_RATE = 16000
+SPEEDS = (0.85, 1.0, 1.2)
+"""Duration stretch factors each voice of Flite and Festival speaks at (above 1: slower)."""
+PITCHES = (0.8, 1.0, 1.25)
+"""Pitch factors (of the voice's mean f0) each voice speaks at, where the engine can change it."""
+INSTALL = "apt-get install flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
+"""The one line that adds both optional engines and their English voices (Debian's main archive)."""
+
+
+@dataclass(frozen=True)
+class EngineVoice:
+    """One voice of an engine at one speed and pitch: what a synthetic clip was said with."""
+
+    engine: str
+    voice: str
+    speed: float = 1.0
+    pitch: float = 1.0
+
+
+def _read_wav_file(path: Path) -> np.ndarray:
+    """A synthesiser's WAV output as 16 kHz float32 (Flite's ``kal`` speaks at 8 kHz, Festival's
+    HTS voice at 32 kHz)."""
+    from .speech_commands import decode_wav
+    from .synth import resample
+
+    wave, rate, _ = decode_wav(path)
+    return resample(wave, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else wave
+
+
+class SpeechEngine:
+    """An engine: its name, how to install it, its voices, and ``say_all`` for many words.
+
+    ``speakers`` gives the engine's speakers, each a list of the settings its clips are said
+    with: a Flite or Festival voice is one speaker saying every word at each speed and pitch.
+    """
+
+    name = ""
+    install = ""
+
+    def available(self) -> bool:
+        raise NotImplementedError
+
+    def voices(self) -> list[str]:
+        raise NotImplementedError
+
+    def settings(self, voice: str) -> list[EngineVoice]:
+        """The speeds and pitches ``voice`` is spoken at."""
+        return [EngineVoice(self.name, voice, s, p) for s in SPEEDS for p in PITCHES]
+
+    def speakers(self, count: int, seed: int, voices: Optional[Sequence[str]] = None) -> list[tuple[str, list[Any]]]:
+        """``(speaker name, settings)`` of every voice, or of those of ``voices`` (``count`` and
+        ``seed`` are for engines that draw their speakers)."""
+        return [(f"{self.name}_{v}", self.settings(v)) for v in self.voices() if voices is None or v in voices]
+
+    def say_all(self, words: Sequence[str], setting: Any) -> list[np.ndarray]:
+        """Each of ``words`` said with ``setting``: 16 kHz float32 waves."""
+        raise NotImplementedError
+
+
+class FliteEngine(SpeechEngine):
+    """CMU Flite (Black & Lenzo 2001): its built-in voices, speed through ``duration_stretch`` and
+    pitch through ``int_f0_target_mean``."""
+
+    name = "flite"
+    install = "apt-get install flite"
+    BASE_F0 = {"kal": 100.0, "kal16": 100.0, "awb": 110.0, "rms": 100.0, "slt": 170.0}
+    """The voices used (``awb_time`` says only the time) and the mean f0 each is scaled from."""
+
+    def available(self) -> bool:
+        return shutil.which("flite") is not None
+
+    def voices(self) -> list[str]:
+        listed = subprocess.run(["flite", "-lv"], capture_output=True, text=True, timeout=30).stdout.split()
+        return [v for v in self.BASE_F0 if v in listed]
+
+    def say_all(self, words: Sequence[str], voice: EngineVoice) -> list[np.ndarray]:
+        waves = []
+        with tempfile.TemporaryDirectory(prefix="dszoo-flite-") as tmp:
+            out = Path(tmp) / "word.wav"
+            for word in words:
+                subprocess.run(["flite", "-voice", voice.voice, "--setf", f"duration_stretch={voice.speed}",
+                                "--setf", f"int_f0_target_mean={self.BASE_F0[voice.voice] * voice.pitch:.1f}",
+                                "-t", word, "-o", str(out)], check=True, capture_output=True, timeout=60)
+                waves.append(_read_wav_file(out))
+        return waves
+
+
+_FESTIVAL_PITCH = """(define (dszoo_pitch factor)
+  (if (and (boundp 'int_lr_params) int_lr_params)
+      (set! int_lr_params
+            (mapcar (lambda (p) (if (string-matches (car p) "target_f0_.*") (list (car p) (* factor (car (cdr p)))) p))
+                    int_lr_params))))
+"""
+
+
+class FestivalEngine(SpeechEngine):
+    """The Festival Speech Synthesis System (Taylor, Black & Caley 1998): its English voices,
+    speed through ``Duration_Stretch`` and, for the diphone voices, pitch through their
+    intonation model's target f0 (the HTS voice keeps its own pitch)."""
+
+    name = "festival"
+    install = "apt-get install festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
+    VOICES = ("kal_diphone", "ked_diphone", "rab_diphone", "cmu_us_slt_arctic_hts", "cmu_us_awb_cg",
+              "cmu_us_rms_cg", "cmu_us_slt_cg")
+    """The English voices it uses when installed."""
+
+    def available(self) -> bool:
+        return shutil.which("festival") is not None
+
+    def _run(self, script: str) -> str:
+        with tempfile.TemporaryDirectory(prefix="dszoo-festival-") as tmp:
+            path = Path(tmp) / "run.scm"
+            path.write_text(script)
+            done = subprocess.run(["festival", "-b", str(path)], capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"festival failed: {' '.join(done.stderr.split())[:200]}")
+        return done.stdout
+
+    def voices(self) -> list[str]:
+        listed = self._run("(print (voice.list))").replace("(", " ").replace(")", " ").split()
+        return [v for v in self.VOICES if v in listed]
+
+    def settings(self, voice: str) -> list[EngineVoice]:
+        pitches = PITCHES if voice.endswith("_diphone") else (1.0,)
+        return [EngineVoice(self.name, voice, s, p) for s in SPEEDS for p in pitches]
+
+    def say_all(self, words: Sequence[str], voice: EngineVoice) -> list[np.ndarray]:
+        if voice.voice not in self.VOICES or not all(w.isalpha() for w in words):
+            raise ValueError(f"festival: voice {voice.voice!r} or words {list(words)!r} not allowed")
+        with tempfile.TemporaryDirectory(prefix="dszoo-festival-") as tmp:
+            outs = [Path(tmp) / f"{i}.wav" for i in range(len(words))]
+            lines = [_FESTIVAL_PITCH, f"(voice_{voice.voice})", f"(dszoo_pitch {voice.pitch})",
+                     f"(Parameter.set 'Duration_Stretch {voice.speed})"]
+            lines += [f'(utt.save.wave (utt.synth (Utterance Text "{w}")) "{o}" \'riff)' for w, o in zip(words, outs)]
+            self._run("\n".join(lines) + "\n")
+            return [_read_wav_file(o) for o in outs]
+
+
+class ESpeakEngine(SpeechEngine):
+    """eSpeak NG through the ``espeakng-loader`` wheel (``synth.SpeechSynthesizer``); its speakers
+    are drawn by ``make_data.speakers`` (accents x variants x rates x pitches)."""
+
+    name = "espeak"
+    install = "pip install 'dszoo[speech]'"
+
+    def available(self) -> bool:
+        try:
+            import espeakng_loader  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def voices(self) -> list[str]:
+        from .make_data import ACCENTS, FOREIGN_VOICES
+
+        return list(ACCENTS + FOREIGN_VOICES)
+
+    def speakers(self, count: int, seed: int, voices: Optional[Sequence[str]] = None) -> list[tuple[str, list[Any]]]:
+        """``count`` speakers drawn by ``make_data.speakers`` (from the accents ``voices`` if
+        given), each saying every word once."""
+        from .make_data import speakers
+
+        return [(p.name, [p]) for p in speakers(count, seed, voices=voices)]
+
+    def say_all(self, words: Sequence[str], setting: Any) -> list[np.ndarray]:
+        from .synth import synthesizer
+
+        synth = synthesizer(SAMPLE_RATE)
+        return [synth.say(word, setting) for word in words]
+
+
+ENGINES: dict[str, SpeechEngine] = {e.name: e for e in (ESpeakEngine(), FliteEngine(), FestivalEngine())}
+"""Every engine the generator knows, by name."""
+
+
+def find_engines(names: Optional[Sequence[str]] = None) -> tuple[list[SpeechEngine], list[SpeechEngine]]:
+    """``(found, missing)`` of the engines ``names`` (all by default); an engine with no voices
+    installed counts as missing."""
+    chosen = [ENGINES[n] for n in (names or ENGINES)]
+    found = [e for e in chosen if e.available() and (e.name == "espeak" or e.voices())]
+    return found, [e for e in chosen if e not in found]

@@ -1,0 +1,141 @@
+"""Scoring a keyword model on every clip of a Speech Commands-layout folder, not one split of
+it: keywords right, unknown words called unknown, the keywords that non-keywords set off, a
+confusion by spoken word, and, where the folder's ``manifest.csv`` names them, rows per speech
+engine and per voice. ``snr_db`` adds the folder's background noise at that signal-to-noise
+ratio (``augment.add_noise``), drawn from a fixed seed."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+from .speech_commands import BACKGROUND_NOISE, SAMPLE_RATE, SILENCE, UNKNOWN, _background, _clip, read_wav
+from .spot import KeywordSpotter
+
+__all__ = ["GroupScore", "FolderScore", "score_folder"]
+
+
+@dataclass
+class GroupScore:
+    """Counts for one group of clips (all, one engine, one voice)."""
+
+    keyword_clips: int = 0
+    keywords_right: int = 0
+    unknown_clips: int = 0
+    unknown_right: int = 0  # called unknown
+    unknown_as_keyword: int = 0  # a keyword reported for a non-keyword
+
+    @property
+    def keyword_top1(self) -> float:
+        return 100.0 * self.keywords_right / self.keyword_clips if self.keyword_clips else float("nan")
+
+    @property
+    def unknown_rejected(self) -> float:
+        return 100.0 * self.unknown_right / self.unknown_clips if self.unknown_clips else float("nan")
+
+    @property
+    def false_keyword_rate(self) -> float:
+        return 100.0 * self.unknown_as_keyword / self.unknown_clips if self.unknown_clips else float("nan")
+
+    def as_dict(self) -> dict[str, float]:
+        return {"keyword_clips": self.keyword_clips, "keyword_top1": self.keyword_top1,
+                "unknown_clips": self.unknown_clips, "unknown_rejected": self.unknown_rejected,
+                "false_keyword_rate": self.false_keyword_rate}
+
+
+@dataclass
+class FolderScore:
+    """A model's score on a folder: overall, per engine, per voice, and the confusion of each
+    spoken word with the predicted classes."""
+
+    classes: list[str]
+    overall: GroupScore = field(default_factory=GroupScore)
+    engines: dict[str, GroupScore] = field(default_factory=lambda: defaultdict(GroupScore))
+    voices: dict[str, GroupScore] = field(default_factory=lambda: defaultdict(GroupScore))
+    confusion: dict[str, list[int]] = field(default_factory=dict)  # spoken word -> counts per predicted class
+
+    def as_dict(self) -> dict:
+        return {"classes": self.classes, "overall": self.overall.as_dict(),
+                "engines": {k: v.as_dict() for k, v in sorted(self.engines.items())},
+                "voices": {k: v.as_dict() for k, v in sorted(self.voices.items())},
+                "confusion": dict(sorted(self.confusion.items()))}
+
+
+def _clips(root: Path, engines: Optional[Sequence[str]]) -> list[tuple[str, str, str, str]]:
+    """``(path, word, engine, voice)`` of every clip in ``root`` (of ``engines`` only, if given)."""
+    from .make_data import interrupted_dataset, read_manifest
+
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such directory")
+    if interrupted_dataset(root):
+        raise UsageError(f"{root}: its generation did not finish; run dszoo-make-speech-data --out {root} again")
+    manifest = read_manifest(root)
+    if engines and not manifest:
+        raise UsageError(f"--engines: {root} has no manifest.csv naming each clip's engine")
+    known = sorted({row["engine"] for row in manifest.values()})
+    unknown = [e for e in engines or () if e not in known]
+    if unknown:
+        raise UsageError(f"--engines {' '.join(unknown)}: {root} holds clips of {', '.join(known)}")
+    out = []
+    for folder in sorted(d for d in root.iterdir() if d.is_dir() and d.name != BACKGROUND_NOISE and not d.name.startswith(".")):
+        for wav in sorted(folder.glob("*.wav")):
+            row = manifest.get(f"{folder.name}/{wav.name}", {})
+            engine, voice = row.get("engine", ""), f"{row.get('engine', '')}/{row.get('voice', '')}" if row else ""
+            if not engines or engine in engines:
+                out.append((str(wav), folder.name, engine, voice))
+    if not out:
+        raise UsageError(f"{root}: no clips to score (expected <word>/<name>.wav inside)")
+    return out
+
+
+def score_folder(spotter: KeywordSpotter, root: Path, engines: Optional[Sequence[str]] = None,
+                 snr_db: Optional[float] = None, seed: int = 0, chunk: int = 1024) -> FolderScore:
+    """Every clip of ``root`` through ``spotter``: a word the model has a class for is that
+    class, any other word is unknown (a model without an unknown class refuses such folders)."""
+    from .augment import add_noise
+
+    root = Path(root)
+    clips = _clips(root, engines)
+    classes = spotter.classes
+    index = {c: i for i, c in enumerate(classes)}
+    missing = sorted({w for _, w, _, _ in clips if w not in index} if UNKNOWN not in index else set())
+    if missing:
+        raise UsageError(f"{root}: the model has no class for the words {', '.join(missing[:5])} and no unknown class")
+    noises = _background(root) if snr_db is not None else []
+    if snr_db is not None and not noises:
+        raise UsageError(f"--snr {snr_db}: {root} has no {BACKGROUND_NOISE} folder of noise at least 1 s long")
+    rng = np.random.default_rng(seed)
+    score = FolderScore(list(classes))
+    for start in range(0, len(clips), chunk):
+        part = clips[start:start + chunk]
+        waves = torch.from_numpy(np.stack([_clip(_at_16k(path)) for path, _, _, _ in part]))
+        if snr_db is not None:
+            for k in range(len(waves)):
+                noise = noises[int(rng.integers(len(noises)))]
+                at = int(rng.integers(len(noise) - SAMPLE_RATE + 1))
+                waves[k] = torch.clamp(add_noise(waves[k], torch.from_numpy(noise[at:at + SAMPLE_RATE]), snr_db), -1, 1)
+        predicted = spotter.posteriors(waves).argmax(dim=1).tolist()
+        for (_, word, engine, voice), p in zip(part, predicted):
+            truth = index.get(word, index.get(UNKNOWN))
+            score.confusion.setdefault(word, [0] * len(classes))[p] += 1
+            for group in [score.overall] + ([score.engines[engine], score.voices[voice]] if engine else []):
+                if classes[truth] == UNKNOWN:
+                    group.unknown_clips += 1
+                    group.unknown_right += p == truth
+                    group.unknown_as_keyword += classes[p] not in (UNKNOWN, SILENCE)
+                else:
+                    group.keyword_clips += 1
+                    group.keywords_right += p == truth
+    return score
+
+
+def _at_16k(path: str) -> np.ndarray:
+    from .synth import resample
+
+    wave, rate = read_wav(path)
+    return resample(wave, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else wave

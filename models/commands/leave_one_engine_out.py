@@ -1,0 +1,96 @@
+"""``dszoo-leave-one-engine-out``: how well a keyword recipe hears speech engines it never heard.
+For each engine of a generated dataset: train on all the others (``dszoo-train --hold-out-engine``),
+then score the final epoch's model on every clip of the held-out engine, clean and with noise.
+Options it does not know are passed to ``dszoo-train``.
+
+    dszoo-leave-one-engine-out --data-dir data/speech --out-dir runs/loeo --model ds_cnn_s --epochs 60 --augment voices
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .cli import ArgumentParser, UsageError, run_cli
+
+__all__ = ["cli", "main"]
+
+
+def _table(rows: list[dict], snr: float) -> str:
+    lines = [f"| held-out engine | keywords right | unknown called unknown | keyword for unknown | keywords at {snr:g} dB |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['engine']} | {r['clean']['keyword_top1']:.2f}% of {r['clean']['keyword_clips']:,} | "
+                     f"{r['clean']['unknown_rejected']:.2f}% of {r['clean']['unknown_clips']:,} | "
+                     f"{r['clean']['false_keyword_rate']:.2f}% | {r['noisy']['keyword_top1']:.2f}% |")
+    return "\n".join(lines)
+
+
+def _pooled(rows: list[dict], which: str) -> dict:
+    kw = sum(r[which]["keyword_clips"] for r in rows)
+    right = sum(r[which]["keyword_top1"] * r[which]["keyword_clips"] / 100 for r in rows)
+    unk = sum(r[which]["unknown_clips"] for r in rows)
+    rejected = sum(r[which]["unknown_rejected"] * r[which]["unknown_clips"] / 100 for r in rows)
+    false = sum(r[which]["false_keyword_rate"] * r[which]["unknown_clips"] / 100 for r in rows)
+    return {"keyword_clips": kw, "keyword_top1": 100 * right / kw, "unknown_clips": unk,
+            "unknown_rejected": 100 * rejected / unk if unk else float("nan"),
+            "false_keyword_rate": 100 * false / unk if unk else float("nan")}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..audio.evaluate import score_folder
+    from ..audio.make_data import read_manifest
+    from ..audio.spot import load_spotter
+    from ..files import atomic_path
+    from ..training import TrainConfig, train
+    from .train import build_parser
+
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="a dszoo-make-speech-data folder of two or more engines")
+    p.add_argument("--out-dir", required=True, help="a new folder: one run per engine, loeo.json and loeo.md")
+    p.add_argument("--engines", nargs="+", help="engines to hold out in turn (default: every one in the manifest)")
+    p.add_argument("--snr", type=float, default=10.0, help="SNR in dB of the noisy scoring (default %(default)s)")
+    args, train_args = p.parse_known_args(argv)
+    data, out = Path(args.data_dir), Path(args.out_dir)
+    for flag in ("--dataset", "--data-dir", "--hold-out-engine", "--out-dir", "--resume", "--eval-only"):
+        if any(a == flag or a.startswith(flag + "=") for a in train_args):
+            raise UsageError(f"{flag}: set by dszoo-leave-one-engine-out itself; leave it out")
+    engines = sorted({row["engine"] for row in read_manifest(data).values()}) if data.is_dir() else []
+    if len(engines) < 2:
+        raise UsageError(f"--data-dir {data}: needs a dszoo-make-speech-data folder with clips of two or more "
+                         f"speech engines (it has {', '.join(engines) or 'no manifest.csv'})")
+    held_out = args.engines or engines
+    unknown = [e for e in held_out if e not in engines]
+    if unknown:
+        raise UsageError(f"--engines {' '.join(unknown)}: {data} holds clips of {', '.join(engines)}")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out-dir {out}: exists and is not empty; choose a new folder")
+    parser = build_parser()
+    rows = []
+    for engine in held_out:
+        run = out / f"without_{engine}"
+        cfg = TrainConfig(**vars(parser.parse_args([*train_args, "--dataset", "speech_commands", "--data-dir",
+                                                    str(data), "--hold-out-engine", engine, "--out-dir", str(run)])))
+        print(f"== holding out {engine}: training on {', '.join(e for e in engines if e != engine)}")
+        train(cfg)
+        spotter = load_spotter(run / "last.pt")
+        clean = score_folder(spotter, data, [engine]).overall.as_dict()
+        noisy = score_folder(spotter, data, [engine], snr_db=args.snr).overall.as_dict()
+        rows.append({"engine": engine, "checkpoint": str(run / "last.pt"), "clean": clean, "noisy": noisy})
+        print(f"held-out {engine}: keywords {clean['keyword_top1']:.2f}%, unknown called unknown "
+              f"{clean['unknown_rejected']:.2f}%, keywords at {args.snr:g} dB {noisy['keyword_top1']:.2f}%")
+    summary = {"data_dir": str(data), "train_args": list(train_args), "snr_db": args.snr, "engines": rows,
+               "pooled": {"clean": _pooled(rows, "clean"), "noisy": _pooled(rows, "noisy")}}
+    table = _table(rows + [{"engine": "pooled", **summary["pooled"]}], args.snr)
+    with atomic_path(out / "loeo.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=1) + "\n")
+    with atomic_path(out / "loeo.md") as tmp:
+        Path(tmp).write_text(f"`dszoo-train {' '.join(train_args)}` on {data}, final epoch:\n\n{table}\n")
+    print(table)
+    return 0
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point: user errors as one ``error:`` line and exit code 2."""
+    return run_cli(main, argv)

@@ -1,0 +1,227 @@
+"""Speech from several engines: the generator with each engine, its manifest and its marker of an
+unfinished dataset, the augmentation levers, scoring a whole folder, and the leave-one-engine-out
+protocol."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_in_process
+from dszoo.audio import augment as A
+from dszoo.audio.engines import ENGINES, find_engines
+from dszoo.audio.evaluate import score_folder
+from dszoo.audio.make_data import GENERATING, MANIFEST, generate_speech_data, read_manifest
+from dszoo.audio.speech_commands import KEYWORDS, SILENCE, UNKNOWN, _index, build_speech_commands, read_wav
+from dszoo.audio.spot import KeywordSpotter
+from dszoo.errors import UsageError
+
+WORDS = ("yes", "no", "left", "bed")
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_each_engine_writes_its_clips_and_manifest(engine: str, tmp_path: Path) -> None:
+    """Every engine the generator knows, where installed (eSpeak NG comes with pip and is never
+    skipped): 16 kHz one-second clips that are not silent, one manifest row each."""
+    if engine != "espeak" and not find_engines([engine])[0]:
+        pytest.skip(f"speech engine {engine} not installed ({ENGINES[engine].install})")
+    made = generate_speech_data(tmp_path, speakers_count=3, words=WORDS, seed=0, noise_seconds=2, engines=[engine])
+    rows = list(csv.DictReader(open(tmp_path / MANIFEST)))
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/*.wav")
+                   if p.parent.name != "_background_noise_")
+    assert sorted(r["file"] for r in rows) == files and len(files) == made.clips == made.clips_by_engine[engine]
+    assert {r["engine"] for r in rows} == {engine} and made.engines == [engine]
+    assert all(r["word"] == r["file"].split("/")[0] for r in rows)
+    speakers = {r["speaker"] for r in rows}
+    assert made.clips == sum(len(WORDS) * sum(1 for r in rows if r["speaker"] == s and r["word"] == "yes")
+                             for s in speakers)
+    for row in rows[:: max(1, len(rows) // 12)]:
+        wave, rate = read_wav(tmp_path / row["file"])
+        assert rate == 16000 and len(wave) == 16000 and np.abs(wave).max() > 0.2, row
+    assert not (tmp_path / GENERATING).exists()
+
+
+def test_an_interrupted_dataset_is_refused_then_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "speech"
+
+    def interrupt(_: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_speech_data(out, speakers_count=4, words=WORDS, engines=["espeak"], progress=interrupt)
+    assert (out / GENERATING).exists() and not (out / MANIFEST).exists()
+    with pytest.raises(UsageError, match=f"its generation did not finish \\({GENERATING} is still there\\); run "
+                                         f"dszoo-make-speech-data --out {out} again to replace it"):
+        build_speech_commands(out)
+    bad = run_in_process("train", ["--model", "ds_cnn_s", "--dataset", "speech_commands", "--data-dir", str(out)])
+    assert bad.returncode == 2 and "its generation did not finish" in bad.stderr
+    again = run_in_process("make_speech_data", ["--out", str(out), "--speakers", "20", "--words", *KEYWORDS, "bed",
+                                                "--engines", "espeak", "--noise-seconds", "2", "-q"])
+    assert again.returncode == 0, again.stderr
+    assert f"note: {out} is a dataset whose generation was interrupted; replacing it" in again.stdout
+    assert "wrote 220 clips (espeak 220) of 11 words by 20 speakers" in again.stdout
+    assert len(read_manifest(out)) == 220 == len(list(out.glob("*/*_nohash_*.wav")))
+    assert not (out / GENERATING).exists() and build_speech_commands(out).classes[:2] == [SILENCE, UNKNOWN]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--speakers", "4000"], "--speakers 4000: eSpeak NG's pool holds 3,414 distinct speakers"),
+    (["--words", "yes", "yes", "no"], "--words: 'yes' given more than once; each word is a folder"),
+    (["--noise-seconds", "2000000000"], "--noise-seconds 2000000000: at most 600 (ten minutes of each noise)"),
+])
+def test_make_speech_data_refuses_counts_it_cannot_honour(args: list[str], message: str, tmp_path: Path) -> None:
+    res = run_in_process("make_speech_data", ["--out", str(tmp_path / "d"), *args])
+    assert res.returncode == 2 and res.stderr == f"error: {message}\n"
+    assert not (tmp_path / "d").exists()
+
+
+# --- augmentation -------------------------------------------------------------------------------
+
+def _word_clip() -> torch.Tensor:
+    t = torch.arange(16000) / 16000
+    wave = torch.zeros(16000)
+    wave[5000:11000] = 0.5 * torch.sin(2 * math.pi * 300 * t[5000:11000]) * torch.hann_window(6000)
+    return wave
+
+
+@pytest.mark.parametrize("lever", [lv for lv in A.LEVERS if lv != "specaugment"])
+def test_each_lever_changes_the_clip_and_keeps_its_length_and_dtype(lever: str) -> None:
+    noise = (torch.rand(48000, generator=torch.Generator().manual_seed(1)) - 0.5)
+    clip = _word_clip()
+    augmenter = A.Augmenter((lever,), torch.Generator().manual_seed(0), (noise,))
+    outs = [augmenter.wave(clip) for _ in range(8)]
+    assert all(o.shape == clip.shape and o.dtype == clip.dtype for o in outs)
+    assert sum(not torch.equal(o, clip) for o in outs) >= 4, lever  # the noise levers act 80% of the time
+    assert torch.equal(clip, _word_clip())  # the input is not changed in place
+
+
+def test_levers_do_what_they_say() -> None:
+    g = torch.Generator().manual_seed(0)
+    clip, noise = _word_clip(), torch.randn(16000, generator=g)
+    mixed = A.add_noise(clip, noise, 10.0)
+    snr = 10 * torch.log10(clip.pow(2).mean() / (mixed - clip).pow(2).mean())
+    assert abs(float(snr) - 10.0) < 1e-4
+    loud = lambda w: int((w.abs() > 0.05).nonzero()[-1] - (w.abs() > 0.05).nonzero()[0])  # noqa: E731
+    assert abs(loud(A.speed(clip, 1.25)) - loud(clip) / 1.25) < 30 and abs(loud(A.speed(clip, 0.8)) - loud(clip) / 0.8) < 30
+    assert torch.equal(A.shift(clip, 100)[100:], clip[:-100]) and torch.equal(A.shift(clip, -100)[:-100], clip[100:])
+    assert torch.allclose(A.equalise(clip, g, band_limit=True).norm(), clip.norm(), rtol=1e-4)
+    wet = A.reverb(clip, 0.5, 0.0, g)
+    assert wet[11000:].abs().max() > 0.01 and clip[11000:].abs().max() == 0  # the room's tail after the word
+    white = torch.randn(16000, generator=g)
+    top = lambda w: float(torch.fft.rfft(w).abs()[7500:].pow(2).sum() / torch.fft.rfft(w).abs().pow(2).sum())  # noqa: E731
+    limited = np.mean([top(A.equalise(white, g, band_limit=True)) for _ in range(20)])
+    assert limited < np.mean([top(A.equalise(white, g)) for _ in range(20)]) / 4  # low-passed below 7 kHz
+    mfcc = torch.randn(1, 49, 10, generator=g)
+    masked = A.spec_augment(mfcc, torch.Generator().manual_seed(3), max_frames=8, max_coefficients=2)
+    changed = (masked != mfcc)
+    assert changed[..., 0].sum() <= 2 * 8 and changed.any() and masked.shape == mfcc.shape
+
+
+@pytest.mark.parametrize("text, levers", [
+    ("basic", ("shift", "noise")),
+    ("voices,-reverb", ("shift", "snr", "speed", "gain", "eq", "specaugment")),
+    ("shift,speed", ("shift", "speed")),
+    ("none", ()),
+])
+def test_augment_presets_and_levers(text: str, levers: tuple[str, ...]) -> None:
+    assert A.parse_levers(text) == levers
+
+
+def test_augment_refuses_what_it_does_not_know() -> None:
+    with pytest.raises(ValueError, match="'echo' is neither a preset \\(none, basic, voices\\) nor a lever"):
+        A.parse_levers("basic,echo")
+    res = run_in_process("train", ["--dataset", "digits", "--augment", "voices"])
+    assert res.returncode == 2 and res.stderr == "error: --augment is for --dataset speech_commands, not digits\n"
+
+
+# --- a dataset of two engines -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_engines(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """eSpeak NG data whose manifest calls half of its speakers another engine ("other"): the
+    protocol's bookkeeping without a Debian package."""
+    root = tmp_path_factory.mktemp("two_engines")
+    generate_speech_data(root, speakers_count=40, words=KEYWORDS + ("bed", "cat"), seed=1, noise_seconds=2,
+                         engines=["espeak"])
+    rows = list(csv.DictReader(open(root / MANIFEST)))
+    speakers = sorted({r["speaker"] for r in rows})
+    for r in rows:
+        if speakers.index(r["speaker"]) % 2:
+            r["engine"] = "other"
+    with open(root / MANIFEST, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_holding_out_an_engine_tests_on_all_of_it(two_engines: Path) -> None:
+    manifest = read_manifest(two_engines)
+    _, items = _index(two_engines, "all", 0, hold_out_engine="other")
+    rel = lambda f: Path(f).relative_to(two_engines).as_posix()  # noqa: E731
+    assert sorted(map(rel, items["testing"].files)) == sorted(f for f, r in manifest.items() if r["engine"] == "other")
+    assert all(manifest[rel(f)]["engine"] == "espeak" for split in ("training", "validation")
+               for f in items[split].files)
+    with pytest.raises(UsageError, match="--hold-out-engine flite: .* holds clips of espeak, other"):
+        _index(two_engines, "all", 0, hold_out_engine="flite")
+
+
+class _Always(nn.Module):
+    """A stand-in model that hears class ``k`` in every clip."""
+
+    def __init__(self, k: int, classes: int) -> None:
+        super().__init__()
+        self.k, self.classes = k, classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(x), self.classes)
+        out[:, self.k] = 1.0
+        return out
+
+
+@pytest.mark.parametrize("heard", ["yes", UNKNOWN])
+def test_scoring_a_folder_counts_every_clip_by_engine(two_engines: Path, heard: str) -> None:
+    classes = [SILENCE, UNKNOWN, *KEYWORDS]
+    spotter = KeywordSpotter(_Always(classes.index(heard), len(classes)), classes)
+    score = score_folder(spotter, two_engines)
+    manifest = read_manifest(two_engines)
+    for engine in ("espeak", "other"):
+        rows = [r for r in manifest.values() if r["engine"] == engine]
+        group = score.engines[engine]
+        assert group.keyword_clips == sum(r["word"] in KEYWORDS for r in rows)
+        assert group.unknown_clips == sum(r["word"] not in KEYWORDS for r in rows)
+        yes = sum(r["word"] == "yes" for r in rows)
+        assert group.keyword_top1 == pytest.approx(100 * yes / group.keyword_clips if heard == "yes" else 0)
+        assert group.unknown_rejected == (0 if heard == "yes" else 100)
+        assert group.false_keyword_rate == (100 if heard == "yes" else 0)
+    assert score.overall.keyword_clips == sum(g.keyword_clips for g in score.engines.values())
+    assert score.confusion["bed"][classes.index(heard)] == sum(r["word"] == "bed" for r in manifest.values())
+    noisy = score_folder(spotter, two_engines, engines=["other"], snr_db=10)
+    assert noisy.overall.keyword_clips == score.engines["other"].keyword_clips and set(noisy.engines) == {"other"}
+
+
+def test_leave_one_engine_out_trains_without_each_engine_and_scores_it(two_engines: Path, tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "loeo"
+    res = run_in_process("leave_one_engine_out", ["--data-dir", str(two_engines), "--out-dir", str(out),
+                                                  "--model", "ds_cnn_s", "--epochs", "2", "--batch-size", "64", "-qq",
+                                                  "--augment", "voices"])
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "loeo.json").read_text())
+    manifest = read_manifest(two_engines)
+    assert [r["engine"] for r in summary["engines"]] == ["espeak", "other"]
+    for row in summary["engines"]:
+        assert row["clean"]["keyword_clips"] == sum(r["engine"] == row["engine"] and r["word"] in KEYWORDS
+                                                    for r in manifest.values())
+        assert Path(row["checkpoint"]).is_file()
+    pooled = summary["pooled"]["clean"]
+    assert pooled["keyword_clips"] == sum(r["word"] in KEYWORDS for r in manifest.values())
+    assert "| pooled |" in (out / "loeo.md").read_text()
+    again = run_in_process("leave_one_engine_out", ["--data-dir", str(two_engines), "--out-dir", str(out)])
+    assert again.returncode == 2 and "exists and is not empty" in again.stderr
