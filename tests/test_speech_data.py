@@ -225,3 +225,46 @@ def test_leave_one_engine_out_trains_without_each_engine_and_scores_it(two_engin
     assert "| pooled |" in (out / "loeo.md").read_text()
     again = run_in_process("leave_one_engine_out", ["--data-dir", str(two_engines), "--out-dir", str(out)])
     assert again.returncode == 2 and "exists and is not empty" in again.stderr
+
+
+# --- streaming ----------------------------------------------------------------------------------
+
+def _peak_numpy_bytes(run) -> int:  # noqa: ANN001 - a callable
+    import tracemalloc
+
+    tracemalloc.start()
+    run()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_a_long_recording_is_scanned_in_bounded_memory_with_the_same_answers(rate: int, tmp_path: Path) -> None:
+    """Recordings read a chunk at a time: the windows' posteriors equal those of the whole
+    recording read at once, and the memory numpy holds does not grow with the length."""
+    from scipy.io import wavfile
+
+    from dszoo import create_model
+    from dszoo.audio.spot import load_audio, stream_audio
+    from dszoo.audio.synth import resample
+
+    g = np.random.default_rng(0)
+    paths = {}
+    for minutes in (2, 4):
+        samples = (g.standard_normal(minutes * 60 * rate) * 3000).astype(np.int16)
+        paths[minutes] = tmp_path / f"{minutes}min.wav"
+        wavfile.write(paths[minutes], rate, samples)
+    torch.manual_seed(0)
+    spotter = KeywordSpotter(create_model("ds_cnn_s"), [SILENCE, UNKNOWN, *KEYWORDS])
+    whole = samples.astype(np.float32) / 32768
+    whole = resample(whole, rate, 16000) if rate != 16000 else whole
+    pieces = list(stream_audio(paths[4]).chunks(30.0))
+    assert sum(map(len, pieces)) == len(whole) and np.abs(np.concatenate(pieces) - whole).max() < 1e-5
+    result = {}
+    peaks = {m: _peak_numpy_bytes(lambda m=m: result.update({m: spotter.window_posteriors(stream_audio(paths[m]).chunks(30.0))}))
+             for m in paths}
+    assert peaks[4] < 1.1 * peaks[2] and peaks[4] < 32 * 2**20, peaks  # twice the length, the same memory
+    starts, streamed = result[4]
+    assert len(starts) == (len(whole) - 16000) // 1600 + 1
+    assert torch.allclose(streamed, spotter.window_posteriors(load_audio(paths[4])[0])[1], atol=1e-5)

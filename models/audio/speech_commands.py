@@ -29,8 +29,8 @@ from ..errors import UsageError
 from ..files import regular_file
 from .mfcc import MFCC
 
-__all__ = ["BACKGROUND_NOISE", "KEYWORDS", "SILENCE", "SpeechCommands", "UNKNOWN", "build_speech_commands",
-           "decode_wav", "read_wav", "which_set"]
+__all__ = ["BACKGROUND_NOISE", "KEYWORDS", "SILENCE", "SpeechCommands", "UNKNOWN", "as_mono_float",
+           "build_speech_commands", "decode_wav", "read_wav", "which_set"]
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
@@ -60,13 +60,17 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
 or hostile header (a 1 s file claiming 10 MHz would cost gigabytes to resample)."""
 
 
-def decode_wav(path: PathLike) -> tuple[np.ndarray, int, int]:
-    """``(samples, rate, channels)`` of a WAV file: float32 in [-1, 1], channels mixed down
-    (SciPy's reader: PCM of 8 to 32 bits and float). A file that is not audio is a ``UsageError``."""
+def _open_wav(path: PathLike, mmap: bool = False) -> tuple[int, np.ndarray]:
+    """``(rate, samples)`` as SciPy reads them (``mmap``: mapped, not read), the header checked."""
     from scipy.io import wavfile
 
     try:
-        rate, data = wavfile.read(regular_file(path, "audio file"))
+        try:
+            rate, data = wavfile.read(regular_file(path, "audio file"), mmap=mmap)
+        except ValueError:
+            if not mmap:
+                raise
+            rate, data = wavfile.read(regular_file(path, "audio file"))  # 24-bit PCM cannot be mapped
     except (ValueError, OSError, EOFError, ArithmeticError, LookupError, UnboundLocalError, struct.error) as exc:
         # scipy's reader: a header of 0 channels or 0 bits divides by zero, a bad chunk size
         # leaves a local unset; each is a file that is not audio
@@ -75,6 +79,12 @@ def decode_wav(path: PathLike) -> tuple[np.ndarray, int, int]:
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise UsageError(f"{path}: sample rate {rate} Hz in its header; allowed: {MIN_SAMPLE_RATE:,} to "
                          f"{MAX_SAMPLE_RATE:,} Hz")
+    return int(rate), data
+
+
+def as_mono_float(data: np.ndarray, path: PathLike) -> np.ndarray:
+    """WAV samples (any SciPy dtype, channels last) as mono float32 in [-1, 1]; non-finite
+    samples are refused naming ``path``."""
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise UsageError(f"{path}: holds NaN or infinite samples; audio must be finite")
     if data.dtype.kind in "iu":
@@ -82,8 +92,14 @@ def decode_wav(path: PathLike) -> tuple[np.ndarray, int, int]:
         wave = (data.astype(np.float32) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
     else:
         wave = data.astype(np.float32)
-    channels = wave.shape[1] if wave.ndim == 2 else 1
-    return (wave.mean(axis=1) if wave.ndim == 2 else wave), int(rate), channels
+    return wave.mean(axis=1) if wave.ndim == 2 else wave
+
+
+def decode_wav(path: PathLike) -> tuple[np.ndarray, int, int]:
+    """``(samples, rate, channels)`` of a WAV file: float32 in [-1, 1], channels mixed down
+    (SciPy's reader: PCM of 8 to 32 bits and float). A file that is not audio is a ``UsageError``."""
+    rate, data = _open_wav(path)
+    return as_mono_float(data, path), rate, (data.shape[1] if data.ndim == 2 else 1)
 
 
 def read_wav(path: PathLike) -> tuple[np.ndarray, int]:

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .mfcc import MFCC
-from .speech_commands import SAMPLE_RATE, SILENCE, UNKNOWN, decode_wav
+from .speech_commands import SAMPLE_RATE, SILENCE, UNKNOWN
 
-__all__ = ["Detection", "KeywordSpotter", "load_audio", "load_spotter"]
+__all__ = ["AudioStream", "Detection", "KeywordSpotter", "load_audio", "load_spotter", "stream_audio"]
 
 
 @dataclass(frozen=True)
@@ -51,17 +51,47 @@ class KeywordSpotter:
         values, indices = probs.topk(min(k, len(self.classes)))
         return [(self.classes[i], float(v)) for v, i in zip(values, indices)]
 
-    def scan(self, wave: np.ndarray, hop_seconds: float = 0.1, smooth_windows: int = 3, threshold: float = 0.7,
-             refractory_seconds: float = 1.0) -> list[Detection]:
-        """Keywords in a recording of any length: posteriors of 1 s windows every ``hop_seconds``,
-        averaged over ``smooth_windows`` neighbours; a keyword (not silence or unknown) whose
-        smoothed probability reaches ``threshold`` is reported at its peak, then the same word
-        is not reported again for ``refractory_seconds``."""
+    def window_posteriors(self, audio: Union[np.ndarray, Iterable[np.ndarray]], hop_seconds: float = 0.1,
+                          batch: int = 64) -> tuple[list[int], torch.Tensor]:
+        """Start samples and class probabilities of the 1 s windows every ``hop_seconds`` of a
+        recording, given whole or as consecutive chunks (``stream_audio``): memory stays within
+        a chunk and a second whatever the length. A recording shorter than 1 s is one window,
+        zero-padded."""
         hop = int(round(hop_seconds * SAMPLE_RATE))
-        padded = np.concatenate([wave, np.zeros(max(0, SAMPLE_RATE - len(wave)), np.float32)])
-        starts = list(range(0, len(padded) - SAMPLE_RATE + 1, hop))
-        windows = torch.from_numpy(np.stack([padded[s:s + SAMPLE_RATE] for s in starts]))
-        probs = self.posteriors(windows)
+        chunks = [audio] if isinstance(audio, np.ndarray) else audio
+        buffer, offset, next_start = np.zeros(0, np.float32), 0, 0
+        starts: list[int] = []
+        probs: list[torch.Tensor] = []
+
+        def flush(last_start: int) -> None:
+            nonlocal next_start
+            todo = list(range(next_start, last_start + 1, hop))
+            for i in range(0, len(todo), batch):
+                part = todo[i:i + batch]
+                windows = np.stack([buffer[s - offset:s - offset + SAMPLE_RATE] for s in part])
+                probs.append(self.posteriors(torch.from_numpy(windows)))
+            starts.extend(todo)
+            next_start = todo[-1] + hop if todo else next_start
+
+        for chunk in chunks:
+            buffer = np.concatenate([buffer, np.asarray(chunk, np.float32)])
+            flush(offset + len(buffer) - SAMPLE_RATE)
+            drop = min(next_start - offset, len(buffer))
+            buffer, offset = buffer[drop:], offset + drop
+        if not starts:  # shorter than one window
+            buffer = np.concatenate([buffer, np.zeros(SAMPLE_RATE - len(buffer), np.float32)])
+            offset, next_start = 0, 0
+            flush(0)
+        return starts, torch.cat(probs)
+
+    def scan(self, audio: Union[np.ndarray, Iterable[np.ndarray]], hop_seconds: float = 0.1, smooth_windows: int = 3,
+             threshold: float = 0.7, refractory_seconds: float = 1.0) -> list[Detection]:
+        """Keywords in a recording of any length (whole, or chunks as ``stream_audio`` gives
+        them): posteriors of 1 s windows every ``hop_seconds``, averaged over ``smooth_windows``
+        neighbours; a keyword (not silence or unknown) whose smoothed probability reaches
+        ``threshold`` is reported at its peak, then the same word is not reported again for
+        ``refractory_seconds``."""
+        starts, probs = self.window_posteriors(audio, hop_seconds)
         kernel = torch.ones(1, 1, smooth_windows) / smooth_windows
         smoothed = nn.functional.conv1d(probs.T.unsqueeze(1), kernel, padding=smooth_windows // 2).squeeze(1).T
         smoothed = smoothed[: len(starts)]
@@ -107,11 +137,58 @@ def load_spotter(checkpoint: Union[str, Path]) -> KeywordSpotter:
 
 def load_audio(path: Union[str, Path]) -> tuple[np.ndarray, list[str]]:
     """A recording as 16 kHz mono float32, and notes on what was converted."""
-    from .synth import resample
+    stream = stream_audio(path)
+    return (np.concatenate(list(stream.chunks())) if stream.frames else np.zeros(0, np.float32)), stream.notes
 
-    wave, rate, channels = decode_wav(path)
+
+@dataclass
+class AudioStream:
+    """A WAV file read a chunk at a time (memory-mapped where SciPy can), as 16 kHz mono float32."""
+
+    path: str
+    rate: int
+    channels: int
+    frames: int
+    data: np.ndarray  # SciPy's samples, mapped or read
+    notes: list[str]
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.rate
+
+    def chunks(self, seconds: float = 30.0) -> Iterator[np.ndarray]:
+        """Consecutive pieces of about ``seconds`` each, resampled to 16 kHz piece by piece: each
+        piece starts on a multiple of the resampler's ``down`` input samples (so its output
+        starts on a whole sample) and is filtered with a second of input on each side."""
+        from .speech_commands import as_mono_float
+        from .synth import resample_ratio
+
+        if self.rate == SAMPLE_RATE:
+            step = int(seconds * SAMPLE_RATE)
+            for a in range(0, self.frames, step):
+                yield as_mono_float(self.data[a:a + step], self.path)
+            return
+        from scipy.signal import resample_poly
+
+        up, down = resample_ratio(self.rate, SAMPLE_RATE)
+        step = max(down, int(seconds * self.rate) // down * down)
+        margin = (self.rate // down + 1) * down  # at least a second of input, a multiple of down
+        total = -(-self.frames * up // down)  # what resample_poly gives for the whole file
+        for a in range(0, self.frames, step):
+            lo, hi = max(0, a - margin), min(self.frames, a + step + margin)
+            out = resample_poly(as_mono_float(self.data[lo:hi], self.path), up, down).astype(np.float32)
+            first = (a - lo) * up // down
+            count = step * up // down if a + step < self.frames else total - a * up // down
+            yield out[first:first + count]
+
+
+def stream_audio(path: Union[str, Path]) -> AudioStream:
+    """``path`` opened for reading in chunks, with notes on what is converted."""
+    from .speech_commands import _open_wav
+
+    rate, data = _open_wav(path, mmap=True)
+    channels = data.shape[1] if data.ndim == 2 else 1
     notes = [f"mixed {channels} channels down to mono"] if channels > 1 else []
     if rate != SAMPLE_RATE:
-        wave = resample(wave, rate, SAMPLE_RATE)
         notes.append(f"resampled from {rate} Hz to {SAMPLE_RATE} Hz")
-    return wave, notes
+    return AudioStream(str(path), rate, channels, len(data), data, notes)

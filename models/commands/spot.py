@@ -19,7 +19,9 @@ LONG_SECONDS = 1.5
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..audio.spot import load_audio, load_spotter
+    import numpy as np
+
+    from ..audio.spot import load_spotter, stream_audio
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a dszoo-train checkpoint of a speech_commands run")
@@ -40,16 +42,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for note in spotter.notes:
         print(f"note: {note}")
     for path in files:
-        wave, notes = load_audio(path)
-        note = f" (note: {'; '.join(notes)})" if notes else ""
-        seconds = len(wave) / 16000
-        if seconds <= LONG_SECONDS:
+        stream = stream_audio(path)
+        note = f" (note: {'; '.join(stream.notes)})" if stream.notes else ""
+        if stream.seconds <= LONG_SECONDS:
+            wave = np.concatenate(list(stream.chunks())) if stream.frames else np.zeros(0, np.float32)
             ranked = ", ".join(f"{word} {prob:.2f}" for word, prob in spotter.top_k(wave, args.top_k))
             print(f"{path}: {ranked}{note}")
             continue
-        found = spotter.scan(wave, threshold=args.threshold)
+        found = spotter.scan(stream.chunks(), threshold=args.threshold)
         heard = "; ".join(f"{d.seconds:.1f} s {d.keyword} {d.probability:.2f}" for d in found) or "no keyword heard"
-        print(f"{path} ({seconds:.1f} s): {heard}{note}")
+        print(f"{path} ({stream.seconds:.1f} s): {heard}{note}")
     return 0
 
 
