@@ -219,6 +219,8 @@ class ModelConfig(_Strict):
     family: str
     paper: str = ""
     timm_name: Optional[str] = None  # timm's name for this network, whose weights pretrained=True loads
+    bundled_weights: Optional[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+\.safetensors$")]] = None
+    """A file shipped in ``dszoo.pretrained`` that ``pretrained=True`` loads (before timm's)."""
     input_size: tuple[PosInt, PosInt, PosInt] = (3, 224, 224)
     min_input_size: Optional[tuple[PosInt, PosInt]] = None
     num_classes: Annotated[int, Field(strict=True, ge=0, le=MAX_INT)] = 1000

@@ -141,7 +141,8 @@ def create_model(
     Args:
         name: a name from ``list_models()``, a YAML file, or ``file.yaml:variant``.
         pretrained: a checkpoint of ours or a timm state dict (``dszoo.load_pretrained``); True:
-            timm's weights for the model from the local cache (``dszoo.weights.cached_timm_weights``).
+            the weights the package ships for it (config key ``bundled_weights``), else timm's
+            from the local cache (``dszoo.weights.cached_timm_weights``).
         features_only: return a ``ZooFeatures`` backbone giving the ``feature_info`` maps.
         out_indices: which feature levels ``features_only`` returns (default: all).
         allow_large: build even above ``dszoo.plan.MAX_PARAMS`` parameters or
@@ -151,9 +152,9 @@ def create_model(
     """
     model = build_model(get_model_config(name, **overrides), allow_large)
     if pretrained is True:
-        from .weights import cached_timm_weights
+        from .weights import bundled_weights, cached_timm_weights
 
-        pretrained = cached_timm_weights(model.cfg)
+        pretrained = bundled_weights(model.cfg) if model.cfg.bundled_weights else cached_timm_weights(model.cfg)
     if pretrained is not None and pretrained is not False:
         from .weights import load_pretrained
 

@@ -23,6 +23,7 @@ from .builder import ZooNet
 __all__ = [
     "CheckpointError",
     "LoadReport",
+    "bundled_weights",
     "cached_timm_weights",
     "export_to_timm",
     "from_timm_state_dict",
@@ -335,6 +336,17 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     return LoadReport(source=source, head_reset=bool(head_reset), missing=missing, unexpected=unexpected, notes=notes)
 
 
+def bundled_weights(cfg: Any) -> Path:
+    """The weights file ``cfg.bundled_weights`` shipped in ``dszoo.pretrained``."""
+    from importlib.resources import files
+
+    path = Path(str(files("dszoo.pretrained") / cfg.bundled_weights))
+    if not path.is_file():
+        raise CheckpointError(f"{cfg.name}: pretrained=True: the package should ship {path} and does not; reinstall "
+                              "dszoo, or pass pretrained='FILE'")
+    return path
+
+
 def cached_timm_weights(cfg: Any) -> Path:
     """The weights file timm's ``pretrained=True`` would load for this model, from the local
     caches timm uses (the Hugging Face hub's, then torch.hub's ``checkpoints/``); nothing is
@@ -412,6 +424,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> tuple[ZooNet,
     if current is not None:
         ours, theirs = cfg.model_dump(mode="json"), current.model_dump(mode="json")
         ours["head"]["dropout"] = theirs["head"]["dropout"]  # drop_rate is a training option
+        ours["bundled_weights"] = theirs.get("bundled_weights")  # where weights ship, not the network
         changes = config_changes(theirs, ours)
         if changes:
             notes.append(f"built {cfg.name} from the checkpoint's own config, which differs from the registry's now "

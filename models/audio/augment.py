@@ -19,6 +19,9 @@ here cost 1.2 ms a clip together, with all on (FFTs of the clip: ``eq`` 0.5 ms, 
   (high-pass 50-400 Hz, low-pass 3-7 kHz): microphones, phones, loudspeakers.
 - ``reverb``: a synthesised room impulse response (exponentially decaying noise, RT60 from
   U(0.1, 0.8) s, a direct path and a random direct-to-reverberant ratio) with probability 0.5.
+- ``context``: with probability 0.5, part of another training clip's word at the window's
+  edge (moved 0.6-1 s away, at 0.2-1x the level), as neighbouring words fall into a 1 s
+  window when a recording is scanned.
 - ``specaugment``: two time masks of up to 8 frames and one mask of up to 2 cepstral
   coefficients on the MFCCs (Park et al. 2019).
 """
@@ -33,9 +36,9 @@ import torch
 __all__ = ["LEVERS", "PRESETS", "Augmenter", "parse_levers"]
 
 SAMPLE_RATE = 16000
-LEVERS = ("shift", "noise", "snr", "speed", "gain", "eq", "reverb", "specaugment")
+LEVERS = ("shift", "noise", "snr", "speed", "gain", "eq", "reverb", "specaugment", "context")
 PRESETS = {"none": (), "basic": ("shift", "noise"),
-           "voices": ("shift", "snr", "speed", "gain", "eq", "reverb", "specaugment")}
+           "voices": ("shift", "snr", "speed", "gain", "eq", "reverb", "specaugment", "context")}
 """Named sets of levers: ``basic`` is what the references train with, ``voices`` everything."""
 
 
@@ -67,6 +70,7 @@ class Augmenter:
     levers: tuple[str, ...]
     generator: torch.Generator
     noises: tuple[torch.Tensor, ...] = ()
+    others: Optional[torch.Tensor] = None  # (clips, samples): the training clips ``context`` borrows from
 
     def _uniform(self, low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=self.generator))
@@ -85,6 +89,10 @@ class Augmenter:
         if silence:
             return wave + self._uniform(0, 1) * self._noise_crop() if self.noises else wave
         on = self.levers
+        if "context" in on and self.others is not None and len(self.others) and self._chance(0.5):
+            other = self.others[int(torch.randint(len(self.others), (), generator=self.generator))].float()
+            away = int(self._uniform(0.6, 1.0) * SAMPLE_RATE) * (1 if self._chance(0.5) else -1)
+            wave = wave + self._uniform(0.2, 1.0) * shift(other, away)
         if "speed" in on:
             wave = speed(wave, self._uniform(0.85, 1.15))
         if "shift" in on:

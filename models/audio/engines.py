@@ -26,7 +26,8 @@ SPEEDS = (0.85, 1.0, 1.2)
 PITCHES = (0.8, 1.0, 1.25)
 """Pitch factors (of the voice's mean f0) each voice speaks at, where the engine can change it."""
 INSTALL = "apt-get install flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
-"""The one line that adds both optional engines and their English voices (Debian's main archive)."""
+"""The one line that adds both optional engines and their English voices (Debian's main archive;
+``FestivalEngine.install`` adds its voices of other languages too)."""
 
 
 @dataclass(frozen=True)
@@ -116,15 +117,21 @@ _FESTIVAL_PITCH = """(define (dszoo_pitch factor)
 
 
 class FestivalEngine(SpeechEngine):
-    """The Festival Speech Synthesis System (Taylor, Black & Caley 1998): its English voices,
-    speed through ``Duration_Stretch`` and, for the diphone voices, pitch through their
-    intonation model's target f0 (the HTS voice keeps its own pitch)."""
+    """The Festival Speech Synthesis System (Taylor, Black & Caley 1998): its English voices and
+    those of other languages reading the English words with their own phonetics (as eSpeak NG's
+    non-English voices do); speed through ``Duration_Stretch`` and pitch through the diphone
+    voices' intonation model, where each voice responds to them."""
 
     name = "festival"
-    install = "apt-get install festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
-    VOICES = ("kal_diphone", "ked_diphone", "rab_diphone", "cmu_us_slt_arctic_hts", "cmu_us_awb_cg",
-              "cmu_us_rms_cg", "cmu_us_slt_cg")
-    """The English voices it uses when installed."""
+    install = ("apt-get install festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-italp16k "
+               "festvox-itapc16k festvox-ru festvox-ca-ona-hts festvox-suopuhe-lj festvox-suopuhe-mv "
+               "festvox-czech-dita festvox-czech-krb festvox-czech-machac festvox-czech-ph")
+    VOICES = {"kal_diphone": ("speed", "pitch"), "ked_diphone": ("speed", "pitch"), "cmu_us_slt_arctic_hts": (),
+              "pc_diphone": ("speed",), "lp_diphone": ("speed",), "upc_ca_ona_hts": (),
+              "suo_fi_lj_diphone": ("speed",), "hy_fi_mv_diphone": ("speed",), "msu_ru_nsh_clunits": (),
+              "czech_dita": ("speed",), "czech_krb": ("speed",), "czech_machac": ("speed",), "czech_ph": ("speed",)}
+    """The voices used when installed, with the controls each responds to (measured: the others
+    give the same wave whatever the setting; Debian's Hindi, Marathi and Telugu voices crash)."""
 
     def available(self) -> bool:
         return shutil.which("festival") is not None
@@ -143,8 +150,9 @@ class FestivalEngine(SpeechEngine):
         return [v for v in self.VOICES if v in listed]
 
     def settings(self, voice: str) -> list[EngineVoice]:
-        pitches = PITCHES if voice.endswith("_diphone") else (1.0,)
-        return [EngineVoice(self.name, voice, s, p) for s in SPEEDS for p in pitches]
+        speeds = SPEEDS if "speed" in self.VOICES[voice] else (1.0,)
+        pitches = PITCHES if "pitch" in self.VOICES[voice] else (1.0,)
+        return [EngineVoice(self.name, voice, s, p) for s in speeds for p in pitches]
 
     def say_all(self, words: Sequence[str], voice: EngineVoice) -> list[np.ndarray]:
         if voice.voice not in self.VOICES or not all(w.isalpha() for w in words):

@@ -237,7 +237,8 @@ class SpeechCommands(Dataset):
         self.waves, self.labels, self.silence = waves, torch.tensor(list(labels)), list(silence)
         self.mfcc = mfcc
         self.generator = torch.Generator().manual_seed(seed)
-        self.augmenter = Augmenter(tuple(augment), self.generator, tuple(torch.from_numpy(n) for n in noises))
+        self.augmenter = Augmenter(tuple(augment), self.generator, tuple(torch.from_numpy(n) for n in noises),
+                                   self.waves)  # context borrows words (a silence clip is zeros: nothing)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -16,7 +16,12 @@ from torch import nn
 from .mfcc import MFCC
 from .speech_commands import SAMPLE_RATE, SILENCE, UNKNOWN
 
-__all__ = ["AudioStream", "Detection", "KeywordSpotter", "load_audio", "load_spotter", "stream_audio"]
+__all__ = ["AudioStream", "BUNDLED_SPOTTER", "DEFAULT_THRESHOLD", "Detection", "KeywordSpotter", "bundled_spotter_path",
+           "load_audio", "load_spotter", "save_spotter", "stream_audio"]
+
+
+DEFAULT_THRESHOLD = 0.7
+"""The smoothed probability a keyword must reach when the model file names no threshold."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class KeywordSpotter:
         self.classes = list(classes)
         self.mfcc = MFCC(preset)
         self.notes: list[str] = []  # how the model was loaded, for the user (load_spotter's)
+        self.threshold = DEFAULT_THRESHOLD  # what scan reports at; a shipped spotter carries its own
 
     @torch.no_grad()
     def posteriors(self, clips: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -85,13 +91,19 @@ class KeywordSpotter:
         return starts, torch.cat(probs)
 
     def scan(self, audio: Union[np.ndarray, Iterable[np.ndarray]], hop_seconds: float = 0.1, smooth_windows: int = 3,
-             threshold: float = 0.7, refractory_seconds: float = 1.0) -> list[Detection]:
+             threshold: Optional[float] = None, refractory_seconds: float = 1.0) -> list[Detection]:
         """Keywords in a recording of any length (whole, or chunks as ``stream_audio`` gives
-        them): posteriors of 1 s windows every ``hop_seconds``, averaged over ``smooth_windows``
-        neighbours; a keyword (not silence or unknown) whose smoothed probability reaches
-        ``threshold`` is reported at its peak, then the same word is not reported again for
-        ``refractory_seconds``."""
+        them): ``detect`` over the posteriors of 1 s windows every ``hop_seconds``."""
         starts, probs = self.window_posteriors(audio, hop_seconds)
+        return self.detect(starts, probs, threshold, smooth_windows, refractory_seconds)
+
+    def detect(self, starts: Sequence[int], probs: torch.Tensor, threshold: Optional[float] = None,
+               smooth_windows: int = 3, refractory_seconds: float = 1.0) -> list[Detection]:
+        """Window posteriors averaged over ``smooth_windows`` neighbours; a keyword (not silence
+        or unknown) whose smoothed probability reaches ``threshold`` (default: the spotter's
+        ``threshold``) is reported at its peak, then the same word is not reported again for
+        ``refractory_seconds``."""
+        threshold = self.threshold if threshold is None else threshold
         kernel = torch.ones(1, 1, smooth_windows) / smooth_windows
         smoothed = nn.functional.conv1d(probs.T.unsqueeze(1), kernel, padding=smooth_windows // 2).squeeze(1).T
         smoothed = smoothed[: len(starts)]
@@ -117,20 +129,76 @@ class KeywordSpotter:
         return sorted(detections, key=lambda d: d.seconds)
 
 
-def load_spotter(checkpoint: Union[str, Path]) -> KeywordSpotter:
-    """A ``KeywordSpotter`` from a ``dszoo-train`` checkpoint of a speech-commands run (its model,
-    class names and front end)."""
+BUNDLED_SPOTTER = "ds_cnn_s_speech.safetensors"
+"""The DS-CNN-S keyword spotter shipped in ``dszoo.pretrained`` (its card: docs/keyword_spotting.md)."""
+_SPOTTER_KEY = "dszoo_spotter"
+
+
+def bundled_spotter_path() -> Path:
+    """Where the shipped spotter lies in the installed package."""
+    from importlib.resources import files
+
+    return Path(str(files("dszoo.pretrained") / BUNDLED_SPOTTER))
+
+
+def save_spotter(spotter: KeywordSpotter, path: Union[str, Path], card: Optional[dict] = None) -> None:
+    """``spotter`` as one safetensors file: its weights, and in the file's metadata its model
+    config, class names, front end, threshold and ``card`` (what it was trained and measured on)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from ..files import atomic_path
+
+    about = {"model_config": spotter.model.cfg.model_dump(mode="json"), "class_names": spotter.classes,
+             "mfcc_preset": spotter.mfcc.preset, "threshold": spotter.threshold, "card": card or {}}
+    state = {k: v.detach().contiguous().cpu() for k, v in spotter.model.state_dict().items()}
+    with atomic_path(path, replace=False) as tmp:
+        save_file(state, tmp, metadata={_SPOTTER_KEY: json.dumps(about)})
+
+
+def _spotter_file(path: Path) -> dict:
+    """A ``save_spotter`` file as a checkpoint-like mapping (model, model_config, class_names ...)."""
+    import json
+
+    from safetensors import safe_open
+
+    from ..errors import UsageError
+    from ..weights import read_state_dict
+
+    state = read_state_dict(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = (fh.metadata() or {}).get(_SPOTTER_KEY)
+    if meta is None:
+        raise UsageError(f"{path}: weights alone, not a keyword spotter (save one with dszoo-eval-speech "
+                         "--save-spotter, or pass a dszoo-train checkpoint)")
+    try:
+        about = json.loads(meta)
+        threshold = float(about.get("threshold", DEFAULT_THRESHOLD))
+    except (ValueError, TypeError, AttributeError):
+        raise UsageError(f"{path}: its spotter metadata is damaged") from None
+    if not 0 < threshold < 1:
+        raise UsageError(f"{path}: threshold {threshold} in its metadata; allowed: between 0 and 1")
+    return {**about, "model": state, "threshold": threshold}
+
+
+def load_spotter(checkpoint: Union[str, Path, None] = None) -> KeywordSpotter:
+    """A ``KeywordSpotter`` from a ``dszoo-train`` checkpoint of a speech-commands run or a
+    ``save_spotter`` file (its model, class names, front end and threshold); ``None``: the
+    shipped DS-CNN-S spotter."""
     from ..errors import UsageError
     from ..training.run_files import load_checkpoint
     from ..weights import model_from_checkpoint
 
-    ckpt = load_checkpoint(str(checkpoint), what="checkpoint")
+    path = Path(checkpoint) if checkpoint is not None else bundled_spotter_path()
+    ckpt = _spotter_file(path) if path.suffix == ".safetensors" else load_checkpoint(str(path), what="checkpoint")
     classes: Optional[list[str]] = ckpt.get("class_names")
     if not classes:
-        raise UsageError(f"{checkpoint}: not a keyword-spotting run (it names no classes; train with "
+        raise UsageError(f"{path}: not a keyword-spotting run (it names no classes; train with "
                          "--dataset speech_commands)")
-    model, notes = model_from_checkpoint(ckpt, str(checkpoint))
+    model, notes = model_from_checkpoint(ckpt, str(path))
     spotter = KeywordSpotter(model, classes, ckpt.get("mfcc_preset", "mlperf_tiny"))
+    spotter.threshold = float(ckpt.get("threshold", DEFAULT_THRESHOLD))
     spotter.notes = notes
     return spotter
 

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "make-speech-data": "a Speech Commands stand-in synthesised offline (eSpeak NG, Flite, Festival)",
     "spot": "keywords in WAV files with a trained keyword model",
     "eval-speech": "a keyword model scored on every clip of a folder, per engine and voice",
+    "make-recordings": "long recordings with keywords at known times, from held-out voices",
     "leave-one-engine-out": "a keyword recipe trained without each speech engine and scored on it",
 }
 """Every command, by its console name (``dszoo-<name>``), with what it does."""

@@ -1,8 +1,11 @@
 """``dszoo-eval-speech``: a keyword model scored on every clip of a Speech Commands-layout folder,
-with rows per speech engine and voice where the folder's manifest names them.
+with rows per speech engine and voice where the folder's manifest names them; or, on a folder
+of ``dszoo-make-recordings``, as a spotter: keywords found and false alarms per minute at each
+threshold, the operating point for a false-alarm rate, and the spotter saved with it.
 
     dszoo-eval-speech runs/kws/best.pt data/speech                       # every clip
     dszoo-eval-speech runs/kws/best.pt data/speech --engines flite --snr 10 --voices
+    dszoo-eval-speech runs/kws/best.pt data/no_keywords --max-false-alarms-per-minute 0.5 --save-spotter kws.safetensors
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cli import ArgumentParser, new_output_file, run_cli
+from .cli import ArgumentParser, UsageError, new_output_file, positive_float, run_cli
 
 __all__ = ["cli", "main"]
 
@@ -19,6 +22,45 @@ __all__ = ["cli", "main"]
 def _row(name: str, group) -> str:  # noqa: ANN001 - evaluate.GroupScore
     return (f"{name:<34} {group.keyword_top1:7.2f}% of {group.keyword_clips:<6,} {group.unknown_rejected:7.2f}% "
             f"of {group.unknown_clips:<6,} {group.false_keyword_rate:6.2f}%")
+
+
+def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int:  # noqa: ANN001
+    """Score a folder of recordings at every threshold, and choose and save an operating point."""
+    from ..audio.recordings import THRESHOLDS, choose_threshold, score_recordings
+    from ..audio.spot import save_spotter
+
+    if args.save_spotter and not args.max_false_alarms_per_minute:
+        raise UsageError("--save-spotter needs --max-false-alarms-per-minute (the operating point it saves)")
+    save = new_output_file(args.save_spotter, False, "--save-spotter", (".safetensors",)) if args.save_spotter else None
+    own = spotter.threshold if args.threshold is None else args.threshold
+    if not 0 < own < 1:
+        raise UsageError(f"--threshold {own}: must be between 0 and 1")
+    scores = score_recordings(spotter, Path(args.data_dir), sorted(set(THRESHOLDS) | {round(own, 4)}))
+    print(f"{args.checkpoint} on the recordings of {args.data_dir} ({scores[0].minutes:.1f} min outside keywords, "
+          f"{scores[0].keywords} keywords):")
+    print(f"{'threshold':>9} {'found':>16} {'false alarms':>13} {'per minute':>10}")
+    chosen = choose_threshold(scores, args.max_false_alarms_per_minute) if args.max_false_alarms_per_minute else None
+    for sc in scores:
+        mark = " <- the model's" if sc.threshold == round(own, 4) else (" <- chosen" if sc is chosen else "")
+        if sc.threshold in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95) or mark:
+            print(f"{sc.threshold:>9.2f} {sc.hit_rate:>7.2f}% ({sc.hits:>4}) {sc.false_alarms:>13} "
+                  f"{sc.false_alarms_per_minute:>10.3f}{mark}")
+    if chosen is not None:
+        print(f"operating point for at most {args.max_false_alarms_per_minute:g} false alarms per minute: threshold "
+              f"{chosen.threshold:.2f} ({chosen.false_alarms_per_minute:.3f} per minute here)")
+    if save is not None and chosen is not None:
+        spotter.threshold = chosen.threshold
+        save_spotter(spotter, save, {"threshold_chosen_on": str(args.data_dir),
+                                     "max_false_alarms_per_minute": args.max_false_alarms_per_minute,
+                                     "at_threshold": chosen.as_dict(), "from_checkpoint": str(args.checkpoint)})
+        print(f"wrote {save} (threshold {chosen.threshold:.2f})")
+    if out is not None:
+        from ..files import atomic_path
+
+        with atomic_path(out) as tmp:
+            Path(tmp).write_text(json.dumps({"thresholds": [sc.as_dict() for sc in scores],
+                                             "chosen": chosen.as_dict() if chosen else None}, indent=1) + "\n")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -34,11 +76,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--confusion", action="store_true", help="the predicted classes of each spoken word")
     p.add_argument("--json", help="write every figure to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--threshold", type=float, help="recordings: report at this threshold (default: the model's)")
+    p.add_argument("--max-false-alarms-per-minute", type=positive_float,
+                   help="recordings: choose the lowest threshold with at most this many false alarms per minute")
+    p.add_argument("--save-spotter", help="recordings: write the model with the chosen threshold to this new "
+                                          ".safetensors file (dszoo-spot reads it)")
     args = p.parse_args(argv)
     out = new_output_file(args.json, args.overwrite, "--json", (".json",)) if args.json else None
     spotter = load_spotter(args.checkpoint)
     for note in spotter.notes:
         print(f"note: {note}")
+    from ..audio.recordings import RECORDINGS
+
+    if (Path(args.data_dir) / RECORDINGS).is_file():
+        return _recordings(args, spotter, out)
+    if args.max_false_alarms_per_minute or args.save_spotter or args.threshold is not None:
+        raise UsageError(f"--threshold, --max-false-alarms-per-minute and --save-spotter score recordings; "
+                         f"{args.data_dir} holds clips (no {RECORDINGS}: make recordings with dszoo-make-recordings)")
     score = score_folder(spotter, Path(args.data_dir), args.engines, args.snr)
     noise = f" at {args.snr:g} dB SNR" if args.snr is not None else ""
     print(f"{args.checkpoint} on {args.data_dir}{noise}:")

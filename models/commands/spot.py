@@ -1,5 +1,7 @@
-"""``dszoo-spot``: keywords in WAV files, with a model trained by ``dszoo-train --dataset speech_commands``.
+"""``dszoo-spot``: keywords in WAV files, with the shipped DS-CNN-S spotter or a model trained by
+``dszoo-train --dataset speech_commands`` (a first argument ending in .pt or .safetensors).
 
+    dszoo-spot clip.wav                                  # the shipped spotter: top-3 classes of a clip
     dszoo-spot runs/kws/best.pt clip.wav                 # top-3 keywords of a one-second clip
     dszoo-spot runs/kws/best.pt recordings/              # every .wav in a folder
     dszoo-spot runs/kws/best.pt long.wav --threshold 0.8  # a long recording: each keyword with its time
@@ -24,13 +26,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..audio.spot import load_spotter, stream_audio
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a dszoo-train checkpoint of a speech_commands run")
-    p.add_argument("inputs", nargs="+", help="WAV files, or folders of them")
+    p.add_argument("inputs", nargs="+", metavar="[MODEL] INPUT", help="optionally a model first (a dszoo-train "
+                   "checkpoint .pt or a spotter .safetensors; default: the shipped DS-CNN-S), then WAV files or folders")
     p.add_argument("--top-k", type=positive_int, default=3)
-    p.add_argument("--threshold", type=fraction, default=0.7, help="smoothed probability that counts as heard")
+    p.add_argument("--threshold", type=fraction, help="smoothed probability that counts as heard (default: the "
+                   "model's operating point, 0.7 for a checkpoint that has none)")
     args = p.parse_args(argv)
+    model = args.inputs[0] if args.inputs[0].endswith((".pt", ".safetensors")) else None
+    inputs = args.inputs[1:] if model else args.inputs
+    if not inputs:
+        raise UsageError(f"{model}: a model, but no WAV files or folders to listen to")
     files: list[Path] = []
-    for item in map(Path, args.inputs):
+    for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(item.glob("*.wav"))
             if not found:
@@ -38,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             files += found
         else:
             files.append(item)
-    spotter = load_spotter(args.checkpoint)
+    spotter = load_spotter(model)
     for note in spotter.notes:
         print(f"note: {note}")
     for path in files:
