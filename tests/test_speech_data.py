@@ -180,7 +180,7 @@ class _Always(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(len(x), self.classes)
-        out[:, self.k] = 1.0
+        out[:, self.k] = 20.0  # a probability of 1 after the softmax
         return out
 
 
@@ -268,3 +268,92 @@ def test_a_long_recording_is_scanned_in_bounded_memory_with_the_same_answers(rat
     starts, streamed = result[4]
     assert len(starts) == (len(whole) - 16000) // 1600 + 1
     assert torch.allclose(streamed, spotter.window_posteriors(load_audio(paths[4])[0])[1], atol=1e-5)
+
+
+# --- recordings, operating points and spotter files --------------------------------------------
+
+def test_recordings_hold_their_words_where_their_lists_say(two_engines: Path, tmp_path: Path) -> None:
+    from dszoo.audio.recordings import RECORDINGS, make_recordings, read_events
+
+    paths = make_recordings(two_engines, tmp_path / "rec", count=2, seconds=20, split="training", seed=1)
+    quiet = make_recordings(two_engines, tmp_path / "quiet", count=1, seconds=20, split="training", keywords=False)
+    assert (tmp_path / "rec" / RECORDINGS).is_file() and len(paths) == 2
+    for path in paths + quiet:
+        wave, rate = read_wav(path)
+        events = read_events(path)
+        assert rate == 16000 and len(wave) == 20 * 16000 and len(events) >= 8
+        assert all(0 < e.start < e.end <= 20 and e.keyword == (e.word in KEYWORDS) for e in events)
+        assert all(a.end + 0.29 < b.start for a, b in zip(events, events[1:]))  # pauses between words
+        inside = np.concatenate([np.abs(wave[int(e.start * 16000):int(e.end * 16000)]) for e in events]).mean()
+        gaps = np.abs(wave[:int(events[0].start * 16000)]).mean()
+        assert inside > 2 * gaps  # speech over quieter noise
+    assert any(e.keyword for p in paths for e in read_events(p)) and not any(e.keyword for e in read_events(quiet[0]))
+
+
+def test_hits_and_false_alarms_follow_the_tolerance() -> None:
+    from dszoo.audio.recordings import Event, RecordingScore, _match, choose_threshold
+    from dszoo.audio.spot import Detection
+
+    events = [Event(2.0, 2.4, "yes", True), Event(5.0, 5.5, "bed", False), Event(8.0, 8.3, "no", True)]
+    detections = [Detection(1.2, "yes", 0.9),   # centre 1.7: within 0.5 s of "yes" -> a hit
+                  Detection(1.4, "yes", 0.9),   # "yes" already found -> a false alarm
+                  Detection(4.6, "no", 0.8),    # over "bed" -> a false alarm
+                  Detection(9.0, "no", 0.8)]    # centre 9.5: 1.2 s after "no" ends -> a false alarm
+    assert _match(detections, events) == (1, 3)
+    scores = [RecordingScore(0.5, 10, 9, 12, 6.0), RecordingScore(0.6, 10, 9, 3, 6.0), RecordingScore(0.7, 10, 8, 1, 6.0)]
+    assert choose_threshold(scores, 0.5).threshold == 0.6 and choose_threshold(scores, 0.2).threshold == 0.7
+    with pytest.raises(UsageError, match="no threshold up to 0.7 keeps false alarms within 0.01 per minute"):
+        choose_threshold(scores, 0.01)
+
+
+def test_a_spotter_file_carries_its_model_classes_and_threshold(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from dszoo import create_model
+    from dszoo.audio.spot import load_spotter, save_spotter
+
+    torch.manual_seed(0)
+    classes = [SILENCE, UNKNOWN, *KEYWORDS]
+    spotter = KeywordSpotter(create_model("ds_cnn_s"), classes, "arm_kws")
+    spotter.threshold = 0.83
+    path = tmp_path / "kws.safetensors"
+    save_spotter(spotter, path, {"data": "test"})
+    again = load_spotter(path)
+    clips = torch.randn(3, 16000) * 0.1
+    assert torch.equal(spotter.posteriors(clips), again.posteriors(clips))
+    assert again.classes == classes and again.threshold == 0.83 and again.mfcc.preset == "arm_kws"
+    with pytest.raises(FileExistsError):
+        save_spotter(spotter, path)  # never replaces a file
+    plain = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in spotter.model.state_dict().items()}, str(plain))
+    with pytest.raises(UsageError, match="weights alone, not a keyword spotter"):
+        load_spotter(plain)
+    res = run_in_process("spot", [str(plain)])
+    assert res.returncode == 2 and res.stderr == f"error: {plain}: a model, but no WAV files or folders to listen to\n"
+
+
+def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Path, tmp_path: Path) -> None:
+    """A stand-in that hears "yes" everywhere: one detection per recording, all false alarms on
+    keyword-free speech; the chosen threshold is saved in the spotter file and used by dszoo-spot."""
+    from dszoo.audio.recordings import make_recordings, score_recordings
+    from dszoo.audio.spot import load_spotter, save_spotter
+
+    quiet = tmp_path / "quiet"
+    make_recordings(two_engines, quiet, count=2, seconds=15, split="training", keywords=False)
+    classes = [SILENCE, UNKNOWN, *KEYWORDS]
+    scores = score_recordings(KeywordSpotter(_Always(classes.index("yes"), len(classes)), classes), quiet, [0.5, 0.9])
+    assert [(s.keywords, s.hits, s.false_alarms) for s in scores] == [(0, 0, 2), (0, 0, 2)]
+    assert scores[0].minutes == pytest.approx(0.5)
+    from dszoo import create_model
+
+    torch.manual_seed(0)
+    model_file = tmp_path / "random.safetensors"
+    save_spotter(KeywordSpotter(create_model("ds_cnn_s"), classes), model_file)
+    out = tmp_path / "chosen.safetensors"
+    res = run_in_process("eval_speech", [str(model_file), str(quiet), "--max-false-alarms-per-minute", "100",
+                                         "--save-spotter", str(out)])
+    assert res.returncode == 0, res.stderr
+    chosen = float(res.stdout.split("threshold ")[-1].split()[0].rstrip(")"))
+    assert f"wrote {out} (threshold {chosen:.2f})" in res.stdout and load_spotter(out).threshold == chosen == 0.3
+    clips = run_in_process("eval_speech", [str(model_file), str(two_engines), "--save-spotter", str(tmp_path / "x.safetensors")])
+    assert clips.returncode == 2 and "score recordings" in clips.stderr
