@@ -17,7 +17,7 @@ from torch import nn
 
 from .blocks import (ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d, SqueezeExcite, XceptionBlock,
                      pair, standard_conv)
-from .blocks.layers import NormLike
+from .blocks.layers import Conv2dSame, NormLike
 from .blocks.mobile import SEFactory
 
 from .config import ConvStage, DSStage, IRStage, ModelConfig, SEConfig, XceptionStage
@@ -147,6 +147,18 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: tuple[int, int], name:
         )
 
 
+def _use_tf_same_padding(model: nn.Module) -> None:
+    """Every strided conv of ``model`` with symmetric padding becomes a ``Conv2dSame``: TensorFlow's
+    "same" padding from the input size (at stride 1 an odd kernel's symmetric padding is the
+    same thing, so those stay)."""
+    for parent in list(model.modules()):
+        for name, conv in list(parent.named_children()):
+            if type(conv) is nn.Conv2d and max(conv.stride) > 1 and conv.padding != (0, 0):
+                same = Conv2dSame(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=0,
+                                  dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None)
+                setattr(parent, name, same)
+
+
 class ZooNet(nn.Module):
     """A network built from a ``ModelConfig``, with timm's model interface.
 
@@ -204,6 +216,8 @@ class ZooNet(nn.Module):
         self.num_classes = cfg.num_classes
         self.classifier: nn.Module = self._make_classifier(cfg.num_classes)
         self.pretrained_cfg = self._pretrained_cfg((red_h, red_w))
+        if cfg.padding == "tf_same":
+            _use_tf_same_padding(self)
         self._init_weights()
 
     def _make_classifier(self, num_classes: int) -> nn.Module:

@@ -219,6 +219,9 @@ class ModelConfig(_Strict):
     family: str
     paper: str = ""
     timm_name: Optional[str] = None  # timm's name for this network, whose weights pretrained=True loads
+    padding: Literal["symmetric", "tf_same"] = "symmetric"
+    """Strided convs with odd kernels: PyTorch's symmetric padding, or TensorFlow's "same" (more
+    at the bottom and right, from the input size at run time), which timm's ``tf_`` ports need."""
     bundled_weights: Optional[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+\.safetensors$")]] = None
     """A file shipped in ``dszoo.pretrained`` that ``pretrained=True`` loads (before timm's)."""
     input_size: tuple[PosInt, PosInt, PosInt] = (3, 224, 224)

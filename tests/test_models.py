@@ -46,6 +46,16 @@ REFERENCE = [
     ("efficientnet_lite0", {}, (3, 224, 224), 4_652_008, 385_187_552, (1280, 7, 7)),
     ("mnasnet_a1", {}, (3, 224, 224), 3_887_038, 311_579_072, (1280, 7, 7)),
     ("mnasnet_b1", {}, (3, 224, 224), 4_383_312, 314_415_872, (1280, 7, 7)),
+    # TensorFlow's padding and eps change neither count
+    ("mobilenet_v3_large_tf", {}, (3, 224, 224), 5_483_032, 216_589_760, (960, 7, 7)),
+    ("mobilenet_v3_large_075_tf", {}, (3, 224, 224), 3_993_528, 154_560_624, (720, 7, 7)),
+    ("mobilenet_v3_small_tf", {}, (3, 224, 224), 2_542_856, 56_510_400, (576, 7, 7)),
+    ("mobilenet_v3_small_075_tf", {}, (3, 224, 224), 2_041_872, 43_399_344, (432, 7, 7)),
+    ("efficientnet_b0_tf", {}, (3, 224, 224), 5_288_548, 385_814_752, (1280, 7, 7)),
+    ("efficientnet_b1_tf", {}, (3, 240, 240), 7_794_184, 686_802_832, (1280, 8, 8)),
+    ("efficientnet_b2_tf", {}, (3, 260, 260), 9_109_994, 993_561_872, (1408, 9, 9)),
+    ("efficientnet_b3_tf", {}, (3, 300, 300), 12_233_232, 1_827_141_392, (1536, 10, 10)),
+    ("efficientnet_lite0_tf", {}, (3, 224, 224), 4_652_008, 385_187_552, (1280, 7, 7)),
 ]
 TIMM_NAMES = {name: get_model_config(name).timm_name for name in list_models() if get_model_config(name).timm_name}
 
@@ -65,7 +75,7 @@ def test_reference_numbers(name, overrides, input_size, params, macs, final_map)
 
 def test_parameter_count_equals_timm() -> None:
     """Every model with a timm counterpart (its config's ``timm_name``) has timm's parameters."""
-    assert len(TIMM_NAMES) == 18
+    assert len(TIMM_NAMES) == 27
     for ours, theirs in TIMM_NAMES.items():
         assert count_params(create_model(ours)) == count_params(timm.create_model(theirs)), ours
 
@@ -74,8 +84,9 @@ def test_list_models_shows_every_family() -> None:
     assert list_models("mobilenet_v1*") == [
         "mobilenet_v1", "mobilenet_v1_025", "mobilenet_v1_050", "mobilenet_v1_075", "mobilenet_v1_shallow",
     ]
-    assert list_models("mobilenet_v3*") == ["mobilenet_v3_large", "mobilenet_v3_large_075", "mobilenet_v3_small",
-                                            "mobilenet_v3_small_075"]
+    assert list_models("mobilenet_v3*") == ["mobilenet_v3_large", "mobilenet_v3_large_075", "mobilenet_v3_large_075_tf",
+                                            "mobilenet_v3_large_tf", "mobilenet_v3_small", "mobilenet_v3_small_075",
+                                            "mobilenet_v3_small_075_tf", "mobilenet_v3_small_tf"]
     assert set(list_models()) >= {"xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l", "mobilenet_v2", "mobilenet_v2_035",
                                   "mobilenet_v2_050", "mobilenet_v2_075", "mobilenet_v2_140", "efficientnet_b0",
                                   "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_lite0",
