@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -112,3 +113,24 @@ def test_weight_bytes_per_precision() -> None:
     assert s.size_bytes == {"fp32": 4 * 23_180, "bf16": 2 * 23_180, "int8": 2_560 + 18_688 + 768 + 8 * 588}
     res = run("--model", "ds_cnn_s")
     assert "int8 weights (bytes)                26,720" in res.stdout
+
+
+def test_compare_standard_has_a_row_per_inverted_residual() -> None:
+    """An inverted residual's depthwise conv becomes a standard mid->mid conv: its row differs by
+    exactly those weights, and only the separable convs carry MobileNets' eq. 5."""
+    from dszoo.blocks import InvertedResidual
+    from dszoo.measurement.summary import summarize
+
+    model = create_model("mobilenet_v2_035")
+    s = summarize(model, compare_standard=True)
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, InvertedResidual)}
+    rows = {r.name: r for r in s.standard.layers}
+    assert set(blocks) <= set(rows) and len(rows) == len(blocks) + 1  # and the first stage's DS conv
+    for name, block in blocks.items():
+        k = block.dw.conv.kernel_size[0] * block.dw.conv.kernel_size[1]
+        r = rows[name]
+        assert (r.in_chs, r.mid_chs, r.out_chs) == (block.in_chs, block.mid_chs, block.out_chs)
+        assert r.standard_params - r.params == block.mid_chs * (block.mid_chs - 1) * k
+        assert math.isnan(r.theoretical_ratio) and r.ratio < 1
+    ds = rows["stages.0.0"]
+    assert ds.mid_chs is None and ds.theoretical_ratio == pytest.approx(1 / 8 + 1 / 9)

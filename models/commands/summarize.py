@@ -54,8 +54,9 @@ def render(s: ModelSummary, fmt: str) -> str:
     if s.standard is not None:
         std = s.standard
         rows = [
-            (r.name, f"{r.in_chs}->{r.out_chs}", _shape(r.kernel), _shape(r.stride), r.params, r.standard_params,
-             r.macs, r.standard_macs, f"{r.ratio:.4f}", f"{r.theoretical_ratio:.4f}")
+            (r.name, f"{r.in_chs}->{r.mid_chs}->{r.out_chs}" if r.mid_chs else f"{r.in_chs}->{r.out_chs}", _shape(r.kernel),
+             _shape(r.stride), r.params, r.standard_params, r.macs, r.standard_macs, f"{r.ratio:.4f}",
+             "" if r.mid_chs else f"{r.theoretical_ratio:.4f}")
             for r in std.layers
         ]
         rows.append(("total", "", "", "", s.params, std.params, s.macs, std.macs,

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..blocks import DepthwiseSeparableConv, SeparableConv2d
+from ..blocks import DepthwiseSeparableConv, InvertedResidual, SeparableConv2d
 
 from ..builder import ZooNet
 from ..plan import check_model_size, plan_model
@@ -46,9 +46,12 @@ class StageRow:
 
 @dataclass(frozen=True)
 class CompareRow:
-    """One separable conv against the standard conv that would replace it.
+    """One separable conv (or inverted residual, whose depthwise conv becomes standard) against
+    what would replace it.
 
-    ``theoretical_ratio`` is MobileNets' eq. 5, ``1/N + 1/K^2`` (times the depth multiplier).
+    ``theoretical_ratio`` is MobileNets' eq. 5, ``1/N + 1/K^2`` (times the depth multiplier), for
+    a separable conv; NaN for an inverted residual, whose 1x1 convs stay (``mid_chs``: its
+    expanded width).
     """
 
     name: str
@@ -62,6 +65,7 @@ class CompareRow:
     standard_macs: int
     ratio: float
     theoretical_ratio: float
+    mid_chs: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -168,8 +172,9 @@ def _compare(model: ZooNet, layers: list[LayerRow], std_layers: list[LayerRow], 
     std_modules = dict(std_model.named_modules())
     rows = []
     for name, module in model.named_modules():
-        if not isinstance(module, (DepthwiseSeparableConv, SeparableConv2d)) or name not in std_modules:
+        if not isinstance(module, (DepthwiseSeparableConv, SeparableConv2d, InvertedResidual)) or name not in std_modules:
             continue
+        residual = isinstance(module, InvertedResidual)
         dw = module.dw.conv
         mine = [r for n, r in by_name.items() if n.startswith(name + ".")]
         theirs = [r for n, r in std_by_name.items() if n == name or n.startswith(name + ".")]
@@ -180,7 +185,8 @@ def _compare(model: ZooNet, layers: list[LayerRow], std_layers: list[LayerRow], 
             params=count_params(module), macs=macs,
             standard_params=count_params(std_modules[name]), standard_macs=std_macs,
             ratio=macs / std_macs if std_macs else float("nan"),
-            theoretical_ratio=module.dw.depth_multiplier * (1 / module.out_chs + 1 / (kh * kw)),
+            theoretical_ratio=float("nan") if residual else module.dw.depth_multiplier * (1 / module.out_chs + 1 / (kh * kw)),
+            mid_chs=module.mid_chs if residual else None,
         ))
     return StandardComparison(count_params(std_model), sum(r.macs for r in std_layers), rows)
 
