@@ -8,6 +8,7 @@ Only ``torch.load(weights_only=True)`` and safetensors are used: no arbitrary un
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 from urllib.parse import urlparse
@@ -17,7 +18,7 @@ from torch import nn
 
 from .blocks import ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d, XceptionBlock
 
-from .files import FileKindError, atomic_path, regular_file
+from .files import FileKindError, atomic_path, check_torch_file, regular_file
 from .builder import ZooNet
 
 __all__ = [
@@ -228,7 +229,13 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        check_torch_file(path)
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    try:
+        with warnings.catch_warnings():  # torch's warnings about a file it then refuses: the error says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -335,7 +336,8 @@ def test_weights_of_the_wrong_kind_are_refused_with_the_key(tmp_path: Path, make
     state = create_model("ds_cnn_s").state_dict()
     state["classifier.weight"] = make_bad(state["classifier.weight"])
     torch.save(state, tmp_path / "w.pt")
-    with pytest.warns(UserWarning) if "sparse" in message else _nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's own warnings (a sparse tensor's) never precede the error line
         with pytest.raises(CheckpointError, match=f"classifier.weight {message}"):
             load_pretrained(create_model("ds_cnn_s"), tmp_path / "w.pt")
 
@@ -360,12 +362,44 @@ def test_any_key_of_the_wrong_kind_is_named(tmp_path_factory: pytest.TempPathFac
         load_pretrained(create_model("ds_cnn_s"), path)
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
+def _inflating_checkpoint(path: Path) -> None:
+    """A small torch zip whose pickle, deflated, declares 32 MiB: a list of 16 M small ints."""
+    import zipfile
 
-    def __exit__(self, *exc: Any) -> None:
-        return None
+    body = b"\x80\x02]q\x00(" + b"K\x01" * (16 * 2**20) + b"e."
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", body)
+        archive.writestr("archive/version", "3\n")
+
+
+def _export_program(path: Path) -> None:
+    ep = torch.export.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),))
+    torch.export.save(ep, str(path))
+
+
+@pytest.mark.parametrize("make, name, reason", [
+    (_inflating_checkpoint, "big.pt", "its pickle archive/data.pkl declares 33,554,440 bytes, more than the 16 MiB a "
+                                      "checkpoint needs; refused unread"),
+    (lambda p: p.write_bytes(b"\x08\x07\x12\x07pytorch\x1a\x032.0"), "model.onnx",
+     "an ONNX model, not weights; pass a .pt checkpoint or a .safetensors file"),
+    (lambda p: p.write_bytes(b"\x08\x07\x12\x07pytorch\x1a\x032.0"), "renamed.pt",
+     "neither torch.save's zip archive nor a pickle"),
+    (_export_program, "program.pt2", "a torch.export program (.pt2), not weights; pass a .pt checkpoint or a "
+                                     ".safetensors file"),
+], ids=["inflating", "onnx", "not-a-pickle", "pt2"])
+def test_files_that_are_not_weights_are_refused_before_unpickling(tmp_path: Path, make: Callable, name: str,
+                                                                   reason: str) -> None:
+    """Refused from the file's own structure, quickly, in one line with no torch warning before it
+    (by ``--pretrained`` and by ``--resume``)."""
+    path = tmp_path / name
+    make(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as err:
+            load_pretrained(create_model("ds_cnn_s"), path)
+    assert str(err.value) == f"{path}: not a readable PyTorch checkpoint ({reason})"
+    res = run_in_process("train", ["--resume", str(path)])
+    assert res.returncode == 2 and res.stderr == f"error: --resume {path}: not a readable training checkpoint ({reason})\n"
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -7,13 +7,14 @@ import math
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 
-from ..files import FileKindError, atomic_path, regular_file
+from ..files import FileKindError, atomic_path, check_torch_file, regular_file
 from ..errors import UsageError
 from ..weights import CheckpointError
 
@@ -46,7 +47,10 @@ def _unpickle(path: str, what: str) -> Any:
     ``UsageError``, anything torch cannot read raises as torch does."""
     try:
         regular_file(path, what)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        check_torch_file(path)
+        with warnings.catch_warnings():  # torch's warnings about a file it then refuses: the error says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"{what} {path}: no such file") from None
     except FileKindError as exc:
