@@ -395,7 +395,10 @@ def read_yaml(path: Path) -> Any:
         where = getattr(exc, "problem_mark", None)
         pos = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(str(path), [f"invalid YAML: {pos}{problem}"]) from None
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: its reason, at its offset
+            ch = exc.character
+            pos, problem = f"offset {exc.position}: ", f"character {f'#x{ch:04x}' if isinstance(ch, int) else repr(ch)}: {exc.reason}"
+        raise ConfigError(str(path), [f"invalid YAML: {pos}{' '.join(str(problem).split())}"]) from None
 
 
 _FAMILY_KEYS = ("family", "description", "defaults", "variants")

@@ -297,6 +297,52 @@ def test_a_resume_after_the_config_was_edited_says_what_changed(tmp_path: Path) 
         train(TrainConfig(resume=str(tmp_path / "run" / "last.pt"), epochs=2, quiet=2))
 
 
+@pytest.mark.parametrize("command, argv, message", [
+    ("make_speech_data", ["--out", "{tmp}/d", "--seed", "-1"],
+     "error: argument --seed: must be an integer >= 0, got '-1' (see --help)"),
+    ("train", ["--seed", "-1"], "error: argument --seed: must be an integer >= 0, got '-1' (see --help)"),
+    ("export", ["--model", "mobilenet_v1_025", "--precision", "int8", "--calibration", "imagefolder", "--format",
+                "pt2", "--out", "{tmp}/x.pt2"], "error: --calibration imagefolder needs --data-dir DIR"),
+    ("summarize", ["--model", "{nul}"],
+     "error: {nul}: invalid YAML: offset 9: character #x0000: special characters are not allowed"),
+], ids=["seed-data", "seed-train", "export-names-its-own-option", "nul-byte-yaml"])
+def test_messages_name_the_option_given_in_one_line(tmp_path: Path, command: str, argv: list[str],
+                                                   message: str) -> None:
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"family: x\x00\nname: y\n")
+    fill = {"tmp": str(tmp_path), "nul": str(nul)}
+    res = run_in_process(command, [a.format(**fill) for a in argv])
+    assert res.returncode == 2 and res.stderr == message.format(**fill) + "\n"
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An atomic write that fails inside (ENOSPC has no file name of its own) names its target."""
+    import errno
+
+    from dszoo.files import atomic_path
+
+    def full(*_: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "clip.wav"
+    with pytest.raises(OSError) as err, atomic_path(target) as tmp:
+        Path(tmp).write_bytes(b"x")
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(target)) and not target.exists()
+    res = run_in_process("make_speech_data", ["--out", str(tmp_path / "d"), "--speakers", "1", "--words", "yes",
+                                              "--engines", "espeak", "-q"])
+    assert res.returncode == 2 and res.stderr.startswith(f"error: {tmp_path / 'd'}/") \
+        and res.stderr.endswith(": No space left on device\n")
+    assert not list((tmp_path / "d").rglob("*.tmp"))
+
+
+def test_a_class_folder_named_like_mathtext_still_gets_its_score_and_plot(tmp_path: Path) -> None:
+    from dszoo.training.run_files import plot_confusion
+
+    plot_confusion(tmp_path, torch.eye(2, dtype=torch.long), ["$\\undefinedcmd$", "ok"], "title")
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--out-dir", ""], "error: --out-dir: must not be empty"),
     (["--resume", ""], "error: --resume: must not be empty"),

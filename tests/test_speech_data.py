@@ -357,3 +357,32 @@ def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Pat
     assert f"wrote {out} (threshold {chosen:.2f})" in res.stdout and load_spotter(out).threshold == chosen == 0.3
     clips = run_in_process("eval_speech", [str(model_file), str(two_engines), "--save-spotter", str(tmp_path / "x.safetensors")])
     assert clips.returncode == 2 and "score recordings" in clips.stderr
+
+
+# --- the shipped spotter -------------------------------------------------------------------------
+
+def test_the_shipped_spotter_loads_and_hears_held_out_voices(tmp_path: Path) -> None:
+    """The DS-CNN-S spotter in the package: it loads by ``load_spotter()``, by
+    ``create_model(pretrained=True)`` and by ``dszoo-spot`` without a model, and names the
+    keywords of clips by eSpeak NG speakers it never heard (the generator's test split)."""
+    from dszoo import create_model
+    from dszoo.audio.spot import bundled_spotter_path, load_spotter
+
+    spotter = load_spotter()
+    assert spotter.classes == [SILENCE, UNKNOWN, *KEYWORDS] and 0 < spotter.threshold < 1
+    assert bundled_spotter_path().stat().st_size < 200_000
+    assert {"training", "operating_point"} <= set(spotter.card)
+    model = create_model("ds_cnn_s", pretrained=True).eval()
+    clips = torch.randn(2, 16000) * 0.1
+    assert torch.equal(model(spotter.mfcc(clips)), spotter.model(spotter.mfcc(clips)))
+    data = tmp_path / "speech"
+    generate_speech_data(data, speakers_count=60, words=KEYWORDS, seed=11, noise_seconds=2, engines=["espeak"])
+    held_out = sorted(p for p in data.glob("*/*.wav") if p.parent.name != "_background_noise_"
+                      and which_set(p.name) == "testing")
+    assert len(held_out) >= 40
+    waves = torch.stack([torch.from_numpy(read_wav(p)[0]) for p in held_out])
+    heard = spotter.posteriors(waves).argmax(1).tolist()
+    right = sum(spotter.classes[h] == p.parent.name for h, p in zip(heard, held_out))
+    assert right / len(held_out) >= 0.9, (right, len(held_out))
+    res = run_in_process("spot", [str(held_out[0])])
+    assert res.returncode == 0 and res.stdout.startswith(f"{held_out[0]}: {held_out[0].parent.name} "), res.stdout

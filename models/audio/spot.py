@@ -42,6 +42,7 @@ class KeywordSpotter:
         self.mfcc = MFCC(preset)
         self.notes: list[str] = []  # how the model was loaded, for the user (load_spotter's)
         self.threshold = DEFAULT_THRESHOLD  # what scan reports at; a shipped spotter carries its own
+        self.card: dict = {}  # what it was trained with and measured on (a checkpoint's options, a file's card)
 
     @torch.no_grad()
     def posteriors(self, clips: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -199,6 +200,7 @@ def load_spotter(checkpoint: Union[str, Path, None] = None) -> KeywordSpotter:
     model, notes = model_from_checkpoint(ckpt, str(path))
     spotter = KeywordSpotter(model, classes, ckpt.get("mfcc_preset", "mlperf_tiny"))
     spotter.threshold = float(ckpt.get("threshold", DEFAULT_THRESHOLD))
+    spotter.card = dict(ckpt.get("card") or {"training": ckpt.get("config", {})})
     spotter.notes = notes
     return spotter
 

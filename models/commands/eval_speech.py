@@ -50,9 +50,10 @@ def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int: 
               f"{chosen.threshold:.2f} ({chosen.false_alarms_per_minute:.3f} per minute here)")
     if save is not None and chosen is not None:
         spotter.threshold = chosen.threshold
-        save_spotter(spotter, save, {"threshold_chosen_on": str(args.data_dir),
-                                     "max_false_alarms_per_minute": args.max_false_alarms_per_minute,
-                                     "at_threshold": chosen.as_dict(), "from_checkpoint": str(args.checkpoint)})
+        save_spotter(spotter, save, {**spotter.card, "from": str(args.checkpoint),
+                                     "operating_point": {"chosen_on": str(args.data_dir),
+                                                         "max_false_alarms_per_minute": args.max_false_alarms_per_minute,
+                                                         **chosen.as_dict()}})
         print(f"wrote {save} (threshold {chosen.threshold:.2f})")
     if out is not None:
         from ..files import atomic_path

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cli import ArgumentParser, UsageError, positive_float, positive_int, run_cli
+from .cli import ArgumentParser, UsageError, non_negative_int, positive_float, positive_int, run_cli
 
 __all__ = ["cli", "main"]
 
@@ -30,7 +30,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="whose voices speak (default %(default)s: speakers no model trained on)")
     p.add_argument("--engines", nargs="+", help="only the clips of these speech engines (from manifest.csv)")
     p.add_argument("--no-keywords", action="store_true", help="only non-keywords and noise: false alarms alone")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     args = p.parse_args(argv)
     if args.seconds > MAX_SECONDS:
         raise UsageError(f"--seconds {args.seconds:g}: at most {MAX_SECONDS} (an hour a recording)")

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cli import ArgumentParser, UsageError, positive_int, run_cli
+from .cli import ArgumentParser, UsageError, non_negative_int, positive_int, run_cli
 
 __all__ = ["cli", "main"]
 
@@ -46,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="words each speaker says (default: the 35 Speech Commands words)")
     p.add_argument("--engines", nargs="+", choices=list(ENGINES), default=None,
                    help="speech engines to use (default: every one installed)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--noise-seconds", type=positive_int, default=30,
                    help=f"length of each background-noise file (at most {MAX_NOISE_SECONDS})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

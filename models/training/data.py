@@ -153,6 +153,7 @@ def build_datasets(
     augment: str = "basic",
     hold_out_engine: Optional[str] = None,
     unknown_ratio: float = 0.125,
+    flag: str = "--dataset",
 ) -> DataSplits:
     """Train/val datasets for ``name`` shaped for a model with this ``pretrained_cfg``.
 
@@ -163,10 +164,10 @@ def build_datasets(
         return _digits(input_size, classes, pretrained_cfg["mean"], pretrained_cfg["std"])
     if name == "speech_commands":
         if not data_dir:
-            raise UsageError("--dataset speech_commands needs --data-dir DIR (the real dataset, or one made by "
+            raise UsageError(f"{flag} speech_commands needs --data-dir DIR (the real dataset, or one made by "
                              "dszoo-make-speech-data)")
         if tuple(input_size) != (1, 49, 10):
-            raise UsageError(f"--dataset speech_commands gives 1x49x10 MFCC features; this model takes "
+            raise UsageError(f"{flag} speech_commands gives 1x49x10 MFCC features; this model takes "
                              f"{'x'.join(map(str, input_size))} (use a ds_cnn model)")
         from ..audio.augment import parse_levers
         from ..audio.speech_commands import build_speech_commands
@@ -176,7 +177,7 @@ def build_datasets(
         return DataSplits(speech.train, speech.val, len(speech.classes), speech.description, speech.test,
                           speech.classes)
     if classes:
-        raise UsageError("--classes is only supported for --dataset digits")
+        raise UsageError(f"--classes is only supported for {flag} digits")
     train_tf = _transforms(pretrained_cfg, input_size[0], True)
     val_tf = _transforms(pretrained_cfg, input_size[0], False)
     if name == "fake":
@@ -192,7 +193,7 @@ def build_datasets(
     if name not in ("imagefolder", "cifar10"):
         raise UsageError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if not data_dir:
-        raise UsageError(f"--dataset {name} needs --data-dir DIR")
+        raise UsageError(f"{flag} {name} needs --data-dir DIR")
     root = Path(data_dir)
     if not root.is_dir():
         raise UsageError(f"--data-dir {root}: no such directory")

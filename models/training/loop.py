@@ -523,10 +523,10 @@ def _test_best(run: _Session, result: TrainResult) -> None:
     total = int(confusion.sum())
     result.test_top1 = 100.0 * float(confusion.diag().sum()) / max(total, 1)
     names = run.data.class_names or [str(i) for i in range(n)]
-    plot_confusion(run.out, confusion, names, f"{run.cfg.model}, best.pt (epoch {result.best_epoch}) on {total} "
-                                              f"held-out test clips: top-1 {result.test_top1:.2f}%")
     run.say(f"test top-1 of best.pt {result.test_top1:.2f}% on {total} held-out clips; confusion matrix in "
             f"{run.out / 'confusion.png'}")
+    plot_confusion(run.out, confusion, names, f"{run.cfg.model}, best.pt (epoch {result.best_epoch}) on {total} "
+                                              f"held-out test clips: top-1 {result.test_top1:.2f}%")
 
 def _from_random_state(state: tuple) -> list:
     version, internal, gauss = state

@@ -245,6 +245,7 @@ def confusion_figure(confusion: torch.Tensor, names: list[str], title: str) -> A
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = [n.replace("$", r"\$") for n in names]  # a folder named $x$ is a label, not mathtext
     n = len(names)
     share = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)
     fig, ax = plt.subplots(figsize=(max(5, 0.45 * n + 2), max(4.5, 0.45 * n + 1.5)))
