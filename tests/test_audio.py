@@ -190,3 +190,15 @@ def test_split_lists_take_precedence_over_the_hash(speech_data: Path, tmp_path: 
     listed = {split: sorted(Path(f).relative_to(root).as_posix() for f in part.files) for split, part in items.items()}
     assert listed["validation"] == yes[:2] and listed["testing"] == [yes[2]]
     assert len(listed["training"]) == len(files) - 3
+
+
+def test_split_lists_that_name_no_file_are_said_to(speech_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "listed"
+    shutil.copytree(speech_data, root)
+    (root / "validation_list.txt").write_text("yes/nobody_nohash_0.wav\n")
+    (root / "testing_list.txt").write_text("no/nobody_nohash_1.wav\n")
+    with pytest.raises(Exception, match="validation_list.txt and testing_list.txt name no file in it \\(e.g. "
+                                        "'no/nobody_nohash_1.wav'"):
+        build_speech_commands(root)
