@@ -17,7 +17,7 @@ from dszoo.audio import augment as A
 from dszoo.audio.engines import ENGINES, find_engines
 from dszoo.audio.evaluate import score_folder
 from dszoo.audio.make_data import GENERATING, MANIFEST, generate_speech_data, read_manifest
-from dszoo.audio.speech_commands import KEYWORDS, SILENCE, UNKNOWN, _index, build_speech_commands, read_wav
+from dszoo.audio.speech_commands import KEYWORDS, SILENCE, UNKNOWN, _index, build_speech_commands, read_wav, which_set
 from dszoo.audio.spot import KeywordSpotter
 from dszoo.errors import UsageError
 
@@ -124,7 +124,8 @@ def test_levers_do_what_they_say() -> None:
 
 @pytest.mark.parametrize("text, levers", [
     ("basic", ("shift", "noise")),
-    ("voices,-reverb", ("shift", "snr", "speed", "gain", "eq", "specaugment", "context")),
+    ("all,-reverb", ("shift", "snr", "speed", "gain", "eq", "specaugment", "context")),
+    ("voices", ("shift", "snr", "speed", "context")),
     ("shift,speed", ("shift", "speed")),
     ("none", ()),
 ])
@@ -133,7 +134,7 @@ def test_augment_presets_and_levers(text: str, levers: tuple[str, ...]) -> None:
 
 
 def test_augment_refuses_what_it_does_not_know() -> None:
-    with pytest.raises(ValueError, match="'echo' is neither a preset \\(none, basic, voices\\) nor a lever"):
+    with pytest.raises(ValueError, match="'echo' is neither a preset \\(none, basic, voices, all\\) nor a lever"):
         A.parse_levers("basic,echo")
     res = run_in_process("train", ["--dataset", "digits", "--augment", "voices"])
     assert res.returncode == 2 and res.stderr == "error: --augment is for --dataset speech_commands, not digits\n"

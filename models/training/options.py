@@ -213,11 +213,28 @@ def _options_of_resumed_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dic
                          f"--epochs N with N > {ckpt['epoch']} to train it longer")
     return saved, ckpt
 
+def _network_of(cfg: Any, saved: dict) -> tuple[Any, dict]:
+    """``saved`` with the defaults of keys added since it was written, and ``cfg``, both less
+    what does not make the network (where the package ships weights)."""
+    from pydantic import ValidationError
+
+    from ..config import ModelConfig
+
+    try:
+        saved = ModelConfig.model_validate(saved).model_dump(mode="json")
+    except ValidationError:
+        pass  # compared as it is: the differences name what is wrong
+    current = cfg.model_dump(mode="json")
+    for dump in (saved, current):
+        dump.pop("bundled_weights", None)
+    return saved, current
+
+
 def _check_same_model(model: ZooNet, ckpt: dict[str, Any], path: str) -> None:
     """A resumed run must rebuild the network it saved: a config edited since gives one line
     saying what changed, not a state-dict traceback."""
     saved = ckpt.get("model_config")
-    changes = config_changes(saved, model.cfg.model_dump(mode="json")) if isinstance(saved, dict) else []
+    changes = config_changes(*_network_of(model.cfg, saved)) if isinstance(saved, dict) else []
     if changes:
         raise UsageError(f"--resume {path}: the model's config changed since the run was saved ({'; '.join(changes[:5])}"
                          f"{' ...' if len(changes) > 5 else ''}); restore it, or start a new run")
