@@ -387,3 +387,23 @@ def test_the_shipped_spotter_loads_and_hears_held_out_voices(tmp_path: Path) -> 
     assert right / len(held_out) >= 0.9, (right, len(held_out))
     res = run_in_process("spot", [str(held_out[0])])
     assert res.returncode == 0 and res.stdout.startswith(f"{held_out[0]}: {held_out[0].parent.name} "), res.stdout
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_generator_killed_midway_leaves_a_dataset_training_refuses(sig: str, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "speech"
+    proc = subprocess.Popen([sys.executable, "-m", "dszoo", "make-speech-data", "--out", str(out), "--speakers", "400",
+                             "--engines", "espeak", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("*/*.wav"))) < 50:
+        time.sleep(0.2)
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(timeout=60)
+    assert (out / GENERATING).exists() and not (out / MANIFEST).exists()
+    res = run_in_process("train", ["--model", "ds_cnn_s", "--dataset", "speech_commands", "--data-dir", str(out)])
+    assert res.returncode == 2 and "its generation did not finish" in res.stderr
