@@ -114,6 +114,16 @@ class Conv2dSame(nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
+class PooledLinear(nn.Conv2d):
+    """A 1x1 conv that, on a 1x1 map, is applied as the Linear it equals (``F.linear``): the
+    same weights and state dict, computed as torchvision's MobileNetV3 head computes them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (1, 1):
+            return super().forward(x)
+        return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[:, :, None, None]
+
+
 def create_conv2d(
     in_chs: int,
     out_chs: int,

@@ -17,7 +17,7 @@ from torch import nn
 
 from .blocks import (ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d, SqueezeExcite, XceptionBlock,
                      pair, standard_conv)
-from .blocks.layers import Conv2dSame, NormLike
+from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
 
 from .config import ConvStage, DSStage, IRStage, ModelConfig, SEConfig, XceptionStage
@@ -147,6 +147,13 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: tuple[int, int], name:
         )
 
 
+def head_as_linear(head: nn.Module) -> None:
+    """The head conv computed as a Linear on the pooled features (``PooledLinear``); its
+    parameters are kept."""
+    conv = head.conv
+    conv.__class__ = PooledLinear  # the same nn.Conv2d state, another forward
+
+
 def _use_tf_same_padding(model: nn.Module) -> None:
     """Every strided conv of ``model`` with symmetric padding becomes a ``Conv2dSame``: TensorFlow's
     "same" padding from the input size (at stride 1 an odd kernel's symmetric padding is the
@@ -211,6 +218,8 @@ class ZooNet(nn.Module):
         head = cfg.head.conv
         self.head_conv: nn.Module = nn.Identity() if head is None else ConvNormAct(
             chs, head.out, 1, padding=0, bias=head.bias, norm=None, act=head.act)
+        if head is not None and head.op == "linear":
+            head_as_linear(self.head_conv)
         self.num_features = chs if head is None else head.out
         self.head_drop = nn.Dropout(cfg.head.dropout)
         self.num_classes = cfg.num_classes

@@ -181,6 +181,9 @@ class HeadConv(_Strict):
     out: PosInt
     act: Activation = "hard_swish"
     bias: StrictBool = True
+    op: Literal["conv", "linear"] = "conv"
+    """How the same weights are applied: a 1x1 conv (timm), or a Linear on the pooled features
+    (torchvision, whose logits differ from the conv's in the last float bits)."""
 
 
 class HeadConfig(_Strict):

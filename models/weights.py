@@ -160,6 +160,19 @@ def from_torchvision_state_dict(model: ZooNet, state: Mapping[str, torch.Tensor]
     return out
 
 
+def _head_as_torchvision(model: ZooNet) -> None:
+    """A head conv (MobileNetV3's) applied as torchvision applies it, a Linear, and the config
+    saying so, so that its logits are torchvision's to the last bit."""
+    head = model.cfg.head
+    if head.conv is None or head.conv.op == "linear":
+        return
+    from .builder import head_as_linear
+
+    head_as_linear(model.head_conv)
+    model.cfg = model.cfg.model_copy(update={"head": head.model_copy(update={"conv": head.conv.model_copy(
+        update={"op": "linear"})})})
+
+
 def _set_batchnorm_eps(model: ZooNet, eps: float) -> Optional[str]:
     """Give every BatchNorm of ``model`` (and its config) ``eps``; a note when that changes it."""
     if model.cfg.norm.eps == eps:
@@ -311,6 +324,7 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
                                   f"layouts load into {', '.join(sorted(TORCHVISION_MODELS))})")
         state, source = from_torchvision_state_dict(model, state, str(path)), f"torchvision {vision[0]}"
         notes += [n for n in [_set_batchnorm_eps(model, vision[2])] if n]
+        _head_as_torchvision(model)
     own = model.state_dict()
     head = model.pretrained_cfg["classifier"]
     head_keys = [k for k in state if k.startswith(head + ".")]
