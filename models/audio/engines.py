@@ -18,7 +18,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ENGINES", "EngineVoice", "FestivalEngine", "FliteEngine", "SpeechEngine", "find_engines"]
+from ..errors import RunError
+
+__all__ = ["ENGINES", "ESpeakEngine", "EngineVoice", "FestivalEngine", "FliteEngine", "SpeechEngine", "find_engines"]
 
 SAMPLE_RATE = 16000
 SPEEDS = (0.85, 1.0, 1.2)
@@ -101,9 +103,12 @@ class FliteEngine(SpeechEngine):
         with tempfile.TemporaryDirectory(prefix="dszoo-flite-") as tmp:
             out = Path(tmp) / "word.wav"
             for word in words:
-                subprocess.run(["flite", "-voice", voice.voice, "--setf", f"duration_stretch={voice.speed}",
-                                "--setf", f"int_f0_target_mean={self.BASE_F0[voice.voice] * voice.pitch:.1f}",
-                                "-t", word, "-o", str(out)], check=True, capture_output=True, timeout=60)
+                done = subprocess.run(["flite", "-voice", voice.voice, "--setf", f"duration_stretch={voice.speed}",
+                                       "--setf", f"int_f0_target_mean={self.BASE_F0[voice.voice] * voice.pitch:.1f}",
+                                       "-t", word, "-o", str(out)], capture_output=True, text=True, timeout=60)
+                if done.returncode != 0 or not out.is_file():
+                    raise RunError(f"flite could not say {word!r} with voice {voice.voice} (exit {done.returncode}: "
+                                   f"{' '.join(done.stderr.split())[:160]})")
                 waves.append(_read_wav_file(out))
         return waves
 
@@ -142,7 +147,7 @@ class FestivalEngine(SpeechEngine):
             path.write_text(script)
             done = subprocess.run(["festival", "-b", str(path)], capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
-            raise RuntimeError(f"festival failed: {' '.join(done.stderr.split())[:200]}")
+            raise RunError(f"festival failed (exit {done.returncode}): {' '.join(done.stderr.split())[:200]}")
         return done.stdout
 
     def voices(self) -> list[str]:
