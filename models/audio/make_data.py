@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, which_set
-from .synth import Speaker, synthesizer
+from .synth import Speaker
 
 __all__ = ["ACCENTS", "FOREIGN_VOICES", "GENERATING", "MANIFEST", "OTHER_WORDS", "VARIANTS", "GeneratedData",
            "SpeakerPlan", "generate_speech_data", "interrupted_dataset", "max_speakers", "plan_speakers",
