@@ -108,34 +108,3 @@ def remove_leftover_temporaries(folder: PathLike, names: tuple[str, ...],
             removed.append(entry)
     return removed
 
-
-MAX_PICKLE_BYTES = 16 * 2**20
-"""The most a torch file's pickle may inflate to: a training checkpoint of EfficientNet-B3 with
-its optimizer state pickles to 171 KB; a 262 KB file whose pickle inflates to 256 MB would
-keep the (safe, but slow) unpickler busy for minutes."""
-
-
-def check_torch_file(path: PathLike) -> None:
-    """Refuse, before unpickling, a torch zip file whose pickle declares more than
-    ``MAX_PICKLE_BYTES``, and files of other formats (an ONNX model, a ``torch.export``
-    program, anything neither a zip archive nor a pickle): ``ValueError`` saying why, for the
-    caller to name the file."""
-    import zipfile
-
-    path = Path(path)
-    if path.suffix == ".onnx":
-        raise ValueError("an ONNX model, not weights; pass a .pt checkpoint or a .safetensors file")
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as fh:
-            if fh.read(1) != b"\x80":  # a pickle's PROTO opcode: torch.save's legacy format starts so
-                raise ValueError("neither torch.save's zip archive nor a pickle")
-        return
-    with zipfile.ZipFile(path) as archive:
-        infos = archive.infolist()
-    names = [i.filename for i in infos]
-    if any(n.endswith("/archive_format") for n in names) and not any(n.endswith("/data.pkl") for n in names):
-        raise ValueError("a torch.export program (.pt2), not weights; pass a .pt checkpoint or a .safetensors file")
-    for info in infos:
-        if info.filename.endswith(".pkl") and info.file_size > MAX_PICKLE_BYTES:
-            raise ValueError(f"its pickle {info.filename} declares {info.file_size:,} bytes, more than the "
-                             f"{MAX_PICKLE_BYTES // 2**20} MiB a checkpoint needs; refused unread")

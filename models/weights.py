@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 from urllib.parse import urlparse
@@ -18,7 +19,7 @@ from torch import nn
 
 from .blocks import ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d, XceptionBlock
 
-from .files import FileKindError, atomic_path, check_torch_file, regular_file
+from .files import FileKindError, atomic_path, regular_file
 from .builder import ZooNet
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "LoadReport",
     "bundled_weights",
     "cached_timm_weights",
+    "check_torch_file",
     "export_to_timm",
     "from_timm_state_dict",
     "from_torchvision_state_dict",
@@ -219,6 +221,36 @@ def export_to_timm(model: ZooNet) -> dict[str, torch.Tensor]:
     if unknown:
         raise CheckpointError(f"{model.cfg.name}: no timm name for {', '.join(unknown[:8])}")
     return state
+
+
+MAX_PICKLE_BYTES = 16 * 2**20
+"""The most a torch file's pickle may inflate to: a training checkpoint of EfficientNet-B3 with
+its optimizer state pickles to 171 KB; a 262 KB file whose pickle inflates to 256 MB would
+keep the (safe, but slow) unpickler busy for minutes."""
+
+
+def check_torch_file(path: PathLike) -> None:
+    """Refuse, before unpickling, a torch zip file whose pickle declares more than
+    ``MAX_PICKLE_BYTES``, and files of other formats (an ONNX model, a ``torch.export``
+    program, anything neither a zip archive nor a pickle): ``ValueError`` saying why, for the
+    caller to name the file."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        raise ValueError("an ONNX model, not weights; pass a .pt checkpoint or a .safetensors file")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(1) != b"\x80":  # a pickle's PROTO opcode: torch.save's legacy format starts so
+                raise ValueError("neither torch.save's zip archive nor a pickle")
+        return
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+    names = [i.filename for i in infos]
+    if any(n.endswith("/archive_format") for n in names) and not any(n.endswith("/data.pkl") for n in names):
+        raise ValueError("a torch.export program (.pt2), not weights; pass a .pt checkpoint or a .safetensors file")
+    for info in infos:
+        if info.filename.endswith(".pkl") and info.file_size > MAX_PICKLE_BYTES:
+            raise ValueError(f"its pickle {info.filename} declares {info.file_size:,} bytes, more than the "
+                             f"{MAX_PICKLE_BYTES // 2**20} MiB a checkpoint needs; refused unread")
 
 
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ voice, reading a Scheme script of every word).
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import tempfile
@@ -19,6 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import RunError
+from .speech_commands import read_wav_16k
 
 __all__ = ["ENGINES", "ESpeakEngine", "EngineVoice", "FestivalEngine", "FliteEngine", "SpeechEngine", "find_engines"]
 
@@ -40,16 +42,6 @@ class EngineVoice:
     voice: str
     speed: float = 1.0
     pitch: float = 1.0
-
-
-def _read_wav_file(path: Path) -> np.ndarray:
-    """A synthesiser's WAV output as 16 kHz float32 (Flite's ``kal`` speaks at 8 kHz, Festival's
-    HTS voice at 32 kHz)."""
-    from .speech_commands import decode_wav
-    from .synth import resample
-
-    wave, rate, _ = decode_wav(path)
-    return resample(wave, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else wave
 
 
 class SpeechEngine:
@@ -94,6 +86,7 @@ class FliteEngine(SpeechEngine):
     def available(self) -> bool:
         return shutil.which("flite") is not None
 
+    @functools.cache  # asked once a process: the engines are the singletons of ENGINES
     def voices(self) -> list[str]:
         listed = subprocess.run(["flite", "-lv"], capture_output=True, text=True, timeout=30).stdout.split()
         return [v for v in self.BASE_F0 if v in listed]
@@ -109,7 +102,7 @@ class FliteEngine(SpeechEngine):
                 if done.returncode != 0 or not out.is_file():
                     raise RunError(f"flite could not say {word!r} with voice {voice.voice} (exit {done.returncode}: "
                                    f"{' '.join(done.stderr.split())[:160]})")
-                waves.append(_read_wav_file(out))
+                waves.append(read_wav_16k(out))
         return waves
 
 
@@ -150,6 +143,7 @@ class FestivalEngine(SpeechEngine):
             raise RunError(f"festival failed (exit {done.returncode}): {' '.join(done.stderr.split())[:200]}")
         return done.stdout
 
+    @functools.cache  # one Festival start a process, not one per question
     def voices(self) -> list[str]:
         listed = self._run("(print (voice.list))").replace("(", " ").replace(")", " ").split()
         return [v for v in self.VOICES if v in listed]
@@ -168,7 +162,7 @@ class FestivalEngine(SpeechEngine):
                      f"(Parameter.set 'Duration_Stretch {voice.speed})"]
             lines += [f'(utt.save.wave (utt.synth (Utterance Text "{w}")) "{o}" \'riff)' for w, o in zip(words, outs)]
             self._run("\n".join(lines) + "\n")
-            return [_read_wav_file(o) for o in outs]
+            return [read_wav_16k(o) for o in outs]
 
 
 class ESpeakEngine(SpeechEngine):

@@ -6,7 +6,7 @@ ratio (``augment.add_noise``), drawn from a fixed seed."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from .speech_commands import BACKGROUND_NOISE, SAMPLE_RATE, SILENCE, UNKNOWN, _background, _clip, read_wav
+from .speech_commands import BACKGROUND_NOISE, SAMPLE_RATE, SILENCE, UNKNOWN, _background, _clip, read_wav_16k
 from .spot import KeywordSpotter
 
 __all__ = ["GroupScore", "FolderScore", "score_folder"]
@@ -41,6 +41,10 @@ class GroupScore:
     @property
     def false_keyword_rate(self) -> float:
         return 100.0 * self.unknown_as_keyword / self.unknown_clips if self.unknown_clips else float("nan")
+
+    def __add__(self, other: "GroupScore") -> "GroupScore":
+        """The two groups' clips pooled."""
+        return GroupScore(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(GroupScore)))
 
     def as_dict(self) -> dict[str, float]:
         return {"keyword_clips": self.keyword_clips, "keyword_top1": self.keyword_top1,
@@ -113,7 +117,7 @@ def score_folder(spotter: KeywordSpotter, root: Path, engines: Optional[Sequence
     score = FolderScore(list(classes))
     for start in range(0, len(clips), chunk):
         part = clips[start:start + chunk]
-        waves = torch.from_numpy(np.stack([_clip(_at_16k(path)) for path, _, _, _ in part]))
+        waves = torch.from_numpy(np.stack([_clip(read_wav_16k(path)) for path, _, _, _ in part]))
         if snr_db is not None:
             for k in range(len(waves)):
                 noise = noises[int(rng.integers(len(noises)))]
@@ -132,10 +136,3 @@ def score_folder(spotter: KeywordSpotter, root: Path, engines: Optional[Sequence
                     group.keyword_clips += 1
                     group.keywords_right += p == truth
     return score
-
-
-def _at_16k(path: str) -> np.ndarray:
-    from .synth import resample
-
-    wave, rate = read_wav(path)
-    return resample(wave, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else wave

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, _background, read_wav, which_set
+from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, _background, read_wav_16k, which_set
 
 __all__ = ["RECORDINGS", "TOLERANCE_SECONDS", "Event", "RecordingScore", "choose_threshold", "make_recordings",
            "read_events", "score_recordings"]
@@ -85,8 +85,7 @@ def make_recordings(root: Path, out: Path, *, count: int = 5, seconds: float = 6
         at = int(rng.uniform(0.3, 1.0) * SAMPLE_RATE)
         while True:
             word = str(rng.choice(keys)) if keys and rng.random() < 0.4 else str(rng.choice(others))
-            clip, rate = read_wav(words[word][int(rng.integers(len(words[word])))])
-            clip = _loud_part(clip)
+            clip = _loud_part(read_wav_16k(words[word][int(rng.integers(len(words[word])))]))
             if at + len(clip) > total:
                 break
             wave[at:at + len(clip)] += clip

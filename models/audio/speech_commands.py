@@ -11,12 +11,11 @@ computed once.
 """
 from __future__ import annotations
 
-import struct
-
 import hashlib
 import math
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -30,7 +29,7 @@ from ..files import regular_file
 from .mfcc import MFCC
 
 __all__ = ["BACKGROUND_NOISE", "KEYWORDS", "SILENCE", "SpeechCommands", "UNKNOWN", "as_mono_float",
-           "build_speech_commands", "decode_wav", "read_wav", "which_set"]
+           "build_speech_commands", "decode_wav", "read_wav", "read_wav_16k", "which_set"]
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
@@ -106,6 +105,14 @@ def read_wav(path: PathLike) -> tuple[np.ndarray, int]:
     """``(samples, rate)`` of a WAV file, mono float32 (``decode_wav``)."""
     wave, rate, _ = decode_wav(path)
     return wave, rate
+
+
+def read_wav_16k(path: PathLike) -> np.ndarray:
+    """A WAV file as 16 kHz mono float32 (``read_wav``, resampled where it has another rate)."""
+    from .synth import resample
+
+    wave, rate = read_wav(path)
+    return resample(wave, rate, SAMPLE_RATE)
 
 
 def _clip(wave: np.ndarray) -> np.ndarray:
@@ -214,11 +221,7 @@ def _background(root: Path) -> list[np.ndarray]:
     folder = root / BACKGROUND_NOISE
     noises = []
     for wav in sorted(folder.glob("*.wav")) if folder.is_dir() else []:
-        wave, rate = read_wav(wav)
-        if rate != SAMPLE_RATE:
-            from .synth import resample
-
-            wave = resample(wave, rate, SAMPLE_RATE)
+        wave = read_wav_16k(wav)
         if len(wave) >= SAMPLE_RATE:
             noises.append(wave)
     return noises
@@ -250,13 +253,10 @@ class SpeechCommands(Dataset):
 
 
 def _load_waves(files: list[Optional[str]]) -> torch.Tensor:
-    from .synth import resample
-
     waves = np.zeros((len(files), SAMPLE_RATE), np.float32)
     for k, f in enumerate(files):
         if f is not None:
-            wave, rate = read_wav(f)
-            waves[k] = _clip(resample(wave, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else wave)
+            waves[k] = _clip(read_wav_16k(f))
     return torch.from_numpy(waves)
 
 

@@ -208,7 +208,7 @@ def load_spotter(checkpoint: Union[str, Path, None] = None) -> KeywordSpotter:
 def load_audio(path: Union[str, Path]) -> tuple[np.ndarray, list[str]]:
     """A recording as 16 kHz mono float32, and notes on what was converted."""
     stream = stream_audio(path)
-    return (np.concatenate(list(stream.chunks())) if stream.frames else np.zeros(0, np.float32)), stream.notes
+    return stream.read(), stream.notes
 
 
 @dataclass
@@ -225,6 +225,10 @@ class AudioStream:
     @property
     def seconds(self) -> float:
         return self.frames / self.rate
+
+    def read(self) -> np.ndarray:
+        """The whole recording at once."""
+        return np.concatenate(list(self.chunks())) if self.frames else np.zeros(0, np.float32)
 
     def chunks(self, seconds: float = 30.0) -> Iterator[np.ndarray]:
         """Consecutive pieces of about ``seconds`` each, resampled to 16 kHz piece by piece: each

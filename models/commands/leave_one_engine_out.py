@@ -10,36 +10,28 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .cli import ArgumentParser, UsageError, run_cli
 
 __all__ = ["cli", "main"]
 
+if TYPE_CHECKING:
+    from ..audio.evaluate import GroupScore
 
-def _table(rows: list[dict], snr: float) -> str:
+
+def _table(rows: list[tuple[str, GroupScore, GroupScore]], snr: float) -> str:
     lines = [f"| held-out engine | keywords right | unknown called unknown | keyword for unknown | keywords at {snr:g} dB |",
              "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['engine']} | {r['clean']['keyword_top1']:.2f}% of {r['clean']['keyword_clips']:,} | "
-                     f"{r['clean']['unknown_rejected']:.2f}% of {r['clean']['unknown_clips']:,} | "
-                     f"{r['clean']['false_keyword_rate']:.2f}% | {r['noisy']['keyword_top1']:.2f}% |")
+    for engine, clean, noisy in rows:
+        lines.append(f"| {engine} | {clean.keyword_top1:.2f}% of {clean.keyword_clips:,} | "
+                     f"{clean.unknown_rejected:.2f}% of {clean.unknown_clips:,} | {clean.false_keyword_rate:.2f}% | "
+                     f"{noisy.keyword_top1:.2f}% |")
     return "\n".join(lines)
 
 
-def _pooled(rows: list[dict], which: str) -> dict:
-    kw = sum(r[which]["keyword_clips"] for r in rows)
-    right = sum(r[which]["keyword_top1"] * r[which]["keyword_clips"] / 100 for r in rows)
-    unk = sum(r[which]["unknown_clips"] for r in rows)
-    rejected = sum(r[which]["unknown_rejected"] * r[which]["unknown_clips"] / 100 for r in rows)
-    false = sum(r[which]["false_keyword_rate"] * r[which]["unknown_clips"] / 100 for r in rows)
-    return {"keyword_clips": kw, "keyword_top1": 100 * right / kw, "unknown_clips": unk,
-            "unknown_rejected": 100 * rejected / unk if unk else float("nan"),
-            "false_keyword_rate": 100 * false / unk if unk else float("nan")}
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..audio.evaluate import score_folder
+    from ..audio.evaluate import GroupScore, score_folder
     from ..audio.make_data import read_manifest
     from ..audio.spot import load_spotter
     from ..files import atomic_path
@@ -75,14 +67,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"== holding out {engine}: training on {', '.join(e for e in engines if e != engine)}")
         train(cfg)
         spotter = load_spotter(run / "last.pt")
-        clean = score_folder(spotter, data, [engine]).overall.as_dict()
-        noisy = score_folder(spotter, data, [engine], snr_db=args.snr).overall.as_dict()
-        rows.append({"engine": engine, "checkpoint": str(run / "last.pt"), "clean": clean, "noisy": noisy})
-        print(f"held-out {engine}: keywords {clean['keyword_top1']:.2f}%, unknown called unknown "
-              f"{clean['unknown_rejected']:.2f}%, keywords at {args.snr:g} dB {noisy['keyword_top1']:.2f}%")
-    summary = {"data_dir": str(data), "train_args": list(train_args), "snr_db": args.snr, "engines": rows,
-               "pooled": {"clean": _pooled(rows, "clean"), "noisy": _pooled(rows, "noisy")}}
-    table = _table(rows + [{"engine": "pooled", **summary["pooled"]}], args.snr)
+        clean = score_folder(spotter, data, [engine]).overall
+        noisy = score_folder(spotter, data, [engine], snr_db=args.snr).overall
+        rows.append((engine, clean, noisy))
+        print(f"held-out {engine}: keywords {clean.keyword_top1:.2f}%, unknown called unknown "
+              f"{clean.unknown_rejected:.2f}%, keywords at {args.snr:g} dB {noisy.keyword_top1:.2f}%")
+    pooled = ("pooled", sum((c for _, c, _ in rows), GroupScore()), sum((n for _, _, n in rows), GroupScore()))
+    summary = {"data_dir": str(data), "train_args": list(train_args), "snr_db": args.snr,
+               "engines": [{"engine": e, "checkpoint": str(out / f"without_{e}" / "last.pt"), "clean": c.as_dict(),
+                            "noisy": n.as_dict()} for e, c, n in rows],
+               "pooled": {"clean": pooled[1].as_dict(), "noisy": pooled[2].as_dict()}}
+    table = _table(rows + [pooled], args.snr)
     with atomic_path(out / "loeo.json") as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=1) + "\n")
     with atomic_path(out / "loeo.md") as tmp:

@@ -21,8 +21,6 @@ LONG_SECONDS = 1.5
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import numpy as np
-
     from ..audio.spot import load_spotter, stream_audio
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,8 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stream = stream_audio(path)
         note = f" (note: {'; '.join(stream.notes)})" if stream.notes else ""
         if stream.seconds <= LONG_SECONDS:
-            wave = np.concatenate(list(stream.chunks())) if stream.frames else np.zeros(0, np.float32)
-            ranked = ", ".join(f"{word} {prob:.2f}" for word, prob in spotter.top_k(wave, args.top_k))
+            ranked = ", ".join(f"{word} {prob:.2f}" for word, prob in spotter.top_k(stream.read(), args.top_k))
             print(f"{path}: {ranked}{note}")
             continue
         found = spotter.scan(stream.chunks(), threshold=args.threshold)

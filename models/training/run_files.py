@@ -14,9 +14,9 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from ..files import FileKindError, atomic_path, check_torch_file, regular_file
+from ..files import FileKindError, atomic_path, regular_file
 from ..errors import UsageError
-from ..weights import CheckpointError
+from ..weights import CheckpointError, check_torch_file
 
 __all__ = ["CHECKPOINT_FORMAT", "LOCK_FILE", "RUN_FILES", "RUN_RESULTS", "RunFolderBusy", "acquire_run_lock",
            "check_out_dir", "confusion_figure", "curves_figure", "folder_in_use", "free_run_dir", "load_checkpoint",
