@@ -16,6 +16,7 @@ from conftest import run_in_process
 from dszoo.audio import augment as A
 from dszoo.audio.engines import ENGINES, find_engines
 from dszoo.audio.evaluate import score_folder
+from dszoo.audio.mfcc import MFCC
 from dszoo.audio.make_data import GENERATING, MANIFEST, generate_speech_data, read_manifest
 from dszoo.audio.speech_commands import KEYWORDS, SILENCE, UNKNOWN, _index, build_speech_commands, read_wav, which_set
 from dszoo.audio.spot import KeywordSpotter
@@ -44,6 +45,22 @@ def test_each_engine_writes_its_clips_and_manifest(engine: str, tmp_path: Path) 
         wave, rate = read_wav(tmp_path / row["file"])
         assert rate == 16000 and len(wave) == 16000 and np.abs(wave).max() > 0.2, row
     assert not (tmp_path / GENERATING).exists()
+
+
+@pytest.mark.parametrize("engine", sorted(set(ENGINES) - {"espeak"}))
+def test_each_setting_of_a_voice_says_the_word_differently(engine: str) -> None:
+    """The speeds and pitches a voice is listed at take effect: every setting gives its own wave,
+    and the slowest speed a longer word than the fastest (eSpeak NG draws its settings per
+    speaker instead; tested with its synthesiser)."""
+    if not find_engines([engine])[0]:
+        pytest.skip(f"speech engine {engine} not installed ({ENGINES[engine].install})")
+    found = ENGINES[engine]
+    settings = found.settings(found.voices()[0])
+    waves = [found.say_all(["seven"], s)[0] for s in settings]
+    assert len(settings) == 9 and all(w.dtype == np.float32 and np.abs(w).max() > 0.05 for w in waves)
+    assert len({w.tobytes() for w in waves}) == len(settings)
+    length = {s.speed: len(w) for s, w in zip(settings, waves) if s.pitch == 1.0}
+    assert length[max(length)] > 1.2 * length[min(length)], length
 
 
 def test_an_interrupted_dataset_is_refused_then_replaced(tmp_path: Path) -> None:
@@ -89,7 +106,7 @@ def _word_clip() -> torch.Tensor:
     return wave
 
 
-@pytest.mark.parametrize("lever", [lv for lv in A.LEVERS if lv != "specaugment"])
+@pytest.mark.parametrize("lever", [lv for lv in A.LEVERS if lv not in ("specaugment", "vtlp")])
 def test_each_lever_changes_the_clip_and_keeps_its_length_and_dtype(lever: str) -> None:
     noise = (torch.rand(48000, generator=torch.Generator().manual_seed(1)) - 0.5)
     clip = _word_clip()
@@ -122,9 +139,25 @@ def test_levers_do_what_they_say() -> None:
     assert changed[..., 0].sum() <= 2 * 8 and changed.any() and masked.shape == mfcc.shape
 
 
+def test_vtlp_scales_the_frequencies_the_mfccs_see() -> None:
+    """``vtlp`` acts in the filterbank: a tone's strongest mel band moves up for a warp above 1
+    and down below it, a warp of 1 is the plain MFCC exactly, and the augmenter draws warps in
+    [0.88, 1.12] only when the lever is on."""
+    mfcc = MFCC("mlperf_tiny")
+    t = torch.arange(16000) / 16000
+    tone = 0.5 * torch.sin(2 * math.pi * 1500 * t)
+    band = {w: int(mfcc.log_mel(tone, w)[0, 20].argmax()) for w in (0.88, 1.0, 1.12)}
+    assert band[0.88] < band[1.0] < band[1.12], band
+    assert torch.equal(mfcc(tone, 1.0), mfcc(tone)) and mfcc(tone, 1.1).shape == mfcc(tone).shape
+    g = torch.Generator().manual_seed(0)
+    warps = [A.Augmenter(("vtlp",), g).warp() for _ in range(50)]
+    assert all(0.88 <= w <= 1.12 for w in warps) and len(set(warps)) == 50
+    assert A.Augmenter(("speed",), g).warp() == 1.0
+
+
 @pytest.mark.parametrize("text, levers", [
     ("basic", ("shift", "noise")),
-    ("all,-reverb", ("shift", "snr", "speed", "gain", "eq", "specaugment", "context")),
+    ("all,-reverb", ("shift", "snr", "speed", "vtlp", "gain", "eq", "specaugment", "context")),
     ("voices", ("shift", "snr", "speed", "context")),
     ("shift,speed", ("shift", "speed")),
     ("none", ()),

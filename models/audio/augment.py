@@ -22,6 +22,9 @@ here cost 1.2 ms a clip together, with all on (FFTs of the clip: ``eq`` 0.5 ms, 
 - ``context``: with probability 0.5, part of another training clip's word at the window's
   edge (moved 0.6-1 s away, at 0.2-1x the level), as neighbouring words fall into a 1 s
   window when a recording is scanned.
+- ``vtlp``: vocal tract length perturbation (Jaitly & Hinton 2013), the spectrum's frequencies
+  scaled by U(0.88, 1.12) with the tempo kept: formants and pitch move, as between speakers of
+  different size; applied in the MFCC's filterbank (``mfcc.warped_mel``), so nothing is resynthesised.
 - ``specaugment``: two time masks of up to 8 frames and one mask of up to 2 cepstral
   coefficients on the MFCCs (Park et al. 2019).
 """
@@ -36,9 +39,9 @@ import torch
 __all__ = ["LEVERS", "PRESETS", "Augmenter", "parse_levers"]
 
 SAMPLE_RATE = 16000
-LEVERS = ("shift", "noise", "snr", "speed", "gain", "eq", "reverb", "specaugment", "context")
+LEVERS = ("shift", "noise", "snr", "speed", "vtlp", "gain", "eq", "reverb", "specaugment", "context")
 PRESETS = {"none": (), "basic": ("shift", "noise"), "voices": ("shift", "snr", "speed", "context"),
-           "all": ("shift", "snr", "speed", "gain", "eq", "reverb", "specaugment", "context")}
+           "all": ("shift", "snr", "speed", "vtlp", "gain", "eq", "reverb", "specaugment", "context")}
 """Named sets of levers: ``basic`` is what the references train with; ``voices`` the levers that
 helped on engines never heard (the ablation in docs/keyword_spotting.md: ``gain``, ``eq``,
 ``reverb`` and ``specaugment`` each cost keywords there); ``all`` every lever."""
@@ -110,6 +113,10 @@ class Augmenter:
         if "gain" in on:
             wave = wave * 10 ** (self._uniform(-20, 10) / 20)
         return torch.clamp(wave, -1.0, 1.0)
+
+    def warp(self) -> float:
+        """The frequency scale of the next clip's MFCCs: drawn when ``vtlp`` is on, else 1."""
+        return self._uniform(0.88, 1.12) if "vtlp" in self.levers else 1.0
 
     def features(self, mfcc: torch.Tensor) -> torch.Tensor:
         """SpecAugment's masks on ``(1, frames, coefficients)`` MFCCs when ``specaugment`` is on."""

@@ -1,7 +1,8 @@
-"""Speech engines the data generator can speak with: eSpeak NG in this process (the pip wheel,
-always there), and Flite and Festival, two independent synthesisers (Debian's ``flite`` and
-``festival`` packages with their ``festvox-*`` voices) run as programs. Each engine gives its
-voices at several speeds and pitches; the generator uses every engine it finds.
+"""Speech engines the data generator can speak with: eSpeak NG (a formant synthesiser) and SVOX
+Pico (an HMM synthesiser), both in this process from pip packages, and Flite and Festival
+(diphone, unit-selection and HTS voices; Debian's ``flite`` and ``festival`` packages with their
+``festvox-*`` voices) run as programs. Each engine gives its voices at several speeds and
+pitches; the generator uses every engine it finds.
 
 Flite and Festival come from CMU and Edinburgh, and neither has a maintained Python binding:
 both are driven through their command lines (Flite one word a call; Festival one process a
@@ -22,16 +23,19 @@ import numpy as np
 from ..errors import RunError
 from .speech_commands import read_wav_16k
 
-__all__ = ["ENGINES", "ESpeakEngine", "EngineVoice", "FestivalEngine", "FliteEngine", "SpeechEngine", "find_engines"]
+__all__ = ["ENGINES", "ESpeakEngine", "EngineVoice", "FestivalEngine", "FliteEngine", "PicoEngine", "SpeechEngine",
+           "find_engines"]
 
 SAMPLE_RATE = 16000
 SPEEDS = (0.85, 1.0, 1.2)
 """Duration stretch factors each voice of Flite and Festival speaks at (above 1: slower)."""
 PITCHES = (0.8, 1.0, 1.25)
 """Pitch factors (of the voice's mean f0) each voice speaks at, where the engine can change it."""
-INSTALL = "apt-get install flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
-"""The one line that adds both optional engines and their English voices (Debian's main archive;
-``FestivalEngine.install`` adds its voices of other languages too)."""
+INSTALL = ("pip install 'dszoo[pico]'; apt-get install flite festival festvox-kallpc16k festvox-kdlpc16k "
+           "festvox-us-slt-hts")
+"""The lines that add the optional engines and their English voices (Pico from PyPI, built with a C
+compiler; Flite and Festival from Debian's main archive, where ``FestivalEngine.install`` adds its
+voices of other languages too)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,50 @@ class FestivalEngine(SpeechEngine):
             return [read_wav_16k(o) for o in outs]
 
 
+class PicoEngine(SpeechEngine):
+    """SVOX Pico, Android's former HMM synthesiser, through the ``ttspico`` package (its C source
+    and voices, Apache 2.0): two English voices and four of other languages reading the English
+    words; speed and pitch through the engine's ``rate`` and ``pitch`` (percent)."""
+
+    name = "pico"
+    install = "pip install 'dszoo[pico]'"
+    VOICES = ("en-US", "en-GB", "de-DE", "es-ES", "fr-FR", "it-IT")
+    VOLUME = 60
+    """Percent of full volume: at 100 Pico clips its loudest samples (levels are set afterwards)."""
+
+    def available(self) -> bool:
+        try:
+            import ttspico  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def voices(self) -> list[str]:
+        return list(self.VOICES)
+
+    @functools.cache  # one engine a voice a process (each loads its voice files)
+    def _engine(self, voice: str) -> Any:
+        import ttspico
+
+        try:
+            engine = ttspico.TtsEngine(voice)
+        except RuntimeError as e:
+            raise RunError(f"pico: voice {voice} could not be loaded ({e}); reinstall with {self.install}") from None
+        engine.volume = self.VOLUME
+        return engine
+
+    def say_all(self, words: Sequence[str], voice: EngineVoice) -> list[np.ndarray]:
+        engine = self._engine(voice.voice)
+        engine.rate, engine.pitch = round(100 / voice.speed), round(100 * voice.pitch)
+        waves = []
+        for word in words:
+            pcm = engine.speak(word)
+            if not pcm:
+                raise RunError(f"pico could not say {word!r} with voice {voice.voice}")
+            waves.append(np.frombuffer(pcm, np.int16).astype(np.float32) / 32768.0)
+        return waves
+
+
 class ESpeakEngine(SpeechEngine):
     """eSpeak NG through the ``espeakng-loader`` wheel (``synth.SpeechSynthesizer``); its speakers
     are drawn by ``make_data.speakers`` (accents x variants x rates x pitches)."""
@@ -198,7 +246,7 @@ class ESpeakEngine(SpeechEngine):
         return [synth.say(word, setting) for word in words]
 
 
-ENGINES: dict[str, SpeechEngine] = {e.name: e for e in (ESpeakEngine(), FliteEngine(), FestivalEngine())}
+ENGINES: dict[str, SpeechEngine] = {e.name: e for e in (ESpeakEngine(), PicoEngine(), FliteEngine(), FestivalEngine())}
 """Every engine the generator knows, by name."""
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["MFCC", "MFCC_PRESETS", "MFCCPreset", "arm_mel_filterbank", "tf_linear_to_mel_weight_matrix"]
+__all__ = ["MFCC", "MFCC_PRESETS", "MFCCPreset", "arm_mel_filterbank", "tf_linear_to_mel_weight_matrix", "warped_mel"]
 
 
 @dataclass(frozen=True)
@@ -149,9 +149,10 @@ class MFCC(nn.Module):
         self.tail = p.fft_length - p.window_samples  # zeros after the clip, so its last window fits
         self.frames = 1 + (p.clip_samples - p.window_samples) // p.hop_samples
 
-    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+    def log_mel(self, wave: torch.Tensor, warp: float = 1.0) -> torch.Tensor:
         """The floored log mel energies ``(batch, frames, mel_bins)``, in the compute dtype. A
-        clip shorter than a second, even of no samples, is zero-padded (silence), by every preset."""
+        clip shorter than a second, even of no samples, is zero-padded (silence), by every preset.
+        ``warp`` other than 1 scales the spectrum's frequencies by it first (``warped_mel``)."""
         wave = _waveforms(wave)
         wave = wave.to(self.window.dtype)[:, : self.clip_samples]
         if self.normalise_peak and wave.shape[1]:
@@ -162,16 +163,31 @@ class MFCC(nn.Module):
         # (batch, frames, bins); audio_ops computes the power spectrum and its filterbank takes the
         # square root again, so both references weight the magnitude
         magnitude = spec.abs().transpose(1, 2)
+        weights = self.mel if warp == 1.0 else warped_mel(self.mel, warp)
         if self.clamp_floor:
-            mel = torch.clamp(magnitude @ self.mel, min=self.log_floor)
+            mel = torch.clamp(magnitude @ weights, min=self.log_floor)
         else:
-            mel = magnitude @ self.mel + self.log_floor
+            mel = magnitude @ weights + self.log_floor
         return torch.log(mel)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, warp: float = 1.0) -> torch.Tensor:
+        """The MFCCs of ``wave``; ``warp`` (the ``vtlp`` augmentation) scales its frequencies."""
         wave = _waveforms(wave)
         out_dtype = wave.dtype if wave.dtype in (torch.float32, torch.float64) else torch.float32
-        return (self.log_mel(wave) @ self.dct).unsqueeze(1).to(out_dtype)
+        return (self.log_mel(wave, warp) @ self.dct).unsqueeze(1).to(out_dtype)
+
+
+def warped_mel(mel: torch.Tensor, warp: float) -> torch.Tensor:
+    """The filterbank ``mel`` ``(bins, mel_bins)`` for a spectrum whose frequencies are scaled by
+    ``warp``: vocal tract length perturbation (Jaitly & Hinton 2013), done on the filters (each
+    filter reads bin ``warp * k`` where it read bin ``k``), so nothing is resynthesised."""
+    bins = mel.shape[0]
+    source = torch.arange(bins, dtype=mel.dtype, device=mel.device) * warp
+    low = source.floor().long().clamp(0, bins - 1)
+    high = (low + 1).clamp(max=bins - 1)
+    frac = (source - low.to(mel.dtype)).unsqueeze(1)
+    out = mel[low] * (1 - frac) + mel[high] * frac
+    return out * (source < bins - 1).to(mel.dtype).unsqueeze(1)
 
 
 def _waveforms(wave: torch.Tensor) -> torch.Tensor:

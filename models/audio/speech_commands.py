@@ -249,7 +249,7 @@ class SpeechCommands(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         wave = self.augmenter.wave(self.waves[i].float(), silence=self.silence[i])
         with torch.no_grad():
-            return self.augmenter.features(self.mfcc(wave)[0]), self.labels[i]
+            return self.augmenter.features(self.mfcc(wave, self.augmenter.warp())[0]), self.labels[i]
 
 
 def _load_waves(files: list[Optional[str]]) -> torch.Tensor:
