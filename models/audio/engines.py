@@ -11,6 +11,7 @@ voice, reading a Scheme script of every word).
 from __future__ import annotations
 
 import functools
+import importlib
 import shutil
 import subprocess
 import tempfile
@@ -57,9 +58,15 @@ class SpeechEngine:
 
     name = ""
     install = ""
+    module = ""
+    """The Python package an in-process engine speaks through; ``available`` imports it."""
 
     def available(self) -> bool:
-        raise NotImplementedError
+        try:
+            importlib.import_module(self.module)
+        except ImportError:
+            return False
+        return True
 
     def voices(self) -> list[str]:
         raise NotImplementedError
@@ -176,16 +183,10 @@ class PicoEngine(SpeechEngine):
 
     name = "pico"
     install = "pip install 'dszoo[pico]'"
+    module = "ttspico"
     VOICES = ("en-US", "en-GB", "de-DE", "es-ES", "fr-FR", "it-IT")
     VOLUME = 60
     """Percent of full volume: at 100 Pico clips its loudest samples (levels are set afterwards)."""
-
-    def available(self) -> bool:
-        try:
-            import ttspico  # noqa: F401
-        except ImportError:
-            return False
-        return True
 
     def voices(self) -> list[str]:
         return list(self.VOICES)
@@ -219,13 +220,7 @@ class ESpeakEngine(SpeechEngine):
 
     name = "espeak"
     install = "pip install 'dszoo[speech]'"
-
-    def available(self) -> bool:
-        try:
-            import espeakng_loader  # noqa: F401
-        except ImportError:
-            return False
-        return True
+    module = "espeakng_loader"
 
     def voices(self) -> list[str]:
         from .make_data import ACCENTS, FOREIGN_VOICES
