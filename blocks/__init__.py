@@ -3,6 +3,7 @@ registry here)."""
 from .layers import (
     ACTIVATIONS,
     NORMS,
+    CepstralMeanNorm,
     Conv2dSame,
     PooledLinear,
     ConvNormAct,
@@ -18,6 +19,7 @@ from .separable import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, s
 
 __all__ = [
     "ACTIVATIONS",
+    "CepstralMeanNorm",
     "NORMS",
     "Conv2dSame",
     "PooledLinear",

@@ -15,6 +15,7 @@ from torch import nn
 
 __all__ = [
     "ACTIVATIONS",
+    "CepstralMeanNorm",
     "NORMS",
     "ActLike",
     "NormLike",
@@ -257,3 +258,12 @@ class PointwiseConv(ConvNormAct):
         act: ActLike = None,
     ) -> None:
         super().__init__(in_chs, out_chs, 1, stride=1, bias=bias, padding=0, norm=norm, act=act)
+
+
+class CepstralMeanNorm(nn.Module):
+    """Each input column less its mean over the rows: for MFCCs ``(batch, 1, frames,
+    coefficients)``, cepstral mean normalisation (Atal 1974), which removes what stays constant
+    through a clip, a voice's or a microphone's spectral envelope. No parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(dim=-2, keepdim=True)

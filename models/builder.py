@@ -15,7 +15,7 @@ import torch
 from timm.models import FeatureInfo
 from torch import nn
 
-from .blocks import (ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d, SqueezeExcite, XceptionBlock,
+from .blocks import (CepstralMeanNorm, ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d, SqueezeExcite, XceptionBlock,
                      pair, standard_conv)
 from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
@@ -193,6 +193,8 @@ class ZooNet(nn.Module):
 
         chs, red_h, red_w = cfg.in_chans, 1, 1
         points: list[tuple[str, int, int]] = []  # (module, channels, reduction) after each stage
+        # before the stem, outside its numbering: weights load with and without it
+        self.input_norm: Optional[nn.Module] = CepstralMeanNorm() if cfg.input_norm == "cepstral_mean" else None
         stem: list[nn.Module] = []
         for spec in cfg.stem:
             layers, chs, (sh, sw) = _build_stage(spec, chs, ctx, spec.repeat)
@@ -312,6 +314,8 @@ class ZooNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -352,6 +356,7 @@ class ZooFeatures(nn.Module):
         # part 0 is the stem, part k the (k-1)-th stage
         self.out_parts: list[int] = [0 if n == "stem" else int(n.split(".")[1]) + 1 for n in names]
         last = max(self.out_parts)
+        self.input_norm = model.input_norm
         self.parts = nn.ModuleList([model.stem, *list(model.stages)[:last]])
         self.in_chans = model.in_chans
         self.min_input_size = model.min_input_size
@@ -361,6 +366,8 @@ class ZooFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_input(x, self.in_chans, self.min_input_size, self.model_name)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         out: list[torch.Tensor] = []
         for i, part in enumerate(self.parts):
             x = part(x)

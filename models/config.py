@@ -227,6 +227,9 @@ class ModelConfig(_Strict):
     at the bottom and right, from the input size at run time), which timm's ``tf_`` ports need."""
     bundled_weights: Optional[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+\.safetensors$")]] = None
     """A file shipped in ``dszoo.pretrained`` that ``pretrained=True`` loads (before timm's)."""
+    input_norm: Literal["none", "cepstral_mean"] = "none"
+    """``cepstral_mean``: the input less its mean over rows first (``blocks.CepstralMeanNorm``, module
+    ``input_norm``, no weights); for MFCCs it removes a voice's constant spectral envelope."""
     input_size: tuple[PosInt, PosInt, PosInt] = (3, 224, 224)
     min_input_size: Optional[tuple[PosInt, PosInt]] = None
     num_classes: Annotated[int, Field(strict=True, ge=0, le=MAX_INT)] = 1000

@@ -12,6 +12,7 @@ from torch import nn
 from conftest import small_input_size, structural_variants
 from dszoo import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models
 from dszoo.profile import layer_gemms, layer_macs
+from dszoo.blocks import CepstralMeanNorm
 
 ALL_MODELS = list_models()
 
@@ -294,6 +295,27 @@ def test_ds_cnn_stem_dropout_and_35_words() -> None:
     assert isinstance(model.stem[-1], nn.Dropout) and model.stem[-1].p == 0.2
     assert model.head_drop.p == 0.4
     assert model.eval()(torch.randn(4, 1, 49, 10)).shape == (4, 35)
+
+
+@pytest.mark.parametrize("name", ["ds_cnn_s", "ds_cnn_m", "ds_cnn_l"])
+@torch.no_grad()
+def test_ds_cnn_hears_through_a_constant_spectral_envelope(name: str) -> None:
+    """``input_norm: cepstral_mean`` (the DS-CNNs' default): a constant added to each MFCC
+    coefficient over the clip, as a voice's or a microphone's envelope adds, leaves the output
+    as it was; with ``none`` (the references' network, same parameters) it does not."""
+    x, envelope = torch.randn(2, 1, 49, 10), 3 * torch.randn(1, 1, 1, 10)
+    normed = create_model(name).eval()
+    plain = create_model(name, input_norm="none").eval()
+    plain.load_state_dict(normed.state_dict())
+    assert isinstance(normed.input_norm, CepstralMeanNorm) and plain.input_norm is None
+    heard, unheard = normed.forward_features, plain.forward_features
+    scale = float(heard(x).abs().max())  # a fresh network's activations are small
+    assert (heard(x + envelope) - heard(x)).abs().max() < 1e-4 * scale
+    assert (unheard(x + envelope) - unheard(x)).abs().max() > 0.1 * scale
+    assert torch.allclose(unheard(x - x.mean(dim=-2, keepdim=True)), heard(x), rtol=1e-4, atol=1e-6 * scale)
+    features = create_model(name, features_only=True).eval()
+    features.load_state_dict(normed.state_dict(), strict=False)
+    assert (features(x + envelope)[-1] - features(x)[-1]).abs().max() < 1e-4 * scale
 
 
 def test_unknown_model_suggests_close_matches() -> None:
