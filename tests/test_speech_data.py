@@ -378,6 +378,7 @@ def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Pat
     scores = score_recordings(KeywordSpotter(_Always(classes.index("yes"), len(classes)), classes), quiet, [0.5, 0.9])
     assert [(s.keywords, s.hits, s.false_alarms) for s in scores] == [(0, 0, 2), (0, 0, 2)]
     assert scores[0].minutes == pytest.approx(0.5)
+    assert scores[0].as_dict()["hit_rate"] is None and scores[0].as_dict()["false_alarms_per_minute"] == pytest.approx(4)
     from dszoo import create_model
 
     torch.manual_seed(0)
@@ -387,6 +388,7 @@ def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Pat
     res = run_in_process("eval_speech", [str(model_file), str(quiet), "--max-false-alarms-per-minute", "100",
                                          "--save-spotter", str(out)])
     assert res.returncode == 0, res.stderr
+    assert "nan" not in res.stdout and res.stdout.splitlines()[2].split()[1] == "-"  # no keywords to find
     chosen = float(res.stdout.split("threshold ")[-1].split()[0].rstrip(")"))
     assert f"wrote {out} (threshold {chosen:.2f})" in res.stdout and load_spotter(out).threshold == chosen == 0.3
     clips = run_in_process("eval_speech", [str(model_file), str(two_engines), "--save-spotter", str(tmp_path / "x.safetensors")])

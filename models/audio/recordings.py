@@ -140,11 +140,13 @@ class RecordingScore:
     def false_alarms_per_minute(self) -> float:
         return self.false_alarms / self.minutes if self.minutes else float("nan")
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Optional[float]]:
+        """The figures, JSON-ready: a rate with nothing to count (no keywords, no minutes) is ``None``."""
+        per_minute = self.false_alarms_per_minute if self.minutes else None
         return {"threshold": self.threshold, "keywords": self.keywords, "hits": self.hits,
                 "misses": self.keywords - self.hits, "false_alarms": self.false_alarms, "minutes": self.minutes,
-                "hit_rate": self.hit_rate, "false_alarms_per_minute": self.false_alarms_per_minute,
-                "false_alarms_per_hour": 60 * self.false_alarms_per_minute}
+                "hit_rate": self.hit_rate if self.keywords else None, "false_alarms_per_minute": per_minute,
+                "false_alarms_per_hour": None if per_minute is None else 60 * per_minute}
 
 
 def _match(detections: list, events: list[Event]) -> tuple[int, int]:

@@ -43,7 +43,8 @@ def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int: 
     for sc in scores:
         mark = " <- the model's" if sc.threshold == round(own, 4) else (" <- chosen" if sc is chosen else "")
         if sc.threshold in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95) or mark:
-            print(f"{sc.threshold:>9.2f} {sc.hit_rate:>7.2f}% ({sc.hits:>4}) {sc.false_alarms:>13} "
+            found = f"{sc.hit_rate:>7.2f}% ({sc.hits:>4})" if sc.keywords else f"{'-':>16}"  # no keywords to find
+            print(f"{sc.threshold:>9.2f} {found} {sc.false_alarms:>13} "
                   f"{sc.false_alarms_per_minute:>10.3f}{mark}")
     if chosen is not None:
         print(f"operating point for at most {args.max_false_alarms_per_minute:g} false alarms per minute: threshold "
