@@ -15,8 +15,8 @@ import torch
 from timm.models import FeatureInfo
 from torch import nn
 
-from .blocks import (CepstralMeanNorm, ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d, SqueezeExcite, XceptionBlock,
-                     pair, standard_conv)
+from .blocks import (CepstralMeanNorm, ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d,
+                     SqueezeExcite, XceptionBlock, pair, standard_conv)
 from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
 
