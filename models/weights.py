@@ -430,10 +430,19 @@ def cached_timm_weights(cfg: Any) -> Path:
                           f"timm.create_model({cfg.timm_name!r}, pretrained=True) caches them, or pass pretrained='FILE'")
 
 
+def _measured_weights(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The weights a checkpoint's figures were measured with: its EMA's where the run kept one
+    (``--ema`` validates the average, timm's ``ModelEmaV3``), else the model's own."""
+    ema = ckpt.get("ema")
+    if isinstance(ema, Mapping) and ema:
+        return {k.removeprefix("module."): v for k, v in ema.items()}
+    return ckpt["model"]
+
+
 def model_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> tuple[ZooNet, list[str]]:
     """The network a training checkpoint saved, built from its own ``model_config`` (not from a
     registered name that may have been edited since, and with its own classes and input size),
-    with its weights; and notes, such as how the registry's config of that name now differs.
+    with its weights (``_measured_weights``: the EMA's after ``--ema``); and notes, such as how the registry's config of that name now differs.
     ``CheckpointError`` in one line for a config, weights or ``class_names`` that do not fit."""
     from pydantic import ValidationError
 
@@ -459,7 +468,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> tuple[ZooNet,
         raise CheckpointError(f"{source}: class_names must be {cfg.num_classes} distinct non-empty names, one per "
                               f"output of the model, got {str(classes)[:120]}")
     model = build_model(cfg)
-    own, state = model.state_dict(), ckpt["model"]
+    own, state = model.state_dict(), _measured_weights(ckpt)
     problems = ([f"its weights are those of another network ({len(state)} tensors, its config builds {len(own)})"]
                 if state.keys() != own.keys() else
                 [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} from its config"

@@ -19,6 +19,7 @@ from torch import nn
 from conftest import run_in_process
 from dszoo import create_model, load_pretrained
 from dszoo.errors import RunError, UsageError
+from dszoo.weights import model_from_checkpoint
 from dszoo.training.data import build_datasets
 from dszoo.commands.train import build_parser
 from dszoo.training import TrainConfig, evaluate, train, uses_channels_last, validation_shard
@@ -83,6 +84,12 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(rows(full / "metrics.csv")) == strip(rows(killed / "metrics.csv"))
+    # what the run validated with is what a finished checkpoint gives (export, spotting, --pretrained)
+    saved = torch.load(full / "last.pt", weights_only=True)
+    model, _ = model_from_checkpoint(saved, "last.pt")
+    ema = {k.removeprefix("module."): v for k, v in saved["ema"].items()}
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, saved["model"][k]) for k, v in model.state_dict().items())
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
