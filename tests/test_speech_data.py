@@ -63,6 +63,35 @@ def test_each_setting_of_a_voice_says_the_word_differently(engine: str) -> None:
     assert length[max(length)] > 1.2 * length[min(length)], length
 
 
+def test_a_pico_voice_that_fails_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pico's voice files missing, or a word it says nothing for: a RunError naming the voice."""
+    from dszoo.audio.engines import EngineVoice, PicoEngine
+    from dszoo.errors import RunError
+
+    ttspico = pytest.importorskip("ttspico", reason="speech engine pico not installed (pip install 'dszoo[pico]')")
+
+    def missing(language: str) -> None:
+        raise RuntimeError("Could not instantiate TTS engine with language " + language)
+
+    monkeypatch.setattr(ttspico, "TtsEngine", missing)
+    with pytest.raises(RunError, match=r"^pico: voice en-GB could not be loaded \(Could not instantiate .*\); "
+                                       r"reinstall with pip install 'dszoo\[pico\]'$"):
+        PicoEngine().say_all(["yes"], EngineVoice("pico", "en-GB"))
+
+    class Mute:
+        volume = rate = pitch = 100
+
+        def __init__(self, language: str) -> None:
+            pass
+
+        def speak(self, text: str) -> None:
+            return None
+
+    monkeypatch.setattr(ttspico, "TtsEngine", Mute)
+    with pytest.raises(RunError, match=r"^pico could not say 'yes' with voice fr-FR$"):
+        PicoEngine().say_all(["yes"], EngineVoice("pico", "fr-FR"))
+
+
 def test_an_interrupted_dataset_is_refused_then_replaced(tmp_path: Path) -> None:
     out = tmp_path / "speech"
 
