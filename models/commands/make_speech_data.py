@@ -1,7 +1,7 @@
 """``dszoo-make-speech-data``: a Speech Commands stand-in synthesised offline, with every speech
-engine installed (eSpeak NG from pip always; Flite and Festival where Debian's packages are).
+engine installed (eSpeak NG from pip always; Pico, Flite, Festival, SAM and DECtalk where they are).
 
-    dszoo-make-speech-data --out data/speech                # 200 eSpeak NG speakers + every Flite/Festival voice
+    dszoo-make-speech-data --out data/speech                # 200 eSpeak NG speakers + every other engine's voices
     dszoo-make-speech-data --out data/tiny --speakers 20 --words yes no up down --engines espeak
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", required=True, help="folder to create (must not hold files yet, unless it is an "
                                                 "interrupted dataset, which is replaced)")
     p.add_argument("--speakers", type=positive_int, default=200, help="eSpeak NG speakers (default %(default)s); "
-                   "Flite and Festival add each of their voices at 3 speeds x 3 pitches")
+                   "the other engines add each of their voices at 3 speeds x 3 pitches")
     p.add_argument("--words", nargs="+", default=list(KEYWORDS + OTHER_WORDS),
                    help="words each speaker says (default: the 35 Speech Commands words)")
     p.add_argument("--engines", nargs="+", choices=list(ENGINES), default=None,
