@@ -49,8 +49,8 @@ def test_each_engine_writes_its_clips_and_manifest(engine: str, tmp_path: Path) 
 
 @pytest.mark.parametrize("engine", sorted(set(ENGINES) - {"espeak"}))
 def test_each_setting_of_a_voice_says_the_word_differently(engine: str) -> None:
-    """The speeds and pitches a voice is listed at take effect: every setting gives its own wave,
-    and the slowest speed a longer word than the fastest (eSpeak NG draws its settings per
+    """The speeds and pitches a voice is listed at take effect: every setting gives its own wave
+    (starting without a click), and the slowest speed a longer word than the fastest (eSpeak NG draws its settings per
     speaker instead; tested with its synthesiser)."""
     if not find_engines([engine])[0]:
         pytest.skip(f"speech engine {engine} not installed ({ENGINES[engine].install})")
@@ -58,6 +58,7 @@ def test_each_setting_of_a_voice_says_the_word_differently(engine: str) -> None:
     settings = found.settings(found.voices()[0])
     waves = [found.say_all(["seven"], s)[0] for s in settings]
     assert len(settings) == 9 and all(w.dtype == np.float32 and np.abs(w).max() > 0.05 for w in waves)
+    assert all(np.abs(w[:8]).max() < 0.9 for w in waves)  # no full-scale click where the word starts
     assert len({w.tobytes() for w in waves}) == len(settings)
     length = {s.speed: len(w) for s, w in zip(settings, waves) if s.pitch == 1.0}
     assert length[max(length)] > 1.2 * length[min(length)], length

@@ -271,10 +271,10 @@ class SamEngine(SpeechEngine):
                             throat=throat)
         waves = []
         for word in words:
-            pcm = tts.get_audio_data(word, sample_rate=22050)
+            pcm = bytes(tts.get_audio_data(word, sample_rate=22050)).lstrip(b"\0")  # unwritten start: a click
             if not pcm:
                 raise RunError(f"sam could not say {word!r} with voice {voice.voice}")
-            wave = (np.frombuffer(bytes(pcm), np.uint8).astype(np.float32) - 128.0) / 128.0
+            wave = (np.frombuffer(pcm, np.uint8).astype(np.float32) - 128.0) / 128.0  # unsigned 8-bit
             waves.append(resample(wave, 22050, SAMPLE_RATE))
         return waves
 
