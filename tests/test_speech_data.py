@@ -458,8 +458,13 @@ def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Pat
 
 def test_the_shipped_spotter_loads_and_hears_held_out_voices(tmp_path: Path) -> None:
     """The DS-CNN-S spotter in the package: it loads by ``load_spotter()``, by
-    ``create_model(pretrained=True)`` and by ``dszoo-spot`` without a model, and names the
-    keywords of clips by eSpeak NG speakers it never heard (the generator's test split)."""
+    ``create_model(pretrained=True)`` and by ``dszoo-spot`` without a model, its card is JSON,
+    and it names the keywords of clips by eSpeak NG speakers it never heard (the generator's
+    test split)."""
+    import json
+
+    from safetensors import safe_open
+
     from dszoo import create_model
     from dszoo.audio.spot import bundled_spotter_path, load_spotter
 
@@ -467,6 +472,8 @@ def test_the_shipped_spotter_loads_and_hears_held_out_voices(tmp_path: Path) -> 
     assert spotter.classes == [SILENCE, UNKNOWN, *KEYWORDS] and 0 < spotter.threshold < 1
     assert bundled_spotter_path().stat().st_size < 200_000
     assert {"training", "operating_point"} <= set(spotter.card)
+    with safe_open(str(bundled_spotter_path()), framework="pt") as fh:  # its card is strict JSON, as any reader wants
+        json.loads(fh.metadata()["dszoo_spotter"], parse_constant=lambda c: pytest.fail(f"{c} in the card: not JSON"))
     model = create_model("ds_cnn_s", pretrained=True).eval()
     clips = torch.randn(2, 16000) * 0.1
     assert torch.equal(model(spotter.mfcc(clips)), spotter.model(spotter.mfcc(clips)))

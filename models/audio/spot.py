@@ -155,7 +155,7 @@ def save_spotter(spotter: KeywordSpotter, path: Union[str, Path], card: Optional
              "mfcc_preset": spotter.mfcc.preset, "threshold": spotter.threshold, "card": card or {}}
     state = {k: v.detach().contiguous().cpu() for k, v in spotter.model.state_dict().items()}
     with atomic_path(path, replace=False) as tmp:
-        save_file(state, tmp, metadata={_SPOTTER_KEY: json.dumps(about)})
+        save_file(state, tmp, metadata={_SPOTTER_KEY: json.dumps(about, allow_nan=False)})  # strict JSON
 
 
 def _spotter_file(path: Path) -> dict:
