@@ -298,6 +298,27 @@ def test_scoring_a_folder_counts_every_clip_by_engine(two_engines: Path, heard: 
     assert noisy.overall.keyword_clips == score.engines["other"].keyword_clips and set(noisy.engines) == {"other"}
 
 
+def test_a_rate_with_nothing_to_count_is_a_dash_and_null(tmp_path: Path) -> None:
+    """A folder without keywords: its keyword rate prints as ``-`` (not ``nan%``) and is null in
+    the JSON, which stays strict; the leave-one-engine-out table writes it the same way."""
+    import json
+
+    from dszoo.audio.evaluate import GroupScore
+    from dszoo.audio.spot import bundled_spotter_path
+    from dszoo.commands.leave_one_engine_out import _table
+
+    data = tmp_path / "others"
+    generate_speech_data(data, speakers_count=3, words=("bed", "cat"), seed=0, noise_seconds=2, engines=["espeak"])
+    res = run_in_process("eval_speech", [str(bundled_spotter_path()), str(data), "--json", str(tmp_path / "s.json")])
+    assert res.returncode == 0, res.stderr
+    overall = res.stdout.splitlines()[2].split()
+    assert overall[:4] == ["all", "-", "of", "0"] and "nan" not in res.stdout, res.stdout
+    summary = json.loads((tmp_path / "s.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c}: not JSON"))
+    assert summary["overall"]["keyword_top1"] is None and summary["overall"]["unknown_clips"] == 6
+    row = _table([("x", GroupScore(unknown_clips=4, unknown_right=3), GroupScore())], 10.0).splitlines()[-1]
+    assert row == "| x | - of 0 | 75.00% of 4 | 0.00% | - |"
+
+
 def test_leave_one_engine_out_trains_without_each_engine_and_scores_it(two_engines: Path, tmp_path: Path) -> None:
     import json
 

@@ -5,6 +5,7 @@ engine and per voice. ``snr_db`` adds the folder's background noise at that sign
 ratio (``augment.add_noise``), drawn from a fixed seed."""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,7 +18,12 @@ from ..errors import UsageError
 from .speech_commands import BACKGROUND_NOISE, SAMPLE_RATE, SILENCE, UNKNOWN, _background, _clip, read_wav_16k
 from .spot import KeywordSpotter
 
-__all__ = ["GroupScore", "FolderScore", "score_folder"]
+__all__ = ["GroupScore", "FolderScore", "percent", "score_folder"]
+
+
+def percent(rate: float) -> str:
+    """A rate as the commands print it: ``12.34%``, or ``-`` where there was nothing to count."""
+    return "-" if math.isnan(rate) else f"{rate:.2f}%"
 
 
 @dataclass
@@ -46,10 +52,14 @@ class GroupScore:
         """The two groups' clips pooled."""
         return GroupScore(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(GroupScore)))
 
-    def as_dict(self) -> dict[str, float]:
-        return {"keyword_clips": self.keyword_clips, "keyword_top1": self.keyword_top1,
-                "unknown_clips": self.unknown_clips, "unknown_rejected": self.unknown_rejected,
-                "false_keyword_rate": self.false_keyword_rate}
+    def as_dict(self) -> dict[str, Optional[float]]:
+        """The counts and rates, JSON-ready: a rate with no clips to count is ``None``."""
+        def rate(value: float) -> Optional[float]:
+            return None if math.isnan(value) else value
+
+        return {"keyword_clips": self.keyword_clips, "keyword_top1": rate(self.keyword_top1),
+                "unknown_clips": self.unknown_clips, "unknown_rejected": rate(self.unknown_rejected),
+                "false_keyword_rate": rate(self.false_keyword_rate)}
 
 
 @dataclass

@@ -20,8 +20,10 @@ __all__ = ["cli", "main"]
 
 
 def _row(name: str, group) -> str:  # noqa: ANN001 - evaluate.GroupScore
-    return (f"{name:<34} {group.keyword_top1:7.2f}% of {group.keyword_clips:<6,} {group.unknown_rejected:7.2f}% "
-            f"of {group.unknown_clips:<6,} {group.false_keyword_rate:6.2f}%")
+    from ..audio.evaluate import percent
+
+    return (f"{name:<34} {percent(group.keyword_top1):>8} of {group.keyword_clips:<6,} "
+            f"{percent(group.unknown_rejected):>8} of {group.unknown_clips:<6,} {percent(group.false_keyword_rate):>7}")
 
 
 def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int:  # noqa: ANN001
@@ -44,8 +46,8 @@ def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int: 
         mark = " <- the model's" if sc.threshold == round(own, 4) else (" <- chosen" if sc is chosen else "")
         if sc.threshold in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95) or mark:
             found = f"{sc.hit_rate:>7.2f}% ({sc.hits:>4})" if sc.keywords else f"{'-':>16}"  # no keywords to find
-            print(f"{sc.threshold:>9.2f} {found} {sc.false_alarms:>13} "
-                  f"{sc.false_alarms_per_minute:>10.3f}{mark}")
+            per_minute = f"{sc.false_alarms_per_minute:>10.3f}" if sc.minutes else f"{'-':>10}"  # all keywords
+            print(f"{sc.threshold:>9.2f} {found} {sc.false_alarms:>13} {per_minute}{mark}")
     if chosen is not None:
         print(f"operating point for at most {args.max_false_alarms_per_minute:g} false alarms per minute: threshold "
               f"{chosen.threshold:.2f} ({chosen.false_alarms_per_minute:.3f} per minute here)")
@@ -61,7 +63,8 @@ def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int: 
 
         with atomic_path(out) as tmp:
             Path(tmp).write_text(json.dumps({"thresholds": [sc.as_dict() for sc in scores],
-                                             "chosen": chosen.as_dict() if chosen else None}, indent=1) + "\n")
+                                             "chosen": chosen.as_dict() if chosen else None}, indent=1,
+                                            allow_nan=False) + "\n")
     return 0
 
 
@@ -113,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ..files import atomic_path
 
         with atomic_path(out) as tmp:
-            Path(tmp).write_text(json.dumps(score.as_dict(), indent=1) + "\n")
+            Path(tmp).write_text(json.dumps(score.as_dict(), indent=1, allow_nan=False) + "\n")
     return 0
 
 

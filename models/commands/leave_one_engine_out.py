@@ -21,17 +21,19 @@ if TYPE_CHECKING:
 
 
 def _table(rows: list[tuple[str, GroupScore, GroupScore]], snr: float) -> str:
+    from ..audio.evaluate import percent
+
     lines = [f"| held-out engine | keywords right | unknown called unknown | keyword for unknown | keywords at {snr:g} dB |",
              "|---|---|---|---|---|"]
     for engine, clean, noisy in rows:
-        lines.append(f"| {engine} | {clean.keyword_top1:.2f}% of {clean.keyword_clips:,} | "
-                     f"{clean.unknown_rejected:.2f}% of {clean.unknown_clips:,} | {clean.false_keyword_rate:.2f}% | "
-                     f"{noisy.keyword_top1:.2f}% |")
+        lines.append(f"| {engine} | {percent(clean.keyword_top1)} of {clean.keyword_clips:,} | "
+                     f"{percent(clean.unknown_rejected)} of {clean.unknown_clips:,} | "
+                     f"{percent(clean.false_keyword_rate)} | {percent(noisy.keyword_top1)} |")
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..audio.evaluate import GroupScore, score_folder
+    from ..audio.evaluate import GroupScore, percent, score_folder
     from ..audio.make_data import read_manifest
     from ..audio.spot import load_spotter
     from ..files import atomic_path
@@ -70,8 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         clean = score_folder(spotter, data, [engine]).overall
         noisy = score_folder(spotter, data, [engine], snr_db=args.snr).overall
         rows.append((engine, clean, noisy))
-        print(f"held-out {engine}: keywords {clean.keyword_top1:.2f}%, unknown called unknown "
-              f"{clean.unknown_rejected:.2f}%, keywords at {args.snr:g} dB {noisy.keyword_top1:.2f}%")
+        print(f"held-out {engine}: keywords {percent(clean.keyword_top1)}, unknown called unknown "
+              f"{percent(clean.unknown_rejected)}, keywords at {args.snr:g} dB {percent(noisy.keyword_top1)}")
     pooled = ("pooled", sum((c for _, c, _ in rows), GroupScore()), sum((n for _, _, n in rows), GroupScore()))
     summary = {"data_dir": str(data), "train_args": list(train_args), "snr_db": args.snr,
                "engines": [{"engine": e, "checkpoint": str(out / f"without_{e}" / "last.pt"), "clean": c.as_dict(),
@@ -79,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "pooled": {"clean": pooled[1].as_dict(), "noisy": pooled[2].as_dict()}}
     table = _table(rows + [pooled], args.snr)
     with atomic_path(out / "loeo.json") as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=1) + "\n")
+        Path(tmp).write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     with atomic_path(out / "loeo.md") as tmp:
         Path(tmp).write_text(f"`dszoo-train {' '.join(train_args)}` on {data}, final epoch:\n\n{table}\n")
     print(table)
