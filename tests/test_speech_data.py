@@ -298,6 +298,45 @@ def test_scoring_a_folder_counts_every_clip_by_engine(two_engines: Path, heard: 
     assert noisy.overall.keyword_clips == score.engines["other"].keyword_clips and set(noisy.engines) == {"other"}
 
 
+def test_respelled_keywords_are_training_data_and_never_scored(tmp_path: Path) -> None:
+    """``respell``: each speaker also says each keyword's ``RESPELLINGS`` into that keyword's
+    folder, the manifest names the text said, and the clips train but are never validated,
+    tested, held out or scored."""
+    from dszoo.audio.make_data import RESPELLINGS, is_respelled
+
+    root = tmp_path / "speech"
+    made = generate_speech_data(root, speakers_count=30, words=("yes", "no", "bed"), seed=0, noise_seconds=2,
+                                engines=["espeak"], respell=True)
+    rows = list(csv.DictReader(open(root / MANIFEST)))
+    speakers = sorted({r["speaker"] for r in rows})
+    assert made.clips == len(rows) == len(speakers) * (3 + len(RESPELLINGS["yes"]) + len(RESPELLINGS["no"]))
+    respelled = {r["file"] for r in rows if is_respelled(r)}
+    assert {(r["word"], r["text"]) for r in rows if r["file"] in respelled} == \
+        {(w, t) for w in ("yes", "no") for t in RESPELLINGS[w]}
+    assert all(r["file"].endswith("_nohash_0.wav") == (r["file"] not in respelled) for r in rows)
+    rel = lambda f: Path(f).relative_to(root).as_posix()  # noqa: E731
+    _, items = _index(root, "all", 0)
+    assert respelled & {rel(f) for f in items["training"].files}
+    assert items["validation"].files and items["testing"].files
+    assert not respelled & {rel(f) for split in ("validation", "testing") for f in items[split].files}
+    for r in rows:  # two engines, to hold one out
+        r["engine"] = "other" if speakers.index(r["speaker"]) % 2 else "espeak"
+    with open(root / MANIFEST, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _, held = _index(root, "all", 0, hold_out_engine="other")
+    assert sorted(map(rel, held["testing"].files)) == sorted(r["file"] for r in rows if r["engine"] == "other"
+                                                              and r["file"] not in respelled)
+    classes = [SILENCE, UNKNOWN, *KEYWORDS]
+    score = score_folder(KeywordSpotter(_Always(classes.index("yes"), len(classes)), classes), root)
+    assert score.overall.keyword_clips == 2 * len(speakers) and score.overall.unknown_clips == len(speakers)
+    from dszoo.audio.recordings import _words_of_split
+
+    spoken = _words_of_split(root, "training", None)  # what recordings are made of
+    assert spoken["yes"] and not respelled & {rel(f) for files in spoken.values() for f in files}
+
+
 def test_a_rate_with_nothing_to_count_is_a_dash_and_null(tmp_path: Path) -> None:
     """A folder without keywords: its keyword rate prints as ``-`` (not ``nan%``) and is null in
     the JSON, which stays strict; the leave-one-engine-out table writes it the same way."""

@@ -81,8 +81,9 @@ class FolderScore:
 
 
 def _clips(root: Path, engines: Optional[Sequence[str]]) -> list[tuple[str, str, str, str]]:
-    """``(path, word, engine, voice)`` of every clip in ``root`` (of ``engines`` only, if given)."""
-    from .make_data import interrupted_dataset, read_manifest
+    """``(path, word, engine, voice)`` of every clip in ``root`` (of ``engines`` only, if given),
+    respelled keywords aside (they are training data, not the word as said)."""
+    from .make_data import interrupted_dataset, is_respelled, read_manifest
 
     if not root.is_dir():
         raise UsageError(f"{root}: no such directory")
@@ -100,7 +101,7 @@ def _clips(root: Path, engines: Optional[Sequence[str]]) -> list[tuple[str, str,
         for wav in sorted(folder.glob("*.wav")):
             row = manifest.get(f"{folder.name}/{wav.name}", {})
             engine, voice = row.get("engine", ""), f"{row.get('engine', '')}/{row.get('voice', '')}" if row else ""
-            if not engines or engine in engines:
+            if (not engines or engine in engines) and not (row and is_respelled(row)):
                 out.append((str(wav), folder.name, engine, voice))
     if not out:
         raise UsageError(f"{root}: no clips to score (expected <word>/<name>.wav inside)")

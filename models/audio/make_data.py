@@ -25,9 +25,9 @@ import numpy as np
 from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, which_set
 from .synth import Speaker
 
-__all__ = ["ACCENTS", "FOREIGN_VOICES", "GENERATING", "MANIFEST", "OTHER_WORDS", "VARIANTS", "GeneratedData",
-           "SpeakerPlan", "generate_speech_data", "interrupted_dataset", "max_speakers", "plan_speakers",
-           "read_manifest", "speaker_id", "speakers"]
+__all__ = ["ACCENTS", "FOREIGN_VOICES", "GENERATING", "MANIFEST", "OTHER_WORDS", "RESPELLINGS", "VARIANTS",
+           "GeneratedData", "SpeakerPlan", "generate_speech_data", "interrupted_dataset", "is_respelled",
+           "max_speakers", "plan_speakers", "read_manifest", "respelled_clips", "speaker_id", "speakers"]
 
 ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
 """eSpeak NG's English accents."""
@@ -41,6 +41,13 @@ OTHER_WORDS = ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila"
                "two", "three", "four", "five", "six", "seven", "eight", "nine", "backward", "forward", "follow",
                "learn", "visual")
 """The Speech Commands words that are not keywords (the 12-class task's "unknown")."""
+RESPELLINGS = {"yes": ("yess", "yiss", "yas"), "no": ("noh", "naw", "nou"), "up": ("upp", "ahp", "oop"),
+               "down": ("doun", "dahn", "doon"), "left": ("lefft", "lift", "laft"), "right": ("rite", "raht", "roit"),
+               "on": ("awn", "ahn", "onn"), "off": ("awf", "ahf", "oaf"), "stop": ("stahp", "stawp", "stup"),
+               "go": ("goh", "gow", "goe")}
+"""Each keyword spelt as three accents might say it, for ``respell``: every engine reads the
+spellings with its own letter-to-sound rules, so one voice says the word in four ways. The
+clips are the keyword's, for training only (``is_respelled``)."""
 
 
 def speaker_id(speaker: Speaker) -> str:
@@ -116,7 +123,8 @@ def write_wav(path: Path, wave: np.ndarray, rate: int = SAMPLE_RATE) -> None:
 
 
 MANIFEST = "manifest.csv"
-"""Every clip the generator wrote, one row each: file, word, engine, voice, speaker, setting."""
+"""Every clip the generator wrote, one row each: file, word, engine, voice, speaker, setting, and
+the text the engine was given (the word, or one of its ``RESPELLINGS``)."""
 GENERATING = ".dszoo-generating"
 """Written first and removed last: a folder holding it is a dataset whose generation did not finish."""
 MAX_NOISE_SECONDS = 600
@@ -165,12 +173,13 @@ def interrupted_dataset(root: Path) -> bool:
 
 def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequence[str] = KEYWORDS + OTHER_WORDS,
                          seed: int = 0, noise_seconds: int = 30, voices: Optional[Sequence[str]] = None,
-                         engines: Optional[Sequence[str]] = None,
+                         engines: Optional[Sequence[str]] = None, respell: bool = False,
                          progress: Optional[Callable[[int], None]] = None) -> GeneratedData:
     """Write the dataset under ``root``: every speaker of every engine found among ``engines``
-    (``None``: all known) says every word, then background noise and ``manifest.csv``.
-    ``progress(n)`` is called after each speaker with the clips written for it. The marker
-    ``GENERATING`` exists from the first file to the last."""
+    (``None``: all known) says every word (and, with ``respell``, each keyword's
+    ``RESPELLINGS``), then background noise and ``manifest.csv``. ``progress(n)`` is called
+    after each speaker with the clips written for it. The marker ``GENERATING`` exists from the
+    first file to the last."""
     from .engines import find_engines
 
     start = time.perf_counter()
@@ -183,18 +192,20 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
     rng = np.random.default_rng(seed)
     by_split: dict[str, list[str]] = {"training": [], "validation": [], "testing": []}
     rows, clips_by_engine = [], {e.name: 0 for e in found}
+    said = [(w, w, 0) for w in words] + [(w, text, k) for w in words if respell
+                                         for k, text in enumerate(RESPELLINGS.get(w, ()), start=1)]
     for plan in plans:
         by_split[which_set(f"{plan.ident}_nohash_0.wav")].append(plan.name)
         engine = next(e for e in found if e.name == plan.engine)
-        for n, setting in enumerate(plan.settings):
-            for word, wave in zip(words, engine.say_all(words, setting)):
-                name = f"{word}/{plan.ident}_nohash_{n}.wav"
+        for s, setting in enumerate(plan.settings):
+            for (word, text, k), wave in zip(said, engine.say_all([text for _, text, _ in said], setting)):
+                name = f"{word}/{plan.ident}_nohash_{k * len(plan.settings) + s}.wav"  # the word itself: k = 0
                 write_wav(root / name, _place(_trimmed(wave), rng))
                 rows.append((name, word, plan.engine, getattr(setting, "voice", ""), plan.name,
-                             _describe(setting)))
-        clips_by_engine[plan.engine] += len(plan.settings) * len(words)
+                             _describe(setting), text))
+        clips_by_engine[plan.engine] += len(plan.settings) * len(said)
         if progress is not None:
-            progress(len(plan.settings) * len(words))
+            progress(len(plan.settings) * len(said))
     for name, noise in background_noises(noise_seconds, seed).items():
         write_wav(root / BACKGROUND_NOISE / f"{name}.wav", noise)
     _write_manifest(root / MANIFEST, rows)
@@ -217,10 +228,21 @@ def _write_manifest(path: Path, rows: list[tuple[str, ...]]) -> None:
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(("file", "word", "engine", "voice", "speaker", "setting"))
+    writer.writerow(("file", "word", "engine", "voice", "speaker", "setting", "text"))
     writer.writerows(rows)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text.getvalue())
+
+
+def is_respelled(row: dict[str, str]) -> bool:
+    """Whether a manifest row is a clip of a respelled keyword (training data, never scored);
+    manifests without the ``text`` column hold none."""
+    return row.get("text", row["word"]) not in ("", row["word"])
+
+
+def respelled_clips(root: Path) -> set[str]:
+    """The files (``word/name.wav``) of ``root`` that say a respelled keyword."""
+    return {f for f, row in read_manifest(root).items() if is_respelled(row)}
 
 
 def read_manifest(root: Path) -> dict[str, dict[str, str]]:

@@ -40,7 +40,7 @@ class Event:
 
 
 def _words_of_split(root: Path, split: str, engines: Optional[Sequence[str]]) -> dict[str, list[Path]]:
-    from .make_data import interrupted_dataset, read_manifest
+    from .make_data import interrupted_dataset, is_respelled, read_manifest
 
     if not root.is_dir() or interrupted_dataset(root):
         raise UsageError(f"--data-dir {root}: not a finished Speech Commands-layout folder")
@@ -49,7 +49,8 @@ def _words_of_split(root: Path, split: str, engines: Optional[Sequence[str]]) ->
     for folder in sorted(d for d in root.iterdir() if d.is_dir() and d.name != BACKGROUND_NOISE and not d.name.startswith(".")):
         for wav in sorted(folder.glob("*.wav")):
             row = manifest.get(f"{folder.name}/{wav.name}", {})
-            if which_set(wav.name) == split and (not engines or row.get("engine") in engines):
+            if which_set(wav.name) == split and (not engines or row.get("engine") in engines) \
+                    and not (row and is_respelled(row)):
                 words.setdefault(folder.name, []).append(wav)
     if not words:
         raise UsageError(f"--data-dir {root}: no clips of the {split} split" + (f" by {', '.join(engines)}" if engines else ""))

@@ -160,7 +160,8 @@ def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = No
     silence and unknown each 10% of every split, except that the training split holds
     ``unknown_ratio`` unknown clips per keyword clip (0.125 is 10%). With ``hold_out_engine``
     (a generated dataset's manifest names each clip's engine) the test split is every clip of
-    that engine, and the other engines' test speakers join their training split."""
+    that engine, and the other engines' test speakers join their training split. Respelled
+    keywords (``make_data.RESPELLINGS``) are used in training only."""
     if not root.is_dir():
         raise UsageError(f"--data-dir {root}: no such directory")
     from .make_data import GENERATING, interrupted_dataset
@@ -173,6 +174,9 @@ def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = No
         raise UsageError(f"--data-dir {root}: no word folders (expected <word>/<speaker>_nohash_<n>.wav inside)")
     lists = _split_lists(root)
     engine_of = _engine_of(root, hold_out_engine)
+    from .make_data import respelled_clips
+
+    respelled = respelled_clips(root)  # keywords as other spellings: training data only
     by_split: dict[str, list[tuple[str, str]]] = {"training": [], "validation": [], "testing": []}
     listed = 0
     for word in words:
@@ -184,7 +188,8 @@ def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = No
             if engine_of:
                 split = "testing" if engine_of.get(rel) == hold_out_engine else \
                     "training" if split == "testing" else split
-            by_split[split].append((str(wav), word))
+            if rel not in respelled or split == "training":
+                by_split[split].append((str(wav), word))
     if lists is not None and not listed and any(lists.values()):
         example = next(iter(sorted(lists["validation"] | lists["testing"])))
         raise UsageError(f"--data-dir {root}: validation_list.txt and testing_list.txt name no file in it (e.g. "

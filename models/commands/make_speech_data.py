@@ -3,6 +3,7 @@ engine installed (eSpeak NG from pip always; Pico, Flite, Festival, SAM and DECt
 
     dszoo-make-speech-data --out data/speech                # 200 eSpeak NG speakers + every other engine's voices
     dszoo-make-speech-data --out data/tiny --speakers 20 --words yes no up down --engines espeak
+    dszoo-make-speech-data --out data/respelled --respell   # each keyword also in three other spellings
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def _replace_interrupted(out: Path) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..audio.engines import ENGINES, INSTALL
-    from ..audio.make_data import MAX_NOISE_SECONDS, OTHER_WORDS, generate_speech_data, interrupted_dataset, \
-        max_speakers, plan_speakers
+    from ..audio.make_data import MAX_NOISE_SECONDS, OTHER_WORDS, RESPELLINGS, generate_speech_data, \
+        interrupted_dataset, max_speakers, plan_speakers
     from ..audio.engines import find_engines
     from ..audio.speech_commands import KEYWORDS
 
@@ -46,6 +47,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="words each speaker says (default: the 35 Speech Commands words)")
     p.add_argument("--engines", nargs="+", choices=list(ENGINES), default=None,
                    help="speech engines to use (default: every one installed)")
+    p.add_argument("--respell", action="store_true", help="each voice also says every keyword in three other "
+                   "spellings (accents, for training only: they are never scored)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--noise-seconds", type=positive_int, default=30,
                    help=f"length of each background-noise file (at most {MAX_NOISE_SECONDS})")
@@ -74,13 +77,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for engine in missing:
         print(f"note: speech engine {engine.name} not found; to add its voices: {engine.install}")
     plans = plan_speakers([e.name for e in found], args.speakers, args.seed)
-    total = sum(len(plan.settings) for plan in plans) * len(args.words)
+    said = len(args.words) + (sum(len(RESPELLINGS.get(w, ())) for w in args.words) if args.respell else 0)
+    total = sum(len(plan.settings) for plan in plans) * said
     from tqdm import tqdm
 
     with tqdm(total=total, unit="clip", disable=args.quiet or None) as bar:
         made = generate_speech_data(out, speakers_count=args.speakers, words=args.words, seed=args.seed,
                                     noise_seconds=args.noise_seconds, engines=[e.name for e in found],
-                                    progress=bar.update)
+                                    respell=args.respell, progress=bar.update)
     split = ", ".join(f"{len(v)} {k}" for k, v in made.speakers_by_split.items())
     engines = ", ".join(f"{name} {clips:,}" for name, clips in made.clips_by_engine.items())
     print(f"wrote {made.clips:,} clips ({engines}) of {len(args.words)} words by {len(plans)} speakers ({split}) "
