@@ -27,7 +27,7 @@ from .synth import Speaker
 
 __all__ = ["ACCENTS", "FOREIGN_VOICES", "GENERATING", "MANIFEST", "OTHER_WORDS", "RESPELLINGS", "VARIANTS",
            "GeneratedData", "SpeakerPlan", "generate_speech_data", "interrupted_dataset", "is_respelled",
-           "max_speakers", "plan_speakers", "read_manifest", "respelled_clips", "speaker_id", "speakers"]
+           "max_speakers", "plan_speakers", "read_manifest", "speaker_id", "speakers", "spoken_texts"]
 
 ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
 """eSpeak NG's English accents."""
@@ -166,6 +166,13 @@ def plan_speakers(engines: Sequence[str], speakers_count: int, seed: int,
             for spk, settings in ENGINES[name_].speakers(speakers_count, seed, voices)]
 
 
+def spoken_texts(words: Sequence[str], respell: bool) -> list[tuple[str, str, int]]:
+    """``(word, text, k)`` of everything a speaker says: each word (``k`` 0), then with
+    ``respell`` each keyword's ``RESPELLINGS`` (``k`` 1, 2, 3)."""
+    return [(w, w, 0) for w in words] + [(w, text, k) for w in words if respell
+                                         for k, text in enumerate(RESPELLINGS.get(w, ()), start=1)]
+
+
 def interrupted_dataset(root: Path) -> bool:
     """Whether ``root`` is a dataset the generator began and did not finish."""
     return (root / GENERATING).exists()
@@ -192,8 +199,7 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
     rng = np.random.default_rng(seed)
     by_split: dict[str, list[str]] = {"training": [], "validation": [], "testing": []}
     rows, clips_by_engine = [], {e.name: 0 for e in found}
-    said = [(w, w, 0) for w in words] + [(w, text, k) for w in words if respell
-                                         for k, text in enumerate(RESPELLINGS.get(w, ()), start=1)]
+    said = spoken_texts(words, respell)
     for plan in plans:
         by_split[which_set(f"{plan.ident}_nohash_0.wav")].append(plan.name)
         engine = next(e for e in found if e.name == plan.engine)
@@ -238,11 +244,6 @@ def is_respelled(row: dict[str, str]) -> bool:
     """Whether a manifest row is a clip of a respelled keyword (training data, never scored);
     manifests without the ``text`` column hold none."""
     return row.get("text", row["word"]) not in ("", row["word"])
-
-
-def respelled_clips(root: Path) -> set[str]:
-    """The files (``word/name.wav``) of ``root`` that say a respelled keyword."""
-    return {f for f, row in read_manifest(root).items() if is_respelled(row)}
 
 
 def read_manifest(root: Path) -> dict[str, dict[str, str]]:

@@ -136,14 +136,11 @@ def _split_lists(root: Path) -> Optional[dict[str, set[str]]]:
             for split, p in lists.items()}
 
 
-def _engine_of(root: Path, hold_out_engine: Optional[str]) -> dict[str, str]:
-    """The engine of every clip (``manifest.csv``), checked against ``hold_out_engine``; empty
-    when no engine is held out."""
+def _engine_of(root: Path, manifest: dict[str, dict[str, str]], hold_out_engine: Optional[str]) -> dict[str, str]:
+    """The engine of every clip of ``root``'s ``manifest``, checked against ``hold_out_engine``;
+    empty when no engine is held out."""
     if hold_out_engine is None:
         return {}
-    from .make_data import read_manifest
-
-    manifest = read_manifest(root)
     if not manifest:
         raise UsageError(f"--hold-out-engine {hold_out_engine}: {root} has no manifest.csv naming each clip's engine "
                          "(dszoo-make-speech-data writes one)")
@@ -173,10 +170,11 @@ def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = No
     if not words:
         raise UsageError(f"--data-dir {root}: no word folders (expected <word>/<speaker>_nohash_<n>.wav inside)")
     lists = _split_lists(root)
-    engine_of = _engine_of(root, hold_out_engine)
-    from .make_data import respelled_clips
+    from .make_data import is_respelled, read_manifest
 
-    respelled = respelled_clips(root)  # keywords as other spellings: training data only
+    manifest = read_manifest(root)
+    engine_of = _engine_of(root, manifest, hold_out_engine)
+    respelled = {f for f, row in manifest.items() if is_respelled(row)}  # other spellings: training only
     by_split: dict[str, list[tuple[str, str]]] = {"training": [], "validation": [], "testing": []}
     listed = 0
     for word in words:

@@ -33,8 +33,8 @@ def _replace_interrupted(out: Path) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..audio.engines import ENGINES, INSTALL
-    from ..audio.make_data import MAX_NOISE_SECONDS, OTHER_WORDS, RESPELLINGS, generate_speech_data, \
-        interrupted_dataset, max_speakers, plan_speakers
+    from ..audio.make_data import MAX_NOISE_SECONDS, OTHER_WORDS, generate_speech_data, interrupted_dataset, \
+        max_speakers, plan_speakers, spoken_texts
     from ..audio.engines import find_engines
     from ..audio.speech_commands import KEYWORDS
 
@@ -77,8 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for engine in missing:
         print(f"note: speech engine {engine.name} not found; to add its voices: {engine.install}")
     plans = plan_speakers([e.name for e in found], args.speakers, args.seed)
-    said = len(args.words) + (sum(len(RESPELLINGS.get(w, ())) for w in args.words) if args.respell else 0)
-    total = sum(len(plan.settings) for plan in plans) * said
+    total = sum(len(plan.settings) for plan in plans) * len(spoken_texts(args.words, args.respell))
     from tqdm import tqdm
 
     with tqdm(total=total, unit="clip", disable=args.quiet or None) as bar:
