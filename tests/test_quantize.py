@@ -331,3 +331,15 @@ def test_int8_calibrated_on_the_wrong_data_falls_back_to_fp32(default_run: tuple
 
     with pytest.raises(KeyError, match="the caller's own bug"):
         optimize_for_inference(model, x[:4], precision="int8", calibration=failing())
+
+
+def test_top1_agreement_forgives_only_near_ties() -> None:
+    """A row whose top class changes counts against int8 unless the row's largest int8 error is
+    at most 3% of fp32's logit range (a near-tie then: the two classes were within twice that)."""
+    expected = torch.tensor([[3.0, 1.0, 0.0], [1.00, 1.01, 0.0], [2.0, 0.0, 1.9]])
+    out = torch.tensor([[2.9, 1.1, 0.0],  # the same top class
+                        [1.02, 1.00, 0.0],  # a near-tie swapped by an error of 0.02 (2% of the range)
+                        [1.0, 0.0, 1.9]])  # changed by an error of 1.0 (50% of the range)
+    assert float(quantize_module.top1_agreement(out, expected)) == pytest.approx(2 / 3)
+    assert float(quantize_module.top1_agreement(out[:2], expected[:2])) == 1.0
+    assert float(quantize_module.top1_agreement(out[2:], expected[2:])) == 0.0

@@ -239,6 +239,22 @@ MIN_TOP1_AGREEMENT = 0.9
 """int8 must give fp32's top class on at least this share of the held-out inputs (classifiers)."""
 
 
+NEAR_TIE_ERROR = 0.03
+"""int8 may change fp32's top class on a row whose largest int8 error is at most this share of
+fp32's logit range (then fp32's two classes were within twice that of each other: a near-tie;
+calibrated int8 errs by 0.4-1.3% on the registry's untrained networks); a row with a larger
+error that changes it disagrees."""
+
+
+def top1_agreement(out: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """Share of rows where ``out`` keeps ``expected``'s top class or changes it only as a near-tie
+    (``NEAR_TIE_ERROR``): an untrained network's logits are near-ties that no rounding keeps."""
+    kept = out.argmax(1) == expected.argmax(1)
+    error = (out - expected).abs().amax(1)
+    small = error <= NEAR_TIE_ERROR * (expected.amax(1) - expected.amin(1))
+    return (kept | small).double().mean()
+
+
 def int8_disagreement(converted: nn.Module, original: nn.Module, inputs: Sequence[torch.Tensor]) -> Optional[str]:
     """Why int8 does not reproduce fp32 on some batch of ``inputs`` (cosine similarity below
     ``MIN_AGREEMENT``, or top-1 agreement below ``MIN_TOP1_AGREEMENT``), or None. Each batch is
@@ -251,7 +267,7 @@ def int8_disagreement(converted: nn.Module, original: nn.Module, inputs: Sequenc
             return f"int8 outputs agree with fp32 only to cosine similarity {cosine:.3f} on inputs held out of " \
                    f"calibration (at least {MIN_AGREEMENT} needed): calibrate on data like the model's task"
         if out.dim() == 2 and out.shape[1] > 1:
-            same = float((out.argmax(1) == expected.argmax(1)).double().mean())
+            same = float(top1_agreement(out, expected))
             if same < MIN_TOP1_AGREEMENT:
                 return f"int8 gives fp32's top class on only {same:.1%} of the inputs held out of calibration (at " \
                        f"least {MIN_TOP1_AGREEMENT:.0%} needed): calibrate on data like the model's task"
