@@ -302,7 +302,7 @@ def test_respelled_keywords_are_training_data_and_never_scored(tmp_path: Path) -
     """``respell``: each speaker also says each keyword's ``RESPELLINGS`` into that keyword's
     folder, the manifest names the text said, and the clips train but are never validated,
     tested, held out or scored."""
-    from dszoo.audio.make_data import RESPELLINGS, is_respelled
+    from dszoo.audio.make_data import RESPELLINGS, describe_manifest, is_respelled
 
     root = tmp_path / "speech"
     made = generate_speech_data(root, speakers_count=30, words=("yes", "no", "bed"), seed=0, noise_seconds=2,
@@ -314,6 +314,9 @@ def test_respelled_keywords_are_training_data_and_never_scored(tmp_path: Path) -
     assert {(r["word"], r["text"]) for r in rows if r["file"] in respelled} == \
         {(w, t) for w in ("yes", "no") for t in RESPELLINGS[w]}
     assert all(r["file"].endswith("_nohash_0.wav") == (r["file"] not in respelled) for r in rows)
+    assert describe_manifest(root) == {"clips": made.clips, "respelled_clips": len(respelled),
+                                       "clips_by_engine": {"espeak": made.clips},
+                                       "speakers_by_engine": {"espeak": len(speakers)}}
     rel = lambda f: Path(f).relative_to(root).as_posix()  # noqa: E731
     _, items = _index(root, "all", 0)
     assert respelled & {rel(f) for f in items["training"].files}
@@ -487,7 +490,8 @@ def test_a_spotter_file_carries_its_model_classes_and_threshold(tmp_path: Path) 
 
 def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Path, tmp_path: Path) -> None:
     """A stand-in that hears "yes" everywhere: one detection per recording, all false alarms on
-    keyword-free speech; the chosen threshold is saved in the spotter file and used by dszoo-spot."""
+    keyword-free speech; the chosen threshold is saved in the spotter file and used by dszoo-spot,
+    its card saying what the training folder held."""
     from dszoo.audio.recordings import make_recordings, score_recordings
     from dszoo.audio.spot import load_spotter, save_spotter
 
@@ -502,7 +506,7 @@ def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Pat
 
     torch.manual_seed(0)
     model_file = tmp_path / "random.safetensors"
-    save_spotter(KeywordSpotter(create_model("ds_cnn_s"), classes), model_file)
+    save_spotter(KeywordSpotter(create_model("ds_cnn_s"), classes), model_file, {"training": {"data_dir": str(two_engines)}})
     out = tmp_path / "chosen.safetensors"
     res = run_in_process("eval_speech", [str(model_file), str(quiet), "--max-false-alarms-per-minute", "100",
                                          "--save-spotter", str(out)])
@@ -510,6 +514,9 @@ def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Pat
     assert "nan" not in res.stdout and res.stdout.splitlines()[2].split()[1] == "-"  # no keywords to find
     chosen = float(res.stdout.split("threshold ")[-1].split()[0].rstrip(")"))
     assert f"wrote {out} (threshold {chosen:.2f})" in res.stdout and load_spotter(out).threshold == chosen == 0.3
+    assert load_spotter(out).card["data"] == {"clips": 480, "respelled_clips": 0,  # 40 speakers x 12 words
+                                              "clips_by_engine": {"espeak": 240, "other": 240},
+                                              "speakers_by_engine": {"espeak": 20, "other": 20}}
     clips = run_in_process("eval_speech", [str(model_file), str(two_engines), "--save-spotter", str(tmp_path / "x.safetensors")])
     assert clips.returncode == 2 and "score recordings" in clips.stderr
 

@@ -26,7 +26,7 @@ from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, which_set
 from .synth import Speaker
 
 __all__ = ["ACCENTS", "FOREIGN_VOICES", "GENERATING", "MANIFEST", "OTHER_WORDS", "RESPELLINGS", "VARIANTS",
-           "GeneratedData", "SpeakerPlan", "generate_speech_data", "interrupted_dataset", "is_respelled",
+           "GeneratedData", "SpeakerPlan", "describe_manifest", "generate_speech_data", "interrupted_dataset", "is_respelled",
            "max_speakers", "plan_speakers", "read_manifest", "speaker_id", "speakers", "spoken_texts"]
 
 ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
@@ -244,6 +244,18 @@ def is_respelled(row: dict[str, str]) -> bool:
     """Whether a manifest row is a clip of a respelled keyword (training data, never scored);
     manifests without the ``text`` column hold none."""
     return row.get("text", row["word"]) not in ("", row["word"])
+
+
+def describe_manifest(root: Path) -> Optional[dict]:
+    """What a generated dataset holds, from its manifest: clips, and by engine clips and speakers,
+    respelled clips among them; None for a folder without one."""
+    rows = read_manifest(root).values()
+    if not rows:
+        return None
+    engines = sorted({row["engine"] for row in rows})
+    return {"clips": len(rows), "respelled_clips": sum(map(is_respelled, rows)),
+            "clips_by_engine": {e: sum(row["engine"] == e for row in rows) for e in engines},
+            "speakers_by_engine": {e: len({row["speaker"] for row in rows if row["engine"] == e}) for e in engines}}
 
 
 def read_manifest(root: Path) -> dict[str, dict[str, str]]:

@@ -29,6 +29,7 @@ def _row(name: str, group) -> str:  # noqa: ANN001 - evaluate.GroupScore
 def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int:  # noqa: ANN001
     """Score a folder of recordings at every threshold, and choose and save an operating point."""
     from ..audio.recordings import THRESHOLDS, choose_threshold, score_recordings
+    from ..audio.make_data import describe_manifest
     from ..audio.spot import save_spotter
 
     if args.save_spotter and not args.max_false_alarms_per_minute:
@@ -53,7 +54,9 @@ def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int: 
               f"{chosen.threshold:.2f} ({chosen.false_alarms_per_minute:.3f} per minute here)")
     if save is not None and chosen is not None:
         spotter.threshold = chosen.threshold
-        save_spotter(spotter, save, {**spotter.card, "from": str(args.checkpoint),
+        trained_on = spotter.card.get("training", {}).get("data_dir")
+        data = describe_manifest(Path(trained_on)) if trained_on and Path(trained_on).is_dir() else None
+        save_spotter(spotter, save, {**spotter.card, "from": str(args.checkpoint), "data": data,
                                      "operating_point": {"chosen_on": str(args.data_dir),
                                                          "max_false_alarms_per_minute": args.max_false_alarms_per_minute,
                                                          **chosen.as_dict()}})
