@@ -64,6 +64,22 @@ def test_each_setting_of_a_voice_says_the_word_differently(engine: str) -> None:
     assert length[max(length)] > 1.2 * length[min(length)], length
 
 
+def test_the_same_seed_writes_the_same_espeak_clips_in_another_process(tmp_path: Path) -> None:
+    """eSpeak NG seeds its noise generator from the clock, and its breathy variants (``+f5`` ...)
+    use it: the synthesiser seeds it itself, so a dataset is reproduced byte for byte."""
+    import subprocess
+    import sys
+
+    made = []
+    for run in ("a", "b"):  # two processes, started seconds apart: two clock seeds
+        code = (f"from pathlib import Path; from dszoo.audio.make_data import generate_speech_data; "
+                f"generate_speech_data(Path({str(tmp_path / run)!r}), speakers_count=40, words=('happy',), "
+                f"noise_seconds=1, engines=['espeak'])")
+        subprocess.run([sys.executable, "-c", code], check=True)
+        made.append({p.relative_to(tmp_path / run): p.read_bytes() for p in (tmp_path / run).glob("happy/*.wav")})
+    assert len(made[0]) == 40 and made[0] == made[1]
+
+
 def test_a_pico_voice_that_fails_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pico's voice files missing, or a word it says nothing for: a RunError naming the voice."""
     from dszoo.audio.engines import EngineVoice, PicoEngine

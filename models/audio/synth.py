@@ -84,6 +84,9 @@ class SpeechSynthesizer:
         self._native_rate = self._lib.espeak_Initialize(_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
         if self._native_rate <= 0:
             raise RuntimeError(f"eSpeak NG did not start (espeak_Initialize returned {self._native_rate})")
+        self._set_rand_seed = getattr(self._lib, "espeak_ng_SetRandSeed", None)  # eSpeak NG 1.52 on
+        if self._set_rand_seed is not None:
+            self._set_rand_seed.argtypes = [ctypes.c_long]
         self._chunks: list[np.ndarray] = []
         self._callback = _CALLBACK(self._collect)  # kept referenced: the library calls it later
         self._lib.espeak_SetSynthCallback(self._callback)
@@ -105,6 +108,8 @@ class SpeechSynthesizer:
             for parameter, value in ((_RATE, speaker.rate), (_PITCH, speaker.pitch), (_RANGE, speaker.pitch_range)):
                 self._lib.espeak_SetParameter(parameter, int(value), 0)
             self._chunks = []
+            if self._set_rand_seed is not None:  # the breathy variants' noise: the same every run
+                self._set_rand_seed(0)
             data = text.encode()
             status = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, 0, None, None)
             self._lib.espeak_Synchronize()
