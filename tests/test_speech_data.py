@@ -522,7 +522,8 @@ def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Pat
 
     torch.manual_seed(0)
     model_file = tmp_path / "random.safetensors"
-    save_spotter(KeywordSpotter(create_model("ds_cnn_s"), classes), model_file, {"training": {"data_dir": str(two_engines)}})
+    save_spotter(KeywordSpotter(create_model("ds_cnn_s"), classes), model_file,
+                 {"training": {"data_dir": str(two_engines)}})
     out = tmp_path / "chosen.safetensors"
     res = run_in_process("eval_speech", [str(model_file), str(quiet), "--max-false-alarms-per-minute", "100",
                                          "--save-spotter", str(out)])

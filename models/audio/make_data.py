@@ -26,8 +26,8 @@ from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, which_set
 from .synth import Speaker
 
 __all__ = ["ACCENTS", "FOREIGN_VOICES", "GENERATING", "MANIFEST", "OTHER_WORDS", "RESPELLINGS", "VARIANTS",
-           "GeneratedData", "SpeakerPlan", "describe_manifest", "generate_speech_data", "interrupted_dataset", "is_respelled",
-           "max_speakers", "plan_speakers", "read_manifest", "speaker_id", "speakers", "spoken_texts"]
+           "GeneratedData", "SpeakerPlan", "describe_manifest", "generate_speech_data", "interrupted_dataset",
+           "is_respelled", "max_speakers", "plan_speakers", "read_manifest", "speaker_id", "speakers", "spoken_texts"]
 
 ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
 """eSpeak NG's English accents."""

@@ -28,8 +28,8 @@ def _row(name: str, group) -> str:  # noqa: ANN001 - evaluate.GroupScore
 
 def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int:  # noqa: ANN001
     """Score a folder of recordings at every threshold, and choose and save an operating point."""
-    from ..audio.recordings import THRESHOLDS, choose_threshold, score_recordings
     from ..audio.make_data import describe_manifest
+    from ..audio.recordings import THRESHOLDS, choose_threshold, score_recordings
     from ..audio.spot import save_spotter
 
     if args.save_spotter and not args.max_false_alarms_per_minute:
