@@ -101,7 +101,7 @@ def _clips(root: Path, engines: Optional[Sequence[str]]) -> list[tuple[str, str,
         for wav in sorted(folder.glob("*.wav")):
             row = manifest.get(f"{folder.name}/{wav.name}", {})
             engine, voice = row.get("engine", ""), f"{row.get('engine', '')}/{row.get('voice', '')}" if row else ""
-            if (not engines or engine in engines) and not (row and is_respelled(row)):
+            if (not engines or engine in engines) and not is_respelled(row):
                 out.append((str(wav), folder.name, engine, voice))
     if not out:
         raise UsageError(f"{root}: no clips to score (expected <word>/<name>.wav inside)")

@@ -242,20 +242,22 @@ def _write_manifest(path: Path, rows: list[tuple[str, ...]]) -> None:
 
 def is_respelled(row: dict[str, str]) -> bool:
     """Whether a manifest row is a clip of a respelled keyword (training data, never scored);
-    manifests without the ``text`` column hold none."""
-    return row.get("text", row["word"]) not in ("", row["word"])
+    manifests without the ``text`` column, and clips without a row (``{}``), hold none."""
+    return row.get("text", "") not in ("", row.get("word"))
 
 
 def describe_manifest(root: Path) -> Optional[dict]:
     """What a generated dataset holds, from its manifest: clips, and by engine clips and speakers,
     respelled clips among them; None for a folder without one."""
+    from collections import Counter
+
     rows = read_manifest(root).values()
     if not rows:
         return None
-    engines = sorted({row["engine"] for row in rows})
+    clips = Counter(row["engine"] for row in rows)
+    speakers = Counter(engine for engine, _ in {(row["engine"], row["speaker"]) for row in rows})
     return {"clips": len(rows), "respelled_clips": sum(map(is_respelled, rows)),
-            "clips_by_engine": {e: sum(row["engine"] == e for row in rows) for e in engines},
-            "speakers_by_engine": {e: len({row["speaker"] for row in rows if row["engine"] == e}) for e in engines}}
+            "clips_by_engine": dict(sorted(clips.items())), "speakers_by_engine": dict(sorted(speakers.items()))}
 
 
 def read_manifest(root: Path) -> dict[str, dict[str, str]]:

@@ -50,7 +50,7 @@ def _words_of_split(root: Path, split: str, engines: Optional[Sequence[str]]) ->
         for wav in sorted(folder.glob("*.wav")):
             row = manifest.get(f"{folder.name}/{wav.name}", {})
             if which_set(wav.name) == split and (not engines or row.get("engine") in engines) \
-                    and not (row and is_respelled(row)):
+                    and not is_respelled(row):
                 words.setdefault(folder.name, []).append(wav)
     if not words:
         raise UsageError(f"--data-dir {root}: no clips of the {split} split" + (f" by {', '.join(engines)}" if engines else ""))

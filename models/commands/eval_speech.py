@@ -54,8 +54,8 @@ def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int: 
               f"{chosen.threshold:.2f} ({chosen.false_alarms_per_minute:.3f} per minute here)")
     if save is not None and chosen is not None:
         spotter.threshold = chosen.threshold
-        trained_on = spotter.card.get("training", {}).get("data_dir")
-        data = describe_manifest(Path(trained_on)) if trained_on and Path(trained_on).is_dir() else None
+        trained_on = spotter.card.get("training", {}).get("data_dir")  # what its manifest holds, if still there
+        data = describe_manifest(Path(trained_on)) if trained_on else None
         save_spotter(spotter, save, {**spotter.card, "from": str(args.checkpoint), "data": data,
                                      "operating_point": {"chosen_on": str(args.data_dir),
                                                          "max_false_alarms_per_minute": args.max_false_alarms_per_minute,
