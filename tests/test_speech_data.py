@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -281,22 +282,26 @@ def test_holding_out_an_engine_tests_on_all_of_it(two_engines: Path) -> None:
 
 
 class _Always(nn.Module):
-    """A stand-in model that hears class ``k`` in every clip."""
+    """A stand-in model that hears class ``k`` in every clip (and class ``second`` next)."""
 
-    def __init__(self, k: int, classes: int) -> None:
+    def __init__(self, k: int, classes: int, second: Optional[int] = None) -> None:
         super().__init__()
-        self.k, self.classes = k, classes
+        self.k, self.classes, self.second = k, classes, second
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(len(x), self.classes)
         out[:, self.k] = 20.0  # a probability of 1 after the softmax
+        if self.second is not None:
+            out[:, self.second] = 10.0
         return out
 
 
 @pytest.mark.parametrize("heard", ["yes", UNKNOWN])
 def test_scoring_a_folder_counts_every_clip_by_engine(two_engines: Path, heard: str) -> None:
+    """Every clip counted in its engine's row; keywords also scored with unknown and silence set
+    aside (the stand-in's next class, "no", where it hears unknown)."""
     classes = [SILENCE, UNKNOWN, *KEYWORDS]
-    spotter = KeywordSpotter(_Always(classes.index(heard), len(classes)), classes)
+    spotter = KeywordSpotter(_Always(classes.index(heard), len(classes), second=classes.index("no")), classes)
     score = score_folder(spotter, two_engines)
     manifest = read_manifest(two_engines)
     for engine in ("espeak", "other"):
@@ -306,6 +311,8 @@ def test_scoring_a_folder_counts_every_clip_by_engine(two_engines: Path, heard: 
         assert group.unknown_clips == sum(r["word"] not in KEYWORDS for r in rows)
         yes = sum(r["word"] == "yes" for r in rows)
         assert group.keyword_top1 == pytest.approx(100 * yes / group.keyword_clips if heard == "yes" else 0)
+        among = yes if heard == "yes" else sum(r["word"] == "no" for r in rows)
+        assert among and group.keyword_top1_among_keywords == pytest.approx(100 * among / group.keyword_clips)
         assert group.unknown_rejected == (0 if heard == "yes" else 100)
         assert group.false_keyword_rate == (100 if heard == "yes" else 0)
     assert score.overall.keyword_clips == sum(g.keyword_clips for g in score.engines.values())
@@ -374,7 +381,7 @@ def test_a_rate_with_nothing_to_count_is_a_dash_and_null(tmp_path: Path) -> None
     summary = json.loads((tmp_path / "s.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c}: not JSON"))
     assert summary["overall"]["keyword_top1"] is None and summary["overall"]["unknown_clips"] == 6
     row = _table([("x", GroupScore(unknown_clips=4, unknown_right=3), GroupScore())], 10.0).splitlines()[-1]
-    assert row == "| x | - of 0 | 75.00% of 4 | 0.00% | - |"
+    assert row == "| x | - of 0 | 75.00% of 4 | 0.00% | - | - |"
 
 
 def test_leave_one_engine_out_trains_without_each_engine_and_scores_it(two_engines: Path, tmp_path: Path) -> None:

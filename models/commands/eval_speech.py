@@ -23,7 +23,8 @@ def _row(name: str, group) -> str:  # noqa: ANN001 - evaluate.GroupScore
     from ..audio.evaluate import percent
 
     return (f"{name:<34} {percent(group.keyword_top1):>8} of {group.keyword_clips:<6,} "
-            f"{percent(group.unknown_rejected):>8} of {group.unknown_clips:<6,} {percent(group.false_keyword_rate):>7}")
+            f"{percent(group.unknown_rejected):>8} of {group.unknown_clips:<6,} {percent(group.false_keyword_rate):>7} "
+            f"{percent(group.keyword_top1_among_keywords):>8}")
 
 
 def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int:  # noqa: ANN001
@@ -104,7 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     score = score_folder(spotter, Path(args.data_dir), args.engines, args.snr)
     noise = f" at {args.snr:g} dB SNR" if args.snr is not None else ""
     print(f"{args.checkpoint} on {args.data_dir}{noise}:")
-    print(f"{'clips':<34} {'keywords right':>18} {'unknown called unknown':>24} {'keyword for unknown':>6}")
+    print(f"{'clips':<34} {'keywords right':>18} {'unknown called unknown':>24} {'keyword for unknown':>6} "
+          f"{'keywords right, unknown aside':>6}")
     print(_row("all", score.overall))
     for name, group in sorted(score.engines.items()):
         print(_row(f"engine {name}", group))
