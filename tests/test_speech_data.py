@@ -384,6 +384,44 @@ def test_a_rate_with_nothing_to_count_is_a_dash_and_null(tmp_path: Path) -> None
     assert row == "| x | - of 0 | 75.00% of 4 | 0.00% | - | - |"
 
 
+def test_leave_one_engine_out_runs_side_by_side_pool_as_one(tmp_path: Path) -> None:
+    """``merge_results``: the loeo.json of runs that held out different engines, one recipe on one
+    folder, pooled again from the counts; a file of another recipe, an engine held out twice or a
+    file without counts is refused, naming it."""
+    import json
+
+    from dszoo.audio.evaluate import GroupScore
+    from dszoo.commands.leave_one_engine_out import merge_results
+
+    scores = {"a": GroupScore(10, 7, 9, 20, 15, 5), "b": GroupScore(30, 12, 20, 40, 38, 1), "c": GroupScore(5, 5, 5)}
+
+    def run(name: str, engines: str, **changes: object) -> Path:
+        summary = {"data_dir": "/somewhere/speech", "train_args": ["--epochs", "40"], "snr_db": 10.0,
+                   "engines": [{"engine": e, "checkpoint": f"without_{e}/last.pt", "clean": scores[e].as_dict(),
+                                "noisy": GroupScore(scores[e].keyword_clips).as_dict()} for e in engines], **changes}
+        (tmp_path / name).write_text(json.dumps(summary))
+        return tmp_path / name
+
+    merged = merge_results([run("ab.json", "ab"), run("c.json", "c")])
+    assert merged["data_dir"] == "speech" and list(merged["engines"]) == ["a", "b", "c"]
+    assert merged["engines"]["b"]["clean"] == scores["b"].as_dict()
+    assert merged["pooled"]["clean"] == (scores["a"] + scores["b"] + scores["c"]).as_dict()
+    assert merged["pooled"]["clean"]["keyword_top1"] == pytest.approx(100 * 24 / 45)
+    assert merged["pooled"]["noisy"]["keyword_clips"] == 45
+    assert merge_results([run("one.json", "abc")]) == merged
+    with pytest.raises(UsageError, match="holds out a again"):
+        merge_results([run("ab.json", "ab"), run("a.json", "a")])
+    with pytest.raises(UsageError, match="another data folder, dszoo-train options or SNR"):
+        merge_results([run("ab.json", "ab"), run("c2.json", "c", train_args=["--epochs", "80"])])
+    old = run("old.json", "a")
+    old.write_text(old.read_text().replace('"keywords_right"', '"right"'))
+    with pytest.raises(UsageError, match="old.json: not a dszoo-leave-one-engine-out loeo.json .*keywords_right"):
+        merge_results([old])
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(UsageError, match="list.json: not a dszoo-leave-one-engine-out loeo.json"):
+        merge_results([tmp_path / "list.json"])
+
+
 def test_leave_one_engine_out_trains_without_each_engine_and_scores_it(two_engines: Path, tmp_path: Path) -> None:
     import json
 
@@ -514,7 +552,10 @@ def test_a_spotter_file_carries_its_model_classes_and_threshold(tmp_path: Path) 
 def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Path, tmp_path: Path) -> None:
     """A stand-in that hears "yes" everywhere: one detection per recording, all false alarms on
     keyword-free speech; the chosen threshold is saved in the spotter file and used by dszoo-spot,
-    its card saying what the training folder held."""
+    its card giving the recipe, what the training folder held and the leave-one-engine-out results."""
+    import json
+
+    from dszoo.audio.evaluate import GroupScore
     from dszoo.audio.recordings import make_recordings, score_recordings
     from dszoo.audio.spot import load_spotter, save_spotter
 
@@ -532,15 +573,28 @@ def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Pat
     save_spotter(KeywordSpotter(create_model("ds_cnn_s"), classes), model_file,
                  {"training": {"data_dir": str(two_engines)}})
     out = tmp_path / "chosen.safetensors"
+    loeo = tmp_path / "loeo.json"
+    loeo.write_text(json.dumps({"data_dir": str(two_engines), "train_args": ["--epochs", "2"], "snr_db": 10.0,
+                                "engines": [{"engine": "other", "clean": GroupScore(4, 3).as_dict(),
+                                             "noisy": GroupScore(4, 2).as_dict()}]}))
+    no_file = run_in_process("eval_speech", [str(model_file), str(quiet), "--max-false-alarms-per-minute", "100",
+                                             "--loeo", str(loeo)])
+    assert no_file.returncode == 2 and "add --save-spotter FILE" in no_file.stderr
     res = run_in_process("eval_speech", [str(model_file), str(quiet), "--max-false-alarms-per-minute", "100",
-                                         "--save-spotter", str(out)])
+                                         "--save-spotter", str(out), "--loeo", str(loeo)])
     assert res.returncode == 0, res.stderr
     assert "nan" not in res.stdout and res.stdout.splitlines()[2].split()[1] == "-"  # no keywords to find
     chosen = float(res.stdout.split("threshold ")[-1].split()[0].rstrip(")"))
     assert f"wrote {out} (threshold {chosen:.2f})" in res.stdout and load_spotter(out).threshold == chosen == 0.3
-    assert load_spotter(out).card["data"] == {"clips": 480, "respelled_clips": 0,  # 40 speakers x 12 words
-                                              "clips_by_engine": {"espeak": 240, "other": 240},
-                                              "speakers_by_engine": {"espeak": 20, "other": 20}}
+    card = load_spotter(out).card
+    assert card["data"] == {"clips": 480, "respelled_clips": 0,  # 40 speakers x 12 words
+                            "clips_by_engine": {"espeak": 240, "other": 240},
+                            "speakers_by_engine": {"espeak": 20, "other": 20}}
+    assert card["recipe"] == f"dszoo-train --data-dir {two_engines.name}" and "training" not in card
+    assert card["from"] == model_file.name and card["operating_point"]["chosen_on"] == quiet.name
+    assert card["leave_one_engine_out"]["pooled"]["clean"]["keyword_top1"] == 75.0
+    assert card["leave_one_engine_out"]["data_dir"] == two_engines.name
+    assert str(tmp_path) not in json.dumps(card)  # names, not this machine's paths
     clips = run_in_process("eval_speech", [str(model_file), str(two_engines), "--save-spotter", str(tmp_path / "x.safetensors")])
     assert clips.returncode == 2 and "score recordings" in clips.stderr
 

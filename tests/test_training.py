@@ -178,6 +178,31 @@ def test_channels_last_is_on_by_default_on_cpu(tmp_path: Path, flags: list[str],
     assert (weight.stride() == torch.empty(weight.shape, memory_format=torch.channels_last).stride()) is expected
 
 
+@pytest.mark.parametrize("flags", [
+    [],
+    ["--model", "ds_cnn_s", "--dataset", "speech_commands", "--data-dir", "/home/me/data/speech", "--epochs", "40",
+     "--augment", "voices", "--unknown-ratio", "0.5", "--out-dir", "runs/x", "-q"],
+    ["--classes", "0,1,2", "--ema", "--no-channels-last", "--lr", "0.003", "--pretrained", "/tmp/w b.safetensors"],
+])
+def test_a_recipe_is_the_command_line_that_trains_the_same_way(flags: list[str]) -> None:
+    """``recipe(config)`` (a spotter's card): a ``dszoo-train`` line that parses back to the
+    same options, where a run went and what it printed aside, files and folders by name."""
+    import shlex
+
+    from dszoo.commands.train import recipe
+
+    parser = build_parser()
+    options = vars(parser.parse_args(flags))
+    line = recipe(options)
+    assert line.startswith("dszoo-train") and "/" not in line and "runs/x" not in line and "-q" not in line.split()
+    again = vars(parser.parse_args(shlex.split(line)[1:]))
+    for name in ("data_dir", "pretrained"):
+        assert again[name] == (None if options[name] is None else Path(options[name]).name)
+    aside = {"data_dir", "pretrained", "out_dir", "resume", "overwrite", "quiet"}
+    assert {k: v for k, v in again.items() if k not in aside} == {k: v for k, v in options.items() if k not in aside}
+    assert recipe(vars(parser.parse_args([]))) == "dszoo-train"
+
+
 def test_imagefolder(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -64,10 +64,19 @@ class GroupScore:
         def rate(value: float) -> Optional[float]:
             return None if math.isnan(value) else value
 
-        return {"keyword_clips": self.keyword_clips, "keyword_top1": rate(self.keyword_top1),
+        return {**{f.name: getattr(self, f.name) for f in fields(GroupScore)},
+                "keyword_top1": rate(self.keyword_top1),
                 "keyword_top1_among_keywords": rate(self.keyword_top1_among_keywords),
-                "unknown_clips": self.unknown_clips, "unknown_rejected": rate(self.unknown_rejected),
-                "false_keyword_rate": rate(self.false_keyword_rate)}
+                "unknown_rejected": rate(self.unknown_rejected), "false_keyword_rate": rate(self.false_keyword_rate)}
+
+    @classmethod
+    def from_dict(cls, counts: dict) -> "GroupScore":
+        """The counts of an ``as_dict`` (a ``loeo.json`` row, say), to pool with others."""
+        try:
+            return cls(**{f.name: int(counts[f.name]) for f in fields(cls)})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"not a score's counts ({', '.join(f.name for f in fields(cls))}): missing or "
+                             f"not a number: {exc}") from None
 
 
 @dataclass

@@ -6,6 +6,7 @@ threshold, the operating point for a false-alarm rate, and the spotter saved wit
     dszoo-eval-speech runs/kws/best.pt data/speech                       # every clip
     dszoo-eval-speech runs/kws/best.pt data/speech --engines flite --snr 10 --voices
     dszoo-eval-speech runs/kws/best.pt data/no_keywords --max-false-alarms-per-minute 0.5 --save-spotter kws.safetensors
+    dszoo-eval-speech ... --save-spotter kws.safetensors --loeo runs/loeo/loeo.json   # its card gives them
 """
 from __future__ import annotations
 
@@ -27,14 +28,35 @@ def _row(name: str, group) -> str:  # noqa: ANN001 - evaluate.GroupScore
             f"{percent(group.keyword_top1_among_keywords):>8}")
 
 
+def _card(spotter, checkpoint: str, loeo: Optional[dict]) -> dict:  # noqa: ANN001 - spot.KeywordSpotter
+    """What a saved spotter says it is: the ``dszoo-train`` recipe of a checkpoint and what its
+    training folder held (or a saved spotter's card, kept), the file it came from, and the
+    leave-one-engine-out results; names, not this machine's paths."""
+    from ..audio.make_data import describe_manifest
+    from .train import recipe
+
+    card = {k: v for k, v in spotter.card.items() if k != "training"}
+    training = spotter.card.get("training")
+    if training:
+        card["recipe"] = recipe(training)
+        card["data"] = describe_manifest(Path(training["data_dir"])) if training.get("data_dir") else None
+    card["from"] = Path(checkpoint).name
+    if loeo is not None:
+        card["leave_one_engine_out"] = loeo
+    return card
+
+
 def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int:  # noqa: ANN001
     """Score a folder of recordings at every threshold, and choose and save an operating point."""
-    from ..audio.make_data import describe_manifest
     from ..audio.recordings import THRESHOLDS, choose_threshold, score_recordings
     from ..audio.spot import save_spotter
+    from .leave_one_engine_out import merge_results
 
     if args.save_spotter and not args.max_false_alarms_per_minute:
         raise UsageError("--save-spotter needs --max-false-alarms-per-minute (the operating point it saves)")
+    if args.loeo and not args.save_spotter:
+        raise UsageError("--loeo goes into the card of --save-spotter; add --save-spotter FILE")
+    loeo = merge_results(args.loeo) if args.loeo else None  # a bad file refused before the recordings are scored
     save = new_output_file(args.save_spotter, False, "--save-spotter", (".safetensors",)) if args.save_spotter else None
     own = spotter.threshold if args.threshold is None else args.threshold
     if not 0 < own < 1:
@@ -55,12 +77,9 @@ def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int: 
               f"{chosen.threshold:.2f} ({chosen.false_alarms_per_minute:.3f} per minute here)")
     if save is not None and chosen is not None:
         spotter.threshold = chosen.threshold
-        trained_on = spotter.card.get("training", {}).get("data_dir")  # what its manifest holds, if still there
-        data = describe_manifest(Path(trained_on)) if trained_on else None
-        save_spotter(spotter, save, {**spotter.card, "from": str(args.checkpoint), "data": data,
-                                     "operating_point": {"chosen_on": str(args.data_dir),
-                                                         "max_false_alarms_per_minute": args.max_false_alarms_per_minute,
-                                                         **chosen.as_dict()}})
+        save_spotter(spotter, save, {**_card(spotter, args.checkpoint, loeo), "operating_point": {
+            "chosen_on": Path(args.data_dir).name, "max_false_alarms_per_minute": args.max_false_alarms_per_minute,
+            **chosen.as_dict()}})
         print(f"wrote {save} (threshold {chosen.threshold:.2f})")
     if out is not None:
         from ..files import atomic_path
@@ -90,6 +109,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="recordings: choose the lowest threshold with at most this many false alarms per minute")
     p.add_argument("--save-spotter", help="recordings: write the model with the chosen threshold to this new "
                                           ".safetensors file (dszoo-spot reads it)")
+    p.add_argument("--loeo", nargs="+", help="with --save-spotter: the loeo.json of the recipe's "
+                   "dszoo-leave-one-engine-out run (or runs, each holding out other engines) for the spotter's card")
     args = p.parse_args(argv)
     out = new_output_file(args.json, args.overwrite, "--json", (".json",)) if args.json else None
     spotter = load_spotter(args.checkpoint)
@@ -99,8 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if (Path(args.data_dir) / RECORDINGS).is_file():
         return _recordings(args, spotter, out)
-    if args.max_false_alarms_per_minute or args.save_spotter or args.threshold is not None:
-        raise UsageError(f"--threshold, --max-false-alarms-per-minute and --save-spotter score recordings; "
+    if args.max_false_alarms_per_minute or args.save_spotter or args.threshold is not None or args.loeo:
+        raise UsageError(f"--threshold, --max-false-alarms-per-minute, --save-spotter and --loeo score recordings; "
                          f"{args.data_dir} holds clips (no {RECORDINGS}: make recordings with dszoo-make-recordings)")
     score = score_folder(spotter, Path(args.data_dir), args.engines, args.snr)
     noise = f" at {args.snr:g} dB SNR" if args.snr is not None else ""

@@ -33,6 +33,39 @@ def _table(rows: list[tuple[str, GroupScore, GroupScore]], snr: float) -> str:
     return "\n".join(lines)
 
 
+def merge_results(paths: Sequence[Path]) -> dict:
+    """The ``loeo.json`` of one run, or of several that held out different engines with the same
+    options (run side by side with ``--engines``), as one: every engine's row, pooled again from
+    the counts. Paths become folder names: the summary is meant to travel (a spotter's card)."""
+    from ..audio.evaluate import GroupScore
+    from ..files import regular_file
+
+    merged: Optional[dict] = None
+    for path in paths:
+        text = regular_file(path, "--loeo", max_bytes=10_000_000).read_text()
+        try:
+            run = json.loads(text)
+            same = {"data_dir": Path(run["data_dir"]).name, "train_args": run["train_args"], "snr_db": run["snr_db"]}
+            rows = {r["engine"]: {"clean": GroupScore.from_dict(r["clean"]), "noisy": GroupScore.from_dict(r["noisy"])}
+                    for r in run["engines"]}
+        except (ValueError, KeyError, TypeError, UsageError) as exc:
+            raise UsageError(f"{path}: not a dszoo-leave-one-engine-out loeo.json ({exc})") from None
+        if merged is None:
+            merged = {**same, "engines": {}}
+        elif any(merged[k] != v for k, v in same.items()):
+            raise UsageError(f"{path}: another data folder, dszoo-train options or SNR than {paths[0]}; "
+                             "only runs of one recipe on one folder pool")
+        twice = sorted(set(rows) & set(merged["engines"]))
+        if twice:
+            raise UsageError(f"{path}: holds out {', '.join(twice)} again; each engine may come from one run only")
+        merged["engines"].update(rows)
+    if merged is None:
+        raise UsageError("--loeo: no loeo.json given")
+    pooled = {kind: sum((r[kind] for r in merged["engines"].values()), GroupScore()) for kind in ("clean", "noisy")}
+    return {**merged, "engines": {e: {k: g.as_dict() for k, g in r.items()} for e, r in sorted(merged["engines"].items())},
+            "pooled": {k: g.as_dict() for k, g in pooled.items()}}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..audio.evaluate import GroupScore, percent, score_folder
     from ..audio.make_data import read_manifest

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+import shlex
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
 
 import torch.distributed as dist
 
@@ -15,7 +17,7 @@ from ..training import DATASETS, TrainConfig, train
 from .cli import (ArgumentParser, fraction, non_negative_float, non_negative_int, positive_float, positive_int,
                   run_cli)
 
-__all__ = ["build_parser", "cli", "main"]
+__all__ = ["build_parser", "cli", "main", "recipe"]
 
 
 def build_parser() -> ArgumentParser:
@@ -78,6 +80,29 @@ def build_parser() -> ArgumentParser:
       "(errors are always printed)")
     a("--allow-large", action="store_true", help="build models above the size guard (dszoo.plan)")
     return p
+
+
+_NOT_RECIPE = ("out_dir", "resume", "overwrite", "quiet")  # where a run goes and what it prints, not what it learns
+_FOLDERS = ("data_dir", "pretrained")
+
+
+def recipe(options: Mapping[str, object]) -> str:
+    """The ``dszoo-train`` command line that trains as ``options`` (a checkpoint's ``config``)
+    did: the options that differ from the defaults, files and folders by their name (a card
+    travels; where they lay on the trainer's machine means nothing elsewhere)."""
+    words = ["dszoo-train"]
+    for action in build_parser()._actions:
+        value = options.get(action.dest)
+        if action.dest in _NOT_RECIPE or not action.option_strings or value is None or value == action.default:
+            continue
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(value, bool):  # store_true, or --channels-last / --no-channels-last
+            words.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, (list, tuple)):
+            words += [flag, ",".join(map(str, value))]
+        else:
+            words += [flag, Path(str(value)).name if action.dest in _FOLDERS else str(value)]
+    return shlex.join(words)
 
 
 def _class_list(text: str) -> list[int]:
