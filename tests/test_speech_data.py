@@ -616,7 +616,11 @@ def test_the_shipped_spotter_loads_and_hears_held_out_voices(tmp_path: Path) -> 
     spotter = load_spotter()
     assert spotter.classes == [SILENCE, UNKNOWN, *KEYWORDS] and 0 < spotter.threshold < 1
     assert bundled_spotter_path().stat().st_size < 200_000
-    assert {"training", "operating_point"} <= set(spotter.card)
+    card = spotter.card
+    assert set(card) == {"recipe", "data", "from", "leave_one_engine_out", "operating_point"}
+    assert card["recipe"].startswith("dszoo-train --model ds_cnn_s --dataset speech_commands") and "/" not in card["recipe"]
+    assert set(card["leave_one_engine_out"]["engines"]) == set(card["data"]["clips_by_engine"])  # each engine held out
+    assert card["operating_point"]["threshold"] == spotter.threshold
     with safe_open(str(bundled_spotter_path()), framework="pt") as fh:  # its card is strict JSON, as any reader wants
         json.loads(fh.metadata()["dszoo_spotter"], parse_constant=lambda c: pytest.fail(f"{c} in the card: not JSON"))
     model = create_model("ds_cnn_s", pretrained=True).eval()
