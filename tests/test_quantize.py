@@ -268,6 +268,54 @@ def test_quantization_aware_training_writes_an_int8_model(default_run: tuple[Pat
                                                      "metrics.csv"]
 
 
+def _qat_graph_of_ds_cnn_s() -> tuple[Any, torch.Tensor]:
+    model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
+    x = torch.randn(8, 1, 49, 10)
+    return quantize_module.QuantizationAwareModel(model, x), x
+
+
+def test_qat_rewrites_conv_batchnorm_only_for_the_convolutions_the_graph_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchao's conv-BatchNorm fusion (prepare) and folding (convert) run for conv2d alone on a
+    network of conv2d layers, and torchao's own helpers are back in place afterwards."""
+    from torchao.quantization.pt2e import qat_utils
+
+    ran: dict[str, list[str]] = {"fuse": [], "fold": []}
+    spies = {}
+    for step in ran:
+        def spy(m: Any, conv_fn: Any, *args: Any, _step: str = step, **kwargs: Any) -> Any:
+            ran[_step].append(conv_fn.__name__)
+            return m
+        spies[step] = spy
+        monkeypatch.setattr(qat_utils, f"_{step}_conv_bn_qat_helper", spy)
+    qat, x = _qat_graph_of_ds_cnn_s()
+    qat.train()
+    qat(x)
+    qat.convert()
+    assert ran == {"fuse": ["conv2d"], "fold": ["conv2d"]}
+    assert qat_utils._fuse_conv_bn_qat_helper is spies["fuse"] and qat_utils._fold_conv_bn_qat_helper is spies["fold"]
+
+
+def test_torchaos_rewrite_for_an_absent_kind_of_convolution_changes_nothing() -> None:
+    """What the previous test's skipping relies on: torchao's fusion and folding helpers, run for
+    each kind of convolution ds_cnn_s does not contain, leave its graph's code as it was."""
+    from torchao.quantization.pt2e import qat_utils
+
+    qat, x = _qat_graph_of_ds_cnn_s()
+    qat.train()
+    qat(x)
+    exported = quantize_module.export_for_quantization(create_model("ds_cnn_s").train(), x)
+    prepared = quantize_module._pt2e().to_eval(qat.graph)
+    one, two = (torch.randn(1, 1, 3), torch.randn(1, 1, 1)), (torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1))
+    for conv_fn, example in ((torch.nn.functional.conv1d, one), (torch.nn.functional.conv_transpose1d, one),
+                             (torch.nn.functional.conv_transpose2d, two)):
+        code = exported.code
+        fused = qat_utils._fuse_conv_bn_qat_helper(exported, conv_fn, (*example, *torch.randn(5, 1)), is_cuda=False)
+        assert fused.code == code, conv_fn.__name__
+        code = prepared.code
+        folded = qat_utils._fold_conv_bn_qat_helper(prepared, conv_fn, (*example, *torch.randn(4, 1)), is_cuda=False)
+        assert folded.code == code, conv_fn.__name__
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--eval-only"], "--qat trains; to evaluate a model in int8 use --eval-only --precision int8"),
     (["--ema"], "--qat fake-quantizes the exported training graph; it does not take --ema"),
