@@ -162,6 +162,67 @@ def test_an_interrupted_dataset_is_refused_then_replaced(tmp_path: Path) -> None
     assert not (out / GENERATING).exists() and build_speech_commands(out).classes[:2] == [SILENCE, UNKNOWN]
 
 
+def test_a_word_a_voice_cannot_say_is_left_out_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine that fails on one word for one voice (Festival's Finnish voices on a "z"): that
+    voice's clips of it are left out, every other clip is written, and the command names both."""
+    from dszoo.audio.engines import ESpeakEngine
+    from dszoo.audio.make_data import plan_speakers
+    from dszoo.errors import RunError
+
+    accent = plan_speakers(["espeak"], 20, 0)[0].settings[0].voice  # the first speaker's
+    real = ESpeakEngine.say_all
+    batches: list[int] = []
+
+    def say_all(self: ESpeakEngine, words: list[str], setting: object) -> list[np.ndarray]:
+        batches.append(len(words))
+        if "bed" in words and setting.voice == accent:  # type: ignore[attr-defined]
+            raise RunError("espeak could not say 'bed'")
+        return real(self, words, setting)
+
+    monkeypatch.setattr(ESpeakEngine, "say_all", say_all)
+    out = tmp_path / "speech"
+    res = run_in_process("make_speech_data", ["--out", str(out), "--speakers", "20", "--words", *WORDS,
+                                              "--engines", "espeak", "--noise-seconds", "1", "-q"])
+    assert res.returncode == 0, res.stderr
+    rows = list(read_manifest(out).values())
+    speakers = {r["speaker"] for r in rows if r["voice"] == accent}
+    assert speakers and not any(r["word"] == "bed" and r["voice"] == accent for r in rows)
+    assert sorted(r["word"] for r in rows if r["speaker"] == min(speakers)) == ["left", "no", "yes"]
+    assert len(rows) == 20 * len(WORDS) - len(speakers) == len(list(out.glob("*/*_nohash_*.wav")))
+    assert (f"note: espeak voice {accent} could not say 'bed': {len(speakers)} clip(s) left out\n"
+            f"wrote {len(rows)} clips (espeak {len(rows)})") in res.stdout
+    assert batches.count(4) == 20 and batches.count(1) == 2 * len(speakers)  # halved twice for each of them
+
+
+def test_a_voice_that_says_nothing_is_an_error_not_a_skip() -> None:
+    from dszoo.audio.engines import SpeechEngine
+    from dszoo.errors import RunError
+
+    class Broken(SpeechEngine):
+        name = "broken"
+
+        def say_all(self, words: list[str], setting: object) -> list[np.ndarray]:
+            raise RunError(f"broken could not say {words[0]!r}")
+
+    with pytest.raises(RunError, match="^broken could not say 'yes'$"):
+        Broken().say_each(["yes", "no", "up"], None)
+
+
+def test_festival_names_the_word_and_voice_it_cannot_say() -> None:
+    from dszoo.audio.engines import EngineVoice, FestivalEngine
+    from dszoo.errors import RunError
+
+    festival = FestivalEngine()
+    if not festival.available() or "suo_fi_lj_diphone" not in festival.voices():
+        pytest.skip(f"Festival's Finnish voice not installed ({festival.install})")
+    voice = EngineVoice("festival", "suo_fi_lj_diphone")
+    with pytest.raises(RunError, match=r"^festival could not say 'yez' with voice suo_fi_lj_diphone \(exit \d+: "
+                                       r"\.\.\..*\)$"):
+        festival.say_all(["yez"], voice)
+    said = festival.say_each(["yes", "yez", "no"], voice)
+    assert said[1] is None and all(w is not None and np.abs(w).max() > 0.05 for w in (said[0], said[2]))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--speakers", "4000"], "--speakers 4000: eSpeak NG's pool holds 3,414 distinct speakers"),
     (["--words", "yes", "yes", "no"], "--words: 'yes' given more than once; each word is a folder"),

@@ -87,8 +87,29 @@ class SpeechEngine:
         return [(f"{self.name}_{v}", self.settings(v)) for v in self.voices() if voices is None or v in voices]
 
     def say_all(self, words: Sequence[str], setting: Any) -> list[np.ndarray]:
-        """Each of ``words`` said with ``setting``: 16 kHz float32 waves."""
+        """Each of ``words`` said with ``setting``: 16 kHz float32 waves (``RunError`` naming the
+        engine where it cannot say one)."""
         raise NotImplementedError
+
+    def say_each(self, words: Sequence[str], setting: Any) -> list[Optional[np.ndarray]]:
+        """``say_all``, with ``None`` for each word this setting cannot say (Festival's Finnish
+        voices crash on a "z"), found by halving the batch. Where every word fails, the engine or
+        voice is broken, not a word: the first ``RunError`` is raised."""
+        errors: list[RunError] = []
+
+        def said(batch: Sequence[str]) -> list[Optional[np.ndarray]]:
+            try:
+                return list(self.say_all(batch, setting))
+            except RunError as error:
+                if len(batch) > 1:
+                    return said(batch[:len(batch) // 2]) + said(batch[len(batch) // 2:])
+                errors.append(error)
+                return [None]
+
+        waves = said(words)
+        if waves and all(w is None for w in waves):
+            raise errors[0]
+        return waves
 
 
 class FliteEngine(SpeechEngine):
@@ -151,18 +172,21 @@ class FestivalEngine(SpeechEngine):
     def available(self) -> bool:
         return shutil.which("festival") is not None
 
-    def _run(self, script: str) -> str:
+    def _run(self, script: str, failure: str) -> str:
+        """Festival's output for ``script``; a ``RunError`` saying ``failure`` and the end of its
+        messages (where its error is) if it fails."""
         with tempfile.TemporaryDirectory(prefix="dszoo-festival-") as tmp:
             path = Path(tmp) / "run.scm"
             path.write_text(script)
             done = subprocess.run(["festival", "-b", str(path)], capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
-            raise RunError(f"festival failed (exit {done.returncode}): {' '.join(done.stderr.split())[:200]}")
+            raise RunError(f"festival {failure} (exit {done.returncode}: ...{' '.join(done.stderr.split())[-160:]})")
         return done.stdout
 
     @functools.cache  # one Festival start a process, not one per question
     def voices(self) -> list[str]:
-        listed = self._run("(print (voice.list))").replace("(", " ").replace(")", " ").split()
+        listed = self._run("(print (voice.list))", "could not list its voices")
+        listed = listed.replace("(", " ").replace(")", " ").split()
         return [v for v in self.VOICES if v in listed]
 
     def settings(self, voice: str) -> list[EngineVoice]:
@@ -178,7 +202,8 @@ class FestivalEngine(SpeechEngine):
             lines = [_FESTIVAL_PITCH, f"(voice_{voice.voice})", f"(dszoo_pitch {voice.pitch})",
                      f"(Parameter.set 'Duration_Stretch {voice.speed})"]
             lines += [f'(utt.save.wave (utt.synth (Utterance Text "{w}")) "{o}" \'riff)' for w, o in zip(words, outs)]
-            self._run("\n".join(lines) + "\n")
+            said = repr(words[0]) if len(words) == 1 else f"{len(words)} words"
+            self._run("\n".join(lines) + "\n", f"could not say {said} with voice {voice.voice}")
             return [read_wav_16k(o) for o in outs]
 
 

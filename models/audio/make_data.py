@@ -141,6 +141,9 @@ class GeneratedData:
     engines: list[str] = field(default_factory=list)
     missing_engines: list[str] = field(default_factory=list)  # asked for (or known) but not installed
     clips_by_engine: dict[str, int] = field(default_factory=dict)
+    unsaid: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    """``(engine, voice)``: the texts that voice could not say (``SpeechEngine.say_each``), once
+    for each setting it failed at; those clips are left out."""
 
 
 @dataclass(frozen=True)
@@ -185,8 +188,8 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
     """Write the dataset under ``root``: every speaker of every engine found among ``engines``
     (``None``: all known) says every word (and, with ``respell``, each keyword's
     ``RESPELLINGS``), then background noise and ``manifest.csv``. ``progress(n)`` is called
-    after each speaker with the clips written for it. The marker ``GENERATING`` exists from the
-    first file to the last."""
+    after each speaker with the clips planned for it. A text a voice cannot say is left out and
+    listed in ``unsaid``. The marker ``GENERATING`` exists from the first file to the last."""
     from .engines import find_engines
 
     start = time.perf_counter()
@@ -199,17 +202,22 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
     rng = np.random.default_rng(seed)
     by_split: dict[str, list[str]] = {"training": [], "validation": [], "testing": []}
     rows, clips_by_engine = [], {e.name: 0 for e in found}
+    unsaid: dict[tuple[str, str], list[str]] = {}
     said = spoken_texts(words, respell)
     for plan in plans:
         by_split[which_set(f"{plan.ident}_nohash_0.wav")].append(plan.name)
         engine = next(e for e in found if e.name == plan.engine)
+        written = len(rows)
         for s, setting in enumerate(plan.settings):
-            for (word, text, k), wave in zip(said, engine.say_all([text for _, text, _ in said], setting)):
+            voice = getattr(setting, "voice", "")
+            for (word, text, k), wave in zip(said, engine.say_each([text for _, text, _ in said], setting)):
+                if wave is None:
+                    unsaid.setdefault((plan.engine, voice), []).append(text)
+                    continue
                 name = f"{word}/{plan.ident}_nohash_{k * len(plan.settings) + s}.wav"  # the word itself: k = 0
                 write_wav(root / name, _place(_trimmed(wave), rng))
-                rows.append((name, word, plan.engine, getattr(setting, "voice", ""), plan.name,
-                             _describe(setting), text))
-        clips_by_engine[plan.engine] += len(plan.settings) * len(said)
+                rows.append((name, word, plan.engine, voice, plan.name, _describe(setting), text))
+        clips_by_engine[plan.engine] += len(rows) - written
         if progress is not None:
             progress(len(plan.settings) * len(said))
     for name, noise in background_noises(noise_seconds, seed).items():
@@ -217,7 +225,7 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
     _write_manifest(root / MANIFEST, rows)
     (root / GENERATING).unlink()
     return GeneratedData(root, len(rows), by_split, time.perf_counter() - start, [e.name for e in found],
-                         [e.name for e in missing], clips_by_engine)
+                         [e.name for e in missing], clips_by_engine, unsaid)
 
 
 def _describe(setting: object) -> str:

@@ -84,6 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         made = generate_speech_data(out, speakers_count=args.speakers, words=args.words, seed=args.seed,
                                     noise_seconds=args.noise_seconds, engines=[e.name for e in found],
                                     respell=args.respell, progress=bar.update)
+    for (engine, voice), texts in made.unsaid.items():
+        words = ", ".join(repr(t) for t in dict.fromkeys(texts))
+        print(f"note: {engine} voice {voice} could not say {words}: {len(texts)} clip(s) left out")
     split = ", ".join(f"{len(v)} {k}" for k, v in made.speakers_by_split.items())
     engines = ", ".join(f"{name} {clips:,}" for name, clips in made.clips_by_engine.items())
     print(f"wrote {made.clips:,} clips ({engines}) of {len(args.words)} words by {len(plans)} speakers ({split}) "
