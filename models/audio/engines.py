@@ -45,6 +45,15 @@ voices of other languages too; DECtalk and SAM from PyPI, at the user's choice: 
 commercial programs, and ``samtts`` lists an audio-playback package it does not need to speak)."""
 
 
+def _ran(args: Sequence[str], failure: str, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:
+    """An engine's program run with its output captured; a ``RunError`` saying ``failure`` where it
+    gives no answer within ``timeout`` seconds (a hung synthesiser stops the command, not the user)."""
+    try:
+        return subprocess.run(list(args), capture_output=True, timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired:
+        raise RunError(f"{failure} (no answer in {timeout:.0f} s)") from None
+
+
 @dataclass(frozen=True)
 class EngineVoice:
     """One voice of an engine at one speed and pitch: what a synthetic clip was said with."""
@@ -126,7 +135,7 @@ class FliteEngine(SpeechEngine):
 
     @functools.cache  # asked once a process: the engines are the singletons of ENGINES
     def voices(self) -> list[str]:
-        listed = subprocess.run(["flite", "-lv"], capture_output=True, text=True, timeout=30).stdout.split()
+        listed = _ran(["flite", "-lv"], "flite could not list its voices", 30, text=True).stdout.split()
         return [v for v in self.BASE_F0 if v in listed]
 
     def say_all(self, words: Sequence[str], voice: EngineVoice) -> list[np.ndarray]:
@@ -134,12 +143,12 @@ class FliteEngine(SpeechEngine):
         with tempfile.TemporaryDirectory(prefix="dszoo-flite-") as tmp:
             out = Path(tmp) / "word.wav"
             for word in words:
-                done = subprocess.run(["flite", "-voice", voice.voice, "--setf", f"duration_stretch={voice.speed}",
-                                       "--setf", f"int_f0_target_mean={self.BASE_F0[voice.voice] * voice.pitch:.1f}",
-                                       "-t", word, "-o", str(out)], capture_output=True, text=True, timeout=60)
+                failure = f"flite could not say {word!r} with voice {voice.voice}"
+                done = _ran(["flite", "-voice", voice.voice, "--setf", f"duration_stretch={voice.speed}",
+                             "--setf", f"int_f0_target_mean={self.BASE_F0[voice.voice] * voice.pitch:.1f}",
+                             "-t", word, "-o", str(out)], failure, 60, text=True)
                 if done.returncode != 0 or not out.is_file():
-                    raise RunError(f"flite could not say {word!r} with voice {voice.voice} (exit {done.returncode}: "
-                                   f"{' '.join(done.stderr.split())[:160]})")
+                    raise RunError(f"{failure} (exit {done.returncode}: {' '.join(done.stderr.split())[:160]})")
                 waves.append(read_wav_16k(out))
         return waves
 
@@ -178,7 +187,7 @@ class FestivalEngine(SpeechEngine):
         with tempfile.TemporaryDirectory(prefix="dszoo-festival-") as tmp:
             path = Path(tmp) / "run.scm"
             path.write_text(script)
-            done = subprocess.run(["festival", "-b", str(path)], capture_output=True, text=True, timeout=600)
+            done = _ran(["festival", "-b", str(path)], f"festival {failure}", 600, text=True)
         if done.returncode != 0:
             raise RunError(f"festival {failure} (exit {done.returncode}: ...{' '.join(done.stderr.split())[-160:]})")
         return done.stdout
@@ -341,10 +350,11 @@ class DECtalkEngine(SpeechEngine):
                 raise ValueError(f"dectalk: {word!r} is not a word (letters only)")
 
         def say(word: str, out: Path) -> np.ndarray:
-            done = subprocess.run([str(home / "say"), "-s", str(speaker), "-fo", str(out), "-a", controls + word],
-                                  cwd=home, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+            failure = f"dectalk could not say {word!r} with voice {voice.voice}"
+            done = _ran([str(home / "say"), "-s", str(speaker), "-fo", str(out), "-a", controls + word], failure, 60,
+                        cwd=home, stdin=subprocess.DEVNULL)
             if done.returncode != 0 or not out.is_file():
-                raise RunError(f"dectalk could not say {word!r} with voice {voice.voice} (exit {done.returncode})")
+                raise RunError(f"{failure} (exit {done.returncode})")
             return read_wav_16k(out)
 
         with tempfile.TemporaryDirectory(prefix="dszoo-dectalk-") as tmp, ThreadPoolExecutor(self.PROCESSES) as pool:
