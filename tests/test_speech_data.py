@@ -185,7 +185,7 @@ def test_an_interrupted_dataset_is_refused_then_replaced(tmp_path: Path) -> None
 
 
 def test_a_word_a_voice_cannot_say_is_left_out_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An engine that fails on one word for one voice (Festival's Finnish voices on a "z"): that
+    """An engine that fails on one word for one voice (Festival's Finnish voices on "yez"): that
     voice's clips of it are left out, every other clip is written, and the command names both."""
     from dszoo.audio.engines import ESpeakEngine
     from dszoo.audio.make_data import plan_speakers

@@ -102,7 +102,7 @@ class SpeechEngine:
 
     def say_each(self, words: Sequence[str], setting: Any) -> list[Optional[np.ndarray]]:
         """``say_all``, with ``None`` for each word this setting cannot say (Festival's Finnish
-        voices crash on a "z"), found by halving the batch. Where every word fails, the engine or
+        voices fail on "yez"), found by halving the batch. Where every word fails, the engine or
         voice is broken, not a word: the first ``RunError`` is raised."""
         errors: list[RunError] = []
 
