@@ -135,7 +135,7 @@ def test_eval_only_reproduces_the_logged_accuracy(default_run: tuple[Path, subpr
 def test_torchrun_two_processes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "scripts" / "train.py"), "--img-size", "16", "--epochs", "3", "--warmup-epochs", "0", "--quiet", "--out-dir", str(out)]
+           str(REPO / "scripts" / "train.py"), "--img-size", "16", "--epochs", "6", "--warmup-epochs", "0", "--quiet", "--out-dir", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((out / "args.json").read_text())["world_size"] == 2
@@ -148,7 +148,8 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     # each process validated half the set; the figures logged are those of the whole set
     assert round(top1, 4) == logged
     assert float(last["val_loss"]) == pytest.approx(loss, abs=2e-6)
-    assert logged > 30, "the two processes trained one model together (chance is 10%)"
+    # 6 epochs: after 3 the BatchNorm statistics still lag on some CPUs (24% on one, above 30% on another)
+    assert logged > 50, "the two processes trained one model together (chance is 10%)"
 
 
 @pytest.mark.parametrize("size, world", [(10, 1), (10, 3), (2, 4)])
