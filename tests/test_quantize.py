@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -293,6 +293,46 @@ def test_qat_rewrites_conv_batchnorm_only_for_the_convolutions_the_graph_has(mon
     qat.convert()
     assert ran == {"fuse": ["conv2d"], "fold": ["conv2d"]}
     assert qat_utils._fuse_conv_bn_qat_helper is spies["fuse"] and qat_utils._fold_conv_bn_qat_helper is spies["fold"]
+
+
+def test_torchaos_pattern_graphs_are_exported_once_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare exports torchao's 3 conv2d fusion patterns and the first conversion its 24 folding
+    patterns; a second conversion exports none and gives the same int8 graph, to the bit."""
+    from torchao.quantization.pt2e import qat_utils
+
+    exports: list[str] = []
+    real = qat_utils._get_aten_graph_module_for_pattern
+
+    def counting(pattern: Any, *args: Any, **kwargs: Any) -> Any:
+        exports.append(getattr(pattern, "fn", pattern).__name__)
+        return real(pattern, *args, **kwargs)
+    monkeypatch.setattr(qat_utils, "_get_aten_graph_module_for_pattern", counting)
+    monkeypatch.setattr(quantize_module, "_PATTERN_GRAPHS", {})
+    qat, x = _qat_graph_of_ds_cnn_s()
+    assert exports == ["_conv_bn_pattern", "_qat_conv_bn_pattern", "_qat_conv_bn_pattern_no_conv_bias"]
+    qat.train()
+    qat(x)
+    first = qat.convert()
+    assert len(exports) == 3 + 24 and len(quantize_module._PATTERN_GRAPHS) == 27
+    second = qat.convert()
+    assert len(exports) == 27 and second.code == first.code
+    assert torch.equal(second(x), first(x))
+    assert qat_utils._get_aten_graph_module_for_pattern is counting  # torchao's own name is back in place
+
+
+def test_a_pattern_is_known_by_its_options_and_input_shapes_or_not_kept() -> None:
+    def make(flag: Any) -> Callable:
+        def pattern(x: torch.Tensor) -> torch.Tensor:
+            return x + 1 if flag is True else x
+        return pattern
+    key = quantize_module._pattern_key
+    one, shapes = (torch.randn(1, 1, 3, 3),), {"w": torch.randn(1)}
+    assert key(make(True), one, False, shapes) == key(make(True), (torch.zeros(1, 1, 3, 3),), False, {"w": torch.ones(1)})
+    assert key(make(True), one, False, shapes) != key(make(False), one, False, shapes)
+    assert key(make(True), one, False, shapes) != key(make(True), (torch.randn(1, 1, 3),), False, shapes)
+    assert key(make(True), one, False, shapes) != key(make(True), one, True, shapes)
+    assert key(make(torch.ones(1)), one, False, shapes) is None  # closes over a tensor: exported every time
+    assert key(torch.nn.Identity(), one, False, shapes) is None  # no function to read
 
 
 def test_torchaos_rewrite_for_an_absent_kind_of_convolution_changes_nothing() -> None:

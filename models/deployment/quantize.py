@@ -177,22 +177,68 @@ def _only_for_present_convs(helper: Callable) -> Callable:
     return rewrite
 
 
+def _pattern_key(pattern: Callable, example_inputs: tuple[Any, ...], is_cuda: bool, kwargs: dict) -> Optional[tuple]:
+    """What a torchao pattern graph is exported from: the pattern function's code and closure
+    (the options it was made with) and its inputs' shapes and dtypes; None where that cannot be
+    told (the pattern is then exported as torchao does)."""
+    fn = getattr(pattern, "fn", pattern)  # torchao wraps some patterns in a WrapperModule
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+
+    def spec(value: Any) -> Any:
+        return (tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else value
+    try:
+        options = tuple(c.cell_contents for c in fn.__closure__ or ())
+    except ValueError:  # an empty cell
+        return None
+    if not all(callable(v) or isinstance(v, (bool, int, float, str, type(None))) for v in options):
+        return None  # a tensor or other object the pattern closes over: no key (and no copy kept)
+    key = (code, options, is_cuda, tuple(spec(x) for x in example_inputs),
+           tuple(sorted((k, spec(v)) for k, v in kwargs.items())))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+_PATTERN_GRAPHS: dict[tuple, torch.fx.GraphModule] = {}
+
+
+def _exported_once(export_pattern: Callable) -> Callable:
+    """torchao's ``_get_aten_graph_module_for_pattern``, each pattern exported once a process:
+    later calls get a copy of the graph the first one exported."""
+    def exported(pattern: Callable, example_inputs: tuple[Any, ...], is_cuda: bool = False,
+                 **kwargs: Any) -> torch.fx.GraphModule:
+        key = _pattern_key(pattern, example_inputs, is_cuda, kwargs)
+        if key is None:
+            return export_pattern(pattern, example_inputs, is_cuda, **kwargs)
+        if key not in _PATTERN_GRAPHS:
+            _PATTERN_GRAPHS[key] = export_pattern(pattern, example_inputs, is_cuda, **kwargs)
+        return copy.deepcopy(_PATTERN_GRAPHS[key])
+    return exported
+
+
 @contextlib.contextmanager
-def _conv_bn_rewrites_for_present_convs() -> Iterator[None]:
+def _quick_conv_bn_rewrites() -> Iterator[None]:
     """Within: torchao's QAT conv-BatchNorm fusion (``prepare_qat_pt2e``) and folding
-    (``convert_pt2e``) rewrite only the kinds of convolution the graph has.
+    (``convert_pt2e``) rewrite only the kinds of convolution the graph has, and export each of
+    their pattern graphs once a process.
 
     torchao runs each for conv1d, conv2d, conv_transpose1d and conv_transpose2d alike, exporting
     its pattern graphs every time (24 per kind when folding): of a 21 s conversion of ``ds_cnn_s``
-    here, 15 s went to the three kinds these networks never contain. No maintained setting skips
+    here, 15 s went to the three kinds these networks never contain, and of the rest, 5 s to
+    exporting the same 24 conv2d patterns again at each conversion. No maintained setting skips
     them. Where a torchao lacks these private helpers, its own code runs unchanged."""
     _pt2e()
     from torchao.quantization.pt2e import qat_utils
-    names = [n for n in ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper") if hasattr(qat_utils, n)]
-    originals = {n: getattr(qat_utils, n) for n in names}
+    wrappers = {"_fuse_conv_bn_qat_helper": _only_for_present_convs, "_fold_conv_bn_qat_helper": _only_for_present_convs,
+                "_get_aten_graph_module_for_pattern": _exported_once}
+    originals = {n: getattr(qat_utils, n) for n in wrappers if hasattr(qat_utils, n)}
     try:
         for name, helper in originals.items():
-            setattr(qat_utils, name, _only_for_present_convs(helper))
+            setattr(qat_utils, name, wrappers[name](helper))
         yield
     finally:
         for name, helper in originals.items():
@@ -212,7 +258,7 @@ class QuantizationAwareModel(nn.Module):
         mode = model.training
         graph = export_for_quantization(model.train(), example)
         model.train(mode)
-        with _conv_bn_rewrites_for_present_convs():
+        with _quick_conv_bn_rewrites():
             self.graph = pt2e.prepare_qat(graph, quantizer(is_qat=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,7 +274,7 @@ class QuantizationAwareModel(nn.Module):
     def convert(self) -> torch.fx.GraphModule:
         """The int8 graph of the weights as they are now (as ``int8_graph`` gives after calibration),
         with the activation ranges the fake quantizers observed; this model stays trainable."""
-        with _conv_bn_rewrites_for_present_convs():
+        with _quick_conv_bn_rewrites():
             return _converted(_pt2e().to_eval(copy.deepcopy(self.graph)))
 
 
