@@ -336,7 +336,8 @@ def test_a_pattern_is_known_by_its_options_and_input_shapes_or_not_kept() -> Non
 
 
 def test_torchaos_rewrite_for_an_absent_kind_of_convolution_changes_nothing() -> None:
-    """What the previous test's skipping relies on: torchao's fusion and folding helpers, run for
+    """What the skipping of test_qat_rewrites_conv_batchnorm_only_for_the_convolutions_the_graph_has
+    relies on: torchao's fusion and folding helpers, run for
     each kind of convolution ds_cnn_s does not contain, leave its graph's code as it was."""
     from torchao.quantization.pt2e import qat_utils
 
