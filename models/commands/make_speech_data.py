@@ -32,7 +32,7 @@ def _replace_interrupted(out: Path) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..audio.engines import ENGINES, INSTALL
+    from ..audio.engines import ENGINES
     from ..audio.make_data import MAX_NOISE_SECONDS, OTHER_WORDS, generate_speech_data, interrupted_dataset, \
         max_speakers, plan_speakers, spoken_texts
     from ..audio.engines import find_engines
@@ -67,15 +67,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError(f"--speakers {args.speakers}: eSpeak NG's pool holds {max_speakers():,} distinct speakers")
     found, missing = find_engines(args.engines)
     if not found:
-        raise UsageError(f"--engines {' '.join(args.engines)}: none is installed (eSpeak NG: pip install "
-                         f"'dszoo[speech]'; the others: {INSTALL})")
+        raise UsageError(f"--engines {' '.join(e.name for e in missing)}: none can speak here "
+                         f"({'; '.join(f'{e.name} {e.missing()}' for e in missing)})")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not (out.is_dir() and interrupted_dataset(out)):
             raise UsageError(f"--out {out}: exists and is not an empty folder; choose a new one")
         print(f"note: {out} is a dataset whose generation was interrupted; replacing it")
         _replace_interrupted(out)
     for engine in missing:
-        print(f"note: speech engine {engine.name} not found; to add its voices: {engine.install}")
+        print(f"note: speech engine {engine.name} {engine.missing()}")
     plans = plan_speakers([e.name for e in found], args.speakers, args.seed)
     total = sum(len(plan.settings) for plan in plans) * len(spoken_texts(args.words, args.respell))
     from tqdm import tqdm
