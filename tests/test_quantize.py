@@ -296,28 +296,36 @@ def test_qat_rewrites_conv_batchnorm_only_for_the_convolutions_the_graph_has(mon
 
 
 def test_torchaos_pattern_graphs_are_exported_once_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """prepare exports torchao's 3 conv2d fusion patterns and the first conversion its 24 folding
-    patterns; a second conversion exports none and gives the same int8 graph, to the bit."""
-    from torchao.quantization.pt2e import qat_utils
+    """prepare exports torchao's 3 conv2d fusion patterns, the first switch between training and
+    evaluation its 6 dropout and BatchNorm patterns, the first conversion its 24 folding patterns;
+    then switches, a second conversion and post-training quantization export none, and the
+    second conversion gives the same int8 graph, to the bit."""
+    from torchao.quantization.pt2e import qat_utils, utils
 
     exports: list[str] = []
-    real = qat_utils._get_aten_graph_module_for_pattern
-
-    def counting(pattern: Any, *args: Any, **kwargs: Any) -> Any:
-        exports.append(getattr(pattern, "fn", pattern).__name__)
-        return real(pattern, *args, **kwargs)
-    monkeypatch.setattr(qat_utils, "_get_aten_graph_module_for_pattern", counting)
+    spies = {}
+    for module in (qat_utils, utils):  # qat_utils holds its own binding of the name
+        def counting(pattern: Any, *args: Any, _real: Callable = module._get_aten_graph_module_for_pattern,
+                     **kwargs: Any) -> Any:
+            exports.append(getattr(pattern, "fn", pattern).__name__)
+            return _real(pattern, *args, **kwargs)
+        spies[module] = counting
+        monkeypatch.setattr(module, "_get_aten_graph_module_for_pattern", counting)
     monkeypatch.setattr(quantize_module, "_PATTERN_GRAPHS", {})
     qat, x = _qat_graph_of_ds_cnn_s()
     assert exports == ["_conv_bn_pattern", "_qat_conv_bn_pattern", "_qat_conv_bn_pattern_no_conv_bias"]
     qat.train()
+    assert exports[3:] == ["dropout_eval", "dropout_train"] * 2 + ["bn_train", "bn_eval"]  # inplace or not
     qat(x)
+    qat.eval()
+    qat.train()
     first = qat.convert()
-    assert len(exports) == 3 + 24 and len(quantize_module._PATTERN_GRAPHS) == 27
+    assert len(exports) == 3 + 6 + 24 and len(quantize_module._PATTERN_GRAPHS) == 33
     second = qat.convert()
-    assert len(exports) == 27 and second.code == first.code
+    quantize_module.quantize(randomise_batchnorm_statistics(create_model("ds_cnn_s")), [x], compile=False)
+    assert len(exports) == 33 and second.code == first.code
     assert torch.equal(second(x), first(x))
-    assert qat_utils._get_aten_graph_module_for_pattern is counting  # torchao's own name is back in place
+    assert all(m._get_aten_graph_module_for_pattern is spy for m, spy in spies.items())  # torchao's names back
 
 
 def test_a_pattern_is_known_by_its_options_and_input_shapes_or_not_kept() -> None:

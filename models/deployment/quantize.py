@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import logging
 import time
@@ -84,9 +85,10 @@ def _pt2e() -> Any:
         raise ImportError("int8 quantization needs torchao: pip install 'dszoo[int8]'") from None
     finally:
         pytree_log.setLevel(level)
-    return SimpleNamespace(prepare=quantize_pt2e.prepare_pt2e, prepare_qat=quantize_pt2e.prepare_qat_pt2e,
-                           convert=quantize_pt2e.convert_pt2e, to_eval=pt2e.move_exported_model_to_eval,
-                           to_train=pt2e.move_exported_model_to_train, x86=x86)
+    steps = {"prepare": quantize_pt2e.prepare_pt2e, "prepare_qat": quantize_pt2e.prepare_qat_pt2e,
+             "convert": quantize_pt2e.convert_pt2e, "to_eval": pt2e.move_exported_model_to_eval,
+             "to_train": pt2e.move_exported_model_to_train}
+    return SimpleNamespace(**{name: _with_quick_rewrites(step) for name, step in steps.items()}, x86=x86)
 
 
 def export_for_quantization(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
@@ -221,28 +223,41 @@ def _exported_once(export_pattern: Callable) -> Callable:
 
 
 @contextlib.contextmanager
-def _quick_conv_bn_rewrites() -> Iterator[None]:
+def _quick_pattern_rewrites() -> Iterator[None]:
     """Within: torchao's QAT conv-BatchNorm fusion (``prepare_qat_pt2e``) and folding
-    (``convert_pt2e``) rewrite only the kinds of convolution the graph has, and export each of
-    their pattern graphs once a process.
+    (``convert_pt2e``) rewrite only the kinds of convolution the graph has, and every pattern
+    graph torchao rewrites with (those, and the BatchNorm and dropout patterns of each switch
+    between training and evaluation) is exported once a process.
 
-    torchao runs each for conv1d, conv2d, conv_transpose1d and conv_transpose2d alike, exporting
-    its pattern graphs every time (24 per kind when folding): of a 21 s conversion of ``ds_cnn_s``
-    here, 15 s went to the three kinds these networks never contain, and of the rest, 5 s to
-    exporting the same 24 conv2d patterns again at each conversion. No maintained setting skips
-    them. Where a torchao lacks these private helpers, its own code runs unchanged."""
-    _pt2e()
-    from torchao.quantization.pt2e import qat_utils
-    wrappers = {"_fuse_conv_bn_qat_helper": _only_for_present_convs, "_fold_conv_bn_qat_helper": _only_for_present_convs,
-                "_get_aten_graph_module_for_pattern": _exported_once}
-    originals = {n: getattr(qat_utils, n) for n in wrappers if hasattr(qat_utils, n)}
+    torchao runs the conv-BatchNorm rewrites for conv1d, conv2d, conv_transpose1d and
+    conv_transpose2d alike, exporting its pattern graphs every time (24 per kind when folding): of
+    a 21 s conversion of ``ds_cnn_s`` here, 15 s went to the three kinds these networks never
+    contain, and of the rest, 5 s to exporting the same 24 conv2d patterns again at each
+    conversion; each switch to evaluation exports 6 more (a quarter of a post-training
+    quantization of ``mobilenet_v1_025``). No maintained setting skips them. Where a torchao lacks
+    these private helpers, its own code runs unchanged."""
+    from torchao.quantization.pt2e import qat_utils, utils
+    wrappers = {(qat_utils, "_fuse_conv_bn_qat_helper"): _only_for_present_convs,
+                (qat_utils, "_fold_conv_bn_qat_helper"): _only_for_present_convs,
+                (qat_utils, "_get_aten_graph_module_for_pattern"): _exported_once,  # its own binding of the name
+                (utils, "_get_aten_graph_module_for_pattern"): _exported_once}  # imported from here when used
+    originals = {(module, name): getattr(module, name) for module, name in wrappers if hasattr(module, name)}
     try:
-        for name, helper in originals.items():
-            setattr(qat_utils, name, wrappers[name](helper))
+        for (module, name), helper in originals.items():
+            setattr(module, name, wrappers[module, name](helper))
         yield
     finally:
-        for name, helper in originals.items():
-            setattr(qat_utils, name, helper)
+        for (module, name), helper in originals.items():
+            setattr(module, name, helper)
+
+
+def _with_quick_rewrites(step: Callable) -> Callable:
+    """torchao's PT2E ``step`` (prepare, convert, a switch of mode) run within ``_quick_pattern_rewrites``."""
+    @functools.wraps(step)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with _quick_pattern_rewrites():
+            return step(*args, **kwargs)
+    return run
 
 
 class QuantizationAwareModel(nn.Module):
@@ -258,8 +273,7 @@ class QuantizationAwareModel(nn.Module):
         mode = model.training
         graph = export_for_quantization(model.train(), example)
         model.train(mode)
-        with _quick_conv_bn_rewrites():
-            self.graph = pt2e.prepare_qat(graph, quantizer(is_qat=True))
+        self.graph = pt2e.prepare_qat(graph, quantizer(is_qat=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.graph(x)
@@ -274,8 +288,7 @@ class QuantizationAwareModel(nn.Module):
     def convert(self) -> torch.fx.GraphModule:
         """The int8 graph of the weights as they are now (as ``int8_graph`` gives after calibration),
         with the activation ranges the fake quantizers observed; this model stays trainable."""
-        with _quick_conv_bn_rewrites():
-            return _converted(_pt2e().to_eval(copy.deepcopy(self.graph)))
+        return _converted(_pt2e().to_eval(copy.deepcopy(self.graph)))
 
 
 @torch.no_grad()
