@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -140,6 +141,26 @@ def test_an_engine_installed_but_unable_to_start_is_missing_and_says_why(tmp_pat
     say.write_text('#!/bin/sh\n: > "$2"\n')  # say -fo FILE -a WORD: writes FILE
     monkeypatch.setitem(engines.ENGINES, "dectalk", DECtalkHere())
     assert engines.ENGINES["dectalk"].missing() is None and find_engines(["dectalk"])[0] == [engines.ENGINES["dectalk"]]
+
+
+@pytest.mark.parametrize("engine, shown", [("flite", ""), ("festival", "...")])  # Festival's: the end of its messages
+def test_an_engine_program_that_fails_to_list_its_voices_is_missing_and_says_why(
+        engine: str, shown: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flite or Festival installed but failing (here a program of that name that exits 127 with a
+    loader's message): the engine is missing, with the program's message, not an error that
+    stops the generator."""
+    from dszoo.audio import engines
+
+    program = tmp_path / engine
+    program.write_text(f"#!/bin/sh\necho '{engine}: error while loading shared libraries: libestools.so.2.5' >&2\n"
+                       "exit 127\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setitem(engines.ENGINES, engine, type(engines.ENGINES[engine])())  # asks the program afresh
+    found, missing = find_engines(["espeak", engine])
+    assert [e.name for e in found] == ["espeak"]
+    assert missing[0].missing() == (f"installed, but {engine} could not list its voices (exit 127: {shown}{engine}: "
+                                    "error while loading shared libraries: libestools.so.2.5)")
 
 
 def test_a_pico_voice_that_fails_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -89,7 +89,11 @@ class SpeechEngine:
         ("not installed; to add it: ..."); ``None`` where it can."""
         if not self.installed():
             return f"not installed; to add it: {self.install}"
-        if not self.voices():
+        try:
+            voices = self.voices()
+        except RunError as error:  # the program is there but fails (a library missing, a broken voice)
+            return f"installed, but {error}"
+        if not voices:
             return f"has none of its voices installed; to add them: {self.install}"
         return None
 
@@ -148,8 +152,11 @@ class FliteEngine(SpeechEngine):
 
     @functools.cache  # asked once a process: the engines are the singletons of ENGINES
     def voices(self) -> list[str]:
-        listed = _ran(["flite", "-lv"], "flite could not list its voices", 30, text=True).stdout.split()
-        return [v for v in self.BASE_F0 if v in listed]
+        done = _ran(["flite", "-lv"], "flite could not list its voices", 30, text=True)
+        if done.returncode != 0:
+            raise RunError(f"flite could not list its voices (exit {done.returncode}: "
+                           f"{' '.join(done.stderr.split())[:160]})")
+        return [v for v in self.BASE_F0 if v in done.stdout.split()]
 
     def say_all(self, words: Sequence[str], voice: EngineVoice) -> list[np.ndarray]:
         waves = []
