@@ -30,7 +30,7 @@ from .speech_commands import read_wav_16k
 from .synth import resample
 
 __all__ = ["DECtalkEngine", "ENGINES", "ESpeakEngine", "EngineVoice", "FestivalEngine", "FliteEngine", "PicoEngine",
-           "SamEngine", "SpeechEngine", "find_engines"]
+           "SamEngine", "SpeechEngine", "find_engines", "why_missing"]
 
 SAMPLE_RATE = 16000
 SPEEDS = (0.85, 1.0, 1.2)
@@ -414,3 +414,8 @@ def find_engines(names: Optional[Sequence[str]] = None) -> tuple[list[SpeechEngi
     chosen = [ENGINES[n] for n in (names or ENGINES)]
     found = [e for e in chosen if e.available()]
     return found, [e for e in chosen if e not in found]
+
+
+def why_missing(engines: Sequence[SpeechEngine]) -> str:
+    """Each of ``engines`` with why it cannot speak here (``SpeechEngine.missing``), ``; ``-separated."""
+    return "; ".join(f"{e.name} {e.missing()}" for e in engines)

@@ -190,13 +190,13 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
     ``RESPELLINGS``), then background noise and ``manifest.csv``. ``progress(n)`` is called
     after each speaker with the clips planned for it. A text a voice cannot say is left out and
     listed in ``unsaid``. The marker ``GENERATING`` exists from the first file to the last."""
-    from .engines import find_engines
+    from .engines import find_engines, why_missing
 
     start = time.perf_counter()
     found, missing = find_engines(engines)
     if not found:
-        raise ValueError(f"none of the speech engines {', '.join(e.name for e in missing)} can speak here ("
-                         f"{'; '.join(f'{e.name} {e.missing()}' for e in missing)})")
+        raise ValueError(f"none of the speech engines {', '.join(e.name for e in missing)} can speak here "
+                         f"({why_missing(missing)})")
     plans = plan_speakers([e.name for e in found], speakers_count, seed, voices)
     root.mkdir(parents=True, exist_ok=True)
     (root / GENERATING).write_text("dszoo-make-speech-data is writing this folder; run it again to replace it\n")

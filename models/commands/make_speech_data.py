@@ -32,10 +32,9 @@ def _replace_interrupted(out: Path) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..audio.engines import ENGINES
+    from ..audio.engines import ENGINES, find_engines, why_missing
     from ..audio.make_data import MAX_NOISE_SECONDS, OTHER_WORDS, generate_speech_data, interrupted_dataset, \
         max_speakers, plan_speakers, spoken_texts
-    from ..audio.engines import find_engines
     from ..audio.speech_commands import KEYWORDS
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     found, missing = find_engines(args.engines)
     if not found:
         raise UsageError(f"--engines {' '.join(e.name for e in missing)}: none can speak here "
-                         f"({'; '.join(f'{e.name} {e.missing()}' for e in missing)})")
+                         f"({why_missing(missing)})")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not (out.is_dir() and interrupted_dataset(out)):
             raise UsageError(f"--out {out}: exists and is not an empty folder; choose a new one")
