@@ -25,6 +25,7 @@ __all__ = [
     "PointwiseConv",
     "create_act",
     "create_conv2d",
+    "create_drop_path",
     "create_norm",
     "pair",
 ]
@@ -95,6 +96,16 @@ def create_norm(norm: NormLike, num_features: int) -> nn.Module:
             )
         return NORMS[norm](num_features)
     return norm(num_features)
+
+
+def create_drop_path(rate: float) -> nn.Module:
+    """Stochastic depth on a residual branch (Huang et al. 2016): timm's ``DropPath`` at ``rate``,
+    or ``nn.Identity`` at 0. timm is imported here, not with the blocks: importing it also imports
+    torchvision's feature extraction and ``torch._dynamo``, which would double ``import dszoo``."""
+    if rate <= 0:
+        return nn.Identity()
+    from timm.layers import DropPath
+    return DropPath(rate)
 
 
 def _tf_same_pad(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:

@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Callable, Optional, Union
 
 import torch
-from timm.layers import DropPath
 from torch import nn
 
-from .layers import ActLike, ConvNormAct, IntPair, NormLike, create_act, pair
+from .layers import ActLike, ConvNormAct, IntPair, NormLike, create_act, create_drop_path, pair
 
 __all__ = ["InvertedResidual", "SEFactory", "SqueezeExcite"]
 
@@ -73,7 +72,7 @@ class InvertedResidual(nn.Module):
         self.se = se(mid_chs, act) if se is not None else nn.Identity()
         self.project = ConvNormAct(mid_chs, out_chs, 1, padding=0, norm=norm, act=None)
         self.has_skip = skip and in_chs == out_chs and pair(stride, "stride") == (1, 1)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 and self.has_skip else nn.Identity()
+        self.drop_path = create_drop_path(drop_path if self.has_skip else 0.0)
         self.in_chs, self.out_chs, self.mid_chs = in_chs, out_chs, mid_chs
         self.stride = pair(stride, "stride")
 

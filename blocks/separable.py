@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Callable, Optional, Union
 
 import torch
-from timm.layers import DropPath
 from torch import nn
 
 from .mobile import SEFactory
-from .layers import ActLike, ConvNormAct, DepthwiseConv, IntPair, NormLike, PointwiseConv, create_act, create_conv2d, create_norm, pair
+from .layers import (ActLike, ConvNormAct, DepthwiseConv, IntPair, NormLike, PointwiseConv, create_act, create_conv2d,
+                     create_drop_path, create_norm, pair)
 
 __all__ = ["DepthwiseSeparableConv", "SeparableConv2d", "XceptionBlock", "SepConvFactory"]
 
@@ -65,7 +65,7 @@ class DepthwiseSeparableConv(nn.Module):
         self.out_chs = out_chs
         self.stride = pair(stride, "stride")
         self.has_skip = skip and in_chs == out_chs and self.stride == (1, 1)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 and self.has_skip else nn.Identity()
+        self.drop_path = create_drop_path(drop_path if self.has_skip else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.pw(self.se(self.dw(x)))

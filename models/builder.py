@@ -12,7 +12,6 @@ from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-from timm.models import FeatureInfo
 from torch import nn
 
 from .blocks import (CepstralMeanNorm, ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d,
@@ -350,7 +349,9 @@ class ZooFeatures(nn.Module):
         if len(set(picked)) != len(picked) or not picked:
             raise ValueError(f"out_indices must be distinct and non-empty, got {tuple(out_indices)}")
         # timm's features_only class: every level's info, with channels(), reduction() and
-        # module_name() giving those of the returned maps
+        # module_name() giving those of the returned maps (timm imported here, as in
+        # blocks.create_drop_path, to keep it out of ``import dszoo``)
+        from timm.models import FeatureInfo
         self.feature_info = FeatureInfo(copy.deepcopy(model.feature_info), tuple(sorted(picked)))
         names = self.feature_info.module_name()
         # part 0 is the stem, part k the (k-1)-th stage

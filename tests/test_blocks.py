@@ -12,6 +12,7 @@ from blocks import (
     ConvNormAct,
     DepthwiseConv,
     DepthwiseSeparableConv,
+    InvertedResidual,
     PointwiseConv,
     SeparableConv2d,
     XceptionBlock,
@@ -221,3 +222,27 @@ def test_invalid_conv_arguments_name_the_problem() -> None:
         ConvNormAct(4, 0)
     with pytest.raises(ValueError, match="padding must be 'same', 'valid' or an int"):
         create_conv2d(4, 4, 3, padding="full")
+
+
+@pytest.mark.parametrize("make", [lambda **kw: DepthwiseSeparableConv(8, 8, skip=True, **kw),
+                                  lambda **kw: InvertedResidual(8, 8, 16, **kw)], ids=["ds", "ir"])
+def test_stochastic_depth_is_timms_drop_path_on_a_residual_branch_only(make) -> None:
+    """``drop_path > 0`` on a block with its skip gives timm's ``DropPath`` at that rate (each
+    example's branch dropped or scaled by 1 / keep in training, untouched in evaluation); at 0,
+    or where the shape leaves no skip, there is nothing to drop."""
+    from timm.layers import DropPath
+
+    block = make(drop_path=0.5)
+    assert isinstance(block.drop_path, DropPath) and block.drop_path.drop_prob == 0.5
+    assert isinstance(make(drop_path=0.0).drop_path, nn.Identity)
+    assert isinstance(make(drop_path=0.5, stride=2).drop_path, nn.Identity)
+    torch.manual_seed(0)
+    x = torch.randn(64, 8, 6, 6)
+    block.eval()
+    branch = block.drop_path(x)
+    assert torch.equal(branch, x)
+    block.train()
+    branch = block.drop_path(x)
+    kept = branch.flatten(1).abs().sum(1) > 0
+    assert 0 < kept.sum() < 64
+    assert torch.allclose(branch[kept], 2 * x[kept])

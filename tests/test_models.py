@@ -343,3 +343,19 @@ def test_a_user_yaml_mixes_block_types(tmp_path: Path) -> None:
     assert plan.params == count_params(model) and plan.macs == count_macs(model, (3, 64, 64))
     with torch.no_grad():
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_import_and_create_model_leave_timm_and_torchvision_unimported() -> None:
+    """``import dszoo`` and building a network without stochastic depth import neither timm nor
+    torchvision (whose feature extraction imports ``torch._dynamo``): together they would double
+    the start of every command. timm comes in where it is used (``DropPath``, ``FeatureInfo``,
+    training's optimizers)."""
+    import subprocess
+    import sys
+
+    heavy = ("timm", "torchvision", "torch._dynamo")
+    code = ("import sys, dszoo; dszoo.create_model('mobilenet_v1'); dszoo.create_model('ds_cnn_s'); "
+            f"print([m for m in {heavy!r} if m in sys.modules]); "
+            "dszoo.create_model('mobilenet_v1', features_only=True); print('timm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["[]", "True"]
