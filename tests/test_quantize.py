@@ -299,33 +299,61 @@ def test_torchaos_pattern_graphs_are_exported_once_a_process(monkeypatch: pytest
     """prepare exports torchao's 3 conv2d fusion patterns, the first switch between training and
     evaluation its 6 dropout and BatchNorm patterns, the first conversion its 24 folding patterns;
     then switches, a second conversion and post-training quantization export none, and the
-    second conversion gives the same int8 graph, to the bit."""
+    second conversion gives the same int8 graph, to the bit. The 27 conv-BatchNorm patterns are
+    traced without TorchDynamo into the graphs torchao's own strict export makes, to their code."""
     from torchao.quantization.pt2e import qat_utils, utils
 
-    exports: list[str] = []
+    exports: list[tuple] = []  # (name, how, pattern, example inputs, is_cuda, kwargs, graph's code)
     spies = {}
+    torchaos_export = utils._get_aten_graph_module_for_pattern
+
+    def spy(how: str, real: Callable) -> Callable:
+        def counting(pattern: Any, example_inputs: tuple, is_cuda: bool = False, **kwargs: Any) -> Any:
+            graph = real(pattern, example_inputs, is_cuda, **kwargs)
+            exports.append((getattr(pattern, "fn", pattern).__name__, how, pattern, example_inputs, is_cuda, kwargs,
+                            graph.code))
+            return graph
+        return counting
     for module in (qat_utils, utils):  # qat_utils holds its own binding of the name
-        def counting(pattern: Any, *args: Any, _real: Callable = module._get_aten_graph_module_for_pattern,
-                     **kwargs: Any) -> Any:
-            exports.append(getattr(pattern, "fn", pattern).__name__)
-            return _real(pattern, *args, **kwargs)
-        spies[module] = counting
-        monkeypatch.setattr(module, "_get_aten_graph_module_for_pattern", counting)
+        spies[module] = spy("strict", module._get_aten_graph_module_for_pattern)
+        monkeypatch.setattr(module, "_get_aten_graph_module_for_pattern", spies[module])
+    monkeypatch.setattr(quantize_module, "_traced_pattern_graph", spy("traced", quantize_module._traced_pattern_graph))
     monkeypatch.setattr(quantize_module, "_PATTERN_GRAPHS", {})
+    made = lambda: [(name, how) for name, how, *_ in exports]  # noqa: E731
     qat, x = _qat_graph_of_ds_cnn_s()
-    assert exports == ["_conv_bn_pattern", "_qat_conv_bn_pattern", "_qat_conv_bn_pattern_no_conv_bias"]
+    assert made() == [("_conv_bn_pattern", "traced"), ("_qat_conv_bn_pattern", "traced"),
+                      ("_qat_conv_bn_pattern_no_conv_bias", "traced")]
     qat.train()
-    assert exports[3:] == ["dropout_eval", "dropout_train"] * 2 + ["bn_train", "bn_eval"]  # inplace or not
+    assert made()[3:] == [(name, "strict") for name in ["dropout_eval", "dropout_train"] * 2 + ["bn_train", "bn_eval"]]
     qat(x)
     qat.eval()
     qat.train()
     first = qat.convert()
     assert len(exports) == 3 + 6 + 24 and len(quantize_module._PATTERN_GRAPHS) == 33
+    assert made()[9:] == [("_quantized_qat_conv_bn_pattern", "traced"), ("_folded_quantized_qat_conv_bn_pattern", "traced")] * 12
     second = qat.convert()
     quantize_module.quantize(randomise_batchnorm_statistics(create_model("ds_cnn_s")), [x], compile=False)
     assert len(exports) == 33 and second.code == first.code
     assert torch.equal(second(x), first(x))
+    for name, how, pattern, example_inputs, is_cuda, kwargs, code in exports[:3] + exports[9:]:
+        assert torchaos_export(pattern, example_inputs, is_cuda, **kwargs).code == code, name
     assert all(m._get_aten_graph_module_for_pattern is spy for m, spy in spies.items())  # torchao's names back
+
+
+def test_a_pattern_that_cannot_be_traced_without_dynamo_is_exported_by_torchao(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where tracing without TorchDynamo fails, torchao's own export makes the graph (and is kept)."""
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("untraceable")
+    monkeypatch.setattr(quantize_module, "_traced_pattern_graph", fails)
+    monkeypatch.setattr(quantize_module, "_PATTERN_GRAPHS", {})
+    calls = []
+    exported = quantize_module._exported_once(lambda *args, **kwargs: calls.append(args) or "torchao's graph",
+                                              without_dynamo=True)
+
+    def pattern(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+    assert exported(pattern, (torch.ones(2),), False) == "torchao's graph" and len(calls) == 1
+    assert exported(pattern, (torch.ones(2),), False) == "torchao's graph" and len(calls) == 1
 
 
 def test_a_pattern_is_known_by_its_options_and_input_shapes_or_not_kept() -> None:

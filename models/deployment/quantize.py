@@ -208,16 +208,50 @@ def _pattern_key(pattern: Callable, example_inputs: tuple[Any, ...], is_cuda: bo
 _PATTERN_GRAPHS: dict[tuple, torch.fx.GraphModule] = {}
 
 
-def _exported_once(export_pattern: Callable) -> Callable:
-    """torchao's ``_get_aten_graph_module_for_pattern``, each pattern exported once a process:
-    later calls get a copy of the graph the first one exported."""
+def _traced_pattern_graph(pattern: Callable, example_inputs: tuple[Any, ...], is_cuda: bool = False,
+                          **kwargs: Any) -> torch.fx.GraphModule:
+    """What torchao's ``_get_aten_graph_module_for_pattern`` (torchao 0.18) gives for a
+    conv-BatchNorm pattern, traced by ``torch.export`` without TorchDynamo (``strict=False``): the
+    same aten graph, to its generated code, in 40% of the time. Such a pattern is a function of
+    tensors and of the options it closes over, which Python runs as it is. (Not for every pattern:
+    traced so, an in-place dropout comes out as the out-of-place op.)"""
+    if is_cuda:
+        example_inputs = tuple(x.cuda() if isinstance(x, torch.Tensor) else x for x in example_inputs)
+    graph = torch.export.export(pattern, example_inputs, kwargs, strict=False).module()
+    graph.graph.eliminate_dead_code()
+    for node in list(graph.graph.nodes):  # the copy_ nodes module() adds for mutated inputs
+        if node.op == "call_function" and node.target == torch.ops.aten.copy_.default and not node.users:
+            graph.graph.erase_node(node)
+    if torch.__version__.startswith("2.9"):  # as torchao: 2.9's guard node fails in patterns
+        for node in list(graph.graph.nodes):
+            if node.op == "call_module" and node.name == "_guards_fn":
+                graph.graph.erase_node(node)
+                if hasattr(graph, "_guards_fn"):
+                    delattr(graph, "_guards_fn")
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return graph
+
+
+def _exported_once(export_pattern: Callable, *, without_dynamo: bool = False) -> Callable:
+    """torchao's ``_get_aten_graph_module_for_pattern`` (``export_pattern``), each pattern exported
+    once a process: later calls get a copy of the graph the first one made. ``without_dynamo``:
+    made by ``_traced_pattern_graph`` (by ``export_pattern`` where that fails)."""
+    def make(pattern: Callable, example_inputs: tuple[Any, ...], is_cuda: bool, kwargs: dict) -> torch.fx.GraphModule:
+        if without_dynamo:
+            try:
+                return _traced_pattern_graph(pattern, example_inputs, is_cuda, **kwargs)
+            except Exception:  # noqa: BLE001 - torchao's own strict export is the reference
+                pass
+        return export_pattern(pattern, example_inputs, is_cuda, **kwargs)
+
     def exported(pattern: Callable, example_inputs: tuple[Any, ...], is_cuda: bool = False,
                  **kwargs: Any) -> torch.fx.GraphModule:
         key = _pattern_key(pattern, example_inputs, is_cuda, kwargs)
         if key is None:
-            return export_pattern(pattern, example_inputs, is_cuda, **kwargs)
+            return make(pattern, example_inputs, is_cuda, kwargs)
         if key not in _PATTERN_GRAPHS:
-            _PATTERN_GRAPHS[key] = export_pattern(pattern, example_inputs, is_cuda, **kwargs)
+            _PATTERN_GRAPHS[key] = make(pattern, example_inputs, is_cuda, kwargs)
         return copy.deepcopy(_PATTERN_GRAPHS[key])
     return exported
 
@@ -234,12 +268,14 @@ def _quick_pattern_rewrites() -> Iterator[None]:
     a 21 s conversion of ``ds_cnn_s`` here, 15 s went to the three kinds these networks never
     contain, and of the rest, 5 s to exporting the same 24 conv2d patterns again at each
     conversion; each switch to evaluation exports 6 more (a quarter of a post-training
-    quantization of ``mobilenet_v1_025``). No maintained setting skips them. Where a torchao lacks
+    quantization of ``mobilenet_v1_025``); and torchao exports each with TorchDynamo, which the
+    conv-BatchNorm patterns do without (``_traced_pattern_graph``). No maintained setting skips them. Where a torchao lacks
     these private helpers, its own code runs unchanged."""
     from torchao.quantization.pt2e import qat_utils, utils
     wrappers = {(qat_utils, "_fuse_conv_bn_qat_helper"): _only_for_present_convs,
                 (qat_utils, "_fold_conv_bn_qat_helper"): _only_for_present_convs,
-                (qat_utils, "_get_aten_graph_module_for_pattern"): _exported_once,  # its own binding of the name
+                # qat_utils' own binding of the name: the conv-BatchNorm patterns
+                (qat_utils, "_get_aten_graph_module_for_pattern"): functools.partial(_exported_once, without_dynamo=True),
                 (utils, "_get_aten_graph_module_for_pattern"): _exported_once}  # imported from here when used
     originals = {(module, name): getattr(module, name) for module, name in wrappers if hasattr(module, name)}
     try:
