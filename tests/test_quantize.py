@@ -330,7 +330,8 @@ def test_torchaos_pattern_graphs_are_exported_once_a_process(monkeypatch: pytest
     qat.train()
     first = qat.convert()
     assert len(exports) == 3 + 6 + 24 and len(quantize_module._PATTERN_GRAPHS) == 33
-    assert made()[9:] == [("_quantized_qat_conv_bn_pattern", "traced"), ("_folded_quantized_qat_conv_bn_pattern", "traced")] * 12
+    assert made()[9:] == [("_quantized_qat_conv_bn_pattern", "traced"),
+                          ("_folded_quantized_qat_conv_bn_pattern", "traced")] * 12
     second = qat.convert()
     quantize_module.quantize(randomise_batchnorm_statistics(create_model("ds_cnn_s")), [x], compile=False)
     assert len(exports) == 33 and second.code == first.code

@@ -269,13 +269,14 @@ def _quick_pattern_rewrites() -> Iterator[None]:
     contain, and of the rest, 5 s to exporting the same 24 conv2d patterns again at each
     conversion; each switch to evaluation exports 6 more (a quarter of a post-training
     quantization of ``mobilenet_v1_025``); and torchao exports each with TorchDynamo, which the
-    conv-BatchNorm patterns do without (``_traced_pattern_graph``). No maintained setting skips them. Where a torchao lacks
-    these private helpers, its own code runs unchanged."""
+    conv-BatchNorm patterns do without (``_traced_pattern_graph``). No maintained setting skips
+    them. Where a torchao lacks these private helpers, its own code runs unchanged."""
     from torchao.quantization.pt2e import qat_utils, utils
     wrappers = {(qat_utils, "_fuse_conv_bn_qat_helper"): _only_for_present_convs,
                 (qat_utils, "_fold_conv_bn_qat_helper"): _only_for_present_convs,
                 # qat_utils' own binding of the name: the conv-BatchNorm patterns
-                (qat_utils, "_get_aten_graph_module_for_pattern"): functools.partial(_exported_once, without_dynamo=True),
+                (qat_utils, "_get_aten_graph_module_for_pattern"):
+                    functools.partial(_exported_once, without_dynamo=True),
                 (utils, "_get_aten_graph_module_for_pattern"): _exported_once}  # imported from here when used
     originals = {(module, name): getattr(module, name) for module, name in wrappers if hasattr(module, name)}
     try:
