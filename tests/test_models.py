@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -350,9 +352,6 @@ def test_import_and_create_model_leave_timm_and_torchvision_unimported() -> None
     torchvision (whose feature extraction imports ``torch._dynamo``): together they would double
     the start of every command. timm comes in where it is used (``DropPath``, ``FeatureInfo``,
     training's optimizers)."""
-    import subprocess
-    import sys
-
     heavy = ("timm", "torchvision", "torch._dynamo")
     code = ("import sys, dszoo; dszoo.create_model('mobilenet_v1'); dszoo.create_model('ds_cnn_s'); "
             f"print([m for m in {heavy!r} if m in sys.modules]); "
