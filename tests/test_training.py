@@ -67,7 +67,9 @@ def _final_state(out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
-    args = ["--img-size", "16", "--epochs", "4", "--max-batches", "8", "--deterministic", "--quiet", "--ema"]
+    # --mixup: its weights come from NumPy's generator, which the checkpoint restores too
+    args = ["--img-size", "16", "--epochs", "4", "--max-batches", "8", "--deterministic", "--quiet", "--ema",
+            "--mixup", "0.4"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(TRAIN + args + ["--out-dir", str(full)], check=True, capture_output=True)
     proc = subprocess.Popen(TRAIN + args + ["--out-dir", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -168,6 +170,35 @@ def test_fake_data_with_amp_channels_last_ema(tmp_path: Path) -> None:
     assert len(result.history) == 1 and (tmp_path / "best.pt").exists()
 
 
+@pytest.mark.parametrize("batch", [4, 3, 1])
+def test_mixup_mixes_each_example_with_its_mirror(batch: int) -> None:
+    """``--mixup``: x_i becomes lam x_i + (1 - lam) x_(n-1-i), its target the same mix of the two
+    smoothed one-hot targets; the last example of an odd batch stays as it is."""
+    import numpy as np
+    from timm.loss import SoftTargetCrossEntropy
+
+    from dszoo.training.loop import _mixup_and_criterion, mix_batch
+
+    plain, ce = _mixup_and_criterion(TrainConfig(label_smoothing=0.1), num_classes=5)
+    assert plain is None and isinstance(ce, nn.CrossEntropyLoss) and ce.label_smoothing == 0.1
+    mixup, soft = _mixup_and_criterion(TrainConfig(mixup=0.4, label_smoothing=0.1), num_classes=5)
+    assert isinstance(soft, SoftTargetCrossEntropy)
+    x, y = torch.randn(batch, 1, 6, 4), torch.arange(batch)
+    np.random.seed(0)  # a weight of 0.61 (seed 1 draws 1 - 3e-10: the batch unmixed to float precision)
+    mixed, target = mix_batch(mixup, x.clone(), y)
+    assert mixed.shape == x.shape and target.shape == (batch, 5)
+    assert torch.allclose(target.sum(1), torch.ones(batch))
+    smoothed = torch.full((batch, 5), 0.02).scatter_(1, y[:, None], 0.92)  # 0.1 spread over 5 classes
+    even = batch - batch % 2
+    if batch % 2:
+        assert torch.equal(mixed[-1], x[-1]) and torch.allclose(target[-1], smoothed[-1])
+    if even:
+        lam = float(target[0, 0] - 0.02) / 0.9
+        assert 0.6 < lam < 0.61
+        assert torch.allclose(mixed[:even], lam * x[:even] + (1 - lam) * x[:even].flip(0), atol=1e-6)
+        assert torch.allclose(target[:even], lam * smoothed[:even] + (1 - lam) * smoothed[:even].flip(0), atol=1e-6)
+
+
 @pytest.mark.parametrize("flags, expected", [([], True), (["--channels-last"], True), (["--no-channels-last"], False)])
 def test_channels_last_is_on_by_default_on_cpu(tmp_path: Path, flags: list[str], expected: bool) -> None:
     cfg = TrainConfig(**vars(build_parser().parse_args(flags)))
@@ -183,7 +214,8 @@ def test_channels_last_is_on_by_default_on_cpu(tmp_path: Path, flags: list[str],
     [],
     ["--model", "ds_cnn_s", "--dataset", "speech_commands", "--data-dir", "/home/me/data/speech", "--epochs", "40",
      "--augment", "voices", "--unknown-ratio", "0.5", "--out-dir", "runs/x", "-q"],
-    ["--classes", "0,1,2", "--ema", "--no-channels-last", "--lr", "0.003", "--pretrained", "/tmp/w b.safetensors"],
+    ["--classes", "0,1,2", "--ema", "--no-channels-last", "--lr", "0.003", "--pretrained", "/tmp/w b.safetensors",
+     "--mixup", "0.2"],
 ])
 def test_a_recipe_is_the_command_line_that_trains_the_same_way(flags: list[str]) -> None:
     """``recipe(config)`` (a spotter's card): a ``dszoo-train`` line that parses back to the

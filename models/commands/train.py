@@ -52,6 +52,9 @@ def build_parser() -> ArgumentParser:
     a("--weight-decay", type=non_negative_float, default=d.weight_decay)
     a("--warmup-epochs", type=non_negative_int, default=d.warmup_epochs)
     a("--label-smoothing", type=fraction, default=d.label_smoothing)
+    a("--mixup", type=non_negative_float, default=d.mixup, metavar="ALPHA",
+      help="mixup (Zhang et al. 2018): each batch mixed with itself reversed, weight ~ Beta(ALPHA, ALPHA), "
+      "targets alike (timm's Mixup); 0: off (default)")
     a("--clip-grad", type=non_negative_float, default=d.clip_grad, help="max gradient norm (0: off)")
     a("--drop-rate", type=fraction, help="classifier dropout (default: the model's)")
     a("--ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3) and evaluate it")

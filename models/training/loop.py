@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -120,6 +121,7 @@ class _Trainer:
     criterion: nn.Module
     scaler: torch.amp.GradScaler
     steps_per_epoch: int
+    mixup: Any = None  # timm's Mixup under --mixup
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume, or only evaluate) one fine-tuning job as ``cfg`` describes.
@@ -291,7 +293,7 @@ def _build_trainer(run: _Session) -> _Trainer:
     # timm's cosine schedule over optimizer steps, not epochs, so that a short run still anneals
     scheduler = CosineLRScheduler(optimizer, t_initial=max(1, cfg.total_epochs * steps - warmup), lr_min=cfg.lr * 0.01,
                                   warmup_t=warmup, warmup_lr_init=cfg.lr * 0.1, warmup_prefix=True, t_in_epochs=False)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    mixup, criterion = _mixup_and_criterion(cfg, run.data.num_classes)
     if cfg.qat:
         train_model = _quantization_aware(run, loader)
     if cfg.compile:
@@ -299,7 +301,31 @@ def _build_trainer(run: _Session) -> _Trainer:
         # second model it meets with dynamic shapes (slower code, minutes of compiling)
         train_model = torch.compile(train_model, dynamic=False)
     return _Trainer(train_model, frozen, optimizer, scheduler, ema, sampler, loader, criterion,
-                    grad_scaler(run.device, cfg.amp), steps)
+                    grad_scaler(run.device, cfg.amp), steps, mixup)
+
+def _mixup_and_criterion(cfg: TrainConfig, num_classes: int) -> tuple[Any, nn.Module]:
+    """Cross-entropy with ``--label-smoothing``; under ``--mixup``, timm's ``Mixup`` (which
+    smooths the targets it mixes) and its soft-target cross-entropy."""
+    if cfg.mixup <= 0:
+        return None, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=0.0, label_smoothing=cfg.label_smoothing,
+                  num_classes=num_classes)
+    return mixup, SoftTargetCrossEntropy()
+
+def mix_batch(mixup: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch mixed by timm's ``Mixup`` (Zhang et al. 2018, mixup: one Beta-drawn weight for the
+    batch, each example with its mirror, the targets alike) and its soft targets. timm mixes even
+    batches only: an odd batch's last example stays as it is, with its smoothed one-hot target."""
+    if len(x) % 2 == 0:
+        return mixup(x, y)
+    from timm.data.mixup import mixup_target
+
+    head, target = mixup(x[:-1].clone(), y[:-1])
+    last = mixup_target(y[-1:], mixup.num_classes, 1.0, mixup.label_smoothing)
+    return torch.cat([head, x[-1:]]), torch.cat([target, last])
 
 def _quantization_aware(run: _Session, loader: DataLoader) -> nn.Module:
     """``--qat``: the model with fake quantization, sharing its weights (the optimizer and the
@@ -336,6 +362,8 @@ def _restore(run: _Session, trainer: _Trainer, ckpt: dict[str, Any], result: Tra
                                  if result.history else None)
     torch.set_rng_state(ckpt["rng"]["torch"])
     random.setstate(_to_random_state(ckpt["rng"]["python"]))
+    if "numpy" in ckpt["rng"]:  # checkpoints of older dszoo have none
+        np.random.set_state(_to_numpy_state(ckpt["rng"]["numpy"]))
     if "cuda" in ckpt["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     if ckpt.get("scaler"):
@@ -407,10 +435,13 @@ def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict
         trainer.scheduler.step_update(epoch * trainer.steps_per_epoch + step)
         lr = trainer.optimizer.param_groups[0]["lr"] if step == 0 else lr
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        target = y
+        if trainer.mixup is not None:
+            x, target = mix_batch(trainer.mixup, x, y)
         if run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, cfg.amp):
-            loss = trainer.criterion(trainer.train_model(x).float(), y)
+            loss = trainer.criterion(trainer.train_model(x).float(), target)
         if not torch.isfinite(loss):
             raise RunError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopped, "
                            f"{_last_good(run)} (try a lower --lr or --clip-grad)")
@@ -455,6 +486,7 @@ def _save_epoch(run: _Session, trainer: _Trainer, result: TrainResult, epoch: in
         "ema": trainer.ema.state_dict() if trainer.ema is not None else None, "best_top1": result.best_top1,
         "best_epoch": result.best_epoch, "history": result.history, "val_top1": top1,
         "rng": {"torch": torch.get_rng_state(), "python": _from_random_state(random.getstate()),
+                "numpy": _from_numpy_state(np.random.get_state()),
                 **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
         "scaler": trainer.scaler.state_dict(),
         # --qat: the fake-quantized graph's own state (observers' ranges, scales, zero points)
@@ -535,3 +567,12 @@ def _from_random_state(state: tuple) -> list:
 def _to_random_state(state: list) -> tuple:
     version, internal, gauss = state
     return version, tuple(internal), gauss
+
+def _from_numpy_state(state: tuple) -> list:
+    """NumPy's global generator state as types ``torch.load(weights_only=True)`` reads."""
+    name, keys, pos, has_gauss, gauss = state
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+
+def _to_numpy_state(state: list) -> tuple:
+    name, keys, pos, has_gauss, gauss = state
+    return name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss

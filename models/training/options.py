@@ -48,6 +48,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
+    mixup: float = 0.0  # Beta(mixup, mixup) mixing of each batch with itself reversed (timm's Mixup); 0: off
     clip_grad: Optional[float] = 5.0
     drop_rate: Optional[float] = None
     ema: bool = False

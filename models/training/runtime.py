@@ -7,6 +7,7 @@ import random
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ def _init_distributed() -> tuple[int, int, torch.device]:
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
+    np.random.seed(seed)  # timm's Mixup draws from NumPy's global generator
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True)
