@@ -194,6 +194,8 @@ SCRIPT_CASES = [
     ("train", ["--lr", "inf"], "error: argument --lr: must be a number > 0, got 'inf'"),
     ("train", ["--label-smoothing", "1.5"], "error: argument --label-smoothing: must be a number in [0, 1), got '1.5'"),
     ("train", ["--mixup", "-0.5"], "error: argument --mixup: must be a number >= 0, got '-0.5'"),
+    ("train", ["--mfcc", "htk"],
+     "error: argument --mfcc: invalid choice: 'htk' (choose from 'mlperf_tiny', 'arm_kws', 'narrowband')"),
     ("train", ["--classes", "1,1"], "error: argument --classes: must be distinct class numbers"),
     ("train", ["--classes", "0,12"], "error: --classes for digits must be in 0..9, got [12]"),
     ("train", ["--opt", "adamww"], "error: --opt adamww: not a timm optimizer; did you mean 'adamw'"),

@@ -609,6 +609,45 @@ def test_leave_one_engine_out_trains_without_each_engine_and_scores_it(two_engin
     assert again.returncode == 2 and "exists and is not empty" in again.stderr
 
 
+def test_the_front_end_a_model_was_trained_on_travels_with_it(two_engines: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--mfcc narrowband``: the checkpoint names it, and spotting, ``--eval-only`` and int8
+    calibration compute those MFCCs, not the default's."""
+    import importlib
+
+    from dszoo.audio.spot import load_spotter
+    from dszoo.training import TrainConfig, train
+
+    out = tmp_path / "narrow"
+    res = run_in_process("train", ["--model", "ds_cnn_s", "--dataset", "speech_commands", "--data-dir",
+                                   str(two_engines), "--mfcc", "narrowband", "--epochs", "1", "--max-batches", "3",
+                                   "-qq", "--out-dir", str(out)])
+    assert res.returncode == 0, res.stderr
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["config"]["mfcc"] == "narrowband"
+    assert load_spotter(out / "last.pt").mfcc.preset == "narrowband"
+    capsys.readouterr()
+    evaluated = train(TrainConfig(eval_only=True, pretrained=str(out / "last.pt"), dataset="speech_commands",
+                                  data_dir=str(two_engines), quiet=1))
+    assert "note: the checkpoint was trained on the narrowband MFCCs; evaluating with those (not --mfcc " \
+           "mlperf_tiny)" in capsys.readouterr().out
+    assert evaluated.val_top1 == pytest.approx(saved["val_top1"], abs=1e-9)
+    assert evaluated.val_loss == pytest.approx(saved["history"][-1]["val_loss"], rel=1e-5)
+    export = importlib.import_module("dszoo.commands.export")
+    asked: dict = {}
+
+    def record(*args, **kwargs):  # noqa: ANN002, ANN003 - build_datasets' own
+        asked.update(kwargs)
+        raise UsageError("recorded")
+
+    monkeypatch.setattr(export, "build_datasets", record)
+    res = run_in_process("export", ["--pretrained", str(out / "last.pt"), "--precision", "int8", "--calibration",
+                                    "speech_commands", "--data-dir", str(two_engines), "--format", "pt2",
+                                    "--out", str(tmp_path / "kws.pt2")])
+    assert res.stderr == "error: recorded\n" and asked["mfcc"] == "narrowband"
+
+
 # --- streaming ----------------------------------------------------------------------------------
 
 def _peak_numpy_bytes(run) -> int:  # noqa: ANN001 - a callable

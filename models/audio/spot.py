@@ -198,7 +198,9 @@ def load_spotter(checkpoint: Union[str, Path, None] = None) -> KeywordSpotter:
         raise UsageError(f"{path}: not a keyword-spotting run (it names no classes; train with "
                          "--dataset speech_commands)")
     model, notes = model_from_checkpoint(ckpt, str(path))
-    spotter = KeywordSpotter(model, classes, ckpt.get("mfcc_preset", "mlperf_tiny"))
+    # a spotter file names its front end; a training checkpoint's options do
+    preset = ckpt.get("mfcc_preset") or ckpt.get("config", {}).get("mfcc") or "mlperf_tiny"
+    spotter = KeywordSpotter(model, classes, preset)
     spotter.threshold = float(ckpt.get("threshold", DEFAULT_THRESHOLD))
     spotter.card = dict(ckpt.get("card") or {"training": ckpt.get("config", {})})
     spotter.notes = notes

@@ -68,8 +68,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     calibration = None
     if args.precision == "int8":
         pretrained_cfg = dict(model.pretrained_cfg, input_size=size)
+        mfcc = saved["config"].get("mfcc", "mlperf_tiny") if saved is not None else "mlperf_tiny"  # its front end
         data = build_datasets(args.calibration, pretrained_cfg, data_dir=args.data_dir, num_classes=model.num_classes,
-                              flag="--calibration")
+                              mfcc=mfcc, flag="--calibration")
         calibration = calibration_examples(data.train, args.calibration_images)
     out = Path(args.out)
     for stale in remove_leftover_temporaries(out.parent, (out.name,), older_than=STALE_SECONDS):

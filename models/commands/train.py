@@ -13,6 +13,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch.distributed as dist
 
+from ..audio.mfcc import MFCC_PRESETS
 from ..training import DATASETS, TrainConfig, train
 from .cli import (ArgumentParser, fraction, non_negative_float, non_negative_int, positive_float, positive_int,
                   run_cli)
@@ -37,6 +38,8 @@ def build_parser() -> ArgumentParser:
       help="speech_commands: 12 (silence, unknown, ten keywords) or all (every word a class)")
     a("--augment", default=d.augment, help="speech_commands: a preset (none, basic, voices) or levers joined by "
       "commas, e.g. voices,-reverb (default %(default)s; see docs/keyword_spotting.md)")
+    a("--mfcc", default=d.mfcc, choices=tuple(MFCC_PRESETS),
+      help="speech_commands: the MFCC front end (default %(default)s; --eval-only takes the checkpoint's)")
     a("--hold-out-engine", help="speech_commands from dszoo-make-speech-data: test on every clip of this speech "
       "engine, train on the others")
     a("--unknown-ratio", type=non_negative_float, default=d.unknown_ratio, help="speech_commands, 12-class task: "

@@ -153,6 +153,7 @@ def build_datasets(
     augment: str = "basic",
     hold_out_engine: Optional[str] = None,
     unknown_ratio: float = 0.125,
+    mfcc: str = "mlperf_tiny",
     flag: str = "--dataset",
 ) -> DataSplits:
     """Train/val datasets for ``name`` shaped for a model with this ``pretrained_cfg``.
@@ -172,7 +173,7 @@ def build_datasets(
         from ..audio.augment import parse_levers
         from ..audio.speech_commands import build_speech_commands
 
-        speech = build_speech_commands(data_dir, task=speech_task, augment=parse_levers(augment),
+        speech = build_speech_commands(data_dir, task=speech_task, preset=mfcc, augment=parse_levers(augment),
                                        hold_out_engine=hold_out_engine, unknown_ratio=unknown_ratio)
         return DataSplits(speech.train, speech.val, len(speech.classes), speech.description, speech.test,
                           speech.classes)

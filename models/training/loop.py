@@ -220,6 +220,11 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
         if model.cfg.name != cfg.model:
             notes.insert(0, f"the checkpoint holds {model.cfg.name}; evaluating that (not --model {cfg.model})")
         cfg.model = model.cfg.name
+        trained_on = saved.get("config", {}).get("mfcc", "mlperf_tiny")
+        if cfg.dataset == "speech_commands" and trained_on != cfg.mfcc:
+            notes.append(f"the checkpoint was trained on the {trained_on} MFCCs; evaluating with those "
+                         f"(not --mfcc {cfg.mfcc})")
+        cfg.mfcc = trained_on
         for note in notes if rank == 0 and cfg.quiet < 2 else []:
             print(f"note: {note}")
     else:
@@ -229,7 +234,7 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
     data = build_datasets(cfg.dataset, model.pretrained_cfg, data_dir=cfg.data_dir, classes=cfg.classes,
                           fake_size=cfg.fake_size, num_classes=cfg.num_classes, speech_task=cfg.speech_task,
                           augment=cfg.augment, hold_out_engine=cfg.hold_out_engine,
-                          unknown_ratio=cfg.unknown_ratio)
+                          unknown_ratio=cfg.unknown_ratio, mfcc=cfg.mfcc)
     if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
         raise UsageError(f"--num-classes {cfg.num_classes} disagrees with {data.description}: it has {data.num_classes} classes")
     if saved is not None and model.num_classes != data.num_classes:

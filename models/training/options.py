@@ -32,6 +32,7 @@ class TrainConfig:
     data_dir: Optional[str] = None
     speech_task: str = "12"
     augment: str = "basic"  # speech_commands: audio.augment levers or preset
+    mfcc: str = "mlperf_tiny"  # speech_commands: the MFCC front end (audio.MFCC_PRESETS)
     hold_out_engine: Optional[str] = None  # speech_commands: test on every clip of this engine, train on the rest
     unknown_ratio: float = 0.125  # speech_commands, 12-class task: unknown clips per keyword clip in training
     precision: str = "fp32"  # with eval_only: also evaluate the model in bf16 or int8
