@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["MFCC", "MFCC_PRESETS", "MFCCPreset", "arm_mel_filterbank", "tf_linear_to_mel_weight_matrix", "warped_mel"]
+__all__ = ["MFCC", "MFCC_PRESETS", "MFCCPreset", "arm_mel_filterbank", "tf_linear_to_mel_weight_matrix",
+           "trained_front_end", "warped_mel"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ MFCC_PRESETS: dict[str, MFCCPreset] = {
     # (docs/keyword_spotting.md, the front end's band)
     "narrowband": MFCCPreset(16000, 16000, 480, 320, 512, 40, 20.0, 3400.0, 10, True, "tf_signal", False),
 }
+
+
+def trained_front_end(checkpoint: dict) -> str:
+    """The ``MFCC_PRESETS`` name a model was trained on: a spotter file's ``mfcc_preset``, a
+    ``dszoo-train`` checkpoint's ``--mfcc``, ``mlperf_tiny`` for files that name none."""
+    return checkpoint.get("mfcc_preset") or checkpoint.get("config", {}).get("mfcc") or "mlperf_tiny"
 
 
 def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .mfcc import MFCC
+from .mfcc import MFCC, trained_front_end
 from .speech_commands import SAMPLE_RATE, SILENCE, UNKNOWN
 
 __all__ = ["AudioStream", "BUNDLED_SPOTTER", "DEFAULT_THRESHOLD", "Detection", "KeywordSpotter", "bundled_spotter_path",
@@ -198,9 +198,7 @@ def load_spotter(checkpoint: Union[str, Path, None] = None) -> KeywordSpotter:
         raise UsageError(f"{path}: not a keyword-spotting run (it names no classes; train with "
                          "--dataset speech_commands)")
     model, notes = model_from_checkpoint(ckpt, str(path))
-    # a spotter file names its front end; a training checkpoint's options do
-    preset = ckpt.get("mfcc_preset") or ckpt.get("config", {}).get("mfcc") or "mlperf_tiny"
-    spotter = KeywordSpotter(model, classes, preset)
+    spotter = KeywordSpotter(model, classes, trained_front_end(ckpt))
     spotter.threshold = float(ckpt.get("threshold", DEFAULT_THRESHOLD))
     spotter.card = dict(ckpt.get("card") or {"training": ckpt.get("config", {})})
     spotter.notes = notes

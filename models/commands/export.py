@@ -18,6 +18,7 @@ from .. import create_model
 from .cli import ArgumentParser, UsageError, new_output_file, non_negative_int, positive_int, run_cli
 from ..deployment.export import EXPORT_FORMATS, EXPORT_PRECISIONS, EXPORT_SUFFIXES, ExportError, export_model
 from ..deployment.quantize import CalibrationError
+from ..audio.mfcc import trained_front_end
 from ..training.data import DATASETS, build_datasets, calibration_examples
 from ..files import remove_leftover_temporaries
 from ..plan import check_model_size, plan_model
@@ -68,9 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     calibration = None
     if args.precision == "int8":
         pretrained_cfg = dict(model.pretrained_cfg, input_size=size)
-        mfcc = saved["config"].get("mfcc", "mlperf_tiny") if saved is not None else "mlperf_tiny"  # its front end
         data = build_datasets(args.calibration, pretrained_cfg, data_dir=args.data_dir, num_classes=model.num_classes,
-                              mfcc=mfcc, flag="--calibration")
+                              mfcc=trained_front_end(saved or {}), flag="--calibration")
         calibration = calibration_examples(data.train, args.calibration_images)
     out = Path(args.out)
     for stale in remove_leftover_temporaries(out.parent, (out.name,), older_than=STALE_SECONDS):

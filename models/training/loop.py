@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..audio.mfcc import trained_front_end
 from ..builder import ZooNet
 from ..errors import RunError, UsageError
 from ..files import atomic_path, remove_leftover_temporaries
@@ -220,7 +221,7 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
         if model.cfg.name != cfg.model:
             notes.insert(0, f"the checkpoint holds {model.cfg.name}; evaluating that (not --model {cfg.model})")
         cfg.model = model.cfg.name
-        trained_on = saved.get("config", {}).get("mfcc", "mlperf_tiny")
+        trained_on = trained_front_end(saved)
         if cfg.dataset == "speech_commands" and trained_on != cfg.mfcc:
             notes.append(f"the checkpoint was trained on the {trained_on} MFCCs; evaluating with those "
                          f"(not --mfcc {cfg.mfcc})")
