@@ -36,6 +36,7 @@ __all__ = [
     "read_state_dict",
     "save_state_dict",
     "timm_module_map",
+    "weights_front_end",
 ]
 
 PathLike = Union[str, Path]
@@ -259,6 +260,47 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     A training checkpoint (a dict holding ``model``, ``state_dict`` or ``state_dict_ema``)
     gives its model weights.
     """
+    return _read_weights(path)[0]
+
+
+def weights_front_end(path: PathLike) -> Optional[str]:
+    """The ``MFCC_PRESETS`` name the weights in ``path`` were trained on: a keyword spotter
+    file's (``dszoo-eval-speech --save-spotter``) or a speech ``dszoo-train`` checkpoint's
+    ``--mfcc``; None for weights that name none (timm's, an image run's)."""
+    return _read_weights(path)[1]
+
+
+def _spotter_front_end(path: Path) -> Optional[str]:
+    """The front end in a keyword spotter file's metadata (None if it is weights alone; a damaged
+    one is ``load_spotter``'s to report)."""
+    import json
+
+    from safetensors import safe_open
+
+    from .audio.mfcc import trained_front_end
+    from .audio.spot import SPOTTER_METADATA_KEY
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = (fh.metadata() or {}).get(SPOTTER_METADATA_KEY)
+    try:
+        about = json.loads(meta) if meta is not None else None
+    except ValueError:
+        return None
+    return trained_front_end(about) if isinstance(about, dict) else None
+
+
+def _checkpoint_front_end(obj: object) -> Optional[str]:
+    """The front end of a ``dszoo-train`` checkpoint of a speech run (None for any other file)."""
+    from .audio.mfcc import trained_front_end
+
+    config = obj.get("config") if isinstance(obj, Mapping) else None
+    if isinstance(config, Mapping) and config.get("dataset") == "speech_commands":
+        return trained_front_end(obj)  # type: ignore[arg-type]
+    return None
+
+
+def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[str]]:
+    """``read_state_dict``'s tensors and ``weights_front_end``'s preset, from one read."""
     path = Path(path)
     try:
         regular_file(path, "checkpoint")
@@ -270,7 +312,7 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return dict(load_file(str(path), device="cpu"))
+            return dict(load_file(str(path), device="cpu")), _spotter_front_end(path)
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
     try:
@@ -290,6 +332,7 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on corrupt, truncated or random bytes
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
+    front_end = _checkpoint_front_end(obj)
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "state_dict_ema"):
             if isinstance(obj.get(key), Mapping):
@@ -297,7 +340,7 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: does not hold a state dict (a mapping of names to tensors)")
-    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}, front_end
 
 
 def _some(keys: list[str], limit: int = 8) -> str:
@@ -335,9 +378,11 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     The source is detected from the keys. A classifier whose shape differs from the model's
     (another ``num_classes``) is dropped and the model keeps its fresh head; that is reported.
     Any other missing, unexpected or mis-shaped key raises ``CheckpointError`` listing the keys
-    (with ``strict=False`` missing and unexpected keys are only reported).
+    (with ``strict=False`` missing and unexpected keys are only reported). Weights that name
+    the MFCC front end they were trained on (a keyword spotter file, a speech run's checkpoint)
+    set ``model.pretrained_cfg["mfcc"]``, the input they expect.
     """
-    state = read_state_dict(path)
+    state, front_end = _read_weights(path)
     source = "dszoo"
     ours = TIMM_MODELS.get(model.cfg.family)
     for marker in dict.fromkeys(m for _, m, _ in TIMM_MODELS.values()):
@@ -386,6 +431,8 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     if problems:
         raise CheckpointError(f"{path} ({source}) does not fit {model.cfg.name}: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    if front_end is not None:  # the input these weights expect, beside timm's mean and std
+        model.pretrained_cfg = {**model.pretrained_cfg, "mfcc": front_end}
     return LoadReport(source=source, head_reset=bool(head_reset), missing=missing, unexpected=unexpected, notes=notes)
 
 

@@ -612,11 +612,13 @@ def test_leave_one_engine_out_trains_without_each_engine_and_scores_it(two_engin
 def test_the_front_end_a_model_was_trained_on_travels_with_it(two_engines: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--mfcc narrowband``: the checkpoint names it, and spotting, ``--eval-only`` and int8
-    calibration compute those MFCCs, not the default's."""
+    """``--mfcc narrowband``: the checkpoint and a spotter file saved from it name it, and
+    spotting, ``--eval-only``, fine-tuning, int8 calibration and ``create_model(pretrained=...)``
+    (as ``pretrained_cfg["mfcc"]``) take those MFCCs from either, not the default's."""
     import importlib
 
-    from dszoo.audio.spot import load_spotter
+    from dszoo import create_model
+    from dszoo.audio.spot import load_spotter, save_spotter
     from dszoo.training import TrainConfig, train
 
     out = tmp_path / "narrow"
@@ -642,10 +644,29 @@ def test_the_front_end_a_model_was_trained_on_travels_with_it(two_engines: Path,
         raise UsageError("recorded")
 
     monkeypatch.setattr(export, "build_datasets", record)
-    res = run_in_process("export", ["--pretrained", str(out / "last.pt"), "--precision", "int8", "--calibration",
-                                    "speech_commands", "--data-dir", str(two_engines), "--format", "pt2",
-                                    "--out", str(tmp_path / "kws.pt2")])
-    assert res.stderr == "error: recorded\n" and asked["mfcc"] == "narrowband"
+    spotter_file = tmp_path / "narrow.safetensors"
+    save_spotter(load_spotter(out / "last.pt"), spotter_file)
+    for weights, model in ((out / "last.pt", []), (spotter_file, ["--model", "ds_cnn_s"])):
+        asked.clear()
+        res = run_in_process("export", [*model, "--pretrained", str(weights), "--precision", "int8", "--calibration",
+                                        "speech_commands", "--data-dir", str(two_engines), "--format", "pt2",
+                                        "--out", str(tmp_path / "kws.pt2")])
+        assert res.stderr == "error: recorded\n" and asked["mfcc"] == "narrowband", weights
+        assert create_model("ds_cnn_s", pretrained=weights).pretrained_cfg["mfcc"] == "narrowband"
+    assert "mfcc" not in create_model("ds_cnn_s").pretrained_cfg  # no weights, no front end they expect
+    capsys.readouterr()
+    from_file = train(TrainConfig(eval_only=True, pretrained=str(spotter_file), model="ds_cnn_s",
+                                  dataset="speech_commands", data_dir=str(two_engines), quiet=1))
+    assert "evaluating with those (not --mfcc mlperf_tiny)" in capsys.readouterr().out
+    assert from_file.val_top1 == pytest.approx(saved["val_top1"], abs=1e-9)
+    tuned = tmp_path / "tuned"
+    res = run_in_process("train", ["--model", "ds_cnn_s", "--dataset", "speech_commands", "--data-dir", str(two_engines),
+                                   "--pretrained", str(spotter_file), "--epochs", "1", "--max-batches", "1", "-q",
+                                   "--out-dir", str(tuned)])
+    assert res.returncode == 0, res.stderr
+    assert "note: the checkpoint was trained on the narrowband MFCCs; training with those (not --mfcc mlperf_tiny)" \
+        in res.stdout
+    assert torch.load(tuned / "last.pt", weights_only=True)["config"]["mfcc"] == "narrowband"
 
 
 # --- streaming ----------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from torch import nn
 from .mfcc import MFCC, trained_front_end
 from .speech_commands import SAMPLE_RATE, SILENCE, UNKNOWN
 
-__all__ = ["AudioStream", "BUNDLED_SPOTTER", "DEFAULT_THRESHOLD", "Detection", "KeywordSpotter", "bundled_spotter_path",
-           "load_audio", "load_spotter", "save_spotter", "stream_audio"]
+__all__ = ["AudioStream", "BUNDLED_SPOTTER", "DEFAULT_THRESHOLD", "Detection", "KeywordSpotter", "SPOTTER_METADATA_KEY",
+           "bundled_spotter_path", "load_audio", "load_spotter", "save_spotter", "stream_audio"]
 
 
 DEFAULT_THRESHOLD = 0.7
@@ -132,7 +132,7 @@ class KeywordSpotter:
 
 BUNDLED_SPOTTER = "ds_cnn_s_speech.safetensors"
 """The DS-CNN-S keyword spotter shipped in ``dszoo.pretrained`` (its card: docs/keyword_spotting.md)."""
-_SPOTTER_KEY = "dszoo_spotter"
+SPOTTER_METADATA_KEY = "dszoo_spotter"  # the safetensors metadata entry of a spotter file
 
 
 def bundled_spotter_path() -> Path:
@@ -155,7 +155,7 @@ def save_spotter(spotter: KeywordSpotter, path: Union[str, Path], card: Optional
              "mfcc_preset": spotter.mfcc.preset, "threshold": spotter.threshold, "card": card or {}}
     state = {k: v.detach().contiguous().cpu() for k, v in spotter.model.state_dict().items()}
     with atomic_path(path, replace=False) as tmp:
-        save_file(state, tmp, metadata={_SPOTTER_KEY: json.dumps(about, allow_nan=False)})  # strict JSON
+        save_file(state, tmp, metadata={SPOTTER_METADATA_KEY: json.dumps(about, allow_nan=False)})  # strict JSON
 
 
 def _spotter_file(path: Path) -> dict:
@@ -169,7 +169,7 @@ def _spotter_file(path: Path) -> dict:
 
     state = read_state_dict(path)
     with safe_open(str(path), framework="pt") as fh:
-        meta = (fh.metadata() or {}).get(_SPOTTER_KEY)
+        meta = (fh.metadata() or {}).get(SPOTTER_METADATA_KEY)
     if meta is None:
         raise UsageError(f"{path}: weights alone, not a keyword spotter (save one with dszoo-eval-speech "
                          "--save-spotter, or pass a dszoo-train checkpoint)")

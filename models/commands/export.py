@@ -70,7 +70,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.precision == "int8":
         pretrained_cfg = dict(model.pretrained_cfg, input_size=size)
         data = build_datasets(args.calibration, pretrained_cfg, data_dir=args.data_dir, num_classes=model.num_classes,
-                              mfcc=trained_front_end(saved or {}), flag="--calibration")
+                              mfcc=trained_front_end(saved or {"mfcc_preset": model.pretrained_cfg.get("mfcc")}),
+                              flag="--calibration")
         calibration = calibration_examples(data.train, args.calibration_images)
     out = Path(args.out)
     for stale in remove_leftover_temporaries(out.parent, (out.name,), older_than=STALE_SECONDS):

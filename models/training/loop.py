@@ -28,7 +28,7 @@ from ..builder import ZooNet
 from ..errors import RunError, UsageError
 from ..files import atomic_path, remove_leftover_temporaries
 from ..registry import create_model
-from ..weights import CheckpointError, load_pretrained, model_from_checkpoint
+from ..weights import CheckpointError, load_pretrained, model_from_checkpoint, weights_front_end
 from .data import DataSplits, build_datasets, calibration_examples
 from .options import TrainConfig, TrainResult, _check_same_model, _options_of_resumed_run, check_arguments, check_memory
 from .run_files import (
@@ -221,15 +221,17 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
         if model.cfg.name != cfg.model:
             notes.insert(0, f"the checkpoint holds {model.cfg.name}; evaluating that (not --model {cfg.model})")
         cfg.model = model.cfg.name
-        trained_on = trained_front_end(saved)
-        if cfg.dataset == "speech_commands" and trained_on != cfg.mfcc:
-            notes.append(f"the checkpoint was trained on the {trained_on} MFCCs; evaluating with those "
-                         f"(not --mfcc {cfg.mfcc})")
-        cfg.mfcc = trained_on
-        for note in notes if rank == 0 and cfg.quiet < 2 else []:
-            print(f"note: {note}")
     else:
-        model = _build_model(cfg)
+        model, notes = _build_model(cfg), []
+    trained_on = None
+    if cfg.dataset == "speech_commands" and cfg.pretrained and not resuming:
+        trained_on = trained_front_end(saved) if saved is not None else weights_front_end(cfg.pretrained)
+    if trained_on is not None and trained_on != cfg.mfcc:  # features the weights were not trained on mean nothing
+        notes.append(f"the checkpoint was trained on the {trained_on} MFCCs; "
+                     f"{'evaluating' if cfg.eval_only else 'training'} with those (not --mfcc {cfg.mfcc})")
+        cfg.mfcc = trained_on
+    for note in notes if rank == 0 and cfg.quiet < 2 else []:
+        print(f"note: {note}")
     if not cfg.eval_only and device.type == "cpu":
         check_memory(cfg, model)
     data = build_datasets(cfg.dataset, model.pretrained_cfg, data_dir=cfg.data_dir, classes=cfg.classes,
