@@ -849,6 +849,8 @@ def test_the_shipped_spotter_loads_and_hears_held_out_voices(tmp_path: Path) -> 
     with safe_open(str(bundled_spotter_path()), framework="pt") as fh:  # its card is strict JSON, as any reader wants
         json.loads(fh.metadata()["dszoo_spotter"], parse_constant=lambda c: pytest.fail(f"{c} in the card: not JSON"))
     model = create_model("ds_cnn_s", pretrained=True).eval()
+    assert model.pretrained_cfg["mfcc"] == spotter.mfcc.preset  # the input it takes, named where the model is
+    assert (f"--mfcc {spotter.mfcc.preset}" in card["recipe"]) == (spotter.mfcc.preset != "mlperf_tiny")
     clips = torch.randn(2, 16000) * 0.1
     assert torch.equal(model(spotter.mfcc(clips)), spotter.model(spotter.mfcc(clips)))
     data = tmp_path / "speech"
