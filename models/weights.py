@@ -277,7 +277,6 @@ def _spotter_front_end(path: Path) -> Optional[str]:
 
     from safetensors import safe_open
 
-    from .audio.mfcc import trained_front_end
     from .audio.spot import SPOTTER_METADATA_KEY
 
     with safe_open(str(path), framework="pt") as fh:
@@ -286,17 +285,25 @@ def _spotter_front_end(path: Path) -> Optional[str]:
         about = json.loads(meta) if meta is not None else None
     except ValueError:
         return None
-    return trained_front_end(about) if isinstance(about, dict) else None
+    return _named_front_end(about, path) if isinstance(about, dict) else None
 
 
-def _checkpoint_front_end(obj: object) -> Optional[str]:
+def _checkpoint_front_end(obj: object, path: Path) -> Optional[str]:
     """The front end of a ``dszoo-train`` checkpoint of a speech run (None for any other file)."""
-    from .audio.mfcc import trained_front_end
-
     config = obj.get("config") if isinstance(obj, Mapping) else None
     if isinstance(config, Mapping) and config.get("dataset") == "speech_commands":
-        return trained_front_end(obj)  # type: ignore[arg-type]
+        return _named_front_end(obj, path)  # type: ignore[arg-type]
     return None
+
+
+def _named_front_end(about: dict, path: Path) -> str:
+    """``trained_front_end`` of a file's metadata; a preset dszoo does not have is a ``CheckpointError``."""
+    from .audio.mfcc import trained_front_end
+
+    try:
+        return trained_front_end(about, str(path))
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[str]]:
@@ -312,9 +319,10 @@ def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[str
         from safetensors.torch import load_file
 
         try:
-            return dict(load_file(str(path), device="cpu")), _spotter_front_end(path)
+            state = dict(load_file(str(path), device="cpu"))
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
+        return state, _spotter_front_end(path)
     try:
         check_torch_file(path)
     except (ValueError, OSError) as exc:
@@ -332,7 +340,7 @@ def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[str
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on corrupt, truncated or random bytes
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
-    front_end = _checkpoint_front_end(obj)
+    front_end = _checkpoint_front_end(obj, path)
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "state_dict_ema"):
             if isinstance(obj.get(key), Mapping):

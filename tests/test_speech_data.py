@@ -669,6 +669,42 @@ def test_the_front_end_a_model_was_trained_on_travels_with_it(two_engines: Path,
     assert torch.load(tuned / "last.pt", weights_only=True)["config"]["mfcc"] == "narrowband"
 
 
+@pytest.mark.parametrize("preset", ["htk", ["narrowband"]])
+def test_weights_naming_a_front_end_dszoo_lacks_are_refused_with_their_name(preset: object, two_engines: Path,
+                                                                             tmp_path: Path) -> None:
+    """A spotter file or checkpoint whose front end is no ``MFCC_PRESETS`` name: every reader
+    (``load_spotter``, ``create_model(pretrained=...)``, the commands) says which file and what
+    is allowed, in one line."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from dszoo import CheckpointError, create_model
+    from dszoo.audio.spot import SPOTTER_METADATA_KEY, bundled_spotter_path, load_spotter
+
+    with safe_open(str(bundled_spotter_path()), framework="pt") as fh:
+        about = json.loads(fh.metadata()[SPOTTER_METADATA_KEY])
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(bundled_spotter_path())), str(bad),
+              metadata={SPOTTER_METADATA_KEY: json.dumps({**about, "mfcc_preset": preset})})
+    says = f"{bad}: trained on the MFCC front end {preset!r}, which dszoo does not have; allowed: " \
+           "mlperf_tiny, arm_kws, narrowband"
+    with pytest.raises(ValueError, match=re.escape(says)):
+        load_spotter(bad)
+    with pytest.raises(CheckpointError, match=re.escape(says)):
+        create_model("ds_cnn_s", pretrained=bad)
+    clip = next((two_engines / "yes").glob("*.wav"))
+    for command, args in (("spot", [str(bad), str(clip)]),
+                          ("train", ["--eval-only", "--pretrained", str(bad), "--model", "ds_cnn_s", "--dataset",
+                                     "speech_commands", "--data-dir", str(two_engines)]),
+                          ("export", ["--model", "ds_cnn_s", "--pretrained", str(bad), "--format", "torchscript",
+                                      "--out", str(tmp_path / "m.pt")])):
+        res = run_in_process(command, args)
+        assert (res.returncode, res.stderr) == (2, f"error: {says}\n"), command
+    assert not (tmp_path / "m.pt").exists()
+
+
 # --- streaming ----------------------------------------------------------------------------------
 
 def _peak_numpy_bytes(run) -> int:  # noqa: ANN001 - a callable

@@ -60,10 +60,16 @@ MFCC_PRESETS: dict[str, MFCCPreset] = {
 }
 
 
-def trained_front_end(checkpoint: dict) -> str:
+def trained_front_end(checkpoint: dict, source: str = "the checkpoint") -> str:
     """The ``MFCC_PRESETS`` name a model was trained on: a spotter file's ``mfcc_preset``, a
-    ``dszoo-train`` checkpoint's ``--mfcc``, ``mlperf_tiny`` for files that name none."""
-    return checkpoint.get("mfcc_preset") or checkpoint.get("config", {}).get("mfcc") or "mlperf_tiny"
+    ``dszoo-train`` checkpoint's ``--mfcc``, ``mlperf_tiny`` for files that name none; a name
+    dszoo has no preset for is a ``ValueError`` naming ``source``."""
+    config = checkpoint.get("config")
+    name = checkpoint.get("mfcc_preset") or (config.get("mfcc") if isinstance(config, dict) else None) or "mlperf_tiny"
+    if not isinstance(name, str) or name not in MFCC_PRESETS:
+        raise ValueError(f"{source}: trained on the MFCC front end {name!r}, which dszoo does not have; allowed: "
+                         f"{', '.join(MFCC_PRESETS)}")
+    return name
 
 
 def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:

@@ -198,7 +198,7 @@ def load_spotter(checkpoint: Union[str, Path, None] = None) -> KeywordSpotter:
         raise UsageError(f"{path}: not a keyword-spotting run (it names no classes; train with "
                          "--dataset speech_commands)")
     model, notes = model_from_checkpoint(ckpt, str(path))
-    spotter = KeywordSpotter(model, classes, trained_front_end(ckpt))
+    spotter = KeywordSpotter(model, classes, trained_front_end(ckpt, str(path)))
     spotter.threshold = float(ckpt.get("threshold", DEFAULT_THRESHOLD))
     spotter.card = dict(ckpt.get("card") or {"training": ckpt.get("config", {})})
     spotter.notes = notes

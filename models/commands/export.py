@@ -70,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.precision == "int8":
         pretrained_cfg = dict(model.pretrained_cfg, input_size=size)
         data = build_datasets(args.calibration, pretrained_cfg, data_dir=args.data_dir, num_classes=model.num_classes,
-                              mfcc=trained_front_end(saved or {"mfcc_preset": model.pretrained_cfg.get("mfcc")}),
+                              mfcc=trained_front_end(saved or {"mfcc_preset": model.pretrained_cfg.get("mfcc")}, args.pretrained),
                               flag="--calibration")
         calibration = calibration_examples(data.train, args.calibration_images)
     out = Path(args.out)
