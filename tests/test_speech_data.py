@@ -646,11 +646,11 @@ def test_the_front_end_a_model_was_trained_on_travels_with_it(two_engines: Path,
     monkeypatch.setattr(export, "build_datasets", record)
     spotter_file = tmp_path / "narrow.safetensors"
     save_spotter(load_spotter(out / "last.pt"), spotter_file)
-    for weights, model in ((out / "last.pt", []), (spotter_file, ["--model", "ds_cnn_s"])):
+    for weights, model_args in ((out / "last.pt", []), (spotter_file, ["--model", "ds_cnn_s"])):
         asked.clear()
-        res = run_in_process("export", [*model, "--pretrained", str(weights), "--precision", "int8", "--calibration",
-                                        "speech_commands", "--data-dir", str(two_engines), "--format", "pt2",
-                                        "--out", str(tmp_path / "kws.pt2")])
+        res = run_in_process("export", [*model_args, "--pretrained", str(weights), "--precision", "int8",
+                                        "--calibration", "speech_commands", "--data-dir", str(two_engines),
+                                        "--format", "pt2", "--out", str(tmp_path / "kws.pt2")])
         assert res.stderr == "error: recorded\n" and asked["mfcc"] == "narrowband", weights
         assert create_model("ds_cnn_s", pretrained=weights).pretrained_cfg["mfcc"] == "narrowband"
     assert "mfcc" not in create_model("ds_cnn_s").pretrained_cfg  # no weights, no front end they expect
@@ -660,9 +660,9 @@ def test_the_front_end_a_model_was_trained_on_travels_with_it(two_engines: Path,
     assert "evaluating with those (not --mfcc mlperf_tiny)" in capsys.readouterr().out
     assert from_file.val_top1 == pytest.approx(saved["val_top1"], abs=1e-9)
     tuned = tmp_path / "tuned"
-    res = run_in_process("train", ["--model", "ds_cnn_s", "--dataset", "speech_commands", "--data-dir", str(two_engines),
-                                   "--pretrained", str(spotter_file), "--epochs", "1", "--max-batches", "1", "-q",
-                                   "--out-dir", str(tuned)])
+    res = run_in_process("train", ["--model", "ds_cnn_s", "--dataset", "speech_commands", "--data-dir",
+                                   str(two_engines), "--pretrained", str(spotter_file), "--epochs", "1",
+                                   "--max-batches", "1", "-q", "--out-dir", str(tuned)])
     assert res.returncode == 0, res.stderr
     assert "note: the checkpoint was trained on the narrowband MFCCs; training with those (not --mfcc mlperf_tiny)" \
         in res.stdout

@@ -69,9 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     calibration = None
     if args.precision == "int8":
         pretrained_cfg = dict(model.pretrained_cfg, input_size=size)
+        trained_on = trained_front_end(saved or {"mfcc_preset": model.pretrained_cfg.get("mfcc")}, args.pretrained)
         data = build_datasets(args.calibration, pretrained_cfg, data_dir=args.data_dir, num_classes=model.num_classes,
-                              mfcc=trained_front_end(saved or {"mfcc_preset": model.pretrained_cfg.get("mfcc")}, args.pretrained),
-                              flag="--calibration")
+                              mfcc=trained_on, flag="--calibration")
         calibration = calibration_examples(data.train, args.calibration_images)
     out = Path(args.out)
     for stale in remove_leftover_temporaries(out.parent, (out.name,), older_than=STALE_SECONDS):

@@ -225,7 +225,8 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
         model, notes = _build_model(cfg), []
     trained_on = None
     if cfg.dataset == "speech_commands" and cfg.pretrained and not resuming:
-        trained_on = trained_front_end(saved, f"--pretrained {cfg.pretrained}") if saved is not None else weights_front_end(cfg.pretrained)
+        trained_on = (trained_front_end(saved, f"--pretrained {cfg.pretrained}") if saved is not None
+                      else weights_front_end(cfg.pretrained))
     if trained_on is not None and trained_on != cfg.mfcc:  # features the weights were not trained on mean nothing
         notes.append(f"the checkpoint was trained on the {trained_on} MFCCs; "
                      f"{'evaluating' if cfg.eval_only else 'training'} with those (not --mfcc {cfg.mfcc})")
