@@ -632,7 +632,7 @@ def test_the_front_end_a_model_was_trained_on_travels_with_it(two_engines: Path,
     capsys.readouterr()
     evaluated = train(TrainConfig(eval_only=True, pretrained=str(out / "last.pt"), dataset="speech_commands",
                                   data_dir=str(two_engines), quiet=1))
-    assert "note: the checkpoint was trained on the narrowband MFCCs; evaluating with those (not --mfcc " \
+    assert f"note: {out / 'last.pt'} was trained on the narrowband MFCCs; evaluating with those (not --mfcc " \
            "mlperf_tiny)" in capsys.readouterr().out
     assert evaluated.val_top1 == pytest.approx(saved["val_top1"], abs=1e-9)
     assert evaluated.val_loss == pytest.approx(saved["history"][-1]["val_loss"], rel=1e-5)
@@ -657,14 +657,15 @@ def test_the_front_end_a_model_was_trained_on_travels_with_it(two_engines: Path,
     capsys.readouterr()
     from_file = train(TrainConfig(eval_only=True, pretrained=str(spotter_file), model="ds_cnn_s",
                                   dataset="speech_commands", data_dir=str(two_engines), quiet=1))
-    assert "evaluating with those (not --mfcc mlperf_tiny)" in capsys.readouterr().out
+    assert f"note: {spotter_file} was trained on the narrowband MFCCs; evaluating with those (not --mfcc " \
+           "mlperf_tiny)" in capsys.readouterr().out
     assert from_file.val_top1 == pytest.approx(saved["val_top1"], abs=1e-9)
     tuned = tmp_path / "tuned"
     res = run_in_process("train", ["--model", "ds_cnn_s", "--dataset", "speech_commands", "--data-dir",
                                    str(two_engines), "--pretrained", str(spotter_file), "--epochs", "1",
                                    "--max-batches", "1", "-q", "--out-dir", str(tuned)])
     assert res.returncode == 0, res.stderr
-    assert "note: the checkpoint was trained on the narrowband MFCCs; training with those (not --mfcc mlperf_tiny)" \
+    assert f"note: {spotter_file} was trained on the narrowband MFCCs; training with those (not --mfcc mlperf_tiny)" \
         in res.stdout
     assert torch.load(tuned / "last.pt", weights_only=True)["config"]["mfcc"] == "narrowband"
 

@@ -228,7 +228,7 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
         trained_on = (trained_front_end(saved, f"--pretrained {cfg.pretrained}") if saved is not None
                       else weights_front_end(cfg.pretrained))
     if trained_on is not None and trained_on != cfg.mfcc:  # features the weights were not trained on mean nothing
-        notes.append(f"the checkpoint was trained on the {trained_on} MFCCs; "
+        notes.append(f"{cfg.pretrained} was trained on the {trained_on} MFCCs; "
                      f"{'evaluating' if cfg.eval_only else 'training'} with those (not --mfcc {cfg.mfcc})")
         cfg.mfcc = trained_on
     for note in notes if rank == 0 and cfg.quiet < 2 else []:
