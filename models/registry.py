@@ -14,11 +14,14 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
-from .builder import ZooFeatures, build_model
-from .config import ConfigError, ModelConfig, close_matches, load_family_file
+from .builder import ZooFeatures, ZooNet, build_model
+from .checkpoints import build_from_checkpoint, read_trained_file, read_training_checkpoint
+from .config import ConfigError, ModelConfig, close_matches, config_changes, load_family_file
 from .plan import resolve_config
+from .weights import CheckpointError
 
-__all__ = ["UnknownModelError", "create_model", "get_model_config", "list_models", "register_model"]
+__all__ = ["UnknownModelError", "create_model", "get_model_config", "list_models", "load_checkpoint",
+           "model_from_checkpoint", "register_model", "timm_aliases"]
 
 PathLike = Union[str, Path]
 
@@ -71,10 +74,38 @@ def register_model(name: str, config: Union[PathLike, Mapping[str, Any]], *, ove
     _REGISTRY[name] = entry
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern``, sorted."""
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered model names matching a shell-style ``pattern``, sorted; with ``pretrained``
+    only those ``create_model(name, pretrained=True)`` can load weights for: the shipped
+    weights, or a timm name timm publishes weights for (loaded from timm's local cache)."""
     _ensure_builtin()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+    names = sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+    if pretrained:
+        names = [n for n in names if _has_weights(_REGISTRY[n])]
+    return names
+
+
+def _setting(entry: _Entry, key: str) -> Any:
+    return entry.variant.get(key, entry.defaults.get(key))
+
+
+def _has_weights(entry: _Entry) -> bool:
+    if _setting(entry, "bundled_weights"):
+        return True
+    timm_name = _setting(entry, "timm_name")
+    if not timm_name:
+        return False
+    from timm.models import get_pretrained_cfg
+
+    theirs = get_pretrained_cfg(timm_name)
+    return theirs is not None and bool(theirs.hf_hub_id or theirs.url or theirs.file)
+
+
+def timm_aliases() -> dict[str, str]:
+    """timm's model name -> ours, for every registered model whose config names a ``timm_name``
+    (``create_model`` and ``get_model_config`` accept either)."""
+    _ensure_builtin()
+    return {str(_setting(e, "timm_name")): n for n, e in sorted(_REGISTRY.items()) if _setting(e, "timm_name")}
 
 
 def _is_path(name: str) -> bool:
@@ -109,6 +140,9 @@ def _lookup(name: str) -> tuple[str, _Entry]:
     _ensure_builtin()
     if name in _REGISTRY:
         return name, _REGISTRY[name]
+    alias = timm_aliases().get(name)
+    if alias is not None:
+        return alias, _REGISTRY[alias]
     if _is_path(name):
         entry = _entry_from_file(name)
         variant = name.partition(".yaml:")[2] or name.partition(".yml:")[2]
@@ -131,6 +165,7 @@ def create_model(
     name: str,
     *,
     pretrained: Union[PathLike, bool, None] = None,
+    checkpoint_path: Optional[PathLike] = None,
     features_only: bool = False,
     out_indices: Optional[Sequence[int]] = None,
     allow_large: bool = False,
@@ -139,10 +174,14 @@ def create_model(
     """Build a model by registered name or YAML path.
 
     Args:
-        name: a name from ``list_models()``, a YAML file, or ``file.yaml:variant``.
-        pretrained: a checkpoint of ours or a timm state dict (``dszoo.load_pretrained``); True:
+        name: a name from ``list_models()`` or its timm name, a YAML file, or ``file.yaml:variant``.
+        pretrained: weights to start from: a checkpoint of ours or a timm or torchvision state
+            dict (``dszoo.load_pretrained``); a ``dszoo-train`` checkpoint or spotter file keeps
+            its trained classes, channels and input size unless ``overrides`` name others. True:
             the weights the package ships for it (config key ``bundled_weights``), else timm's
             from the local cache (``dszoo.weights.cached_timm_weights``).
+        checkpoint_path: a ``dszoo-train`` checkpoint or spotter file to rebuild exactly
+            (``load_checkpoint``); ``name`` must be the network it saved.
         features_only: return a ``ZooFeatures`` backbone giving the ``feature_info`` maps.
         out_indices: which feature levels ``features_only`` returns (default: all).
         allow_large: build even above ``dszoo.plan.MAX_PARAMS`` parameters or
@@ -150,6 +189,17 @@ def create_model(
         **overrides: ``num_classes``, ``in_chans``, ``width_mult``, ``drop_rate``,
             ``input_size`` (int, (H, W) or (C, H, W)), ``separable`` or any top-level config key.
     """
+    if checkpoint_path is not None:
+        if pretrained not in (None, False) or overrides:
+            raise ValueError("checkpoint_path rebuilds the network the checkpoint saved; pass no pretrained or "
+                             f"overrides with it (given: {', '.join(['pretrained'] * bool(pretrained) + list(overrides))})")
+        model = load_checkpoint(checkpoint_path)
+        wanted = _lookup(name)[0]
+        if model.cfg.name != wanted:
+            raise CheckpointError(f"{checkpoint_path}: holds a trained {model.cfg.name}, not {wanted}")
+        return _as_requested(model, features_only, out_indices)
+    if pretrained is not None and pretrained is not True and pretrained is not False:
+        overrides = {**_trained_shape(pretrained), **overrides}
     model = build_model(get_model_config(name, **overrides), allow_large)
     if pretrained is True:
         from .weights import bundled_weights, cached_timm_weights
@@ -166,8 +216,68 @@ def create_model(
                 f"{pretrained}: classifier shape differs from num_classes={model.num_classes}; "
                 "the head was freshly initialised", stacklevel=2,
             )
+    return _as_requested(model, features_only, out_indices)
+
+
+def _as_requested(model: ZooNet, features_only: bool, out_indices: Optional[Sequence[int]]) -> nn.Module:
     if features_only:
         return ZooFeatures(model, tuple(range(len(model.feature_info))) if out_indices is None else out_indices)
     if out_indices is not None:
         raise ValueError("out_indices needs features_only=True")
     return model
+
+
+def _trained_shape(path: PathLike) -> dict[str, Any]:
+    """The classes, channels and input size a ``dszoo-train`` checkpoint or spotter file was
+    trained with (empty for other weights files), so that ``pretrained=`` keeps its head."""
+    if Path(path).suffix == ".safetensors":
+        from .weights import SPOTTER_METADATA_KEY
+
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                if SPOTTER_METADATA_KEY not in (fh.metadata() or {}):
+                    return {}
+            saved = read_trained_file(path).get("model_config")
+        except Exception:  # noqa: BLE001 - not a spotter file: load_pretrained says what it is
+            return {}
+    else:
+        ckpt = read_training_checkpoint(path, "pretrained")
+        saved = ckpt.get("model_config") if ckpt is not None else None
+    if not isinstance(saved, Mapping):
+        return {}
+    return {k: saved[k] for k in ("num_classes", "in_chans", "input_size") if k in saved}
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> tuple[ZooNet, list[str]]:
+    """``checkpoints.build_from_checkpoint``, and notes: how the registry's config of that name
+    now differs from the one the checkpoint saved (the checkpoint's is the one built)."""
+    model = build_from_checkpoint(ckpt, source)
+    cfg = model.cfg
+    try:
+        current = get_model_config(cfg.name, num_classes=cfg.num_classes, input_size=cfg.input_size,
+                                   width_mult=cfg.width_mult, separable=cfg.separable)
+    except (UnknownModelError, ValueError):
+        return model, []  # a user's YAML or a name registered no longer: nothing to compare
+    ours, theirs = cfg.model_dump(mode="json"), current.model_dump(mode="json")
+    ours["head"]["dropout"] = theirs["head"]["dropout"]  # drop_rate is a training option
+    ours["bundled_weights"] = theirs.get("bundled_weights")  # where weights ship, not the network
+    changes = config_changes(theirs, ours)
+    if not changes:
+        return model, []
+    return model, [f"built {cfg.name} from the checkpoint's own config, which differs from the registry's now "
+                   f"(registry -> checkpoint: {'; '.join(changes[:3])}{' ...' if len(changes) > 3 else ''})"]
+
+
+def load_checkpoint(path: PathLike) -> ZooNet:
+    """The trained network a ``dszoo-train`` checkpoint (``last.pt``, ``best.pt``) or a keyword
+    spotter file (``.safetensors`` from ``dszoo-eval-speech --save-spotter``) saved, exactly: its
+    own config, classes, input size and weights (the EMA's where the run averaged them), in
+    evaluation mode. ``model.pretrained_cfg`` says what input it expects (``input_size``, ``mean``,
+    ``std``, ... or ``mfcc``) and ``class_names`` where the run named its classes. How the
+    registry's config of that name has changed since is a warning."""
+    model, notes = model_from_checkpoint(read_trained_file(path), str(path))
+    for note in notes:
+        warnings.warn(f"{path}: {note}", stacklevel=2)
+    return model.eval()

@@ -21,9 +21,11 @@ from .blocks import ConvNormAct, DepthwiseSeparableConv, InvertedResidual, Separ
 
 from .files import FileKindError, atomic_path, regular_file
 from .builder import ZooNet
+from .preprocessing import trained_front_end
 
 __all__ = [
     "CheckpointError",
+    "SPOTTER_METADATA_KEY",
     "LoadReport",
     "bundled_weights",
     "cached_timm_weights",
@@ -32,7 +34,6 @@ __all__ = [
     "from_timm_state_dict",
     "from_torchvision_state_dict",
     "load_pretrained",
-    "model_from_checkpoint",
     "read_state_dict",
     "save_state_dict",
     "timm_module_map",
@@ -44,6 +45,11 @@ PathLike = Union[str, Path]
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read safely or does not fit the model."""
+
+
+SPOTTER_METADATA_KEY = "dszoo_spotter"
+"""The safetensors metadata entry of a keyword spotter file (``dszoo.audio.spot.save_spotter``):
+JSON with its model config, class names, MFCC front end, threshold and card."""
 
 
 # Each of our blocks' modules -> the names timm's EfficientNet builder gives them
@@ -277,8 +283,6 @@ def _spotter_front_end(path: Path) -> Optional[str]:
 
     from safetensors import safe_open
 
-    from .audio.spot import SPOTTER_METADATA_KEY
-
     with safe_open(str(path), framework="pt") as fh:
         meta = (fh.metadata() or {}).get(SPOTTER_METADATA_KEY)
     try:
@@ -298,8 +302,6 @@ def _checkpoint_front_end(obj: object, path: Path) -> Optional[str]:
 
 def _named_front_end(about: dict, path: Path) -> str:
     """``trained_front_end`` of a file's metadata; a preset dszoo does not have is a ``CheckpointError``."""
-    from .audio.mfcc import trained_front_end
-
     try:
         return trained_front_end(about, str(path))
     except ValueError as exc:
@@ -483,70 +485,6 @@ def cached_timm_weights(cfg: Any) -> Path:
     raise CheckpointError(f"{cfg.name}: pretrained=True: timm's {cfg.timm_name} weights are not on this machine "
                           f"(looked in {', '.join(looked) or 'no cache: timm lists no file'}); where there is internet, "
                           f"timm.create_model({cfg.timm_name!r}, pretrained=True) caches them, or pass pretrained='FILE'")
-
-
-def _measured_weights(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The weights a checkpoint's figures were measured with: its EMA's where the run kept one
-    (``--ema`` validates the average, timm's ``ModelEmaV3``), else the model's own."""
-    ema = ckpt.get("ema")
-    if isinstance(ema, Mapping) and ema:
-        return {k.removeprefix("module."): v for k, v in ema.items()}
-    return ckpt["model"]
-
-
-def model_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> tuple[ZooNet, list[str]]:
-    """The network a training checkpoint saved, built from its own ``model_config`` (not from a
-    registered name that may have been edited since, and with its own classes and input size),
-    with its weights (``_measured_weights``: the EMA's after ``--ema``); and notes, such as how the registry's config of that name now differs.
-    ``CheckpointError`` in one line for a config, weights or ``class_names`` that do not fit."""
-    from pydantic import ValidationError
-
-    from .builder import build_model
-    from .config import ModelConfig, config_changes
-    from .registry import UnknownModelError, get_model_config
-
-    saved = ckpt.get("model_config")
-    if not isinstance(saved, Mapping):
-        raise CheckpointError(f"{source}: the checkpoint holds no model_config (written by an older dszoo); pass --model")
-    try:
-        cfg = ModelConfig.model_validate(dict(saved))
-    except ValidationError as err:
-        problem = err.errors()[0]
-        where = ".".join(map(str, problem["loc"])) or "<top level>"
-        raise CheckpointError(f"{source}: its model_config is damaged ({where}: {problem['msg']})") from None
-    head = ckpt["model"].get("classifier.weight")
-    if isinstance(head, torch.Tensor) and head.dim() == 2 and head.shape[0] != cfg.num_classes:
-        cfg = cfg.model_copy(update={"num_classes": head.shape[0]})  # saved before configs followed reset_classifier
-    classes = ckpt.get("class_names")
-    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)
-                                    and len(set(classes)) == len(classes) == cfg.num_classes):
-        raise CheckpointError(f"{source}: class_names must be {cfg.num_classes} distinct non-empty names, one per "
-                              f"output of the model, got {str(classes)[:120]}")
-    model = build_model(cfg)
-    own, state = model.state_dict(), _measured_weights(ckpt)
-    problems = ([f"its weights are those of another network ({len(state)} tensors, its config builds {len(own)})"]
-                if state.keys() != own.keys() else
-                [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} from its config"
-                 for k, v in state.items() if v.shape != own[k].shape])
-    problems = problems or tensor_problems(state, own)
-    if problems:
-        raise CheckpointError(f"{source}: its weights do not fit its own model_config: {'; '.join(problems[:3])}")
-    model.load_state_dict(state)
-    notes = []
-    try:
-        current = get_model_config(cfg.name, num_classes=cfg.num_classes, input_size=cfg.input_size,
-                                   width_mult=cfg.width_mult, separable=cfg.separable)
-    except (UnknownModelError, ValueError):
-        current = None  # a user's YAML or a name registered no longer: nothing to compare
-    if current is not None:
-        ours, theirs = cfg.model_dump(mode="json"), current.model_dump(mode="json")
-        ours["head"]["dropout"] = theirs["head"]["dropout"]  # drop_rate is a training option
-        ours["bundled_weights"] = theirs.get("bundled_weights")  # where weights ship, not the network
-        changes = config_changes(theirs, ours)
-        if changes:
-            notes.append(f"built {cfg.name} from the checkpoint's own config, which differs from the registry's now "
-                         f"(registry -> checkpoint: {'; '.join(changes[:3])}{' ...' if len(changes) > 3 else ''})")
-    return model, notes
 
 
 def save_state_dict(model: nn.Module, path: PathLike) -> None:

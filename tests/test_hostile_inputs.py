@@ -18,7 +18,7 @@ from conftest import command_module
 from dszoo import CheckpointError, ConfigError, create_model, get_model_config, list_models, load_pretrained, read_state_dict, save_state_dict
 from dszoo.commands.cli import run_cli
 from dszoo.errors import UsageError
-from dszoo.training.run_files import load_checkpoint
+from dszoo.training.run_files import read_checkpoint
 from dszoo.commands.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def test_code_in_a_pickle_never_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
         with pytest.raises(CheckpointError, match="refused: the file needs arbitrary pickled objects|not a readable"):
             load_pretrained(create_model("ds_cnn_s"), path)
         with pytest.raises(CheckpointError, match="--resume"):
-            load_checkpoint(str(path))
+            read_checkpoint(str(path))
         assert run_cli(train_main, ["--pretrained", str(path), "--eval-only", "--quiet"]) == 2
         assert run_cli(command_module("convert_weights").main, [str(path), str(tmp_path / "o.safetensors"), "--model", "mobilenet_v1"]) == 2
     assert not marker.exists()
@@ -105,7 +105,7 @@ def test_truncated_checkpoints_are_clear_errors(saved_files: dict[str, bytes], d
     content = saved_files[kind]
     cut = data.draw(st.integers(0, len(content) - 1))
     if kind == "checkpoint":
-        _expect_checkpoint_error(content[:cut], ".pt", lambda p: load_checkpoint(str(p)))
+        _expect_checkpoint_error(content[:cut], ".pt", lambda p: read_checkpoint(str(p)))
     else:
         _expect_checkpoint_error(content[:cut], kind, lambda p: load_pretrained(create_model("ds_cnn_s"), p))
 
@@ -113,7 +113,7 @@ def test_truncated_checkpoints_are_clear_errors(saved_files: dict[str, bytes], d
 @given(content=st.binary(max_size=300), suffix=st.sampled_from([".pt", ".pth", ".pth.tar", ".safetensors"]))
 def test_random_bytes_are_clear_errors(content: bytes, suffix: str) -> None:
     _expect_checkpoint_error(content, suffix, lambda p: load_pretrained(create_model("ds_cnn_s"), p))
-    _expect_checkpoint_error(content, suffix, lambda p: load_checkpoint(str(p)))
+    _expect_checkpoint_error(content, suffix, lambda p: read_checkpoint(str(p)))
 
 
 @given(data=st.data())

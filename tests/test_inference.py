@@ -18,7 +18,7 @@ from torch import nn
 from conftest import command_module, small_input_size, structural_variants
 from dszoo.deployment.export import randomise_batchnorm_statistics
 from dszoo import count_macs, create_model, get_model_config, list_models
-from dszoo.deployment import optimize as inference
+from dszoo.deployment import backends as inference
 from dszoo.measurement.benchmark import LayerGemms, roofline_ms
 from dszoo.measurement.profiler import describe_onednn_problem, onednn_primitives, top_operators
 from dszoo.profile import layer_gemms, layer_traffic
@@ -133,7 +133,7 @@ def test_inductor_path(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_failing_compiler_falls_back_and_says_why_in_full(monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    real = inference._build
+    real = inference.build_backend
     long_reason = "could not create a primitive descriptor for the reorder primitive. " + "Run it again. " * 20
 
     def broken(backend, model, example, *args):
@@ -141,7 +141,7 @@ def test_failing_compiler_falls_back_and_says_why_in_full(monkeypatch: pytest.Mo
             raise RuntimeError(f"The following operation failed.\nTraceback:\n  frozen(x)\n{backend}: {long_reason}\n")
         return real(backend, model, example, *args)
 
-    monkeypatch.setattr(inference, "_build", broken)
+    monkeypatch.setattr(inference, "build_backend", broken)
     model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
     opt = optimize_for_inference(model, torch.randn(2, 1, 49, 10), verbose=True)
     assert opt.backend == "eager"

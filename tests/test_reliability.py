@@ -26,7 +26,7 @@ from dszoo.files import atomic_path
 from dszoo.training import TrainConfig, train
 from dszoo.training import loop
 from dszoo.training.data import _image_folder
-from dszoo.training.run_files import LOCK_FILE, RunFolderBusy, acquire_run_lock, load_checkpoint, release_run_lock
+from dszoo.training.run_files import LOCK_FILE, RunFolderBusy, acquire_run_lock, read_checkpoint, release_run_lock
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = dict(model="mobilenet_v1_025", img_size=16, warmup_epochs=0, quiet=2, max_batches=2)
@@ -244,7 +244,7 @@ def test_a_fifo_or_device_never_hangs(tmp_path: Path) -> None:
     assert "is a character device, not a regular file" in str(_within(10, lambda: create_model("/dev/zero")))
     err = _within(10, lambda: load_pretrained(create_model("ds_cnn_s"), fifo))
     assert isinstance(err, CheckpointError) and "is a FIFO" in str(err)
-    err = _within(10, lambda: load_checkpoint(str(fifo)))
+    err = _within(10, lambda: read_checkpoint(str(fifo)))
     assert isinstance(err, UsageError) and "is a FIFO" in str(err)
     data = tmp_path / "data"
     _image_folder_data(data)

@@ -19,7 +19,7 @@ from torch import nn
 from conftest import run_in_process
 from dszoo import create_model, load_pretrained
 from dszoo.errors import RunError, UsageError
-from dszoo.weights import model_from_checkpoint
+from dszoo.registry import model_from_checkpoint
 from dszoo.training.data import build_datasets
 from dszoo.commands.train import build_parser
 from dszoo.training import TrainConfig, evaluate, train, uses_channels_last, validation_shard

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import RunError
 from .speech_commands import read_wav_16k
-from .synth import resample
+from .synth import ACCENTS, FOREIGN_VOICES, resample, speakers
 
 __all__ = ["DECtalkEngine", "ENGINES", "ESpeakEngine", "EngineVoice", "FestivalEngine", "FliteEngine", "PicoEngine",
            "SamEngine", "SpeechEngine", "find_engines", "why_missing"]
@@ -276,22 +276,18 @@ class PicoEngine(SpeechEngine):
 
 class ESpeakEngine(SpeechEngine):
     """eSpeak NG through the ``espeakng-loader`` wheel (``synth.SpeechSynthesizer``); its speakers
-    are drawn by ``make_data.speakers`` (accents x variants x rates x pitches)."""
+    are drawn by ``synth.speakers`` (accents x variants x rates x pitches)."""
 
     name = "espeak"
     install = "pip install 'dszoo[speech]'"
     module = "espeakng_loader"
 
     def voices(self) -> list[str]:
-        from .make_data import ACCENTS, FOREIGN_VOICES
-
         return list(ACCENTS + FOREIGN_VOICES)
 
     def speakers(self, count: int, seed: int, voices: Optional[Sequence[str]] = None) -> list[tuple[str, list[Any]]]:
-        """``count`` speakers drawn by ``make_data.speakers`` (from the accents ``voices`` if
+        """``count`` speakers drawn by ``synth.speakers`` (from the accents ``voices`` if
         given), each saying every word once."""
-        from .make_data import speakers
-
         return [(p.name, [p]) for p in speakers(count, seed, voices=voices)]
 
     def say_all(self, words: Sequence[str], setting: Any) -> list[np.ndarray]:

@@ -100,7 +100,7 @@ class FolderScore:
 def _clips(root: Path, engines: Optional[Sequence[str]]) -> list[tuple[str, str, str, str]]:
     """``(path, word, engine, voice)`` of every clip in ``root`` (of ``engines`` only, if given),
     respelled keywords aside (they are training data, not the word as said)."""
-    from .make_data import interrupted_dataset, is_respelled, read_manifest
+    from .manifest import interrupted_dataset, is_respelled, read_manifest
 
     if not root.is_dir():
         raise UsageError(f"{root}: no such directory")

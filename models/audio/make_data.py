@@ -13,7 +13,6 @@ rule puts every word of a speaker in one split: test speakers never occur in tra
 from __future__ import annotations
 
 import hashlib
-import itertools
 import time
 import wave as wavmodule
 from dataclasses import dataclass, field
@@ -22,21 +21,15 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .engines import ENGINES, find_engines, why_missing
+from .manifest import GENERATING, MANIFEST, interrupted_dataset, is_respelled, read_manifest, write_manifest
 from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, which_set
-from .synth import Speaker
+from .synth import ACCENTS, FOREIGN_VOICES, VARIANTS, Speaker, max_speakers, speakers
 
 __all__ = ["ACCENTS", "FOREIGN_VOICES", "GENERATING", "MANIFEST", "OTHER_WORDS", "RESPELLINGS", "VARIANTS",
            "GeneratedData", "SpeakerPlan", "describe_manifest", "generate_speech_data", "interrupted_dataset",
            "is_respelled", "max_speakers", "plan_speakers", "read_manifest", "speaker_id", "speakers", "spoken_texts"]
 
-ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
-"""eSpeak NG's English accents."""
-FOREIGN_VOICES = ("de", "fr", "es", "it", "nl", "pl", "pt", "sv", "hi", "ru")
-"""Non-English voices, which read the English words with their own phonetics."""
-VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5", "+klatt",
-            "+klatt2", "+croak")
-RATES = (120, 145, 170, 200)
-PITCHES = (25, 40, 55, 70, 85)
 OTHER_WORDS = ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow", "zero", "one",
                "two", "three", "four", "five", "six", "seven", "eight", "nine", "backward", "forward", "follow",
                "learn", "visual")
@@ -53,30 +46,6 @@ clips are the keyword's, for training only (``is_respelled``)."""
 def speaker_id(speaker: Speaker) -> str:
     """Eight hex digits naming a speaker, as the real dataset names its speakers."""
     return hashlib.sha1(speaker.name.encode()).hexdigest()[:8]
-
-
-def speakers(count: int, seed: int, foreign_share: float = 0.25, voices: Optional[Sequence[str]] = None) -> list[Speaker]:
-    """``count`` distinct speakers drawn without replacement from accents (or non-English voices,
-    about ``foreign_share`` of them) x variants x rates x pitches; at most ``max_speakers``."""
-    if count > max_speakers(foreign_share, voices):
-        raise ValueError(f"{count} speakers asked for; eSpeak NG's pool holds {max_speakers(foreign_share, voices)}")
-    rng = np.random.default_rng(seed)
-    english = list(itertools.product(voices or ACCENTS, VARIANTS, RATES, PITCHES))
-    foreign = [] if voices else list(itertools.product(FOREIGN_VOICES, VARIANTS, RATES, PITCHES))
-    n_foreign = min(len(foreign), round(count * foreign_share))
-    picked = [english[i] for i in rng.choice(len(english), min(count - n_foreign, len(english)), replace=False)]
-    picked += [foreign[i] for i in rng.choice(len(foreign), n_foreign, replace=False)] if n_foreign else []
-    return [Speaker(voice + variant, rate, pitch, int(rng.integers(20, 80))) for voice, variant, rate, pitch in picked]
-
-
-def max_speakers(foreign_share: float = 0.25, voices: Optional[Sequence[str]] = None) -> int:
-    """The most speakers ``speakers`` can draw with the non-English share kept."""
-    english = len(voices or ACCENTS) * len(VARIANTS) * len(RATES) * len(PITCHES)
-    foreign = 0 if voices else len(FOREIGN_VOICES) * len(VARIANTS) * len(RATES) * len(PITCHES)
-    count = english + foreign
-    while count - min(foreign, round(count * foreign_share)) > english:
-        count -= 1
-    return count
 
 
 def _trimmed(wave: np.ndarray, threshold: float = 0.02) -> np.ndarray:
@@ -122,11 +91,6 @@ def write_wav(path: Path, wave: np.ndarray, rate: int = SAMPLE_RATE) -> None:
         out.writeframes(pcm.tobytes())
 
 
-MANIFEST = "manifest.csv"
-"""Every clip the generator wrote, one row each: file, word, engine, voice, speaker, setting, and
-the text the engine was given (the word, or one of its ``RESPELLINGS``)."""
-GENERATING = ".dszoo-generating"
-"""Written first and removed last: a folder holding it is a dataset whose generation did not finish."""
 MAX_NOISE_SECONDS = 600
 
 
@@ -163,8 +127,6 @@ def plan_speakers(engines: Sequence[str], speakers_count: int, seed: int,
                   voices: Optional[Sequence[str]] = None) -> list[SpeakerPlan]:
     """Every speaker of every engine of ``engines``: ``speakers_count`` drawn eSpeak NG speakers,
     and each voice of the others (``voices`` restricts each engine to those it has)."""
-    from .engines import ENGINES
-
     return [SpeakerPlan(name_, spk, settings) for name_ in engines
             for spk, settings in ENGINES[name_].speakers(speakers_count, seed, voices)]
 
@@ -176,11 +138,6 @@ def spoken_texts(words: Sequence[str], respell: bool) -> list[tuple[str, str, in
                                          for k, text in enumerate(RESPELLINGS.get(w, ()), start=1)]
 
 
-def interrupted_dataset(root: Path) -> bool:
-    """Whether ``root`` is a dataset the generator began and did not finish."""
-    return (root / GENERATING).exists()
-
-
 def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequence[str] = KEYWORDS + OTHER_WORDS,
                          seed: int = 0, noise_seconds: int = 30, voices: Optional[Sequence[str]] = None,
                          engines: Optional[Sequence[str]] = None, respell: bool = False,
@@ -190,8 +147,6 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
     ``RESPELLINGS``), then background noise and ``manifest.csv``. ``progress(n)`` is called
     after each speaker with the clips planned for it. A text a voice cannot say is left out and
     listed in ``unsaid``. The marker ``GENERATING`` exists from the first file to the last."""
-    from .engines import find_engines, why_missing
-
     start = time.perf_counter()
     found, missing = find_engines(engines)
     if not found:
@@ -223,7 +178,7 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
             progress(len(plan.settings) * len(said))
     for name, noise in background_noises(noise_seconds, seed).items():
         write_wav(root / BACKGROUND_NOISE / f"{name}.wav", noise)
-    _write_manifest(root / MANIFEST, rows)
+    write_manifest(root / MANIFEST, rows)
     (root / GENERATING).unlink()
     return GeneratedData(root, len(rows), by_split, time.perf_counter() - start, [e.name for e in found],
                          [e.name for e in missing], clips_by_engine, unsaid)
@@ -233,26 +188,6 @@ def _describe(setting: object) -> str:
     if isinstance(setting, Speaker):
         return f"rate {setting.rate} pitch {setting.pitch} range {setting.pitch_range}"
     return f"speed {setting.speed} pitch {setting.pitch}"
-
-
-def _write_manifest(path: Path, rows: list[tuple[str, ...]]) -> None:
-    import csv
-    import io
-
-    from ..files import atomic_path
-
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(("file", "word", "engine", "voice", "speaker", "setting", "text"))
-    writer.writerows(rows)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text.getvalue())
-
-
-def is_respelled(row: dict[str, str]) -> bool:
-    """Whether a manifest row is a clip of a respelled keyword (training data, never scored);
-    manifests without the ``text`` column, and clips without a row (``{}``), hold none."""
-    return row.get("text", "") not in ("", row.get("word"))
 
 
 def describe_manifest(root: Path) -> Optional[dict]:
@@ -267,17 +202,3 @@ def describe_manifest(root: Path) -> Optional[dict]:
     speakers = Counter(engine for engine, _ in {(row["engine"], row["speaker"]) for row in rows})
     return {"clips": len(rows), "respelled_clips": sum(map(is_respelled, rows)),
             "clips_by_engine": dict(sorted(clips.items())), "speakers_by_engine": dict(sorted(speakers.items()))}
-
-
-def read_manifest(root: Path) -> dict[str, dict[str, str]]:
-    """``manifest.csv`` of a generated dataset by file (``word/name.wav``); empty when the folder
-    has none (the real Speech Commands)."""
-    import csv
-
-    path = root / MANIFEST
-    if not path.is_file():
-        return {}
-    from ..files import regular_file
-
-    with open(regular_file(path, "manifest"), newline="") as fh:
-        return {row["file"]: row for row in csv.DictReader(fh)}

@@ -24,52 +24,14 @@ from __future__ import annotations
 
 import math
 from typing import Any
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..preprocessing import MFCC_PRESETS, MFCCPreset, trained_front_end
+
 __all__ = ["MFCC", "MFCC_PRESETS", "MFCCPreset", "arm_mel_filterbank", "tf_linear_to_mel_weight_matrix",
            "trained_front_end", "warped_mel"]
-
-
-@dataclass(frozen=True)
-class MFCCPreset:
-    """One reference's front-end settings."""
-
-    sample_rate: int
-    clip_samples: int
-    window_samples: int
-    hop_samples: int
-    fft_length: int
-    mel_bins: int
-    lower_hz: float
-    upper_hz: float
-    coefficients: int
-    normalise_peak: bool  # divide the wave by its (signed) maximum first
-    filterbank: str  # "tf_signal" or "arm_audio_ops"
-    double: bool  # audio_ops computes its spectrogram and MFCCs in float64, tf.signal in float32
-
-
-MFCC_PRESETS: dict[str, MFCCPreset] = {
-    "mlperf_tiny": MFCCPreset(16000, 16000, 480, 320, 512, 40, 20.0, 4000.0, 10, True, "tf_signal", False),
-    "arm_kws": MFCCPreset(16000, 16000, 640, 320, 1024, 40, 20.0, 4000.0, 10, False, "arm_audio_ops", True),
-    # MLPerf Tiny's computation, its 40 mel bands spread over 20-3,400 Hz instead of 20-4,000 Hz
-    # (docs/keyword_spotting.md, the front end's band)
-    "narrowband": MFCCPreset(16000, 16000, 480, 320, 512, 40, 20.0, 3400.0, 10, True, "tf_signal", False),
-}
-
-
-def trained_front_end(checkpoint: dict, source: str = "the checkpoint") -> str:
-    """The ``MFCC_PRESETS`` name a model was trained on: a spotter file's ``mfcc_preset``, a
-    ``dszoo-train`` checkpoint's ``--mfcc``, ``mlperf_tiny`` for files that name none; a name
-    dszoo has no preset for is a ``ValueError`` naming ``source``."""
-    config = checkpoint.get("config")
-    name = checkpoint.get("mfcc_preset") or (config.get("mfcc") if isinstance(config, dict) else None) or "mlperf_tiny"
-    if not isinstance(name, str) or name not in MFCC_PRESETS:
-        raise ValueError(f"{source}: trained on the MFCC front end {name!r}, which dszoo does not have; allowed: "
-                         f"{', '.join(MFCC_PRESETS)}")
-    return name
 
 
 def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ class Event:
 
 
 def _words_of_split(root: Path, split: str, engines: Optional[Sequence[str]]) -> dict[str, list[Path]]:
-    from .make_data import interrupted_dataset, is_respelled, read_manifest
+    from .manifest import interrupted_dataset, is_respelled, read_manifest
 
     if not root.is_dir() or interrupted_dataset(root):
         raise UsageError(f"--data-dir {root}: not a finished Speech Commands-layout folder")

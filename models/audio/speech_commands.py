@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import UsageError
 from ..files import regular_file
+from .manifest import GENERATING, interrupted_dataset, is_respelled, read_manifest
 from .mfcc import MFCC
 
 __all__ = ["BACKGROUND_NOISE", "KEYWORDS", "SILENCE", "SpeechCommands", "UNKNOWN", "as_mono_float",
@@ -161,8 +162,6 @@ def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = No
     keywords (``make_data.RESPELLINGS``) are used in training only."""
     if not root.is_dir():
         raise UsageError(f"--data-dir {root}: no such directory")
-    from .make_data import GENERATING, interrupted_dataset
-
     if interrupted_dataset(root):
         raise UsageError(f"--data-dir {root}: its generation did not finish ({GENERATING} is still there); run "
                          f"dszoo-make-speech-data --out {root} again to replace it")
@@ -170,8 +169,6 @@ def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = No
     if not words:
         raise UsageError(f"--data-dir {root}: no word folders (expected <word>/<speaker>_nohash_<n>.wav inside)")
     lists = _split_lists(root)
-    from .make_data import is_respelled, read_manifest
-
     manifest = read_manifest(root)
     engine_of = _engine_of(root, manifest, hold_out_engine)
     respelled = {f for f, row in manifest.items() if is_respelled(row)}  # other spellings: training only

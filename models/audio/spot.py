@@ -13,15 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .mfcc import MFCC, trained_front_end
+from ..checkpoints import DEFAULT_THRESHOLD, read_trained_file
+from ..preprocessing import trained_front_end
+from ..weights import SPOTTER_METADATA_KEY
+from .mfcc import MFCC
 from .speech_commands import SAMPLE_RATE, SILENCE, UNKNOWN
 
 __all__ = ["AudioStream", "BUNDLED_SPOTTER", "DEFAULT_THRESHOLD", "Detection", "KeywordSpotter", "SPOTTER_METADATA_KEY",
            "bundled_spotter_path", "load_audio", "load_spotter", "save_spotter", "stream_audio"]
-
-
-DEFAULT_THRESHOLD = 0.7
-"""The smoothed probability a keyword must reach when the model file names no threshold."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,6 @@ class KeywordSpotter:
 
 BUNDLED_SPOTTER = "ds_cnn_s_speech.safetensors"
 """The DS-CNN-S keyword spotter shipped in ``dszoo.pretrained`` (its card: docs/keyword_spotting.md)."""
-SPOTTER_METADATA_KEY = "dszoo_spotter"  # the safetensors metadata entry of a spotter file
 
 
 def bundled_spotter_path() -> Path:
@@ -158,47 +156,21 @@ def save_spotter(spotter: KeywordSpotter, path: Union[str, Path], card: Optional
         save_file(state, tmp, metadata={SPOTTER_METADATA_KEY: json.dumps(about, allow_nan=False)})  # strict JSON
 
 
-def _spotter_file(path: Path) -> dict:
-    """A ``save_spotter`` file as a checkpoint-like mapping (model, model_config, class_names ...)."""
-    import json
-
-    from safetensors import safe_open
-
-    from ..errors import UsageError
-    from ..weights import read_state_dict
-
-    state = read_state_dict(path)
-    with safe_open(str(path), framework="pt") as fh:
-        meta = (fh.metadata() or {}).get(SPOTTER_METADATA_KEY)
-    if meta is None:
-        raise UsageError(f"{path}: weights alone, not a keyword spotter (save one with dszoo-eval-speech "
-                         "--save-spotter, or pass a dszoo-train checkpoint)")
-    try:
-        about = json.loads(meta)
-        threshold = float(about.get("threshold", DEFAULT_THRESHOLD))
-    except (ValueError, TypeError, AttributeError):
-        raise UsageError(f"{path}: its spotter metadata is damaged") from None
-    if not 0 < threshold < 1:
-        raise UsageError(f"{path}: threshold {threshold} in its metadata; allowed: between 0 and 1")
-    return {**about, "model": state, "threshold": threshold}
-
-
 def load_spotter(checkpoint: Union[str, Path, None] = None) -> KeywordSpotter:
     """A ``KeywordSpotter`` from a ``dszoo-train`` checkpoint of a speech-commands run or a
     ``save_spotter`` file (its model, class names, front end and threshold); ``None``: the
     shipped DS-CNN-S spotter."""
     from ..errors import UsageError
-    from ..training.run_files import load_checkpoint
-    from ..weights import model_from_checkpoint
+    from ..registry import model_from_checkpoint
 
     path = Path(checkpoint) if checkpoint is not None else bundled_spotter_path()
-    ckpt = _spotter_file(path) if path.suffix == ".safetensors" else load_checkpoint(str(path), what="checkpoint")
+    ckpt = read_trained_file(path)
     classes: Optional[list[str]] = ckpt.get("class_names")
     if not classes:
         raise UsageError(f"{path}: not a keyword-spotting run (it names no classes; train with "
                          "--dataset speech_commands)")
     model, notes = model_from_checkpoint(ckpt, str(path))
-    spotter = KeywordSpotter(model, classes, trained_front_end(ckpt, str(path)))
+    spotter = KeywordSpotter(model, classes, model.pretrained_cfg.get("mfcc") or trained_front_end(ckpt, str(path)))
     spotter.threshold = float(ckpt.get("threshold", DEFAULT_THRESHOLD))
     spotter.card = dict(ckpt.get("card") or {"training": ckpt.get("config", {})})
     spotter.notes = notes

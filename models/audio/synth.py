@@ -5,13 +5,15 @@ maintained Python wrappers either shell out to an ``espeak`` binary or need a sy
 from __future__ import annotations
 
 import ctypes
+import itertools
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Speaker", "SpeechSynthesizer", "resample"]
+__all__ = ["ACCENTS", "FOREIGN_VOICES", "PITCHES", "RATES", "VARIANTS", "Speaker", "SpeechSynthesizer", "max_speakers",
+           "resample", "speakers"]
 
 _SYNCHRONOUS = 2  # espeak_AUDIO_OUTPUT: AUDIO_OUTPUT_SYNCHRONOUS
 _RATE, _PITCH, _RANGE = 1, 3, 4  # espeak_PARAMETER
@@ -32,6 +34,39 @@ class Speaker:
     @property
     def name(self) -> str:
         return f"{self.voice}_r{self.rate}_p{self.pitch}_g{self.pitch_range}"
+
+
+ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
+"""eSpeak NG's English accents."""
+FOREIGN_VOICES = ("de", "fr", "es", "it", "nl", "pl", "pt", "sv", "hi", "ru")
+"""Non-English voices, which read the English words with their own phonetics."""
+VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+m7", "+f1", "+f2", "+f3", "+f4", "+f5", "+klatt",
+            "+klatt2", "+croak")
+RATES = (120, 145, 170, 200)
+PITCHES = (25, 40, 55, 70, 85)
+
+def speakers(count: int, seed: int, foreign_share: float = 0.25, voices: Optional[Sequence[str]] = None) -> list[Speaker]:
+    """``count`` distinct speakers drawn without replacement from accents (or non-English voices,
+    about ``foreign_share`` of them) x variants x rates x pitches; at most ``max_speakers``."""
+    if count > max_speakers(foreign_share, voices):
+        raise ValueError(f"{count} speakers asked for; eSpeak NG's pool holds {max_speakers(foreign_share, voices)}")
+    rng = np.random.default_rng(seed)
+    english = list(itertools.product(voices or ACCENTS, VARIANTS, RATES, PITCHES))
+    foreign = [] if voices else list(itertools.product(FOREIGN_VOICES, VARIANTS, RATES, PITCHES))
+    n_foreign = min(len(foreign), round(count * foreign_share))
+    picked = [english[i] for i in rng.choice(len(english), min(count - n_foreign, len(english)), replace=False)]
+    picked += [foreign[i] for i in rng.choice(len(foreign), n_foreign, replace=False)] if n_foreign else []
+    return [Speaker(voice + variant, rate, pitch, int(rng.integers(20, 80))) for voice, variant, rate, pitch in picked]
+
+
+def max_speakers(foreign_share: float = 0.25, voices: Optional[Sequence[str]] = None) -> int:
+    """The most speakers ``speakers`` can draw with the non-English share kept."""
+    english = len(voices or ACCENTS) * len(VARIANTS) * len(RATES) * len(PITCHES)
+    foreign = 0 if voices else len(FOREIGN_VOICES) * len(VARIANTS) * len(RATES) * len(PITCHES)
+    count = english + foreign
+    while count - min(foreign, round(count * foreign_share)) > english:
+        count -= 1
+    return count
 
 
 def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .. import list_models
+from ..registry import list_models
 from ..files import atomic_path
 from ..measurement.benchmark import LOW_PRECISIONS, run_benchmarks
 from .cli import ArgumentParser, UsageError, new_output_file, positive_int, run_cli

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from .. import create_model, load_pretrained, save_state_dict
+from ..registry import create_model
+from ..weights import load_pretrained, save_state_dict
 from .cli import ArgumentParser, new_output_file, non_negative_int, run_cli
 
 

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 from torch import nn
 
-from .. import create_model
+from ..registry import create_model
 from .cli import ArgumentParser, UsageError, new_output_file, non_negative_int, positive_int, run_cli
 from ..deployment.export import EXPORT_FORMATS, EXPORT_PRECISIONS, EXPORT_SUFFIXES, ExportError, export_model
 from ..deployment.quantize import CalibrationError
@@ -23,7 +23,7 @@ from ..training.data import DATASETS, build_datasets, calibration_examples
 from ..files import remove_leftover_temporaries
 from ..plan import check_model_size, plan_model
 from ..training.run_files import read_training_checkpoint
-from ..weights import model_from_checkpoint
+from ..registry import model_from_checkpoint
 
 
 STALE_SECONDS = 3600

@@ -12,7 +12,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from .. import count_macs, count_params, create_model, list_models
+from ..profile import count_macs, count_params
+from ..registry import create_model, list_models
 from ..files import atomic_path
 from .cli import (ArgumentParser, UsageError, new_output_file, non_negative_int, positive_float, positive_int,
                         run_cli)

@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from .optimize import (OptimizedModel, compile_frozen, device_plan, fold_batchnorm, glibc_malloc_is_tuned,
+from .backends import (OptimizedModel, compile_frozen, device_plan, fold_batchnorm, glibc_malloc_is_tuned,
                        relative_difference, tune_glibc_malloc)
 
-__all__ = ["CalibrationError", "HALF_DTYPES", "QuantizationAwareModel", "bf16_supported", "calibration_batches", "cosine_similarity",
+__all__ = ["CalibrationError", "HALF_DTYPES", "QuantizationAwareModel", "bf16_supported", "calibration_batches", "check_int8_device", "cosine_similarity",
            "export_for_quantization", "half_unsupported", "int8_graph", "optimize_half", "quantize", "quantizer"]
 
 MIN_AGREEMENT = 0.95
@@ -350,6 +350,7 @@ def quantize(model: nn.Module, calibration: Iterable[Any], *, method: str = "ptq
     """
     if method != "ptq":
         raise ValueError(f"unknown quantization method {method!r}; allowed: ptq")
+    check_int8_device(model, example_input)
     _pt2e()
     original = model.eval()
     batches = calibration_batches(calibration, original, max_batches)
@@ -358,6 +359,16 @@ def quantize(model: nn.Module, calibration: Iterable[Any], *, method: str = "ptq
     t0 = time.perf_counter()
     converted = int8_graph(original, calibrate)
     return _checked_int8(converted, original, calibrate[0], compile, time.perf_counter() - t0, malloc_tuned, held_out)
+
+
+def check_int8_device(model: nn.Module, example_input: Optional[torch.Tensor] = None) -> None:
+    """``ValueError`` saying what to do where ``model`` or ``example_input`` is not on the CPU:
+    the int8 path is torchao's x86 inductor kernels."""
+    on = {p.device.type for p in model.parameters()} | ({example_input.device.type} if example_input is not None else set())
+    if on - {"cpu"}:
+        raise ValueError(f"int8 runs on the CPU (torchao's x86 inductor kernels); the model or input is on "
+                         f"{', '.join(sorted(on - {'cpu'}))}: call model.cpu() and pass CPU inputs, or use "
+                         "precision='bf16' or 'fp16' on a GPU")
 
 
 def split_for_checking(batches: list[torch.Tensor],

@@ -5,7 +5,7 @@ from .data import DATASETS, DataSplits, build_datasets
 from .loop import frozen_parts, train
 from .options import TrainConfig, TrainResult, check_arguments, check_memory
 from .runtime import amp_dtype, evaluate, grad_scaler, uses_channels_last, validation_shard
-from .run_files import CHECKPOINT_FORMAT, RUN_FILES, load_checkpoint
+from .run_files import CHECKPOINT_FORMAT, RUN_FILES, read_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -21,7 +21,7 @@ __all__ = [
     "evaluate",
     "frozen_parts",
     "grad_scaler",
-    "load_checkpoint",
+    "read_checkpoint",
     "train",
     "uses_channels_last",
     "validation_shard",

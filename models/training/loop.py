@@ -28,7 +28,8 @@ from ..builder import ZooNet
 from ..errors import RunError, UsageError
 from ..files import atomic_path, remove_leftover_temporaries
 from ..registry import create_model
-from ..weights import CheckpointError, load_pretrained, model_from_checkpoint, weights_front_end
+from ..registry import model_from_checkpoint
+from ..weights import CheckpointError, load_pretrained, weights_front_end
 from .data import DataSplits, build_datasets, calibration_examples
 from .options import TrainConfig, TrainResult, _check_same_model, _options_of_resumed_run, check_arguments, check_memory
 from .run_files import (

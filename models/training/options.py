@@ -13,7 +13,7 @@ from ..builder import ZooNet
 from ..config import close_matches, config_changes
 from ..errors import UsageError
 from ..weights import CheckpointError, tensor_problems
-from .run_files import load_checkpoint
+from .run_files import read_checkpoint
 
 __all__ = ["RESUME_MAY_CHANGE", "TrainConfig", "TrainResult", "check_arguments", "check_memory"]
 
@@ -183,7 +183,7 @@ def _options_of_resumed_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dic
     Otherwise ``cfg`` as given."""
     if not cfg.resume:
         return cfg, None
-    ckpt = load_checkpoint(cfg.resume)
+    ckpt = read_checkpoint(cfg.resume)
     known = {f.name for f in fields(TrainConfig)}
     saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known and k not in _PER_INVOCATION})
     folder = Path(cfg.resume).parent
@@ -202,7 +202,7 @@ def _options_of_resumed_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dic
                          f"{', '.join(_flag(n) for n in RESUME_MAY_CHANGE)})")
     latest = folder / "last.pt"
     if Path(cfg.resume).resolve() != latest.resolve() and latest.is_file():
-        newer = load_checkpoint(str(latest))["epoch"]
+        newer = read_checkpoint(str(latest))["epoch"]
         if newer > ckpt["epoch"]:
             raise UsageError(f"--resume {cfg.resume}: {latest} holds a later epoch ({newer} > {ckpt['epoch']}) that "
                              f"resuming would overwrite; resume from {latest}, or copy {cfg.resume} into a new folder")

@@ -7,23 +7,21 @@ import math
 import os
 import socket
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 
-from ..files import FileKindError, atomic_path, regular_file
+from ..files import atomic_path
 from ..errors import UsageError
-from ..weights import CheckpointError, check_torch_file
+from ..checkpoints import CHECKPOINT_FORMAT, read_checkpoint, read_training_checkpoint
 
 __all__ = ["CHECKPOINT_FORMAT", "LOCK_FILE", "RUN_FILES", "RUN_RESULTS", "RunFolderBusy", "acquire_run_lock",
-           "check_out_dir", "confusion_figure", "curves_figure", "folder_in_use", "free_run_dir", "load_checkpoint",
+           "check_out_dir", "confusion_figure", "curves_figure", "folder_in_use", "free_run_dir", "read_checkpoint",
            "read_training_checkpoint",
            "plot_confusion", "plot_curves", "release_run_lock", "save_checkpoint", "write_metrics"]
 
-CHECKPOINT_FORMAT = "dszoo-train-1"
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "args.json", "curves.png", "confusion.png", "int8.pt2")
 """Every file a run writes (``--overwrite`` replaces them all)."""
 RUN_RESULTS = ("last.pt", "best.pt", "metrics.csv")
@@ -33,74 +31,6 @@ RUN_RESULTS = ("last.pt", "best.pt", "metrics.csv")
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-
-
-_CHECKPOINT_FIELDS: dict[str, tuple[type, ...]] = {
-    "model_name": (str,), "config": (dict,), "epoch": (int,), "model": (dict,), "optimizer": (dict,),
-    "scheduler": (dict,), "ema": (dict, type(None)), "best_top1": (int, float), "history": (list,), "rng": (dict,),
-}
-"""What a training checkpoint holds, field by field (``format`` aside)."""
-
-
-def _unpickle(path: str, what: str) -> Any:
-    """``torch.load(weights_only=True)`` of a regular file; a missing or special file is one
-    ``UsageError``, anything torch cannot read raises as torch does."""
-    try:
-        regular_file(path, what)
-        check_torch_file(path)
-        with warnings.catch_warnings():  # torch's warnings about a file it then refuses: the error says it
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path}: no such file") from None
-    except FileKindError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def load_checkpoint(path: str, what: str = "--resume") -> dict[str, Any]:
-    """Read a training checkpoint safely (``weights_only``) and check that it has every field,
-    of the right type; raise ``CheckpointError`` naming ``what`` (the option that gave it), the
-    file and the field otherwise."""
-    try:
-        ckpt = _unpickle(path, what)
-    except UsageError:
-        raise
-    except Exception as exc:  # corrupt, truncated or unsafe files all end here
-        raise CheckpointError(f"{what} {path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{what} {path}: not a dszoo training checkpoint (use --pretrained for weights)")
-    return _checked_fields(ckpt, path, what)
-
-
-def _checked_fields(ckpt: dict[str, Any], path: str, what: str) -> dict[str, Any]:
-    problems = [f"{key} is missing" if key not in ckpt else
-                f"{key} is a {type(ckpt[key]).__name__}, not a {' or '.join(t.__name__ for t in types)}"
-                for key, types in _CHECKPOINT_FIELDS.items()
-                if key not in ckpt or not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool)]
-    rng = ckpt.get("rng")
-    if isinstance(rng, dict) and not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("python"), list)):
-        problems.append("rng must hold a torch state tensor and a python state list")
-    if not problems and not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
-        problems.append("model must map names to tensors")
-    if problems:
-        raise CheckpointError(f"{what} {path}: a damaged training checkpoint: {'; '.join(problems)}")
-    return ckpt
-
-
-def read_training_checkpoint(path: str, what: str) -> Optional[dict[str, Any]]:
-    """``path`` checked as ``load_checkpoint`` does if it is a dszoo training checkpoint; None
-    for any other weights file (safetensors, a timm state dict), which ``load_pretrained`` reads."""
-    if Path(path).suffix == ".safetensors":
-        return None
-    try:
-        ckpt = _unpickle(path, what)
-    except UsageError:
-        raise
-    except Exception:  # noqa: BLE001 - not a pickle we read: load_pretrained says what it is
-        return None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        return None
-    return _checked_fields(ckpt, path, what)
 
 
 def write_metrics(out: Path, history: list[dict[str, float]]) -> None:

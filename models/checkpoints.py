@@ -1,0 +1,185 @@
+"""What training leaves behind, read back: a ``dszoo-train`` checkpoint (``last.pt``,
+``best.pt``) or a keyword spotter file (``save_spotter``), checked field by field and rebuilt
+into the network it saved, from its own config. ``dszoo.load_checkpoint`` is the public front.
+
+Only ``torch.load(weights_only=True)`` and safetensors are used: no arbitrary unpickling.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from .builder import ZooNet, build_model
+from .config import ModelConfig
+from .errors import UsageError
+from .files import FileKindError, regular_file
+from .preprocessing import trained_front_end
+from .weights import SPOTTER_METADATA_KEY, CheckpointError, check_torch_file, read_state_dict, tensor_problems
+
+__all__ = ["CHECKPOINT_FORMAT", "DEFAULT_THRESHOLD", "build_from_checkpoint", "read_checkpoint", "read_spotter_file",
+           "read_trained_file", "read_training_checkpoint"]
+
+PathLike = Union[str, Path]
+
+CHECKPOINT_FORMAT = "dszoo-train-1"
+"""The ``format`` entry of every checkpoint ``dszoo-train`` writes."""
+DEFAULT_THRESHOLD = 0.7
+"""The smoothed probability a keyword must reach when the spotter's file names no threshold."""
+
+_CHECKPOINT_FIELDS: dict[str, tuple[type, ...]] = {
+    "model_name": (str,), "config": (dict,), "epoch": (int,), "model": (dict,), "optimizer": (dict,),
+    "scheduler": (dict,), "ema": (dict, type(None)), "best_top1": (int, float), "history": (list,), "rng": (dict,),
+}
+"""What a training checkpoint holds, field by field (``format`` aside)."""
+
+
+def _unpickle(path: str, what: str) -> Any:
+    """``torch.load(weights_only=True)`` of a regular file; a missing or special file is one
+    ``UsageError``, anything torch cannot read raises as torch does."""
+    try:
+        regular_file(path, what)
+        check_torch_file(path)
+        with warnings.catch_warnings():  # torch's warnings about a file it then refuses: the error says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path}: no such file") from None
+    except FileKindError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def read_checkpoint(path: PathLike, what: str = "--resume") -> dict[str, Any]:
+    """Read a training checkpoint safely (``weights_only``) and check that it has every field,
+    of the right type; raise ``CheckpointError`` naming ``what`` (the option that gave it), the
+    file and the field otherwise."""
+    path = str(path)
+    try:
+        ckpt = _unpickle(path, what)
+    except UsageError:
+        raise
+    except Exception as exc:  # corrupt, truncated or unsafe files all end here
+        raise CheckpointError(f"{what} {path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{what} {path}: not a dszoo training checkpoint (use --pretrained for weights)")
+    return _checked_fields(ckpt, path, what)
+
+
+def _checked_fields(ckpt: dict[str, Any], path: str, what: str) -> dict[str, Any]:
+    problems = [f"{key} is missing" if key not in ckpt else
+                f"{key} is a {type(ckpt[key]).__name__}, not a {' or '.join(t.__name__ for t in types)}"
+                for key, types in _CHECKPOINT_FIELDS.items()
+                if key not in ckpt or not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool)]
+    rng = ckpt.get("rng")
+    if isinstance(rng, dict) and not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("python"), list)):
+        problems.append("rng must hold a torch state tensor and a python state list")
+    if not problems and not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        problems.append("model must map names to tensors")
+    if problems:
+        raise CheckpointError(f"{what} {path}: a damaged training checkpoint: {'; '.join(problems)}")
+    return ckpt
+
+
+def read_training_checkpoint(path: PathLike, what: str) -> Optional[dict[str, Any]]:
+    """``path`` checked as ``read_checkpoint`` does if it is a dszoo training checkpoint; None
+    for any other weights file (safetensors, a timm state dict), which ``load_pretrained`` reads."""
+    path = str(path)
+    if Path(path).suffix == ".safetensors":
+        return None
+    try:
+        ckpt = _unpickle(path, what)
+    except UsageError:
+        raise
+    except Exception:  # noqa: BLE001 - not a pickle we read: load_pretrained says what it is
+        return None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        return None
+    return _checked_fields(ckpt, path, what)
+
+
+def read_spotter_file(path: Path) -> dict:
+    """A ``save_spotter`` file as a checkpoint-like mapping (model, model_config, class_names ...)."""
+    from safetensors import safe_open
+
+    state = read_state_dict(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = (fh.metadata() or {}).get(SPOTTER_METADATA_KEY)
+    if meta is None:
+        raise UsageError(f"{path}: weights alone, not a keyword spotter (save one with dszoo-eval-speech "
+                         "--save-spotter, or pass a dszoo-train checkpoint)")
+    try:
+        about = json.loads(meta)
+        threshold = float(about.get("threshold", DEFAULT_THRESHOLD))
+    except (ValueError, TypeError, AttributeError):
+        raise UsageError(f"{path}: its spotter metadata is damaged") from None
+    if not 0 < threshold < 1:
+        raise UsageError(f"{path}: threshold {threshold} in its metadata; allowed: between 0 and 1")
+    return {**about, "model": state, "threshold": threshold}
+
+
+def read_trained_file(path: PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """A ``dszoo-train`` checkpoint (``.pt``) or a keyword spotter file (``.safetensors``), as the
+    checkpoint-like mapping ``build_from_checkpoint`` takes."""
+    path = Path(path)
+    return read_spotter_file(path) if path.suffix == ".safetensors" else read_checkpoint(path, what)
+
+
+def _measured_weights(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The weights a checkpoint's figures were measured with: its EMA's where the run kept one
+    (``--ema`` validates the average, timm's ``ModelEmaV3``), else the model's own."""
+    ema = ckpt.get("ema")
+    if isinstance(ema, Mapping) and ema:
+        return {k.removeprefix("module."): v for k, v in ema.items()}
+    return ckpt["model"]
+
+
+def build_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> ZooNet:
+    """The network a training checkpoint or spotter file saved, built from its own
+    ``model_config`` (not from a registered name that may have been edited since, and with its
+    own classes and input size), with its weights (``_measured_weights``: the EMA's after
+    ``--ema``); its ``pretrained_cfg`` names its classes and, for a speech run, its MFCC front end.
+    ``CheckpointError`` in one line for a config, weights or ``class_names`` that do not fit."""
+    from pydantic import ValidationError
+
+    saved = ckpt.get("model_config")
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(f"{source}: the checkpoint holds no model_config (written by an older dszoo); pass --model")
+    try:
+        cfg = ModelConfig.model_validate(dict(saved))
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(map(str, problem["loc"])) or "<top level>"
+        raise CheckpointError(f"{source}: its model_config is damaged ({where}: {problem['msg']})") from None
+    head = ckpt["model"].get("classifier.weight")
+    if isinstance(head, torch.Tensor) and head.dim() == 2 and head.shape[0] != cfg.num_classes:
+        cfg = cfg.model_copy(update={"num_classes": head.shape[0]})  # saved before configs followed reset_classifier
+    classes = ckpt.get("class_names")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)
+                                    and len(set(classes)) == len(classes) == cfg.num_classes):
+        raise CheckpointError(f"{source}: class_names must be {cfg.num_classes} distinct non-empty names, one per "
+                              f"output of the model, got {str(classes)[:120]}")
+    model = build_model(cfg)
+    own, state = model.state_dict(), _measured_weights(ckpt)
+    problems = ([f"its weights are those of another network ({len(state)} tensors, its config builds {len(own)})"]
+                if state.keys() != own.keys() else
+                [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} from its config"
+                 for k, v in state.items() if v.shape != own[k].shape])
+    problems = problems or tensor_problems(state, own)
+    if problems:
+        raise CheckpointError(f"{source}: its weights do not fit its own model_config: {'; '.join(problems[:3])}")
+    model.load_state_dict(state)
+    extra: dict[str, Any] = {}
+    if classes:
+        extra["class_names"] = list(classes)
+    config = ckpt.get("config")
+    spotter_file = "threshold" in ckpt  # read_spotter_file gives every spotter file one
+    if spotter_file or (isinstance(config, Mapping) and config.get("dataset") == "speech_commands"):
+        try:
+            extra["mfcc"] = trained_front_end(dict(ckpt), source)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+    model.pretrained_cfg = {**model.pretrained_cfg, **extra}
+    return model
