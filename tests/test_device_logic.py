@@ -152,3 +152,15 @@ def test_gpu_benchmark_refuses_cpu_options() -> None:
     res = run_in_process("benchmark", ["--device", "cuda", "--quick", "--precisions", "int8"])
     assert res.returncode == 2 and res.stderr.strip() == ("error: --device cuda does not take --precisions, --quick "
                                                            "(CPU benchmark options)")
+
+
+def test_int8_off_the_cpu_is_refused_with_what_to_do() -> None:
+    """int8 is torchao's x86 kernels: a model elsewhere (a GPU; here the meta device stands in)
+    is refused before anything is traced, saying how to get int8 or what to use instead."""
+    model = create_model("mobilenet_v1_025", input_size=32).to("meta")
+    what_to_do = r"int8 runs on the CPU .* on meta: call model.cpu\(\) .* precision='bf16' or 'fp16' on a GPU"
+    with pytest.raises(ValueError, match=what_to_do):
+        optimize_for_inference(model, torch.randn(2, 3, 32, 32, device="meta"), precision="int8",
+                               calibration=[torch.randn(4, 3, 32, 32)])
+    with pytest.raises(ValueError, match="on meta"):
+        quantize(model, [torch.randn(4, 3, 32, 32)])

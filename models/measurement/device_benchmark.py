@@ -189,7 +189,8 @@ def run_device_benchmarks(models: Sequence[str], device: torch.device, batch_siz
                 row.roofline_fraction = row.roofline_ms / row.median_ms
                 log(f"{name:<16} {variant:<24} b{batch:<4} {row.median_ms:9.3f} ms {row.images_per_s:10.1f} img/s")
                 rows.append(row)
-        for variant, secs in timed_interleaved(_training_fns(model, twin, train_batch, size, low, compile),
+        # eager, as dszoo-train --amp runs it (compiling it is --compile's, and costs minutes a model)
+        for variant, secs in timed_interleaved(_training_fns(model, twin, train_batch, size, low, compile=False),
                                                max(3, repeats // 2), 2, timer).items():
             rows.append(_row(name, variant, train_batch, secs, f"SGD step, autocast {low}, channels-last"))
             log(f"{name:<16} {variant:<24} b{train_batch:<4} {rows[-1].median_ms:9.3f} ms")

@@ -29,8 +29,13 @@ RUN_RESULTS = ("last.pt", "best.pt", "metrics.csv")
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """``payload`` written atomically, every tensor in it on the CPU (a checkpoint of a GPU run
+    loads on any machine; resuming puts the model's and optimizer's state back on the device)."""
+    from torch.utils._pytree import tree_map
+
+    on_cpu = tree_map(lambda v: v.detach().cpu() if isinstance(v, torch.Tensor) else v, payload)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        torch.save(on_cpu, tmp)
 
 
 def write_metrics(out: Path, history: list[dict[str, float]]) -> None:
