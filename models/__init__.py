@@ -11,7 +11,7 @@ from .builder import BLOCK_BUILDERS, ZooFeatures, ZooNet, build_model
 from .plan import ModelPlan, ModelTooLargeError, make_divisible, min_input_size, plan_model
 from .config import ConfigError, ModelConfig, config_json_schema
 from .profile import count_macs, count_params, layer_macs
-from .registry import UnknownModelError, create_model, get_model_config, list_models, register_model
+from .registry import UnknownModelError, create_model, get_model_config, list_models, load_checkpoint, register_model
 from .audio import MFCC
 from .deployment import (CalibrationError, OptimizedModel, export_model, fold_batchnorm, optimize_for_inference, quantize,
                          tune_glibc_malloc)
@@ -43,6 +43,7 @@ __all__ = [
     "get_model_config",
     "layer_macs",
     "list_models",
+    "load_checkpoint",
     "load_pretrained",
     "read_state_dict",
     "save_state_dict",

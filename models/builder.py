@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -189,6 +189,7 @@ class ZooNet(nn.Module):
         smallest = plan.min_input_size if plan is not None else min_input_size(cfg)
         self.min_input_size: tuple[int, int] = (max(declared[0], smallest[0]), max(declared[1], smallest[1]))
         self.model_name = cfg.name
+        self.grad_checkpointing = False
 
         chs, red_h, red_w = cfg.in_chans, 1, 1
         points: list[tuple[str, int, int]] = []  # (module, channels, reduction) after each stage
@@ -315,7 +316,62 @@ class ZooNet(nn.Module):
         self.check_input(x)
         if self.input_norm is not None:
             x = self.input_norm(x)
-        return self.stages(self.stem(x))
+        x = self.stem(x)
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            return self._checkpointed_stages(x)
+        return self.stages(x)
+
+    @torch.jit.unused
+    def _checkpointed_stages(self, x: torch.Tensor) -> torch.Tensor:
+        from timm.models import checkpoint_seq
+
+        return checkpoint_seq(self.stages, x)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass instead of keeping them
+        (timm's ``checkpoint_seq``): less memory in training, the same gradients."""
+        self.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise learning-rate decay (timm's ``group_parameters``):
+        the stem, then each block (each stage when ``coarse``), the head conv last."""
+        return {"stem": r"^input_norm|^stem", "blocks": [(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None),
+                                                         (r"^head_conv", (99999,))]}
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that weight decay should leave alone: BatchNorm scales and shifts and biases
+        (what timm's optimizer factory also excludes by shape)."""
+        return {name for name, param in self.named_parameters() if param.ndim <= 1}
+
+    @torch.jit.unused
+    def forward_intermediates(self, x: torch.Tensor, indices: Union[int, list[int], None] = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """timm's ``forward_intermediates``: the feature maps of ``feature_info`` levels
+        ``indices`` (an int: the last that many; default all), and the final features unless
+        ``intermediates_only``; ``stop_early`` skips the stages after the last map asked for.
+        ``norm`` has no effect (these networks have no final norm)."""
+        from timm.models._features import feature_take_indices
+
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt {output_fmt!r}: these networks give NCHW maps only")
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        wanted = {self.feature_info[i]["module"] for i in take}
+        stop_after = -1 if self.feature_info[last]["module"] == "stem" else int(self.feature_info[last]["module"].split(".")[1])
+        self.check_input(x)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
+        x = self.stem(x)
+        out = [x] if "stem" in wanted else []
+        for i, stage in enumerate(self.stages):
+            if stop_early and i > stop_after:
+                break
+            x = stage(x)
+            if f"stages.{i}" in wanted:
+                out.append(x)
+        if intermediates_only:
+            return out
+        return x, out
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(torch.flatten(self.head_conv(self.global_pool(x)), 1))

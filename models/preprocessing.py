@@ -34,7 +34,7 @@ MFCC_PRESETS: dict[str, MFCCPreset] = {
     "mlperf_tiny": MFCCPreset(16000, 16000, 480, 320, 512, 40, 20.0, 4000.0, 10, True, "tf_signal", False),
     "arm_kws": MFCCPreset(16000, 16000, 640, 320, 1024, 40, 20.0, 4000.0, 10, False, "arm_audio_ops", True),
     # MLPerf Tiny's computation, its 40 mel bands spread over 20-3,400 Hz instead of 20-4,000 Hz
-    # (docs/keyword_spotting.md, the front end's band)
+    # (docs/keyword_spotting_experiments.md, the front end's band)
     "narrowband": MFCCPreset(16000, 16000, 480, 320, 512, 40, 20.0, 3400.0, 10, True, "tf_signal", False),
 }
 

@@ -413,6 +413,7 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
         notes += [n for n in [_set_batchnorm_eps(model, vision[2])] if n]
         _head_as_torchvision(model)
     own = model.state_dict()
+    notes += [n for n in [_adapt_first_conv(model, state, own)] if n]
     head = model.pretrained_cfg["classifier"]
     head_keys = [k for k in state if k.startswith(head + ".")]
     weight, bias = state.get(f"{head}.weight"), state.get(f"{head}.bias")
@@ -444,6 +445,23 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     if front_end is not None:  # the input these weights expect, beside timm's mean and std
         model.pretrained_cfg = {**model.pretrained_cfg, "mfcc": front_end}
     return LoadReport(source=source, head_reset=bool(head_reset), missing=missing, unexpected=unexpected, notes=notes)
+
+
+def _adapt_first_conv(model: ZooNet, state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """Weights of a first conv for another number of input channels, made to fit ``model``'s as
+    timm does (``adapt_input_conv``: summed to one channel, or repeated and rescaled); a note
+    saying so, or None where nothing needed adapting."""
+    key = model.pretrained_cfg["first_conv"] + ".weight"
+    theirs, mine = state.get(key), own.get(key)
+    if theirs is None or mine is None or theirs.dim() != 4 or theirs.shape == mine.shape:
+        return None
+    if theirs.shape[0] != mine.shape[0] or theirs.shape[2:] != mine.shape[2:]:
+        return None  # another width or kernel: the shape check reports it
+    from timm.models._manipulate import adapt_input_conv
+
+    state[key] = adapt_input_conv(mine.shape[1], theirs)
+    return (f"first conv {key} adapted from {theirs.shape[1]} to {mine.shape[1]} input channels (timm's "
+            "adapt_input_conv)")
 
 
 def bundled_weights(cfg: Any) -> Path:

@@ -158,6 +158,9 @@ def test_train_then_spot_a_held_out_speaker(tmp_path: Path) -> None:
     spotted = run_in_process("spot", [str(out / "best.pt"), str(stereo)])
     assert spotted.stdout.startswith(f"{stereo}: yes ")
     assert spotted.stdout.rstrip().endswith("(note: mixed 2 channels down to mono; resampled from 44100 Hz to 16000 Hz)")
+    whole = run_in_process("spot", [str(out / "best.pt"), str(data)])  # a Speech Commands layout: word folders
+    clips = sorted(str(w) for w in data.glob("*/*.wav") if w.parent.name != "_background_noise_")
+    assert whole.returncode == 0 and sorted(line.split(": ")[0] for line in whole.stdout.splitlines()) == clips
     not_audio = tmp_path / "notes.wav"
     not_audio.write_text("not audio")
     bad = run_in_process("spot", [str(out / "best.pt"), str(not_audio)])

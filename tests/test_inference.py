@@ -133,6 +133,8 @@ def test_inductor_path(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_failing_compiler_falls_back_and_says_why_in_full(monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from dszoo.deployment import optimize
+
     real = inference.build_backend
     long_reason = "could not create a primitive descriptor for the reorder primitive. " + "Run it again. " * 20
 
@@ -141,7 +143,7 @@ def test_failing_compiler_falls_back_and_says_why_in_full(monkeypatch: pytest.Mo
             raise RuntimeError(f"The following operation failed.\nTraceback:\n  frozen(x)\n{backend}: {long_reason}\n")
         return real(backend, model, example, *args)
 
-    monkeypatch.setattr(inference, "build_backend", broken)
+    monkeypatch.setattr(optimize, "build_backend", broken)  # where optimize_for_inference looks it up
     model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
     opt = optimize_for_inference(model, torch.randn(2, 1, 49, 10), verbose=True)
     assert opt.backend == "eager"

@@ -226,9 +226,9 @@ def _broken_torchscript(break_model):
     """A torchscript exporter that first breaks the model it is given."""
     real = EXPORT_FORMATS["torchscript"]
 
-    def export(model: nn.Module, example: torch.Tensor, path: str):
+    def export(model: nn.Module, example: torch.Tensor, path: str, metadata: str):
         break_model(model)
-        return real(model, example, path)
+        return real(model, example, path, metadata)
 
     return export
 

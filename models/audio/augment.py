@@ -43,7 +43,7 @@ LEVERS = ("shift", "noise", "snr", "speed", "vtlp", "gain", "eq", "reverb", "spe
 PRESETS = {"none": (), "basic": ("shift", "noise"), "voices": ("shift", "snr", "speed", "context"),
            "all": ("shift", "snr", "speed", "vtlp", "gain", "eq", "reverb", "specaugment", "context")}
 """Named sets of levers: ``basic`` is what the references train with; ``voices`` the levers that
-helped on engines never heard (the ablation in docs/keyword_spotting.md: ``gain``, ``eq``,
+helped on engines never heard (the ablation in docs/keyword_spotting_experiments.md: ``gain``, ``eq``,
 ``reverb`` and ``specaugment`` each cost keywords there); ``all`` every lever."""
 
 

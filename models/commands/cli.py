@@ -21,6 +21,7 @@ __all__ = [
     "non_negative_int",
     "positive_float",
     "positive_int",
+    "probability",
     "run_cli",
 ]
 
@@ -82,6 +83,11 @@ def non_negative_float(text: str) -> float:
 def fraction(text: str) -> float:
     """argparse type: a float in [0, 1)."""
     return _number(float, text, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def probability(text: str) -> float:
+    """argparse type: a float in [0, 1]."""
+    return _number(float, text, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def new_output_file(path: str, overwrite: bool, flag: str, suffixes: Sequence[str] = ()) -> Path:

@@ -3,7 +3,7 @@
 
     dszoo-spot clip.wav                                  # the shipped spotter: top-3 classes of a clip
     dszoo-spot runs/kws/best.pt clip.wav                 # top-3 keywords of a one-second clip
-    dszoo-spot runs/kws/best.pt recordings/              # every .wav in a folder
+    dszoo-spot runs/kws/best.pt recordings/              # every .wav in a folder and its subfolders
     dszoo-spot runs/kws/best.pt long.wav --threshold 0.8  # a long recording: each keyword with its time
 """
 from __future__ import annotations
@@ -18,6 +18,21 @@ __all__ = ["cli", "main"]
 
 LONG_SECONDS = 1.5
 """Recordings longer than this are scanned with a sliding window; shorter ones are one clip."""
+
+
+def wav_files(folder: Path) -> list[Path]:
+    """Every ``.wav`` under ``folder``, sorted, subfolders included (a Speech Commands layout keeps
+    its clips in one folder per word) but for hidden ones and the background noise; links to
+    folders are not followed, so a link cycle cannot loop."""
+    import os
+
+    from ..audio.speech_commands import BACKGROUND_NOISE
+
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != BACKGROUND_NOISE]
+        found += [Path(root) / n for n in names if n.endswith(".wav")]
+    return sorted(found)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -37,9 +52,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(item.glob("*.wav"))
+            found = wav_files(item)
             if not found:
-                raise UsageError(f"{item}: no .wav files in this folder")
+                raise UsageError(f"{item}: no .wav files in this folder or its subfolders")
             files += found
         else:
             files.append(item)

@@ -15,8 +15,9 @@ import torch.distributed as dist
 
 from ..audio.mfcc import MFCC_PRESETS
 from ..training import DATASETS, TrainConfig, train
+from ..training.data import IMAGE_AUGMENT
 from .cli import (ArgumentParser, fraction, non_negative_float, non_negative_int, positive_float, positive_int,
-                  run_cli)
+                  probability, run_cli)
 
 __all__ = ["build_parser", "cli", "main", "recipe"]
 
@@ -38,6 +39,12 @@ def build_parser() -> ArgumentParser:
       help="speech_commands: 12 (silence, unknown, ten keywords) or all (every word a class)")
     a("--augment", default=d.augment, help="speech_commands: a preset (none, basic, voices) or levers joined by "
       "commas, e.g. voices,-reverb (default %(default)s; see docs/keyword_spotting.md)")
+    a("--image-augment", default=d.image_augment, choices=tuple(IMAGE_AUGMENT),
+      help="image datasets: none (resize and centre crop), light (crops of >= half the image, flips) or imagenet "
+      "(timm's ImageNet recipe; default)")
+    a("--scale", type=probability, nargs=2, metavar=("MIN", "MAX"), help="image datasets: the random-resized crop's "
+      "share of the image (default: the preset's, 0.08 1 for imagenet)")
+    a("--hflip", type=probability, help="image datasets: horizontal flip probability (default: the preset's, 0.5)")
     a("--mfcc", default=d.mfcc, choices=tuple(MFCC_PRESETS),
       help="speech_commands: the MFCC front end (default %(default)s; --eval-only takes the checkpoint's)")
     a("--hold-out-engine", help="speech_commands from dszoo-make-speech-data: test on every clip of this speech "
@@ -62,6 +69,10 @@ def build_parser() -> ArgumentParser:
     a("--drop-rate", type=fraction, help="classifier dropout (default: the model's)")
     a("--ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3) and evaluate it")
     a("--ema-decay", type=fraction, default=d.ema_decay)
+    a("--precise-bn", action="store_true", help="recompute BatchNorm's running statistics over the training data "
+      "before each validation (torch's update_bn): for short runs and small datasets, whose statistics lag the weights")
+    a("--no-ema-warmup", dest="ema_warmup", action="store_false",
+      help="average with --ema-decay from the first step (default: timm's warm-up, the decay growing towards it)")
     a("--amp", action="store_true", help="torch.autocast: bfloat16 on CPU and on GPUs that have it, else float16 "
       "with a GradScaler")
     a("--compile", action="store_true", help="torch.compile the training model (dynamic=False)")

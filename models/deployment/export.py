@@ -3,7 +3,9 @@
 Every file is loaded back and compared with eager on a fresh random batch of another batch
 size (the batch dimension is dynamic in every format), by relative difference, so a broken
 export never passes silently; a freshly built model is also checked through a copy with
-randomised BatchNorm statistics (``ExportCheck``).
+randomised BatchNorm statistics (``ExportCheck``). Every file carries what its input must be
+(``export_metadata``: image size, resize and normalisation, or the MFCC front end) and its class
+names; ``read_export_metadata`` reads them back.
 
 int8 (``precision="int8"`` with calibration batches) writes the PyTorch int8 model of
 ``dszoo.deployment.quantize.int8_graph``: as ONNX with QuantizeLinear/DequantizeLinear pairs
@@ -14,6 +16,7 @@ that PyTorch int8 model on fresh inputs.
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +26,12 @@ import torch
 from torch import nn
 
 from ..files import atomic_path
+from ..preprocessing import input_spec
 from .optimize import PRECISIONS, fold_batchnorm, relative_difference
 
 __all__ = ["EXPORT_FORMATS", "EXPORT_SUFFIXES", "EXPORT_PRECISIONS", "ExportCheck", "ExportError", "INT8_EXPORT_TOLERANCE",
-           "export_model", "has_initial_batchnorm_statistics", "randomise_batchnorm_statistics"]
+           "METADATA_NAME", "export_metadata", "export_model", "has_initial_batchnorm_statistics",
+           "randomise_batchnorm_statistics", "read_export_metadata"]
 
 PathLike = Union[str, Path]
 
@@ -35,23 +40,55 @@ class ExportError(RuntimeError):
     """An export that could not be written or did not reproduce eager outputs."""
 
 
-def _torchscript(model: nn.Module, example: torch.Tensor, path: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    torch.jit.save(torch.jit.script(model), path)
+METADATA_NAME = "dszoo.json"
+"""What every exported file carries beside the network (``export_metadata``, read back by
+``read_export_metadata``): a TorchScript or ``.pt2`` extra file of this name, ONNX metadata under
+this key."""
+
+
+def export_metadata(model: nn.Module, input_size: tuple[int, ...], precision: str) -> str:
+    """JSON naming the network, its input (``dszoo.preprocessing.input_spec``: how raw images or
+    audio become it), its class names where the model knows them, and the precision."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    about = {"model": cfg.get("architecture"), "input": input_spec({**cfg, "input_size": tuple(input_size)}),
+             "class_names": cfg.get("class_names"), "precision": precision}
+    return json.dumps(about, allow_nan=False)
+
+
+def read_export_metadata(path: PathLike) -> dict[str, Any]:
+    """The ``export_metadata`` an exported file carries (``{}`` for a file written without it)."""
+    path = str(path)
+    if path.endswith(".onnx"):
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        return json.loads(props.get(METADATA_NAME, "{}"))
+    extra = {METADATA_NAME: ""}
+    if path.endswith(".pt2"):
+        with open(path, "rb") as fh:
+            torch.export.load(fh, extra_files=extra)
+    else:
+        torch.jit.load(path, map_location="cpu", _extra_files=extra)
+    return json.loads(extra[METADATA_NAME] or "{}")
+
+
+def _torchscript(model: nn.Module, example: torch.Tensor, path: str, metadata: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    torch.jit.save(torch.jit.script(model), path, _extra_files={METADATA_NAME: metadata})
     loaded = torch.jit.load(path, map_location="cpu")
     return lambda x: loaded(x)
 
 
-def _pt2(model: nn.Module, example: torch.Tensor, path: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _pt2(model: nn.Module, example: torch.Tensor, path: str, metadata: str) -> Callable[[torch.Tensor], torch.Tensor]:
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     with open(path, "wb") as fh:  # through a file object: the temporary name does not end in .pt2
-        torch.export.save(program, fh)
+        torch.export.save(program, fh, extra_files={METADATA_NAME: metadata})
     with open(path, "rb") as fh:
         loaded = torch.export.load(fh).module()
     return lambda x: loaded(x)
 
 
-def _onnx(model: nn.Module, example: torch.Tensor, path: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _onnx(model: nn.Module, example: torch.Tensor, path: str, metadata: str) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -64,6 +101,11 @@ def _onnx(model: nn.Module, example: torch.Tensor, path: str) -> Callable[[torch
         )
     except ImportError as exc:
         raise ExportError(f"ONNX export needs the onnx extras: pip install 'dszoo[onnx]' ({exc})") from None
+    import onnx
+
+    proto = onnx.load(path)
+    onnx.helper.set_model_props(proto, {METADATA_NAME: metadata})
+    onnx.save(proto, path)
     options = ort.SessionOptions()
     if _is_qdq(path):
         # An int8 file is checked as its QuantizeLinear/DequantizeLinear nodes define it, op by op.
@@ -81,7 +123,7 @@ def _is_qdq(path: str) -> bool:
     return any(n.op_type == "QuantizeLinear" for n in onnx.load(path).graph.node)
 
 
-EXPORT_FORMATS: dict[str, Callable[[nn.Module, torch.Tensor, str], Callable[[torch.Tensor], torch.Tensor]]] = {
+EXPORT_FORMATS: dict[str, Callable[[nn.Module, torch.Tensor, str, str], Callable[[torch.Tensor], torch.Tensor]]] = {
     "torchscript": _torchscript,
     "onnx": _onnx,
     "pt2": _pt2,
@@ -175,7 +217,7 @@ def randomise_batchnorm_statistics(model: nn.Module, seed: int = 0) -> nn.Module
 
 
 def _written_and_checked(model: nn.Module, fmt: str, path: str, input_size: tuple[int, ...], fold_bn: bool,
-                         calibration: Optional[list[torch.Tensor]]) -> float:
+                         calibration: Optional[list[torch.Tensor]], metadata: str = "{}") -> float:
     """Write ``model`` as ``fmt`` to ``path``, load it back and return its relative difference
     from the eager model on a fresh batch of 3 (the export was traced at a batch of 2). With
     ``calibration`` the file holds, and is compared with, the model's PyTorch int8 graph."""
@@ -186,7 +228,7 @@ def _written_and_checked(model: nn.Module, fmt: str, path: str, input_size: tupl
     else:
         reference = model
         exported = fold_batchnorm(copy.deepcopy(model)) if fold_bn else model
-    run = EXPORT_FORMATS[fmt](exported, torch.randn(2, *input_size), path)
+    run = EXPORT_FORMATS[fmt](exported, torch.randn(2, *input_size), path, metadata)
     if calibration is not None:
         float_layers = INT8_LAYER_CHECKS[fmt](path)
         if float_layers:
@@ -230,7 +272,9 @@ def export_model(model: nn.Module, fmt: str, out: PathLike, input_size: tuple[in
     reference = "the PyTorch int8 model" if batches else "the model"
     randomised = None
     with atomic_path(out, replace=overwrite) as tmp:
-        check = ExportCheck(_written_and_checked(model, fmt, tmp, input_size, fold_bn, batches), reference=reference)
+        metadata = export_metadata(model, input_size, precision)
+        check = ExportCheck(_written_and_checked(model, fmt, tmp, input_size, fold_bn, batches, metadata),
+                            reference=reference)
         if has_initial_batchnorm_statistics(model):
             probe = randomise_batchnorm_statistics(copy.deepcopy(model))
             with tempfile.TemporaryDirectory() as folder:

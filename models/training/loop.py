@@ -30,7 +30,7 @@ from ..files import atomic_path, remove_leftover_temporaries
 from ..registry import create_model
 from ..registry import model_from_checkpoint
 from ..weights import CheckpointError, load_pretrained, weights_front_end
-from .data import DataSplits, build_datasets, calibration_examples
+from .data import DataSplits, ImageAugment, build_datasets, calibration_examples
 from .options import TrainConfig, TrainResult, _check_same_model, _options_of_resumed_run, check_arguments, check_memory
 from .run_files import (
     CHECKPOINT_FORMAT,
@@ -155,6 +155,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         for epoch in range(start, cfg.total_epochs):
             row, top1, eval_model = _train_one_epoch(run, trainer, epoch)
             _refuse_non_finite(run, row, eval_model)
+            _note_slow_average(run, trainer, epoch)
             result.history.append(row)
             improved = result.best_epoch is None or top1 > result.best_top1
             if improved:
@@ -239,7 +240,8 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
     data = build_datasets(cfg.dataset, model.pretrained_cfg, data_dir=cfg.data_dir, classes=cfg.classes,
                           fake_size=cfg.fake_size, num_classes=cfg.num_classes, speech_task=cfg.speech_task,
                           augment=cfg.augment, hold_out_engine=cfg.hold_out_engine,
-                          unknown_ratio=cfg.unknown_ratio, mfcc=cfg.mfcc)
+                          unknown_ratio=cfg.unknown_ratio, mfcc=cfg.mfcc,
+                          image_augment=ImageAugment(cfg.image_augment, cfg.scale, cfg.hflip))
     if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
         raise UsageError(f"--num-classes {cfg.num_classes} disagrees with {data.description}: it has {data.num_classes} classes")
     if saved is not None and model.num_classes != data.num_classes:
@@ -254,6 +256,9 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
                              f"of {data.description}, so the figures would be those of a freshly initialised head")
         if rank == 0 and report["head_reset"] and cfg.quiet < 2:
             print(f"note: {cfg.pretrained}: new {data.num_classes}-class head, freshly initialised")
+    # what the trained model's input and outputs are, for load_checkpoint and every exported file
+    model.pretrained_cfg = {**model.pretrained_cfg, **({"class_names": data.class_names} if data.class_names else {}),
+                            **({"mfcc": cfg.mfcc} if cfg.dataset == "speech_commands" else {})}
     model.to(device)
     channels_last = uses_channels_last(cfg, device)
     if channels_last:
@@ -288,7 +293,7 @@ def _build_trainer(run: _Session) -> _Trainer:
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = [g for g in ({"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.lr_head or cfg.lr}) if g["params"]]
     optimizer = create_optimizer_v2(groups, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup) if cfg.ema else None
     train_model: nn.Module = model
     if run.world > 1:
         ids = [run.device.index] if run.device.type == "cuda" else None
@@ -411,6 +416,42 @@ def _write_run_header(run: _Session) -> None:
                                         indent=2))
     run.say(f"training {cfg.model} on {run.data.description}, {cfg.total_epochs} epochs, {run.world} process(es) -> {out}")
 
+@torch.no_grad()
+def _recompute_batchnorm(run: _Session, trainer: _Trainer, model: nn.Module) -> None:
+    """``--precise-bn``: BatchNorm's running statistics recomputed as plain averages over one
+    pass of the training data (at most ``--max-batches`` batches) with the weights as they are
+    now (torch's ``update_bn``), so that evaluation normalises as the weights expect; the
+    statistics otherwise trail the weights by their momentum, which a short run never outgrows."""
+    import itertools
+
+    from torch.optim.swa_utils import update_bn
+
+    batches = itertools.islice(trainer.loader, run.cfg.max_batches)
+    memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
+    update_bn(((x.to(run.device).contiguous(memory_format=memory_format), y) for x, y in batches), model,
+              device=run.device)
+
+
+EMA_START_SHARE = 0.5
+"""Above this share of its starting weights the EMA, which validation and checkpoints use, is
+said to be still near its start."""
+
+
+def _note_slow_average(run: _Session, trainer: _Trainer, epoch: int) -> None:
+    """Without the warm-up, the EMA after n steps still holds ``ema_decay ** n`` of the
+    weights it started from: say so while that is more than ``EMA_START_SHARE``, since the
+    figures measure it (a short fine-tune otherwise stays at its start, silently)."""
+    cfg = run.cfg
+    if trainer.ema is None or cfg.ema_warmup:
+        return
+    steps = (epoch + 1) * min(trainer.steps_per_epoch, cfg.max_batches or trainer.steps_per_epoch)
+    share = cfg.ema_decay ** steps
+    if share > EMA_START_SHARE:
+        run.say(f"note: after {steps} steps the EMA (--ema-decay {cfg.ema_decay:g}, --no-ema-warmup) is still "
+                f"{100 * share:.0f}% the starting weights, and validation measures it; drop --no-ema-warmup, "
+                f"lower --ema-decay or train longer")
+
+
 def _last_good(run: _Session) -> str:
     """Where a stopped run can continue from, in words."""
     last = run.out / "last.pt"
@@ -462,12 +503,14 @@ def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
         trainer.scaler.step(trainer.optimizer)
         trainer.scaler.update()
-        if trainer.ema is not None:
-            trainer.ema.update(run.model)
+        if trainer.ema is not None:  # the step sets the warm-up's decay; without it every step uses ema_decay
+            trainer.ema.update(run.model, step=epoch * trainer.steps_per_epoch + step if cfg.ema_warmup else None)
         loss_sum += loss.item() * y.numel()
         seen += y.numel()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     eval_model = trainer.ema.module if trainer.ema is not None else run.model
+    if cfg.precise_bn:
+        _recompute_batchnorm(run, trainer, eval_model)
     if run.world > 1:
         # BatchNorm statistics (and EMA buffers) drift apart in the processes' last steps:
         # validate rank 0's model everywhere, the one its checkpoint saves
@@ -529,7 +572,7 @@ def _write_int8(run: _Session, qat_model: nn.Module, result: TrainResult) -> Non
     """``--qat``'s deployable model: ``best.pt``'s weights converted to int8 with the ranges the
     fake quantizers observed, measured on the validation split and written as ``int8.pt2``
     (checked against the converted graph on load, as ``dszoo-export`` checks its files)."""
-    from ..deployment.export import EXPORT_FORMATS
+    from ..deployment.export import EXPORT_FORMATS, export_metadata
     from ..deployment.optimize import relative_difference
 
     best = torch.load(run.out / "best.pt", map_location=run.device, weights_only=True)["model"]
@@ -542,7 +585,7 @@ def _write_int8(run: _Session, qat_model: nn.Module, result: TrainResult) -> Non
     result.int8_top1 = 100.0 * correct / max(total, 1)
     x = next(iter(run.val_loader))[0][:4].to(run.device)
     with atomic_path(run.out / "int8.pt2") as tmp:
-        loaded = EXPORT_FORMATS["pt2"](int8, x, tmp)
+        loaded = EXPORT_FORMATS["pt2"](int8, x, tmp, export_metadata(run.model, tuple(x.shape[1:]), "int8"))
         difference = relative_difference(loaded(x), int8(x))
         if not difference <= 1e-5:
             raise RunError(f"int8.pt2 differs from the converted model by {difference:.2e}; not written")

@@ -32,6 +32,10 @@ class TrainConfig:
     data_dir: Optional[str] = None
     speech_task: str = "12"
     augment: str = "basic"  # speech_commands: audio.augment levers or preset
+    image_augment: str = "imagenet"  # imagefolder, cifar10, fake: training.data.IMAGE_AUGMENT
+    scale: Optional[tuple[float, float]] = None  # the random-resized crop's area range (the preset's)
+    hflip: Optional[float] = None  # horizontal flip probability (the preset's)
+    precise_bn: bool = False  # recompute BatchNorm statistics over the training data before each validation
     mfcc: str = "mlperf_tiny"  # speech_commands: the MFCC front end (audio.MFCC_PRESETS)
     hold_out_engine: Optional[str] = None  # speech_commands: test on every clip of this engine, train on the rest
     unknown_ratio: float = 0.125  # speech_commands, 12-class task: unknown clips per keyword clip in training
@@ -54,6 +58,7 @@ class TrainConfig:
     drop_rate: Optional[float] = None
     ema: bool = False
     ema_decay: float = 0.998
+    ema_warmup: bool = True  # timm's EMA warm-up: the decay grows from 0 towards ema_decay over the first steps
     amp: bool = False
     channels_last: Optional[bool] = None  # None: on (see uses_channels_last)
     seed: int = 0
@@ -97,6 +102,14 @@ def check_arguments(cfg: TrainConfig) -> None:
         *[(bad and cfg.dataset != "speech_commands", f"{flag} is for --dataset speech_commands, not {cfg.dataset}")
           for bad, flag in ((cfg.augment != "basic", "--augment"), (cfg.hold_out_engine, "--hold-out-engine"),
                             (cfg.unknown_ratio != 0.125, "--unknown-ratio"))],
+        *[(bad and cfg.dataset in ("digits", "speech_commands"), f"{flag} is for image datasets (imagefolder, "
+                                                                 f"cifar10, fake), not {cfg.dataset}")
+          for bad, flag in ((cfg.image_augment != "imagenet", "--image-augment"), (cfg.scale is not None, "--scale"),
+                            (cfg.hflip is not None, "--hflip"))],
+        (cfg.scale is not None and not 0 < cfg.scale[0] <= cfg.scale[1] <= 1,
+         f"--scale {cfg.scale[0] if cfg.scale else ''} {cfg.scale[1] if cfg.scale else ''}: allowed: 0 < MIN <= MAX <= 1"),
+        (cfg.image_augment == "none" and (cfg.scale is not None or cfg.hflip is not None),
+         "--image-augment none crops and flips nothing; it does not take --scale or --hflip"),
         (cfg.max_batches is not None and cfg.eval_only, "--max-batches limits training; --eval-only does none"),
         (cfg.precision != "fp32" and not cfg.eval_only, f"--precision {cfg.precision} evaluates a model: it needs "
                                                         "--eval-only --pretrained PATH"),
@@ -185,7 +198,8 @@ def _options_of_resumed_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dic
         return cfg, None
     ckpt = read_checkpoint(cfg.resume)
     known = {f.name for f in fields(TrainConfig)}
-    saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known and k not in _PER_INVOCATION})
+    saved_options = {"ema_warmup": False, **ckpt["config"]}  # runs saved before the warm-up existed had none
+    saved = TrainConfig(**{k: v for k, v in saved_options.items() if k in known and k not in _PER_INVOCATION})
     folder = Path(cfg.resume).parent
     defaults = TrainConfig()
     contradictions = [

@@ -31,11 +31,24 @@ RUN_RESULTS = ("last.pt", "best.pt", "metrics.csv")
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """``payload`` written atomically, every tensor in it on the CPU (a checkpoint of a GPU run
     loads on any machine; resuming puts the model's and optimizer's state back on the device)."""
-    from torch.utils._pytree import tree_map
-
-    on_cpu = tree_map(lambda v: v.detach().cpu() if isinstance(v, torch.Tensor) else v, payload)
     with atomic_path(path) as tmp:
-        torch.save(on_cpu, tmp)
+        torch.save(_on_cpu(payload), tmp)
+
+
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in its dicts, lists and tuples moved to the CPU. A state dict's
+    ``_metadata`` (each module's version, which quantization observers and BatchNorm read when
+    loading) is kept."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        out = type(obj)((k, _on_cpu(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
 
 
 def write_metrics(out: Path, history: list[dict[str, float]]) -> None:
