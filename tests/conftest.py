@@ -54,6 +54,21 @@ def structural_variants() -> list[str]:
     return sorted(first.values())
 
 
+def one_per_family() -> list[str]:
+    """One registered model per family, the one with the most mechanisms: TensorFlow's "same"
+    padding where the family has a ``_tf`` port (with its squeeze-excite and activations), else
+    the first distinct network. The costliest tests (compiling, int8, scripting) run on these,
+    one per mechanism; ``structural_variants`` covers every distinct network more cheaply."""
+    from dszoo import get_model_config
+
+    chosen: dict[str, str] = {}
+    for name in structural_variants():
+        family = get_model_config(name).family
+        if family not in chosen or (name.endswith("_tf") and not chosen[family].endswith("_tf")):
+            chosen[family] = name
+    return sorted(chosen.values())
+
+
 def small_input_size(cfg) -> tuple[int, int, int]:
     """The smallest cheap input for a model: 64x64 images, the native size for audio models."""
     c, h, w = cfg.input_size

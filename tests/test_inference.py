@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import command_module, small_input_size, structural_variants
+from conftest import command_module, one_per_family, small_input_size
 from dszoo.deployment.export import randomise_batchnorm_statistics
-from dszoo import count_macs, create_model, get_model_config, list_models
+from dszoo import count_macs, create_model, get_model_config
 from dszoo.deployment import backends as inference
 from dszoo.measurement.benchmark import LayerGemms, roofline_ms
 from dszoo.measurement.profiler import describe_onednn_problem, onednn_primitives, top_operators
@@ -30,7 +30,7 @@ X86 = platform.machine().lower() in ("x86_64", "amd64")  # where oneDNN Graph fu
 ONEDNN_GRAPH = pytest.param("onednn_graph", marks=pytest.mark.skipif(not X86, reason="oneDNN Graph fuses on x86"))
 
 
-@pytest.mark.parametrize("name", structural_variants())
+@pytest.mark.parametrize("name", one_per_family())
 @pytest.mark.parametrize("separable", [True, False])
 def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name: str, separable: bool) -> None:
     model = randomise_batchnorm_statistics(create_model(name, separable=separable))
@@ -42,7 +42,7 @@ def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name: str, separable:
         assert relative_difference(folded(x), expected) <= 1e-5
 
 
-@pytest.mark.parametrize("name", structural_variants())
+@pytest.mark.parametrize("name", one_per_family())
 @pytest.mark.parametrize("backend", [ONEDNN_GRAPH, "torchscript"])
 def test_optimized_model_matches_on_fresh_inputs(name: str, backend: str) -> None:
     model = randomise_batchnorm_statistics(create_model(name))

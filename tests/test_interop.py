@@ -14,7 +14,7 @@ from timm.models import FeatureInfo
 import torch
 from torch import nn
 
-from conftest import NOT_INSTALLED, run_in_process, small_input_size, structural_variants
+from conftest import NOT_INSTALLED, one_per_family, run_in_process, small_input_size
 from dszoo import (CheckpointError, create_model, export_to_timm, get_model_config, list_models, load_pretrained,
                    save_state_dict)
 from dszoo.deployment.export import (EXPORT_FORMATS, ExportError, export_model, has_initial_batchnorm_statistics,
@@ -169,7 +169,7 @@ def test_invalid_out_indices() -> None:
         create_model("mobilenet_v1", out_indices=(1,))
 
 
-@pytest.mark.parametrize("name", structural_variants())
+@pytest.mark.parametrize("name", one_per_family())
 def test_torchscript_scripting(name: str) -> None:
     model = create_model(name).eval()
     scripted = torch.jit.script(model)
@@ -180,7 +180,7 @@ def test_torchscript_scripting(name: str) -> None:
         scripted(torch.randn(1, model.cfg.in_chans + 1, *x.shape[2:]))
 
 
-@pytest.mark.parametrize("name", structural_variants())
+@pytest.mark.parametrize("name", one_per_family())
 def test_torch_compile_full_graph(name: str) -> None:
     """Dynamo captures every model as one graph (no graph breaks); inductor codegen is tested in
     test_inference.py."""

@@ -10,8 +10,8 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from conftest import run_in_process, small_input_size, structural_variants
-from dszoo import CalibrationError, create_model, export_to_timm, list_models, optimize_for_inference, quantize
+from conftest import one_per_family, run_in_process, small_input_size
+from dszoo import CalibrationError, create_model, export_to_timm, optimize_for_inference, quantize
 from dszoo.deployment import bf16_supported
 from dszoo.deployment.export import (INT8_EXPORT_TOLERANCE, INT8_LAYER_CHECKS, ExportError, export_model,
                                       randomise_batchnorm_statistics)
@@ -22,7 +22,7 @@ from dszoo.training.data import build_datasets, calibration_examples
 quantize_module = importlib.import_module("dszoo.deployment.quantize")  # the package's `quantize` is the function
 
 
-@pytest.mark.parametrize("name", structural_variants())
+@pytest.mark.parametrize("name", one_per_family())
 def test_every_model_quantizes_and_agrees_with_fp32(name: str) -> None:
     model = randomise_batchnorm_statistics(create_model(name))
     size = small_input_size(model.cfg)

@@ -12,8 +12,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from ..profile import count_macs, count_params
-from ..registry import create_model, list_models
+from ..plan import plan_model
+from ..registry import get_model_config, list_models
 from ..files import atomic_path
 from .cli import (ArgumentParser, UsageError, new_output_file, non_negative_int, positive_float, positive_int,
                         run_cli)
@@ -152,11 +152,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if given:
             raise UsageError(f"--list summarises every registered model; it takes no {', '.join(given)}")
         rows = []
-        for name in list_models():
-            model = create_model(name)
-            size = model.cfg.input_size
-            rows.append({"model": name, "input_size": list(size), "params": count_params(model),
-                         "macs": count_macs(model, size)})
+        for name in list_models():  # the closed form, equal to the built model's counts (tests/test_models.py)
+            plan = plan_model(get_model_config(name))
+            rows.append({"model": name, "input_size": list(plan.input_size), "params": plan.params, "macs": plan.macs})
         if args.format == "json":
             print(json.dumps(rows, indent=2))
         else:
