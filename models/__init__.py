@@ -1,11 +1,17 @@
 """dszoo: efficient CNNs from depthwise-separable convolutions.
 
+This folder (``models/`` in the repository) is the package ``dszoo``; ``dszoo.blocks`` is the
+repository's top-level ``blocks/`` and ``dszoo.configs`` its ``configs/`` (setup.cfg's
+``package_dir``), so ``from .blocks import ...`` here reads ``blocks/``.
+
 The model library sits at this package's top: ``config`` (schema, loader), ``plan`` (shapes and
-counts from a config alone, the size guard), ``builder`` (``ZooNet``), ``registry``
-(``create_model``), ``weights`` (checkpoints, timm's keys) and ``profile`` (params, MACs, bytes
-per layer). Around it, one subpackage per job, each importing the library and nothing beside
-it: ``audio`` (the MFCC front end, speech data, spotting), ``training``, ``deployment``
-(optimize, export), ``measurement`` (summary, profiler, benchmark), and ``commands``, the command-line fronts over all of them.
+counts from a config alone, the size guard), ``builder`` (``ZooNet``), ``weights`` (timm's and
+torchvision's keys), ``checkpoints`` (what training saved), ``registry`` (``create_model``,
+``load_checkpoint``), ``preprocessing`` (the input a model expects) and ``profile`` (params,
+MACs, bytes per layer). Above it, one subpackage per job: ``audio`` (the MFCC front end, speech
+data, spotting) and ``deployment`` (optimize, int8, export), ``training`` on them,
+``measurement`` (summary, profiler, benchmark), and ``commands``, the command-line fronts over
+all of them. Every module imports only downward (tests/test_import_layers.py).
 """
 from .builder import BLOCK_BUILDERS, ZooFeatures, ZooNet, build_model
 from .plan import ModelPlan, ModelTooLargeError, make_divisible, min_input_size, plan_model

@@ -221,3 +221,11 @@ def test_image_augmentation_options_are_checked(argv: list[str], message: str) -
 
     res = run_in_process("train", argv)
     assert res.returncode == 2 and res.stderr == f"error: {message}\n"
+
+
+def test_the_old_name_of_read_checkpoint_still_reads_and_says_the_new_one(digits_run: Path) -> None:
+    import dszoo.training
+
+    with pytest.warns(DeprecationWarning, match="now read_checkpoint; dszoo.load_checkpoint gives the model"):
+        old = dszoo.training.load_checkpoint(str(digits_run / "last.pt"))
+    assert old["epoch"] == 1 and old.keys() == dszoo.training.read_checkpoint(str(digits_run / "last.pt")).keys()

@@ -7,6 +7,17 @@ from .options import TrainConfig, TrainResult, check_arguments, check_memory
 from .runtime import amp_dtype, evaluate, grad_scaler, uses_channels_last, validation_shard
 from .run_files import CHECKPOINT_FORMAT, RUN_FILES, read_checkpoint
 
+
+def load_checkpoint(path: str, what: str = "--resume") -> dict:
+    """Deprecated name of ``read_checkpoint`` (a training checkpoint's fields, checked); for the
+    trained model itself use ``dszoo.load_checkpoint``."""
+    import warnings
+
+    warnings.warn("dszoo.training.load_checkpoint is now read_checkpoint; dszoo.load_checkpoint gives the model",
+                  DeprecationWarning, stacklevel=2)
+    return read_checkpoint(path, what)
+
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "DATASETS",
@@ -21,6 +32,7 @@ __all__ = [
     "evaluate",
     "frozen_parts",
     "grad_scaler",
+    "load_checkpoint",
     "read_checkpoint",
     "train",
     "uses_channels_last",
