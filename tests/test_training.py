@@ -71,7 +71,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     args = ["--img-size", "16", "--epochs", "4", "--max-batches", "8", "--deterministic", "--quiet", "--ema",
             "--mixup", "0.4"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(TRAIN + args + ["--out-dir", str(full)], check=True, capture_output=True)
+    assert run_in_process("train", args + ["--out-dir", str(full)]).returncode == 0  # only the killed run needs a process
     proc = subprocess.Popen(TRAIN + args + ["--out-dir", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "last.pt").exists() and time.time() < deadline:
@@ -80,7 +80,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     proc.wait()
     stopped_at = torch.load(killed / "last.pt", weights_only=True)["epoch"]
     assert stopped_at < 4, "killed too late to test a resume"
-    res = subprocess.run(TRAIN + ["--resume", str(killed / "last.pt"), "--quiet"], capture_output=True, text=True)
+    res = run_in_process("train", ["--resume", str(killed / "last.pt"), "--quiet"])
     assert res.returncode == 0, res.stderr
     a, b = _final_state(full), _final_state(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -137,7 +137,8 @@ def test_eval_only_reproduces_the_logged_accuracy(default_run: tuple[Path, subpr
 def test_torchrun_two_processes(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "scripts" / "train.py"), "--img-size", "16", "--epochs", "6", "--warmup-epochs", "0", "--quiet", "--out-dir", str(out)]
+           str(REPO / "scripts" / "train.py"), "--img-size", "16", "--epochs", "4", "--warmup-epochs", "0", "--precise-bn",
+           "--quiet", "--out-dir", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((out / "args.json").read_text())["world_size"] == 2
@@ -150,8 +151,9 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     # each process validated half the set; the figures logged are those of the whole set
     assert round(top1, 4) == logged
     assert float(last["val_loss"]) == pytest.approx(loss, abs=2e-6)
-    # 6 epochs: after 3 the BatchNorm statistics still lag on some CPUs (24% on one, above 30% on another)
-    assert logged > 50, "the two processes trained one model together (chance is 10%)"
+    # --precise-bn: the BatchNorm statistics, recomputed on each shard and taken from rank 0, fit the weights
+    # (without it, after 3 epochs they still lagged: 24% on one CPU, above 30% on another); chance is 10%
+    assert logged > 40, "the two processes trained one model together (chance is 10%)"
 
 
 @pytest.mark.parametrize("size, world", [(10, 1), (10, 3), (2, 4)])
