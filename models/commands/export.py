@@ -1,8 +1,10 @@
-"""Export a dszoo model to TorchScript, ONNX or torch.export (.pt2), verified against eager;
-in int8 (ONNX QDQ or .pt2), calibrated on a dataset and verified against the PyTorch int8 model.
+"""Export a dszoo model to TorchScript, ONNX, torch.export (.pt2) or ExecuTorch (.pte, XNNPACK),
+verified against eager in its own runtime; in int8 (ONNX QDQ or .pt2), calibrated on a dataset
+and verified against the PyTorch int8 model.
 
     python scripts/export.py --model mobilenet_v1 --format onnx --out mobilenet_v1.onnx
     python scripts/export.py --model xception --pretrained xception.safetensors --format pt2 --out x.pt2
+    python scripts/export.py --model ds_cnn_s --format pte --out kws.pte     # pip install 'dszoo[executorch]'
     python scripts/export.py --pretrained runs/train/best.pt --precision int8 --calibration digits \
         --format onnx --out digits_int8.onnx     # a dszoo-train checkpoint names its model and input size
 """

@@ -1,4 +1,5 @@
-"""Export to TorchScript, ONNX or torch.export (``.pt2``), each verified after writing.
+"""Export to TorchScript, ONNX, torch.export (``.pt2``) or ExecuTorch (``.pte``, the XNNPACK
+delegate), each verified after writing in its own runtime.
 
 Every file is loaded back and compared with eager on a fresh random batch of another batch
 size (the batch dimension is dynamic in every format), by relative difference, so a broken
@@ -63,6 +64,14 @@ def read_export_metadata(path: PathLike) -> dict[str, Any]:
 
         props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
         return json.loads(props.get(METADATA_NAME, "{}"))
+    if path.endswith(".pte"):
+        from executorch.runtime import Runtime
+
+        program = Runtime.get().load_program(path)
+        if PTE_METADATA_METHOD not in program.method_names:
+            return {}
+        about = program.load_method(PTE_METADATA_METHOD).execute([])[0]
+        return json.loads(bytes(about.tolist()).decode())
     extra = {METADATA_NAME: ""}
     if path.endswith(".pt2"):
         with open(path, "rb") as fh:
@@ -116,6 +125,30 @@ def _onnx(model: nn.Module, example: torch.Tensor, path: str, metadata: str) -> 
     return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
 
+def _pte(model: nn.Module, example: torch.Tensor, path: str, metadata: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ExecuTorch: ``torch.export`` (dynamic batch), lowered to the XNNPACK delegate, written as a
+    ``.pte`` program and run back in ExecuTorch's own runtime. The metadata is the program's
+    constant method ``dszoo_metadata`` (its UTF-8 bytes as a uint8 tensor)."""
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.runtime import Runtime
+    except ImportError:
+        raise ExportError("ExecuTorch export needs the executorch extra: pip install 'dszoo[executorch]'") from None
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    about = torch.frombuffer(bytearray(metadata.encode()), dtype=torch.uint8)
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                          constant_methods={PTE_METADATA_METHOD: about})
+    with open(path, "wb") as fh:
+        fh.write(lowered.to_executorch().buffer)
+    method = Runtime.get().load_program(path).load_method("forward")
+    return lambda x: method.execute([x.contiguous()])[0]
+
+
+PTE_METADATA_METHOD = "dszoo_metadata"
+
+
 def _is_qdq(path: str) -> bool:
     """Whether an ONNX file holds quantized (QuantizeLinear) nodes."""
     import onnx
@@ -127,6 +160,7 @@ EXPORT_FORMATS: dict[str, Callable[[nn.Module, torch.Tensor, str, str], Callable
     "torchscript": _torchscript,
     "onnx": _onnx,
     "pt2": _pt2,
+    "pte": _pte,
 }
 
 
@@ -134,6 +168,7 @@ EXPORT_SUFFIXES: dict[str, tuple[str, ...]] = {
     "torchscript": (".pt", ".pth", ".ts"),
     "onnx": (".onnx",),
     "pt2": (".pt2",),
+    "pte": (".pte",),
 }
 """File name endings each format's file may have (``scripts/export.py`` checks ``--out``)."""
 
