@@ -230,35 +230,3 @@ def test_the_old_name_of_read_checkpoint_still_reads_and_says_the_new_one(digits
         old = dszoo.training.load_checkpoint(str(digits_run / "last.pt"))
     assert old["epoch"] == 1 and old.keys() == dszoo.training.read_checkpoint(str(digits_run / "last.pt")).keys()
 
-
-def test_the_keyword_spotter_exports_to_executorch_and_runs_there(tmp_path: Path) -> None:
-    """``--format pte``: ExecuTorch with the XNNPACK delegate, checked by running the written
-    program in ExecuTorch's own runtime (at another batch size than it was traced with), and
-    carrying its metadata as a constant method."""
-    from conftest import run_in_process
-    from dszoo.deployment.export import export_model, read_export_metadata
-    from executorch.runtime import Runtime
-
-    spotter = create_model("ds_cnn_s", pretrained=True).eval()
-    check = export_model(spotter, "pte", tmp_path / "kws.pte", (1, 49, 10))
-    assert check.relative_difference <= 1e-4
-    method = Runtime.get().load_program(str(tmp_path / "kws.pte")).load_method("forward")
-    x = torch.randn(5, 1, 49, 10)
-    with torch.no_grad():
-        assert torch.allclose(method.execute([x])[0], spotter(x), rtol=1e-4, atol=1e-5)
-    assert read_export_metadata(tmp_path / "kws.pte")["input"]["mfcc"] == "narrowband"
-    res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "pte", "--out", str(tmp_path / "kws.pte")])
-    assert res.returncode == 2 and "exists" in res.stderr  # never replaced without --overwrite
-    res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "pte", "--out", str(tmp_path / "k.onnx")])
-    assert res.returncode == 2 and ".pte" in res.stderr
-
-
-def test_a_missing_runtime_names_its_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    from dszoo.deployment.export import ExportError, export_model
-
-    monkeypatch.setitem(sys.modules, "executorch.exir", None)  # as if executorch were not installed
-    with pytest.raises(ExportError, match=r"needs the executorch extra: pip install 'dszoo\[executorch\]'"):
-        export_model(create_model("ds_cnn_s"), "pte", tmp_path / "kws.pte", (1, 49, 10))
-    assert not (tmp_path / "kws.pte").exists()

@@ -368,3 +368,31 @@ def test_torchvision_weights_load_through_create_model(tmp_path: Path, ours: str
     with pytest.raises(CheckpointError) as err:
         create_model(other, pretrained=tmp_path / "tv.pth")
     assert "\n" not in str(err.value) and str(err.value).startswith(f"{tmp_path / 'tv.pth'}")
+
+
+def test_the_keyword_spotter_exports_to_executorch_and_runs_there(tmp_path: Path) -> None:
+    """``--format pte``: ExecuTorch with the XNNPACK delegate, checked by running the written
+    program in ExecuTorch's own runtime (at another batch size than it was traced with), and
+    carrying its metadata as a constant method."""
+    from dszoo.deployment.export import read_export_metadata
+    from executorch.runtime import Runtime
+
+    spotter = create_model("ds_cnn_s", pretrained=True).eval()
+    check = export_model(spotter, "pte", tmp_path / "kws.pte", (1, 49, 10))
+    assert check.relative_difference <= 1e-4
+    method = Runtime.get().load_program(str(tmp_path / "kws.pte")).load_method("forward")
+    x = torch.randn(5, 1, 49, 10)
+    with torch.no_grad():
+        assert torch.allclose(method.execute([x])[0], spotter(x), rtol=1e-4, atol=1e-5)
+    assert read_export_metadata(tmp_path / "kws.pte")["input"]["mfcc"] == "narrowband"
+    res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "pte", "--out", str(tmp_path / "kws.pte")])
+    assert res.returncode == 2 and "exists" in res.stderr  # never replaced without --overwrite
+    res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "pte", "--out", str(tmp_path / "k.onnx")])
+    assert res.returncode == 2 and ".pte" in res.stderr
+
+
+def test_a_missing_runtime_names_its_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "executorch.exir", None)  # as if executorch were not installed
+    with pytest.raises(ExportError, match=r"needs the executorch extra: pip install 'dszoo\[executorch\]'"):
+        export_model(create_model("ds_cnn_s"), "pte", tmp_path / "kws.pte", (1, 49, 10))
+    assert not (tmp_path / "kws.pte").exists()
