@@ -152,3 +152,14 @@ def test_fake_data_has_the_classes_asked_for(tmp_path: Path) -> None:
     assert best["model"]["classifier.weight"].shape[0] == 4
     args = json.loads((tmp_path / "run" / "args.json").read_text())
     assert args["num_classes"] == 4 and args["dataset_info"] == "FakeData (16 train images, 4 classes)"
+
+
+def test_a_script_beside_a_clone_folder_named_dszoo_imports_the_package(tmp_path: Path) -> None:
+    """A clone folder named dszoo next to the user's script: ``import dszoo`` finds the folder
+    first; it gives the package in that checkout, not an empty namespace package."""
+    (tmp_path / "dszoo").symlink_to(REPO, target_is_directory=True)
+    (tmp_path / "use.py").write_text("import dszoo\nfrom dszoo import create_model\n"
+                                     "print(dszoo.__file__, create_model('ds_cnn_s', num_classes=3).num_classes)\n")
+    res = subprocess.run([sys.executable, "use.py"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout == f"{REPO / 'models' / '__init__.py'} 3\n"  # the checkout's package, built
