@@ -284,6 +284,30 @@ def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
     assert (out / "last.pt").read_bytes() == b"the user's earlier run"
 
 
+@pytest.mark.parametrize("files", [["args.json", "curves.png"], ["confusion.png", "int8.pt2"], ["metrics.csv"]])
+def test_a_folder_with_files_a_run_writes_is_not_written_over(tmp_path: Path, files: list[str]) -> None:
+    """Any file a run would write, the user's own included (a hand-written args.json, a plot, an
+    int8 model), keeps a new run out of the folder unless --overwrite; the args.json a run
+    wrote before stopping in its first epoch does not."""
+    out = tmp_path / "proj"
+    out.mkdir()
+    for name in files:
+        (out / name).write_text(f"the user's {name}")
+    message = one_line_error(["--out-dir", str(out), "--epochs", "1"], tmp_path)
+    if "metrics.csv" in files:
+        assert message.startswith(f"error: {out} holds another run (metrics.csv)")
+    else:
+        assert message == (f"error: {out} holds {', '.join(files)}, which a run there would replace; pass --overwrite "
+                           "to replace them, or choose another --out-dir")
+    assert all((out / name).read_text() == f"the user's {name}" for name in files)
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "args.json").write_text(json.dumps({"model": "mobilenet_v1_025", "dataset": "digits", "world_size": 1,
+                                                   "dataset_info": "digits"}))
+    train(TrainConfig(**QUICK, epochs=1, max_batches=1, out_dir=str(stopped)))
+    assert (stopped / "last.pt").exists()
+
+
 def test_default_out_dir_never_reuses_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     first = train(TrainConfig(**QUICK, epochs=1, max_batches=1))

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from ..files import atomic_path
+from ..files import FileKindError, atomic_path, regular_file
 from ..errors import UsageError
 from ..checkpoints import CHECKPOINT_FORMAT, read_checkpoint, read_training_checkpoint
 
@@ -227,8 +227,8 @@ def plot_confusion(out: Path, confusion: torch.Tensor, names: list[str], title: 
 
 
 def free_run_dir(root: Path, stem: str, world: int) -> Path:
-    """``root/stem``, else ``root/stem2``, ``stem3`` ...: the first that holds no run and that no
-    live process has locked.
+    """``root/stem``, else ``root/stem2``, ``stem3`` ...: the first that holds no file a run would
+    replace and that no live process has locked.
 
     With several processes every rank must pick the same folder, so rank 0 chooses.
     """
@@ -237,7 +237,7 @@ def free_run_dir(root: Path, stem: str, world: int) -> Path:
         n = 1
         while True:
             folder = root / f"{stem}{n if n > 1 else ''}"
-            if not any((folder / f).exists() for f in RUN_RESULTS) and not folder_in_use(folder):
+            if not files_a_run_would_replace(folder) and not folder_in_use(folder):
                 break
             n += 1
         choice[0] = str(folder)
@@ -246,14 +246,41 @@ def free_run_dir(root: Path, stem: str, world: int) -> Path:
     return Path(choice[0])
 
 
+def _written_by_a_run(path: Path) -> bool:
+    """Whether ``path`` is the ``args.json`` a ``dszoo-train`` run wrote (its options, with the
+    ``world_size`` and ``dataset_info`` it adds), not a file of the user's by that name."""
+    import json
+
+    try:
+        about = json.loads(Path(regular_file(path, "args.json")).read_text())
+    except (OSError, ValueError, FileKindError):
+        return False
+    return isinstance(about, dict) and {"model", "dataset", "world_size", "dataset_info"} <= about.keys()
+
+
+def files_a_run_would_replace(folder: Path) -> list[str]:
+    """The ``RUN_FILES`` in ``folder`` that a new run there would replace: all of them but the
+    ``args.json`` of a run that stopped before its first epoch."""
+    return [f for f in RUN_FILES if (folder / f).exists() and not (f == "args.json" and _written_by_a_run(folder / f))]
+
+
 def check_out_dir(cfg: Any, out: Path) -> None:
-    """Refuse, before anything is written, an ``--out-dir`` that is not a folder or that holds
-    another run (its checkpoints or metrics) unless resuming or overwriting it. A folder that
-    holds only the ``args.json`` of a run that stopped before its first epoch holds no run."""
+    """Refuse, before anything is written, an ``--out-dir`` that is not a folder, that holds
+    another run (its checkpoints or metrics), or that holds any other file a run writes
+    (``RUN_FILES``: a user's own ``args.json``, ``curves.png``, ``int8.pt2`` ...), unless resuming
+    or overwriting it. A folder that holds only the ``args.json`` of a run that stopped before
+    its first epoch holds no run."""
     for folder in (out, *out.parents):
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"--out-dir {out}: {folder} is a file, not a folder")
-    existing = [f for f in RUN_RESULTS if (out / f).exists()]
-    if existing and not cfg.resume and not cfg.overwrite:
+    if cfg.resume or cfg.overwrite:
+        return
+    taken = files_a_run_would_replace(out)
+    existing = [f for f in taken if f in RUN_RESULTS]
+    if existing:
         raise UsageError(f"{out} holds another run ({', '.join(existing)}); pass --resume {out / 'last.pt'} "
                          "or --overwrite, or choose another --out-dir")
+    others = [f for f in taken if f not in RUN_RESULTS]
+    if others:
+        raise UsageError(f"{out} holds {', '.join(others)}, which a run there would replace; pass --overwrite to "
+                         "replace them, or choose another --out-dir")
