@@ -3,6 +3,7 @@ synthesised stand-in, and a tiny run from WAV files to a spotted word."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,13 @@ def test_train_then_spot_a_held_out_speaker(tmp_path: Path) -> None:
     spotted = run_in_process("spot", [str(out / "best.pt"), str(stereo)])
     assert spotted.stdout.startswith(f"{stereo}: yes ")
     assert spotted.stdout.rstrip().endswith("(note: mixed 2 channels down to mono; resampled from 44100 Hz to 16000 Hz)")
+    loud = np.flatnonzero(np.abs(wave) > 0.05 * np.abs(wave).max())
+    word = wave[loud[0]:loud[-1] + 1]
+    late = tmp_path / "late_word.wav"  # 1.45 s, the word in its last half second: no part goes unheard
+    wavfile.write(late, 16000, np.concatenate([np.zeros(23200 - len(word), np.float32), word]).astype(np.float32))
+    spotted = run_in_process("spot", [str(out / "best.pt"), str(late)])
+    assert spotted.stdout.startswith(f"{late}: yes ")
+    assert re.search(r"\(note: 1\.45 s: scored the second from 0\.[0-4]\d s, the most confident\)$", spotted.stdout.strip())
     whole = run_in_process("spot", [str(out / "best.pt"), str(data)])  # a Speech Commands layout: word folders
     clips = sorted(str(w) for w in data.glob("*/*.wav") if w.parent.name != "_background_noise_")
     assert whole.returncode == 0 and sorted(line.split(": ")[0] for line in whole.stdout.splitlines()) == clips

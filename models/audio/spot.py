@@ -50,12 +50,26 @@ class KeywordSpotter:
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
 
     def top_k(self, wave: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
-        """The ``k`` most probable classes of a clip (cut or zero-padded to one second)."""
-        clip = torch.zeros(SAMPLE_RATE)
-        clip[: min(len(wave), SAMPLE_RATE)] = torch.from_numpy(wave[:SAMPLE_RATE])
-        probs = self.posteriors(clip.unsqueeze(0))[0]
+        """The ``k`` most probable classes of a clip: of its one second (zero-padded if shorter),
+        or of a longer clip's most confident second (``best_window``)."""
+        probs = self.best_window(wave)[1]
         values, indices = probs.topk(min(k, len(self.classes)))
         return [(self.classes[i], float(v)) for v, i in zip(values, indices)]
+
+    def best_window(self, wave: np.ndarray, hop_seconds: float = 0.1) -> tuple[int, torch.Tensor]:
+        """The start sample and class probabilities of the 1 s window of ``wave`` where the model
+        is most confident, among windows every ``hop_seconds`` and the last second (a clip of a
+        second or less is one window, zero-padded), so that no part of a clip goes unheard."""
+        if len(wave) <= SAMPLE_RATE:
+            clip = torch.zeros(SAMPLE_RATE)
+            clip[: len(wave)] = torch.from_numpy(np.asarray(wave, np.float32))
+            return 0, self.posteriors(clip.unsqueeze(0))[0]
+        hop = int(round(hop_seconds * SAMPLE_RATE))
+        starts = sorted(set(range(0, len(wave) - SAMPLE_RATE + 1, hop)) | {len(wave) - SAMPLE_RATE})
+        windows = torch.from_numpy(np.stack([np.asarray(wave[a:a + SAMPLE_RATE], np.float32) for a in starts]))
+        probs = self.posteriors(windows)
+        best = int(probs.max(dim=1).values.argmax())
+        return starts[best], probs[best]
 
     def window_posteriors(self, audio: Union[np.ndarray, Iterable[np.ndarray]], hop_seconds: float = 0.1,
                           batch: int = 64) -> tuple[list[int], torch.Tensor]:

@@ -36,6 +36,7 @@ def wav_files(folder: Path) -> list[Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..audio.speech_commands import SAMPLE_RATE
     from ..audio.spot import load_spotter, stream_audio
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,7 +66,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stream = stream_audio(path)
         note = f" (note: {'; '.join(stream.notes)})" if stream.notes else ""
         if stream.seconds <= LONG_SECONDS:
-            ranked = ", ".join(f"{word} {prob:.2f}" for word, prob in spotter.top_k(stream.read(), args.top_k))
+            wave = stream.read()
+            start, _ = spotter.best_window(wave)
+            if len(wave) > SAMPLE_RATE:  # a second of it is scored: say which
+                stream.notes.append(f"{stream.seconds:.2f} s: scored the second from {start / SAMPLE_RATE:.2f} s, "
+                                    "the most confident")
+                note = f" (note: {'; '.join(stream.notes)})"
+            ranked = ", ".join(f"{word} {prob:.2f}" for word, prob in spotter.top_k(wave, args.top_k))
             print(f"{path}: {ranked}{note}")
             continue
         found = spotter.scan(stream.chunks(), threshold=args.threshold)
