@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import command_module
+from conftest import command_module, run_in_process
 from dszoo import CheckpointError, ConfigError, create_model, get_model_config, list_models, load_pretrained, read_state_dict, save_state_dict
 from dszoo.commands.cli import run_cli
 from dszoo.errors import UsageError
@@ -181,7 +181,7 @@ SCRIPT_CASES = [
     ("benchmark", ["--models", "nosuch"], "error: unknown models ['nosuch']"),
     ("benchmark", ["--batch-sizes", "0"], "error: argument --batch-sizes: must be a positive integer, got '0'"),
     ("benchmark", ["--repeats", "2.5"], "error: argument --repeats: must be a positive integer, got '2.5'"),
-    ("benchmark", ["--threads", "-1"], "error: argument --threads: must be a positive integer, got '-1'"),
+    ("benchmark", ["--threads", "-1"], "error: argument --threads: must be an integer from 1 to "),
     ("benchmark", ["--backends", "tvm"], "error: argument --backends: invalid choice: 'tvm'"),
     ("benchmark", ["--quick", "--models", "xception"], "error: --quick sets its own models, batch sizes, repeats, backends and precisions; drop --models"),
     ("benchmark", ["--json", "existing.json"], "error: --json existing.json: exists; pass --overwrite"),
@@ -386,3 +386,20 @@ def test_mfcc_edge_inputs(preset: str) -> None:
             mfcc(wrong)
     with pytest.raises(ValueError, match="expected at least one waveform, got a batch of 0"):
         mfcc(torch.zeros(0, 16000))
+
+
+def test_sizes_beyond_the_machine_are_refused_in_one_line() -> None:
+    """Bounds where a number would otherwise run into the allocator: the benchmark's batch (by
+    the memory its activations need), its threads (four a core), optimize_for_inference's
+    example batch (at least one example)."""
+    import os
+
+    from dszoo import optimize_for_inference
+
+    res = run_in_process("benchmark", ["--models", "xception", "--batch-sizes", "2147483647"])
+    assert res.returncode == 2 and res.stderr.startswith("error: batch 2147483647 of xception needs about ")
+    assert res.stderr.rstrip().endswith("GiB available here; lower --batch-sizes or --train-batch")
+    res = run_in_process("benchmark", ["--threads", "100000"])
+    assert res.returncode == 2 and f"must be an integer from 1 to {4 * os.cpu_count()}, got '100000'" in res.stderr
+    with pytest.raises(ValueError, match=r"example_input of shape \(0, 1, 49, 10\) holds no examples"):
+        optimize_for_inference(create_model("ds_cnn_s"), torch.randn(0, 1, 49, 10))

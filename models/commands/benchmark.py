@@ -134,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--batch-sizes", nargs="+", type=positive_int, help="default: 1 8")
     p.add_argument("--repeats", type=positive_int, help="timed runs per row (default 10)")
     p.add_argument("--train-batch", type=positive_int, help="training-step batch (default 16)")
-    p.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=thread_count, help="torch.set_num_threads (default: torch's; at most 4 a core)")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, help="optimized-path compilers to try, in order "
                    f"(default: {' '.join(BACKENDS)})")
     p.add_argument("--compare-backends", nargs="+", choices=BACKENDS, default=[],
@@ -191,6 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.repeats = args.repeats or 10
     args.train_batch = args.train_batch or 16
     args.backends = args.backends or list(BACKENDS)
+    _check_memory(args.models, max([*args.batch_sizes, args.train_batch]))
     result = run_benchmarks(args.models, args.batch_sizes, args.repeats, args.train_batch, args.backends,
                             log=lambda s: print(s, file=sys.stderr), tune_malloc=not args.default_malloc,
                             profile_top=(args.profile_top or 10) if args.profile else 0,
@@ -206,6 +207,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with atomic_path(args.profile) as tmp, open(tmp, "w") as fh:
             fh.write(profile_markdown(result))
     return 0
+
+
+def thread_count(text: str) -> int:
+    """argparse type: threads from 1 to four a core (torch.set_num_threads of more fails deep in
+    its allocator)."""
+    from .cli import bounded_int
+
+    return bounded_int(text, 4 * (os.cpu_count() or 1))
+
+
+def _check_memory(models: Sequence[str], batch: int) -> None:
+    """Refuse, before timing anything, a batch whose activations (kept for the training step's
+    backward pass: twice the forward's) would not fit in the memory available."""
+    from ..plan import plan_model
+    from ..registry import get_model_config
+    from ..training.options import available_memory
+
+    available = available_memory()
+    for name in models:
+        plan = plan_model(get_model_config(name))
+        need = 2 * plan.activation_bytes * batch + 4 * 4 * plan.params
+        if available and need > available:
+            raise UsageError(f"batch {batch} of {name} needs about {need / 2**30:,.1f} GiB, more than the "
+                             f"{available / 2**30:.1f} GiB available here; lower --batch-sizes or --train-batch")
 
 
 def write_results(result: dict, args: argparse.Namespace) -> None:

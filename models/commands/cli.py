@@ -15,6 +15,7 @@ __all__ = [
     "ArgumentParser",
     "RunError",
     "UsageError",
+    "bounded_int",
     "fraction",
     "new_output_file",
     "non_negative_float",
@@ -58,6 +59,11 @@ def _number(kind: type, text: str, ok: Callable[[float], bool], allowed: str) ->
     if kind is int and value > MAX_INT:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_INT:,}, got {text!r}")
     return value
+
+
+def bounded_int(text: str, high: int) -> int:
+    """An int from 1 to ``high``, or ``argparse.ArgumentTypeError`` saying so."""
+    return int(_number(int, text, lambda v: 1 <= v <= high, f"an integer from 1 to {high}"))
 
 
 def positive_int(text: str) -> int:

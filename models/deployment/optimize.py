@@ -73,6 +73,9 @@ def optimize_for_inference(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+    if example_input.dim() == 0 or len(example_input) == 0:
+        raise ValueError(f"example_input of shape {tuple(example_input.shape)} holds no examples; pass a batch of the "
+                         "shape you will run (at least one example)")
     if precision != "fp32":
         if precision in ("bf16", "fp16"):
             return optimize_half(model, example_input, precision, tune_malloc=tune_malloc)

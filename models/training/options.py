@@ -158,14 +158,14 @@ def check_memory(cfg: TrainConfig, model: ZooNet, available: Optional[int] = Non
 
     plan = plan_model(model.cfg)
     need = 2 * plan.activation_bytes * cfg.batch_size + 4 * 4 * plan.params
-    available = available if available is not None else _available_memory()
+    available = available if available is not None else available_memory()
     if available and need > available:
         c, h, w = plan.input_size
         raise UsageError(f"--batch-size {cfg.batch_size} at {c}x{h}x{w} needs about {need / 2**30:.1f} GiB to train "
                          f"{cfg.model}, more than the {available / 2**30:.1f} GiB available here; lower --batch-size "
                          "or --img-size")
 
-def _available_memory() -> Optional[int]:
+def available_memory() -> Optional[int]:
     """Bytes of memory available to a new allocation (Linux's MemAvailable); None if unknown."""
     try:
         with open("/proc/meminfo") as fh:
