@@ -273,12 +273,20 @@ def weights_front_end(path: PathLike) -> Optional[str]:
     """The ``MFCC_PRESETS`` name the weights in ``path`` were trained on: a keyword spotter
     file's (``dszoo-eval-speech --save-spotter``) or a speech ``dszoo-train`` checkpoint's
     ``--mfcc``; None for weights that name none (timm's, an image run's)."""
-    return _read_weights(path)[1]
+    return _read_weights(path)[1].get("mfcc")
 
 
-def _spotter_front_end(path: Path) -> Optional[str]:
-    """The front end in a keyword spotter file's metadata (None if it is weights alone; a damaged
-    one is ``load_spotter``'s to report)."""
+def _class_names(about: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"class_names": [...]}`` where a file names its classes as distinct non-empty strings."""
+    names = about.get("class_names")
+    ok = isinstance(names, list) and names and all(isinstance(n, str) and n for n in names) and \
+        len(set(names)) == len(names)
+    return {"class_names": list(names)} if ok else {}
+
+
+def _spotter_trained_cfg(path: Path) -> dict[str, Any]:
+    """What a keyword spotter file's metadata says of the model's input and outputs: its front end
+    and class names (``{}`` if it is weights alone; a damaged one is ``load_spotter``'s to report)."""
     import json
 
     from safetensors import safe_open
@@ -288,16 +296,17 @@ def _spotter_front_end(path: Path) -> Optional[str]:
     try:
         about = json.loads(meta) if meta is not None else None
     except ValueError:
-        return None
-    return _named_front_end(about, path) if isinstance(about, dict) else None
+        return {}
+    return {"mfcc": _named_front_end(about, path), **_class_names(about)} if isinstance(about, dict) else {}
 
 
-def _checkpoint_front_end(obj: object, path: Path) -> Optional[str]:
-    """The front end of a ``dszoo-train`` checkpoint of a speech run (None for any other file)."""
-    config = obj.get("config") if isinstance(obj, Mapping) else None
-    if isinstance(config, Mapping) and config.get("dataset") == "speech_commands":
-        return _named_front_end(obj, path)  # type: ignore[arg-type]
-    return None
+def _checkpoint_trained_cfg(obj: object, path: Path) -> dict[str, Any]:
+    """The class names of a ``dszoo-train`` checkpoint, and a speech run's front end."""
+    if not isinstance(obj, Mapping):
+        return {}
+    config = obj.get("config")
+    speech = isinstance(config, Mapping) and config.get("dataset") == "speech_commands"
+    return {**({"mfcc": _named_front_end(obj, path)} if speech else {}), **_class_names(obj)}  # type: ignore[arg-type]
 
 
 def _named_front_end(about: dict, path: Path) -> str:
@@ -308,8 +317,9 @@ def _named_front_end(about: dict, path: Path) -> str:
         raise CheckpointError(str(exc)) from None
 
 
-def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[str]]:
-    """``read_state_dict``'s tensors and ``weights_front_end``'s preset, from one read."""
+def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``read_state_dict``'s tensors, and what the file says of the model's input and outputs
+    (``mfcc``, ``class_names``: ``pretrained_cfg`` entries), from one read."""
     path = Path(path)
     try:
         regular_file(path, "checkpoint")
@@ -324,7 +334,7 @@ def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[str
             state = dict(load_file(str(path), device="cpu"))
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
-        return state, _spotter_front_end(path)
+        return state, _spotter_trained_cfg(path)
     try:
         check_torch_file(path)
     except (ValueError, OSError) as exc:
@@ -342,7 +352,7 @@ def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[str
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on corrupt, truncated or random bytes
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
-    front_end = _checkpoint_front_end(obj, path)
+    trained = _checkpoint_trained_cfg(obj, path)
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "state_dict_ema"):
             if isinstance(obj.get(key), Mapping):
@@ -350,7 +360,7 @@ def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[str
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: does not hold a state dict (a mapping of names to tensors)")
-    return {str(k).removeprefix("module."): v for k, v in obj.items()}, front_end
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}, trained
 
 
 def _some(keys: list[str], limit: int = 8) -> str:
@@ -390,9 +400,10 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     Any other missing, unexpected or mis-shaped key raises ``CheckpointError`` listing the keys
     (with ``strict=False`` missing and unexpected keys are only reported). Weights that name
     the MFCC front end they were trained on (a keyword spotter file, a speech run's checkpoint)
-    set ``model.pretrained_cfg["mfcc"]``, the input they expect.
+    set ``model.pretrained_cfg["mfcc"]``, the input they expect; a file that names its classes
+    sets ``pretrained_cfg["class_names"]`` where its head is kept.
     """
-    state, front_end = _read_weights(path)
+    state, trained = _read_weights(path)
     source = "dszoo"
     ours = TIMM_MODELS.get(model.cfg.family)
     for marker in dict.fromkeys(m for _, m, _ in TIMM_MODELS.values()):
@@ -442,8 +453,9 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     if problems:
         raise CheckpointError(f"{path} ({source}) does not fit {model.cfg.name}: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    if front_end is not None:  # the input these weights expect, beside timm's mean and std
-        model.pretrained_cfg = {**model.pretrained_cfg, "mfcc": front_end}
+    if head_reset or len(trained.get("class_names", ())) != model.num_classes:
+        trained.pop("class_names", None)  # the names belong to the head the file had
+    model.pretrained_cfg = {**model.pretrained_cfg, **trained}  # the input these weights expect, their classes
     return LoadReport(source=source, head_reset=bool(head_reset), missing=missing, unexpected=unexpected, notes=notes)
 
 

@@ -58,10 +58,11 @@ def test_pretrained_from_a_run_keeps_its_head_and_channels(digits_run: Path) -> 
         warnings.simplefilter("error")  # no "head was freshly initialised"
         model = create_model("mobilenet_v1_025", pretrained=digits_run / "last.pt")
     saved = torch.load(digits_run / "last.pt", weights_only=True)["model"]
-    assert model.num_classes == 4 and model.in_chans == 1
+    assert model.num_classes == 4 and model.in_chans == 1 and model.pretrained_cfg["class_names"] == ["0", "1", "2", "3"]
     assert torch.equal(model.classifier.weight, saved["classifier.weight"])
     with pytest.warns(UserWarning, match="the head was freshly initialised"):
-        assert create_model("mobilenet_v1_025", pretrained=digits_run / "last.pt", num_classes=7).num_classes == 7
+        seven = create_model("mobilenet_v1_025", pretrained=digits_run / "last.pt", num_classes=7)
+    assert seven.num_classes == 7 and "class_names" not in seven.pretrained_cfg  # the names went with the head
 
 
 @pytest.mark.parametrize("in_chans", [1, 4])
@@ -152,10 +153,13 @@ def test_every_exported_file_says_what_its_input_is(fmt: str, suffix: str, digit
                      "input": {"input_size": [1, 16, 16], "interpolation": model.pretrained_cfg["interpolation"], "crop_pct": 0.875,
                                "crop_mode": "center", "mean": list(model.pretrained_cfg["mean"]),
                                "std": list(model.pretrained_cfg["std"])}}
+    from dszoo.audio.spot import load_spotter
+
     spotter = create_model("ds_cnn_s", pretrained=True)
     export_model(spotter, fmt, tmp_path / f"kws{suffix}", (1, 49, 10))
-    assert read_export_metadata(tmp_path / f"kws{suffix}")["input"] == {
-        "mfcc": "narrowband", "sample_rate": 16000, "clip_samples": 16000, "input_size": [1, 49, 10]}
+    about = read_export_metadata(tmp_path / f"kws{suffix}")
+    assert about["input"] == {"mfcc": "narrowband", "sample_rate": 16000, "clip_samples": 16000, "input_size": [1, 49, 10]}
+    assert about["class_names"] == load_spotter().classes
 
 
 def test_ema_warms_up_so_a_short_finetune_is_not_stuck_at_its_start(tmp_path: Path) -> None:
