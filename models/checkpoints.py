@@ -18,7 +18,7 @@ from .config import ModelConfig
 from .errors import UsageError
 from .files import FileKindError, regular_file
 from .preprocessing import trained_front_end
-from .weights import SPOTTER_METADATA_KEY, CheckpointError, check_torch_file, read_state_dict, tensor_problems
+from .weights import CheckpointError, check_torch_file, read_state_dict, spotter_metadata, tensor_problems
 
 __all__ = ["CHECKPOINT_FORMAT", "DEFAULT_THRESHOLD", "build_from_checkpoint", "read_checkpoint", "read_spotter_file",
            "read_trained_file", "read_training_checkpoint"]
@@ -102,11 +102,8 @@ def read_training_checkpoint(path: PathLike, what: str) -> Optional[dict[str, An
 
 def read_spotter_file(path: Path) -> dict:
     """A ``save_spotter`` file as a checkpoint-like mapping (model, model_config, class_names ...)."""
-    from safetensors import safe_open
-
     state = read_state_dict(path)
-    with safe_open(str(path), framework="pt") as fh:
-        meta = (fh.metadata() or {}).get(SPOTTER_METADATA_KEY)
+    meta = spotter_metadata(path)
     if meta is None:
         raise UsageError(f"{path}: weights alone, not a keyword spotter (save one with dszoo-eval-speech "
                          "--save-spotter, or pass a dszoo-train checkpoint)")

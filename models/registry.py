@@ -6,6 +6,7 @@ an import someone might forget (mmpretrain's pitfall).
 from __future__ import annotations
 
 import fnmatch
+import json
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,7 +19,7 @@ from .builder import ZooFeatures, ZooNet, build_model
 from .checkpoints import build_from_checkpoint, read_trained_file, read_training_checkpoint
 from .config import ConfigError, ModelConfig, close_matches, config_changes, load_family_file
 from .plan import resolve_config
-from .weights import CheckpointError
+from .weights import CheckpointError, bundled_weights, cached_timm_weights, load_pretrained, spotter_metadata
 
 __all__ = ["UnknownModelError", "create_model", "get_model_config", "list_models", "load_checkpoint",
            "model_from_checkpoint", "register_model", "timm_aliases"]
@@ -202,12 +203,8 @@ def create_model(
         overrides = {**_trained_shape(pretrained), **overrides}
     model = build_model(get_model_config(name, **overrides), allow_large)
     if pretrained is True:
-        from .weights import bundled_weights, cached_timm_weights
-
         pretrained = bundled_weights(model.cfg) if model.cfg.bundled_weights else cached_timm_weights(model.cfg)
     if pretrained is not None and pretrained is not False:
-        from .weights import load_pretrained
-
         report = load_pretrained(model, pretrained)
         for note in report["notes"]:
             warnings.warn(f"{pretrained}: {note}", stacklevel=2)
@@ -231,17 +228,11 @@ def _trained_shape(path: PathLike) -> dict[str, Any]:
     """The classes, channels and input size a ``dszoo-train`` checkpoint or spotter file was
     trained with (empty for other weights files), so that ``pretrained=`` keeps its head."""
     if Path(path).suffix == ".safetensors":
-        from .weights import SPOTTER_METADATA_KEY
-
         try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as fh:
-                if SPOTTER_METADATA_KEY not in (fh.metadata() or {}):
-                    return {}
-            saved = read_trained_file(path).get("model_config")
-        except Exception:  # noqa: BLE001 - not a spotter file: load_pretrained says what it is
+            about = json.loads(spotter_metadata(path) or "{}")
+        except Exception:  # noqa: BLE001 - not a readable spotter file: load_pretrained says what it is
             return {}
+        saved = about.get("model_config") if isinstance(about, dict) else None
     else:
         ckpt = read_training_checkpoint(path, "pretrained")
         saved = ckpt.get("model_config") if ckpt is not None else None

@@ -36,6 +36,7 @@ __all__ = [
     "load_pretrained",
     "read_state_dict",
     "save_state_dict",
+    "spotter_metadata",
     "timm_module_map",
     "weights_front_end",
 ]
@@ -284,15 +285,21 @@ def _class_names(about: Mapping[str, Any]) -> dict[str, Any]:
     return {"class_names": list(names)} if ok else {}
 
 
+def spotter_metadata(path: PathLike) -> Optional[str]:
+    """The JSON a keyword spotter file keeps in its safetensors metadata (``SPOTTER_METADATA_KEY``),
+    unparsed; None for a safetensors file of weights alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return (fh.metadata() or {}).get(SPOTTER_METADATA_KEY)
+
+
 def _spotter_trained_cfg(path: Path) -> dict[str, Any]:
     """What a keyword spotter file's metadata says of the model's input and outputs: its front end
     and class names (``{}`` if it is weights alone; a damaged one is ``load_spotter``'s to report)."""
     import json
 
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        meta = (fh.metadata() or {}).get(SPOTTER_METADATA_KEY)
+    meta = spotter_metadata(path)
     try:
         about = json.loads(meta) if meta is not None else None
     except ValueError:

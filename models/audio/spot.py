@@ -52,7 +52,10 @@ class KeywordSpotter:
     def top_k(self, wave: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable classes of a clip: of its one second (zero-padded if shorter),
         or of a longer clip's most confident second (``best_window``)."""
-        probs = self.best_window(wave)[1]
+        return self.ranked(self.best_window(wave)[1], k)
+
+    def ranked(self, probs: torch.Tensor, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most probable classes of one window's ``probs``, with their probabilities."""
         values, indices = probs.topk(min(k, len(self.classes)))
         return [(self.classes[i], float(v)) for v, i in zip(values, indices)]
 

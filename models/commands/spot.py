@@ -67,12 +67,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         note = f" (note: {'; '.join(stream.notes)})" if stream.notes else ""
         if stream.seconds <= LONG_SECONDS:
             wave = stream.read()
-            start, _ = spotter.best_window(wave)
+            start, probs = spotter.best_window(wave)
             if len(wave) > SAMPLE_RATE:  # a second of it is scored: say which
                 stream.notes.append(f"{stream.seconds:.2f} s: scored the second from {start / SAMPLE_RATE:.2f} s, "
                                     "the most confident")
                 note = f" (note: {'; '.join(stream.notes)})"
-            ranked = ", ".join(f"{word} {prob:.2f}" for word, prob in spotter.top_k(wave, args.top_k))
+            ranked = ", ".join(f"{word} {prob:.2f}" for word, prob in spotter.ranked(probs, args.top_k))
             print(f"{path}: {ranked}{note}")
             continue
         found = spotter.scan(stream.chunks(), threshold=args.threshold)

@@ -81,6 +81,16 @@ def read_export_metadata(path: PathLike) -> dict[str, Any]:
     return json.loads(extra[METADATA_NAME] or "{}")
 
 
+PTE_METADATA_METHOD = "dszoo_metadata"
+"""The constant method of a ``.pte`` program that holds its ``export_metadata``."""
+
+
+def _exported_with_dynamic_batch(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` whose first dimension, the batch, stays dynamic (1 to 1024)."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+
+
 def _torchscript(model: nn.Module, example: torch.Tensor, path: str, metadata: str) -> Callable[[torch.Tensor], torch.Tensor]:
     torch.jit.save(torch.jit.script(model), path, _extra_files={METADATA_NAME: metadata})
     loaded = torch.jit.load(path, map_location="cpu")
@@ -88,8 +98,7 @@ def _torchscript(model: nn.Module, example: torch.Tensor, path: str, metadata: s
 
 
 def _pt2(model: nn.Module, example: torch.Tensor, path: str, metadata: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    program = _exported_with_dynamic_batch(model, example)
     with open(path, "wb") as fh:  # through a file object: the temporary name does not end in .pt2
         torch.export.save(program, fh, extra_files={METADATA_NAME: metadata})
     with open(path, "rb") as fh:
@@ -135,8 +144,7 @@ def _pte(model: nn.Module, example: torch.Tensor, path: str, metadata: str) -> C
         from executorch.runtime import Runtime
     except ImportError:
         raise ExportError("ExecuTorch export needs the executorch extra: pip install 'dszoo[executorch]'") from None
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    program = _exported_with_dynamic_batch(model, example)
     about = torch.frombuffer(bytearray(metadata.encode()), dtype=torch.uint8)
     lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                           constant_methods={PTE_METADATA_METHOD: about})
@@ -144,9 +152,6 @@ def _pte(model: nn.Module, example: torch.Tensor, path: str, metadata: str) -> C
         fh.write(lowered.to_executorch().buffer)
     method = Runtime.get().load_program(path).load_method("forward")
     return lambda x: method.execute([x.contiguous()])[0]
-
-
-PTE_METADATA_METHOD = "dszoo_metadata"
 
 
 def _is_qdq(path: str) -> bool:
