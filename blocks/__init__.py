@@ -1,5 +1,5 @@
-"""Reusable depthwise-separable building blocks, first and second generation (no YAML, no model
-registry here)."""
+"""Reusable depthwise-separable building blocks, from MobileNetV1 to MobileNetV4 (no YAML, no
+model registry here)."""
 from .layers import (
     ACTIVATIONS,
     NORMS,
@@ -14,7 +14,9 @@ from .layers import (
     create_norm,
     pair,
 )
-from .mobile import InvertedResidual, SqueezeExcite
+from .attention import MobileMultiQueryAttention, MultiQueryAttention2d
+from .mobile import (FusedInvertedResidual, InvertedResidual, LayerScale2d, ResidualConv, SqueezeExcite,
+                     UniversalInvertedResidual)
 from .separable import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, standard_conv
 
 __all__ = [
@@ -26,10 +28,16 @@ __all__ = [
     "ConvNormAct",
     "DepthwiseConv",
     "DepthwiseSeparableConv",
+    "FusedInvertedResidual",
     "InvertedResidual",
+    "LayerScale2d",
+    "MobileMultiQueryAttention",
+    "MultiQueryAttention2d",
+    "ResidualConv",
     "PointwiseConv",
     "SeparableConv2d",
     "SqueezeExcite",
+    "UniversalInvertedResidual",
     "XceptionBlock",
     "create_act",
     "create_conv2d",

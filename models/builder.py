@@ -14,12 +14,14 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .blocks import (CepstralMeanNorm, ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d,
-                     SqueezeExcite, XceptionBlock, pair, standard_conv)
+from .blocks import (CepstralMeanNorm, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, InvertedResidual,
+                     MobileMultiQueryAttention, ResidualConv, SeparableConv2d, SqueezeExcite, UniversalInvertedResidual,
+                     XceptionBlock, pair, standard_conv)
 from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
 
-from .config import ConvStage, DSStage, IRStage, ModelConfig, SEConfig, XceptionStage
+from .config import (ConvStage, DSStage, FusedStage, IRStage, ModelConfig, MQAStage, SEConfig, UIBStage,
+                     XceptionStage)
 from .plan import (check_model_size, drop_path_rates, make_divisible, min_input_size, plan_model, se_channels,
                    stage_width)
 
@@ -39,6 +41,7 @@ class BuildContext:
     round_limit: float = 0.9
     se: SEConfig = SEConfig()
     drop_path: float = 0.0
+    layer_scale: Optional[float] = None
 
     def chs(self, channels: float) -> int:
         """``make_divisible`` with the config's divisor and round limit (timm's rule)."""
@@ -62,10 +65,10 @@ class BuildContext:
 
 
 def _conv_block(in_chs: int, spec: ConvStage, stride: Any, ctx: BuildContext) -> nn.Module:
-    return ConvNormAct(
-        in_chs, ctx.out(spec), spec.kernel, stride=stride, dilation=spec.dilation,
-        padding=spec.padding, norm=ctx.norm, act=ctx.act,
-    )
+    # a residual needs the map's size kept: "same" padding (a valid or fixed padding may change it)
+    kind = partial(ResidualConv, drop_path=ctx.drop_path) if spec.skip and spec.padding == "same" else ConvNormAct
+    return kind(in_chs, ctx.out(spec), spec.kernel, stride=stride, dilation=spec.dilation, padding=spec.padding,
+                norm=ctx.norm, act=ctx.act)
 
 
 def _ds_block(in_chs: int, spec: DSStage, stride: Any, ctx: BuildContext) -> nn.Module:
@@ -83,13 +86,33 @@ def _ds_block(in_chs: int, spec: DSStage, stride: Any, ctx: BuildContext) -> nn.
 
 
 def _ir_block(in_chs: int, spec: IRStage, stride: Any, ctx: BuildContext) -> nn.Module:
-    mid = ctx.chs(in_chs * spec.expand)
-    block = InvertedResidual(in_chs, ctx.out(spec), mid, kernel_size=spec.kernel, stride=stride, dilation=spec.dilation,
-                             norm=ctx.norm, act=ctx.act, se=ctx.se_factory(spec.se_ratio, spec.expand), skip=spec.skip,
-                             drop_path=ctx.drop_path)
-    if not ctx.separable:  # the depthwise conv as a standard one; expansion and projection stay
-        block.dw = ConvNormAct(mid, mid, spec.kernel, stride=stride, dilation=spec.dilation, norm=ctx.norm, act=ctx.act)
-    return block
+    # separable=False: the depthwise conv as a standard one; expansion and projection stay
+    return InvertedResidual(in_chs, ctx.out(spec), ctx.chs(in_chs * spec.expand), kernel_size=spec.kernel,
+                            stride=stride, dilation=spec.dilation, norm=ctx.norm, act=ctx.act,
+                            se=ctx.se_factory(spec.se_ratio, spec.expand), skip=spec.skip, drop_path=ctx.drop_path,
+                            depthwise=ctx.separable)
+
+
+def _uib_block(in_chs: int, spec: UIBStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    return UniversalInvertedResidual(
+        in_chs, ctx.out(spec), ctx.chs(in_chs * spec.expand), start_kernel=spec.start_kernel, kernel_size=spec.kernel,
+        end_kernel=spec.end_kernel, stride=stride, norm=ctx.norm, act=ctx.act,
+        se=ctx.se_factory(spec.se_ratio, spec.expand), skip=spec.skip, layer_scale=ctx.layer_scale,
+        drop_path=ctx.drop_path, depthwise=ctx.separable)
+
+
+def _fused_block(in_chs: int, spec: FusedStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    return FusedInvertedResidual(
+        in_chs, ctx.out(spec), ctx.chs(in_chs * spec.expand), kernel_size=spec.kernel, stride=stride,
+        dilation=spec.dilation, norm=ctx.norm, act=ctx.act, se=ctx.se_factory(spec.se_ratio, spec.expand),
+        skip=spec.skip, drop_path=ctx.drop_path)
+
+
+def _mqa_block(in_chs: int, spec: MQAStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    return MobileMultiQueryAttention(
+        in_chs, ctx.out(spec), num_heads=spec.heads, key_dim=spec.key_dim, kv_stride=spec.kv_stride,
+        dw_kernel_size=spec.kernel, norm=ctx.norm, skip=spec.skip, layer_scale=ctx.layer_scale,
+        drop_path=ctx.drop_path, depthwise=ctx.separable)
 
 
 def _xception_block(in_chs: int, spec: XceptionStage, stride: Any, ctx: BuildContext) -> nn.Module:
@@ -109,6 +132,9 @@ BLOCK_BUILDERS: dict[str, BlockBuilder] = {
     "conv": _conv_block,
     "ds": _ds_block,
     "ir": _ir_block,
+    "uib": _uib_block,
+    "fused": _fused_block,
+    "mqa": _mqa_block,
     "xception": _xception_block,
 }
 """Stage ``type`` -> function building one block; the stride applies to a stage's first block."""
@@ -183,7 +209,7 @@ class ZooNet(nn.Module):
         self.cfg = cfg
         norm = None if cfg.norm.type == "none" else partial(nn.BatchNorm2d, eps=cfg.norm.eps, momentum=cfg.norm.momentum)
         ctx = BuildContext(norm, cfg.act, cfg.separable, cfg.width_mult, cfg.channel_divisor,
-                           cfg.channel_round_limit, cfg.se)
+                           cfg.channel_round_limit, cfg.se, layer_scale=cfg.layer_scale)
         self.in_chans = cfg.in_chans
         declared = cfg.min_input_size or (1, 1)
         smallest = plan.min_input_size if plan is not None else min_input_size(cfg)
@@ -204,8 +230,8 @@ class ZooNet(nn.Module):
         points.append(("stem", chs, max(red_h, red_w)))
         stages: list[nn.Module] = []
         rates = drop_path_rates(cfg)
-        for i, spec in enumerate(cfg.stages):
-            layers, chs, (sh, sw) = _build_stage(spec, chs, ctx, cfg.repeats(spec), rates[i])
+        for i, (spec, repeats) in enumerate(zip(cfg.stages, cfg.stage_repeats())):
+            layers, chs, (sh, sw) = _build_stage(spec, chs, ctx, repeats, rates[i])
             stages.append(nn.Sequential(*layers))
             red_h, red_w = red_h * sh, red_w * sw
             points.append((f"stages.{i}", chs, max(red_h, red_w)))
@@ -219,7 +245,8 @@ class ZooNet(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1) if cfg.head.pool == "avg" else nn.AdaptiveMaxPool2d(1)
         head = cfg.head.conv
         self.head_conv: nn.Module = nn.Identity() if head is None else ConvNormAct(
-            chs, head.out, 1, padding=0, bias=head.bias, norm=None, act=head.act)
+            chs, head.out, 1, padding=0, bias=head.bias, norm=norm if head.norm else None, act=head.act)
+        self.head_norm = head is not None and head.norm and norm is not None
         if head is not None and head.op == "linear":
             head_as_linear(self.head_conv)
         self.num_features = chs if head is None else head.out
@@ -299,6 +326,10 @@ class ZooNet(nn.Module):
         check_input(x, self.in_chans, self.min_input_size, self.model_name)
         if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
             self._check_dtype(x)
+        if self.training and self.head_norm and x.shape[0] == 1:
+            raise ValueError(f"{self.model_name} normalises its pooled features (a BatchNorm in its head): in "
+                             "training mode it needs a batch of at least 2 images, got 1; call model.eval() to "
+                             "run one image")
 
     @torch.jit.unused
     def _check_dtype(self, x: torch.Tensor) -> None:

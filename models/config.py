@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator,
+                      model_validator)
 
 from .blocks import ACTIVATIONS, NORMS
 
@@ -27,7 +28,10 @@ __all__ = [
     "DSStage",
     "HeadConfig",
     "HeadConv",
+    "FusedStage",
     "IRStage",
+    "MQAStage",
+    "UIBStage",
     "SEConfig",
     "ModelConfig",
     "NormConfig",
@@ -128,6 +132,10 @@ class _Stage(_Strict):
     act: Optional[Activation] = None  # this stage's activation (default: the model's ``act``)
     width: WidthRule = "scaled"
     scale_depth: StrictBool = True  # whether ``depth_mult`` scales ``repeat`` (stages only, not the stem)
+    same_stage: StrictBool = False
+    """This row continues the previous row's stage (a paper's stage written as several rows, e.g.
+    MobileNetV3's three rows of 80 channels): ``depth_mult`` scales the stage's total and timm
+    numbers its blocks as one stage."""
 
 
 class ConvStage(_Stage):
@@ -136,6 +144,7 @@ class ConvStage(_Stage):
     type: Literal["conv"] = "conv"
     padding: Union[Literal["same", "valid"], Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]] = "same"
     dilation: PosInt = 1
+    skip: StrictBool = False  # add the input when stride 1, "same" padding and the channels match (EfficientNetV2)
 
 
 class DSStage(_Stage):
@@ -160,6 +169,55 @@ class IRStage(_Stage):
     skip: StrictBool = True
 
 
+NonNegInt = Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]
+
+
+class UIBStage(_Stage):
+    """``repeat`` x MobileNetV4 universal inverted bottleneck: [dw ``start_kernel``], 1x1 expand by
+    ``expand``, [dw ``kernel``], [SE], linear 1x1 project, [dw ``end_kernel``]; a kernel of 0
+    leaves that depthwise conv out (ExtraDW: start and kernel; ConvNeXt-like: start only;
+    inverted bottleneck: kernel only; FFN: none)."""
+
+    type: Literal["uib"]
+    start_kernel: NonNegInt = 0
+    kernel: NonNegInt = 3
+    end_kernel: NonNegInt = 0
+    expand: Annotated[float, Field(strict=True, gt=0, le=100)] = 4.0
+    se_ratio: Fraction = 0.0
+    skip: StrictBool = True
+
+    @model_validator(mode="after")
+    def _strided_needs_a_depthwise_conv(self) -> "UIBStage":
+        if self.stride not in (1, (1, 1)) and not (self.start_kernel or self.kernel or self.end_kernel):
+            raise ValueError(f"stride {self.stride} needs a depthwise conv to take it: start_kernel, kernel or "
+                             "end_kernel must be above 0")
+        return self
+
+
+class FusedStage(_Stage):
+    """``repeat`` x fused inverted residual (Fused-MBConv, FusedIB): a ``kernel`` x ``kernel``
+    full conv expanding by ``expand``, [SE], linear 1x1 project."""
+
+    type: Literal["fused"]
+    expand: Annotated[float, Field(strict=True, gt=0, le=100)] = 4.0
+    dilation: PosInt = 1
+    se_ratio: Fraction = 0.0
+    skip: StrictBool = True
+
+
+class MQAStage(_Stage):
+    """``repeat`` x MobileNetV4 Mobile MQA block: norm, multi-query attention of ``heads`` heads
+    of ``key_dim`` channels, keys and values on a map downsampled by a ``kernel`` x ``kernel``
+    depthwise conv of stride ``kv_stride``; the block itself keeps the map's size."""
+
+    type: Literal["mqa"]
+    stride: Literal[1] = 1
+    heads: Annotated[int, Field(strict=True, gt=0, le=1024)] = 8
+    key_dim: Annotated[int, Field(strict=True, gt=0, le=4096)] = 64
+    kv_stride: Literal[1, 2] = 1
+    skip: StrictBool = True
+
+
 class XceptionStage(_Stage):
     """``repeat`` x Xception residual unit of ``convs`` separable convs."""
 
@@ -170,8 +228,9 @@ class XceptionStage(_Stage):
     grow_first: StrictBool = True
 
 
-StageConfig = Annotated[Union[ConvStage, DSStage, IRStage, XceptionStage], Field(discriminator="type")]
-STAGE_TYPES = ("conv", "ds", "ir", "xception")
+StageConfig = Annotated[Union[ConvStage, DSStage, IRStage, UIBStage, FusedStage, MQAStage, XceptionStage],
+                        Field(discriminator="type")]
+STAGE_TYPES = ("conv", "ds", "ir", "uib", "fused", "mqa", "xception")
 
 
 class HeadConv(_Strict):
@@ -181,6 +240,7 @@ class HeadConv(_Strict):
     out: PosInt
     act: Activation = "hard_swish"
     bias: StrictBool = True
+    norm: StrictBool = False  # a norm between the conv and its activation (MobileNetV4)
     op: Literal["conv", "linear"] = "conv"
     """How the same weights are applied: a 1x1 conv (timm), or a Linear on the pooled features
     (torchvision, whose logits differ from the conv's in the last float bits)."""
@@ -204,6 +264,7 @@ class SEConfig(_Strict):
     divisor: Optional[PosInt] = None
     act: Optional[Activation] = None
     gate: Literal["sigmoid", "hard_sigmoid"] = "sigmoid"
+    round_limit: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.9  # make_divisible's, with ``divisor``
 
 
 class PretrainedConfig(_Strict):
@@ -235,9 +296,14 @@ class ModelConfig(_Strict):
     num_classes: Annotated[int, Field(strict=True, ge=0, le=MAX_INT)] = 1000
     width_mult: Annotated[float, Field(strict=True, gt=0, le=100)] = 1.0
     depth_mult: Annotated[float, Field(strict=True, gt=0, le=100)] = 1.0  # repeats x this, rounded up
+    depth_rounding: Literal["ceil", "round"] = "ceil"
+    """How a stage's scaled depth becomes an int: up (EfficientNet) or to nearest, at least 1 (TinyNet)."""
     channel_divisor: PosInt = 8
-    channel_round_limit: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.9  # make_divisible's (timm's)
+    channel_round_limit: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.9  # make_divisible's (timm's)
     drop_path_rate: Fraction = 0.0  # stochastic depth of the last block; block i of n gets rate x i / n
+    layer_scale: Optional[PosFloat] = None
+    """Initial value of a learned per-channel scale on the residual branch of ``uib`` and ``mqa``
+    blocks (MobileNetV4's hybrids: 1e-5); ``null``: none."""
     se: SEConfig = SEConfig()
     separable: StrictBool = True
     act: str = "relu"
@@ -261,15 +327,34 @@ class ModelConfig(_Strict):
     def in_chans(self) -> int:
         return self.input_size[0]
 
-    def repeats(self, spec: Any) -> int:
-        """A stage's blocks: ``repeat`` x ``depth_mult`` rounded up (EfficientNet, Tan & Le 2019,
-        eq. 3, as its code rounds), unless the stage keeps its depth."""
-        return math.ceil(spec.repeat * self.depth_mult) if spec.scale_depth else spec.repeat
+    def stage_repeats(self) -> list[int]:
+        """Blocks of each row of ``stages``: a stage's (its rows joined by ``same_stage``) total
+        ``repeat`` x ``depth_mult``, rounded by ``depth_rounding`` (EfficientNet, Tan & Le 2019,
+        eq. 3, as its code rounds), then shared out over its rows from the last, in proportion
+        (timm's ``_scale_stage_depth``); rows with ``scale_depth: false`` keep their ``repeat``."""
+        groups: list[list[int]] = []
+        for i, spec in enumerate(self.stages):
+            if spec.same_stage and groups and spec.scale_depth and self.stages[groups[-1][-1]].scale_depth:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        out = [spec.repeat for spec in self.stages]
+        for group in groups:
+            if not self.stages[group[0]].scale_depth or self.depth_mult == 1.0:
+                continue
+            total = sum(out[i] for i in group)
+            scaled = max(1, round(total * self.depth_mult)) if self.depth_rounding == "round" else \
+                math.ceil(total * self.depth_mult)
+            for i in reversed(group):
+                share = max(1, round(out[i] / total * scaled))
+                total, scaled, out[i] = total - out[i], scaled - share, share
+        return out
 
 
 # create_model keywords that are not top-level config keys, and the paths they set.
 OVERRIDE_KEYS = {"in_chans": "input_size[0]", "drop_rate": "head.dropout"}
-STAGE_CLASSES: dict[str, type[BaseModel]] = {"conv": ConvStage, "ds": DSStage, "ir": IRStage, "xception": XceptionStage}
+STAGE_CLASSES: dict[str, type[BaseModel]] = {"conv": ConvStage, "ds": DSStage, "ir": IRStage, "uib": UIBStage,
+                                             "fused": FusedStage, "mqa": MQAStage, "xception": XceptionStage}
 
 
 def _known_fields(loc: tuple) -> list[str]:

@@ -69,13 +69,13 @@ def se_channels(channels: int, ratio: float, expand: float, se: Any) -> int:
     ``ratio`` of the block's input (``se.of == "input"``, so ``channels * ratio / expand``) or of
     ``channels`` itself, rounded half to even as timm does, or ``make_divisible(.., se.divisor)``."""
     value = channels * ratio / (expand if se.of == "input" else 1.0)
-    return make_divisible(value, se.divisor) if se.divisor else max(1, round(value))
+    return make_divisible(value, se.divisor, se.round_limit) if se.divisor else max(1, round(value))
 
 
 def drop_path_rates(cfg: Any) -> list[list[float]]:
     """Stochastic depth per stage and block: block i of the n in ``stages`` gets
     ``drop_path_rate * i / n`` (Huang et al. 2016's linear rule, as EfficientNet's code)."""
-    counts = [cfg.repeats(spec) for spec in cfg.stages]
+    counts = cfg.stage_repeats()
     total, start, out = sum(counts), 0, []
     for n in counts:
         out.append([cfg.drop_path_rate * (start + i) / total for i in range(n)] if cfg.drop_path_rate else [])
@@ -180,10 +180,11 @@ class _Walker:
         if norm:
             self.bn(f"{prefix}.norm", key, self.c, self.h, self.w)
 
-    def pooled_conv(self, name: str, key: str, c_in: int, c_out: int) -> None:
-        """A 1x1 conv with bias on a pooled 1x1 map (squeeze-excite, MobileNetV3's head): off
-        the spatial chain."""
-        self.layers.append(LayerPlan(name, "Conv2d", key, c_in, (c_out, 1, 1), c_in * c_out + c_out, c_in * c_out))
+    def pooled_conv(self, name: str, key: str, c_in: int, c_out: int, bias: bool = True) -> None:
+        """A 1x1 conv on a pooled 1x1 map (squeeze-excite, MobileNetV3's head): off the spatial
+        chain."""
+        self.layers.append(LayerPlan(name, "Conv2d", key, c_in, (c_out, 1, 1), c_in * c_out + c_out * bias,
+                                     c_in * c_out))
 
     def squeeze_excite(self, prefix: str, key: str, ratio: float, expand: float) -> None:
         if ratio:
@@ -202,15 +203,63 @@ class _Walker:
                            norm=spec.mid_norm_act)
             self.squeeze_excite(prefix, key, spec.se_ratio, 1.0)
             self.conv_norm(f"{prefix}.pw", key, out, 1)
-        elif spec.type == "ir":
+        elif spec.type in ("ir", "uib"):
+            self.universal_inverted_residual(prefix, key, spec, out, stride)
+        elif spec.type == "fused":
             mid = make_divisible(self.c * spec.expand, self.cfg.channel_divisor, self.cfg.channel_round_limit)
-            self.conv_norm(f"{prefix}.expand", key, mid, 1)
-            self.conv_norm(f"{prefix}.dw", key, mid, spec.kernel, stride, spec.dilation,
-                           groups=mid if self.cfg.separable else 1)
+            self.conv_norm(f"{prefix}.expand", key, mid, spec.kernel, stride, spec.dilation)
             self.squeeze_excite(prefix, key, spec.se_ratio, spec.expand)
             self.conv_norm(f"{prefix}.project", key, out, 1)
+        elif spec.type == "mqa":
+            self.mobile_attention(prefix, key, spec, out)
         else:
             self.xception(prefix, key, spec, out, stride)
+
+    def universal_inverted_residual(self, prefix: str, key: str, spec: Any, out: int, stride: Any) -> None:
+        """``UniversalInvertedResidual`` (an ``ir`` row is one with its middle depthwise conv only)."""
+        kernels = (getattr(spec, "start_kernel", 0), spec.kernel, getattr(spec, "end_kernel", 0))
+        strided = next((i for i in (1, 0, 2) if kernels[i]), None)
+        dilation = getattr(spec, "dilation", 1)
+        mid = make_divisible(self.c * spec.expand, self.cfg.channel_divisor, self.cfg.channel_round_limit)
+
+        def dw(name: str, i: int) -> None:
+            if kernels[i]:
+                self.conv_norm(f"{prefix}.{name}", key, self.c, kernels[i], stride if i == strided else 1, dilation,
+                               groups=self.c if self.cfg.separable else 1)
+
+        dw("dw_start", 0)
+        self.conv_norm(f"{prefix}.expand", key, mid, 1)
+        dw("dw", 1)
+        self.squeeze_excite(prefix, key, spec.se_ratio, spec.expand)
+        self.conv_norm(f"{prefix}.project", key, out, 1)
+        dw("dw_end", 2)
+        if spec.type == "uib" and self.cfg.layer_scale is not None:
+            self.extra_params(f"{prefix}.layer_scale", key, out)
+
+    def mobile_attention(self, prefix: str, key: str, spec: Any, out: int) -> None:
+        """``MobileMultiQueryAttention``: the query, key and value projections see the same
+        input; the map keeps its size."""
+        c_in, h, w = self.c, self.h, self.w
+        self.bn(f"{prefix}.norm", key, c_in, h, w)
+        attn = f"{prefix}.attn"
+        self.conv(f"{attn}.query.proj", key, c_in, spec.heads * spec.key_dim, 1)
+        chain = len(self.chain)
+        for part in ("key", "value"):
+            self.c, self.h, self.w = c_in, h, w
+            if spec.kv_stride > 1:
+                self.conv(f"{attn}.{part}.down_conv", key, c_in, c_in, spec.kernel, spec.kv_stride,
+                          groups=c_in if self.cfg.separable else 1)
+                self.bn(f"{attn}.{part}.norm", key, c_in, self.h, self.w)
+            self.conv(f"{attn}.{part}.proj", key, c_in, spec.key_dim, 1)
+        del self.chain[chain:]  # keys and values are off the main path: they never empty it
+        self.c, self.h, self.w = spec.heads * spec.key_dim, h, w
+        self.conv(f"{attn}.output.proj", key, self.c, out, 1)
+        if self.cfg.layer_scale is not None:
+            self.extra_params(f"{prefix}.layer_scale", key, out)
+
+    def extra_params(self, name: str, key: str, count: int) -> None:
+        """A module of ``count`` parameters and no MACs on the main path (a layer scale)."""
+        self.layers.append(LayerPlan(name, "LayerScale2d", key, self.c, (self.c, self.h, self.w), count, 0))
 
     def xception(self, prefix: str, key: str, spec: Any, out: int, stride: int) -> None:
         c_in, h, w = self.c, self.h, self.w
@@ -249,12 +298,16 @@ def _walk(cfg: ModelConfig, size: tuple[int, int, int]) -> _Walker:
             walker.block(f"stem.{index}", f"stem[{i}]", spec, spec.stride if r == 0 else 1)
             index += 1
         index += spec.dropout > 0
-    for i, spec in enumerate(cfg.stages):
-        for r in range(cfg.repeats(spec)):
+    for i, (spec, repeats) in enumerate(zip(cfg.stages, cfg.stage_repeats())):
+        for r in range(repeats):
             walker.block(f"stages.{i}.{r}", f"stages[{i}]", spec, spec.stride if r == 0 else 1)
     if cfg.head.conv is not None:
-        walker.pooled_conv("head_conv.conv", "head.conv", walker.c, cfg.head.conv.out)
-        walker.c = cfg.head.conv.out
+        head = cfg.head.conv
+        walker.pooled_conv("head_conv.conv", "head.conv", walker.c, head.out, head.bias)
+        walker.c = head.out
+        if head.norm and walker.norm:
+            walker.layers.append(LayerPlan("head_conv.norm", "BatchNorm2d", "head.conv", head.out, (head.out, 1, 1),
+                                           2 * head.out, 0))
     if cfg.num_classes > 0:
         c = walker.c
         walker.layers.append(LayerPlan("classifier", "Linear", "num_classes", c, (cfg.num_classes,),
@@ -270,7 +323,8 @@ MAX_WALKED_LAYERS = 100_000
 def _layers_per_block(spec: Any) -> int:
     """Conv and norm layers one block of a stage has (squeeze-excite's two convs included)."""
     se = 2 if getattr(spec, "se_ratio", 0) else 0
-    return {"conv": 2, "ds": 4 + se, "ir": 6 + se}.get(spec.type, 3 * getattr(spec, "convs", 1) + 2)
+    return {"conv": 2, "ds": 4 + se, "ir": 6 + se, "uib": 12 + se, "fused": 4 + se, "mqa": 11}.get(
+        spec.type, 3 * getattr(spec, "convs", 1) + 2)
 
 
 def min_input_size(cfg: ModelConfig) -> tuple[int, int]:
@@ -295,7 +349,7 @@ def resolve_config(
     is at least the smallest one the network's layers accept; raise one ``ConfigError``."""
     cfg = merge_config(name, family, defaults, variant, overrides, source)
     blocks = [(f"stem[{i}]", spec.repeat, spec) for i, spec in enumerate(cfg.stem)]
-    blocks += [(f"stages[{i}]", cfg.repeats(spec), spec) for i, spec in enumerate(cfg.stages)]
+    blocks += [(f"stages[{i}]", repeats, spec) for i, (spec, repeats) in enumerate(zip(cfg.stages, cfg.stage_repeats()))]
     total = sum(repeat for _, repeat, _ in blocks)
     where = config_source(name, variant, overrides, source)
     if total > MAX_BLOCKS:  # before walking them: the check costs time in the file's size, not the network's

@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .blocks import ConvNormAct, DepthwiseSeparableConv, InvertedResidual, SeparableConv2d, XceptionBlock
+from .blocks import (ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, InvertedResidual,
+                     MobileMultiQueryAttention, ResidualConv, SeparableConv2d, UniversalInvertedResidual, XceptionBlock)
 
 from .files import FileKindError, atomic_path, regular_file
 from .builder import ZooNet
@@ -54,23 +55,43 @@ JSON with its model config, class names, MFCC front end, threshold and card."""
 
 
 # Each of our blocks' modules -> the names timm's EfficientNet builder gives them
-# (timm.models._efficientnet_blocks: DepthwiseSeparableConv, InvertedResidual, ConvBnAct).
+# (timm.models._efficientnet_blocks: DepthwiseSeparableConv, InvertedResidual, ConvBnAct,
+# UniversalInvertedResidual, EdgeResidual, MobileAttention); a block whose modules timm names as
+# we do (the Mobile MQA block) maps each of them to itself.
+_SE = {"se.conv_reduce": "se.conv_reduce", "se.conv_expand": "se.conv_expand"}
 _EFFICIENTNET_BLOCK_NAMES: dict[type, dict[str, str]] = {
-    DepthwiseSeparableConv: {"dw.conv": "conv_dw", "dw.norm": "bn1", "se.conv_reduce": "se.conv_reduce",
-                             "se.conv_expand": "se.conv_expand", "pw.conv": "conv_pw", "pw.norm": "bn2"},
-    InvertedResidual: {"expand.conv": "conv_pw", "expand.norm": "bn1", "dw.conv": "conv_dw", "dw.norm": "bn2",
-                       "se.conv_reduce": "se.conv_reduce", "se.conv_expand": "se.conv_expand",
+    DepthwiseSeparableConv: {"dw.conv": "conv_dw", "dw.norm": "bn1", **_SE, "pw.conv": "conv_pw", "pw.norm": "bn2"},
+    InvertedResidual: {"expand.conv": "conv_pw", "expand.norm": "bn1", "dw.conv": "conv_dw", "dw.norm": "bn2", **_SE,
                        "project.conv": "conv_pwl", "project.norm": "bn3"},
+    UniversalInvertedResidual: {"dw_start.conv": "dw_start.conv", "dw_start.norm": "dw_start.bn",
+                                "expand.conv": "pw_exp.conv", "expand.norm": "pw_exp.bn", "dw.conv": "dw_mid.conv",
+                                "dw.norm": "dw_mid.bn", **_SE, "project.conv": "pw_proj.conv",
+                                "project.norm": "pw_proj.bn", "dw_end.conv": "dw_end.conv", "dw_end.norm": "dw_end.bn",
+                                "layer_scale": "layer_scale"},
+    FusedInvertedResidual: {"expand.conv": "conv_exp", "expand.norm": "bn1", **_SE, "project.conv": "conv_pwl",
+                            "project.norm": "bn2"},
     ConvNormAct: {"conv": "conv", "norm": "bn1"},
+    ResidualConv: {"conv": "conv", "norm": "bn1"},
+    MobileMultiQueryAttention: {},
 }
 
 
+def _block_names(block: nn.Module) -> dict[str, str]:
+    """Our module path inside ``block`` -> timm's, for every module holding tensors."""
+    names = _EFFICIENTNET_BLOCK_NAMES[type(block)]
+    if names:
+        return names
+    return {name: name for name, module in block.named_modules()
+            if name and (list(module.parameters(recurse=False)) or list(module.buffers(recurse=False)))}
+
+
 def _efficientnet_map(model: ZooNet) -> dict[str, str]:
-    """timm's ``EfficientNet`` and ``MobileNetV3`` classes (MobileNetV1/V2, MnasNet, EfficientNet,
-    MobileNetV3): ``conv_stem``/``bn1``, then ``blocks.i.j`` numbered by timm's stages, which
-    may group several of our config rows (MobileNetV3's), so blocks are matched in order; a last
-    1x1 conv stage is timm's ``conv_head``/``bn2`` where timm has no conv after the pool, else
-    ``head_conv`` is."""
+    """timm's ``EfficientNet`` and ``MobileNetV3`` classes (MobileNetV1/V2/V3/V4, MnasNet,
+    EfficientNet and EfficientNetV2 and their relatives): ``conv_stem``/``bn1``, then
+    ``blocks.i.j`` numbered by timm's stages, which may group several of our config rows
+    (``same_stage``), so blocks are matched in order; a last 1x1 conv stage is timm's
+    ``conv_head``/``bn2`` where timm has no conv after the pool, else ``head_conv`` is
+    (``conv_head``/``norm_head``)."""
     out = {"conv_stem": "stem.0.conv", "bn1": "stem.0.norm", "classifier": "classifier"}
     blocks = [(f"stages.{i}.{j}", block) for i, stage in enumerate(model.stages) for j, block in enumerate(stage)
               if type(block) in _EFFICIENTNET_BLOCK_NAMES]
@@ -78,27 +99,24 @@ def _efficientnet_map(model: ZooNet) -> dict[str, str]:
         last, _ = blocks.pop()
         out.update({"conv_head": f"{last}.conv", "bn2": f"{last}.norm"})
     else:
-        out["conv_head"] = "head_conv.conv"
+        out.update({"conv_head": "head_conv.conv", "norm_head": "head_conv.norm"})
     stage_sizes = _timm_stage_sizes(model, len(blocks))
     flat = [(i, j) for i, size in enumerate(stage_sizes) for j in range(size)]
     for (ours, block), (i, j) in zip(blocks, flat):
-        out.update({f"blocks.{i}.{j}.{theirs}": f"{ours}.{mine}"
-                    for mine, theirs in _EFFICIENTNET_BLOCK_NAMES[type(block)].items()})
+        out.update({f"blocks.{i}.{j}.{theirs}": f"{ours}.{mine}" for mine, theirs in _block_names(block).items()})
     return out
 
 
 def _timm_stage_sizes(model: ZooNet, count: int) -> list[int]:
-    """How timm groups the first ``count`` blocks into ``blocks.i``: one timm stage per run of
-    config rows with the same output channels (MobileNetV3's rows of 80 channels are one timm
-    stage; every other family has one row per stage)."""
+    """How timm groups the first ``count`` blocks into ``blocks.i``: one timm stage per paper
+    stage, a config row and the rows after it marked ``same_stage`` (MobileNetV3's rows of 80
+    channels are one timm stage)."""
     sizes: list[int] = []
-    last = None
-    for spec in model.cfg.stages:
-        if spec.out == last:
-            sizes[-1] += model.cfg.repeats(spec)
+    for spec, repeats in zip(model.cfg.stages, model.cfg.stage_repeats()):
+        if spec.same_stage and sizes:
+            sizes[-1] += repeats
         else:
-            sizes.append(model.cfg.repeats(spec))
-        last = spec.out
+            sizes.append(repeats)
     out, left = [], count
     for size in sizes:
         if left <= 0:
@@ -133,6 +151,8 @@ TIMM_MODELS: dict[str, tuple[str, str, Callable[[ZooNet], dict[str, str]]]] = {
     "mobilenet_v2": ("mobilenetv2_100", "conv_stem.weight", _efficientnet_map),
     "mobilenet_v3": ("mobilenetv3_large_100", "conv_stem.weight", _efficientnet_map),
     "efficientnet": ("efficientnet_b0", "conv_stem.weight", _efficientnet_map),
+    "efficientnet_v2": ("efficientnetv2_s", "conv_stem.weight", _efficientnet_map),
+    "mobilenet_v4": ("mobilenetv4_conv_small", "conv_stem.weight", _efficientnet_map),
     "mnasnet": ("semnasnet_100", "conv_stem.weight", _efficientnet_map),
     "xception": ("legacy_xception", "block1.rep.0.conv1.weight", _xception_map),
 }
@@ -144,6 +164,7 @@ TORCHVISION_MODELS: dict[str, tuple[str, str, float]] = {
     "mobilenet_v3": ("mobilenet_v3_large / mobilenet_v3_small", "features.0.0.weight", 1e-3),
     "efficientnet": ("efficientnet_b0", "features.0.0.weight", 1e-5),
     "mnasnet": ("mnasnet1_0", "layers.0.weight", 1e-5),
+    "efficientnet_v2": ("efficientnet_v2_s / efficientnet_v2_m / efficientnet_v2_l", "features.0.0.weight", 1e-3),
 }
 
 

@@ -50,8 +50,28 @@ xception_stages = st.fixed_dictionaries(
     optional={"kernel": kernels, "stride": st.sampled_from([1, 2]), "convs": st.integers(1, 3),
               "start_with_act": st.booleans(), "grow_first": st.booleans(), **common},
 )
+uib_stages = st.fixed_dictionaries(
+    {"type": st.just("uib"), "out": st.integers(1, 16)},
+    optional={"start_kernel": st.integers(0, 5), "kernel": st.integers(1, 5), "end_kernel": st.integers(0, 5),
+              "stride": strides, "expand": st.sampled_from([1, 2, 4]), "se_ratio": st.sampled_from([0.0, 0.25]),
+              "skip": st.booleans(), "same_stage": st.booleans(), **common},
+)
+fused_stages = st.fixed_dictionaries(
+    {"type": st.just("fused"), "out": st.integers(1, 16)},
+    optional={"kernel": kernels, "stride": strides, "dilation": st.integers(1, 2), "expand": st.sampled_from([1, 4]),
+              "se_ratio": st.sampled_from([0.0, 0.25]), "skip": st.booleans(), **common},
+)
+mqa_stages = st.fixed_dictionaries(
+    {"type": st.just("mqa"), "out": st.integers(1, 16)},
+    optional={"heads": st.integers(1, 3), "key_dim": st.integers(1, 8), "kv_stride": st.sampled_from([1, 2]),
+              "kernel": st.integers(1, 5), "skip": st.booleans(), **common},
+)
+residual_conv_stages = st.fixed_dictionaries({"type": st.just("conv"), "out": st.integers(1, 16), "skip": st.just(True)},
+                                             optional=conv_fields)
 valid_configs = st.fixed_dictionaries(
-    {"stem": st.lists(stem_stages, max_size=2), "stages": st.lists(st.one_of(conv_stages, ds_stages, ir_stages, xception_stages), max_size=3)},
+    {"stem": st.lists(stem_stages, max_size=2),
+     "stages": st.lists(st.one_of(conv_stages, ds_stages, ir_stages, xception_stages, uib_stages, fused_stages,
+                                  mqa_stages, residual_conv_stages), max_size=3)},
     optional={
         "width_mult": st.sampled_from([0.25, 0.5, 1.0, 1.5]),
         "channel_divisor": st.sampled_from([1, 2, 4, 8]),
@@ -60,7 +80,11 @@ valid_configs = st.fixed_dictionaries(
         "norm": st.fixed_dictionaries({"type": st.sampled_from(["batchnorm", "none"])}),
         "head": st.fixed_dictionaries({}, optional={"pool": st.sampled_from(["avg", "max"]),
                                                     "dropout": st.sampled_from([0.0, 0.5]),
-                                                    "conv": st.fixed_dictionaries({"out": st.integers(1, 16)})}),
+                                                    "conv": st.fixed_dictionaries({"out": st.integers(1, 16)},
+                                                                                  optional={"norm": st.booleans(),
+                                                                                            "bias": st.booleans()})}),
+        "layer_scale": st.sampled_from([None, 1e-5]),
+        "depth_rounding": st.sampled_from(["ceil", "round"]),
         "num_classes": st.integers(0, 12),
         "depth_mult": st.sampled_from([1.0, 1.2, 1.5]),
         "channel_round_limit": st.sampled_from([0.9, 0.5]),
@@ -101,7 +125,12 @@ def test_random_valid_config_builds_and_matches_its_closed_form(raw: dict[str, A
     assert _rows(summary.layers) == _rows(plan.layers)
 
 
-@given(name=st.sampled_from(list_models()), width=st.sampled_from([0.25, 0.5, 0.75]), separable=st.booleans(),
+# Registered models small enough to build many times (all but the EfficientNetV2 M/L/XL and
+# MobileNetV4 large sizes; their blocks are all in the smaller ones).
+SMALL_MODELS = [name for name in list_models() if plan_model(get_model_config(name)).params < 20_000_000]
+
+
+@given(name=st.sampled_from(SMALL_MODELS), width=st.sampled_from([0.25, 0.5, 0.75]), separable=st.booleans(),
        extra=st.tuples(st.integers(0, 40), st.integers(0, 40)), num_classes=st.integers(0, 20))
 def test_registered_models_with_random_overrides_match_their_closed_form(name: str, width: float, separable: bool,
                                                                           extra: tuple[int, int], num_classes: int) -> None:
@@ -137,11 +166,14 @@ def test_minimum_input_size_is_tight(raw: dict[str, Any], in_chans: int) -> None
 
 # --- invalid configs: mutations of valid ones ------------------------------------------------
 
-INT_KEYS = {"out", "repeat", "dilation", "depth_multiplier", "convs"}
+INT_KEYS = {"out", "repeat", "dilation", "depth_multiplier", "convs", "heads", "key_dim"}
 BOOL_KEYS = {"mid_norm_act", "start_with_act", "grow_first"}
 STAGE_KEYS = {"conv": {"out", "repeat", "kernel", "stride", "dilation", "dropout"},
               "ds": {"out", "repeat", "kernel", "stride", "dilation", "depth_multiplier", "mid_norm_act", "dropout"},
               "ir": {"out", "repeat", "kernel", "stride", "dilation", "dropout"},
+              "uib": {"out", "repeat", "stride", "dropout"},  # a kernel of 0 is allowed: no such conv
+              "fused": {"out", "repeat", "kernel", "stride", "dilation", "dropout"},
+              "mqa": {"out", "repeat", "kernel", "stride", "heads", "key_dim", "dropout"},
               "xception": {"out", "repeat", "kernel", "stride", "convs", "start_with_act", "grow_first", "dropout"}}
 TOP_KEYS = {"width_mult": "float", "channel_divisor": "int", "num_classes": "count", "separable": "bool", "act": "str"}
 WRONG_TYPE = {"int": ["8", 8.5, True, None, [8], {"n": 8}], "count": ["8", 2.5, False, None, [1]],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,12 @@ import timm
 import torch
 from torch import nn
 
-from conftest import one_per_family, small_input_size
-from dszoo import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models
+from conftest import one_per_family, registry, small_input_size
+from dszoo import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models, plan_model
 from dszoo.profile import layer_gemms, layer_macs
-from dszoo.blocks import CepstralMeanNorm
+from dszoo.blocks import CepstralMeanNorm, DepthwiseSeparableConv
 
-ALL_MODELS = list_models()
+ALL_MODELS = registry()  # all but the largest (conftest.registry says why)
 
 # (name, overrides, input (C, H, W), params, MACs, final feature map (C, H, W)) - DESIGN.md table
 REFERENCE = [
@@ -76,20 +77,47 @@ def test_reference_numbers(name, overrides, input_size, params, macs, final_map)
         assert tuple(model.forward_features(torch.zeros(1, *input_size)).shape[1:]) == final_map
 
 
-def test_parameter_count_equals_timm() -> None:
-    """Every model with a timm counterpart (its config's ``timm_name``) has timm's parameters."""
-    assert len(TIMM_NAMES) == 27
-    for ours, theirs in TIMM_NAMES.items():
-        assert count_params(create_model(ours)) == count_params(timm.create_model(theirs)), ours
+def test_params_and_macs_equal_the_timm_twins_by_the_same_counter() -> None:
+    """Every model with a timm counterpart (its config's ``timm_name``) has timm's parameters and,
+    counted by ``count_macs`` at the model's input size, timm's MACs (ours from the closed form,
+    which ``test_fuzz_configs`` and the summary tests check against the built model). timm's are
+    built on the meta device: shapes without memory, so the largest cost little."""
+    assert len(TIMM_NAMES) == 86
+    with torch.device("meta"):
+        for ours, theirs in TIMM_NAMES.items():
+            cfg = get_model_config(ours)
+            twin = timm.create_model(theirs)
+            plan = plan_model(cfg)
+            assert (plan.params, plan.macs) == (count_params(twin), count_macs(twin, cfg.input_size)), ours
+
+
+def test_every_row_of_the_reference_table_is_the_closed_form_count() -> None:
+    """docs/models.md: each row of one model at its own input size gives its exact params and MACs."""
+    rows = re.findall(r"^\| `([a-z0-9_]+)` \| (\d+)x(\d+)x(\d+) \| ([\d,]+) \| ([\d,]+) \|",
+                      (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text(), flags=re.M)
+    assert len(rows) >= 85
+    for name, c, h, w, params, macs in rows:
+        cfg = get_model_config(name)
+        assert cfg.input_size == (int(c), int(h), int(w)), name
+        plan = plan_model(cfg)
+        assert (plan.params, plan.macs) == (int(params.replace(",", "")), int(macs.replace(",", ""))), name
 
 
 def test_list_models_shows_every_family() -> None:
     assert list_models("mobilenet_v1*") == [
-        "mobilenet_v1", "mobilenet_v1_025", "mobilenet_v1_050", "mobilenet_v1_075", "mobilenet_v1_shallow",
+        "mobilenet_v1", "mobilenet_v1_025", "mobilenet_v1_050", "mobilenet_v1_075", "mobilenet_v1_100h",
+        "mobilenet_v1_125", "mobilenet_v1_shallow",
     ]
     assert list_models("mobilenet_v3*") == ["mobilenet_v3_large", "mobilenet_v3_large_075", "mobilenet_v3_large_075_tf",
-                                            "mobilenet_v3_large_tf", "mobilenet_v3_small", "mobilenet_v3_small_075",
+                                            "mobilenet_v3_large_150d", "mobilenet_v3_large_tf", "mobilenet_v3_small",
+                                            "mobilenet_v3_small_050", "mobilenet_v3_small_075",
                                             "mobilenet_v3_small_075_tf", "mobilenet_v3_small_tf"]
+    assert list_models("mobilenet_v4*") == ["mobilenet_v4_conv_large", "mobilenet_v4_conv_medium",
+                                            "mobilenet_v4_conv_small", "mobilenet_v4_conv_small_035",
+                                            "mobilenet_v4_conv_small_050", "mobilenet_v4_hybrid_large",
+                                            "mobilenet_v4_hybrid_large_075", "mobilenet_v4_hybrid_medium",
+                                            "mobilenet_v4_hybrid_medium_075"]
+    assert len(list_models("efficientnet_v2*")) == 15
     assert set(list_models()) >= {"xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l", "mobilenet_v2", "mobilenet_v2_035",
                                   "mobilenet_v2_050", "mobilenet_v2_075", "mobilenet_v2_140", "efficientnet_b0",
                                   "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_lite0",
@@ -341,6 +369,30 @@ def test_a_user_yaml_mixes_block_types(tmp_path: Path) -> None:
     ir = model.stages[1][1]
     assert ir.mid_chs == 256 and ir.has_skip and isinstance(ir.se.gate, torch.nn.Sigmoid)
     assert isinstance(ir.dw.act, torch.nn.Hardswish) and not model.stages[1][0].has_skip
+    plan = plan_model(model.cfg)
+    assert plan.params == count_params(model) and plan.macs == count_macs(model, (3, 64, 64))
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_a_user_yaml_mixes_fused_uib_and_attention_blocks(tmp_path: Path) -> None:
+    """docs/configs.md's second example: a MobileNetV1 stem and ds stage, a fused stage, ExtraDW and
+    ConvNeXt-like bottlenecks and Mobile MQA in one stage; one builder, the plan agrees, the
+    depthwise conv that takes the stride is the middle one."""
+    from dszoo import plan_model
+    from dszoo.blocks import FusedInvertedResidual, MobileMultiQueryAttention, UniversalInvertedResidual
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "configs.md").read_text()
+    text = docs.split("universal inverted bottlenecks with attention", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "mixed.yaml").write_text(text)
+    model = create_model(str(tmp_path / "mixed.yaml"), num_classes=10, input_size=64).eval()
+    blocks = [block for stage in model.stages for block in stage]
+    assert [type(b) for b in blocks] == [DepthwiseSeparableConv, FusedInvertedResidual, UniversalInvertedResidual,
+                                         UniversalInvertedResidual, MobileMultiQueryAttention]
+    extra_dw, convnext = blocks[2], blocks[3]
+    assert extra_dw.dw_start.conv.stride == (1, 1) and extra_dw.dw.conv.stride == (2, 2)
+    assert isinstance(convnext.dw, nn.Identity) and convnext.dw_start.conv.kernel_size == (3, 3) and convnext.has_skip
+    assert blocks[4].attn.key.down_conv.stride == (2, 2) and blocks[4].attn.num_heads == 4
     plan = plan_model(model.cfg)
     assert plan.params == count_params(model) and plan.macs == count_macs(model, (3, 64, 64))
     with torch.no_grad():

@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import run_in_process, small_input_size
+from conftest import registry, run_in_process, small_input_size
 from dszoo import CheckpointError, ConfigError, create_model, list_models, load_pretrained, optimize_for_inference
 from dszoo.deployment.export import randomise_batchnorm_statistics
 from dszoo.errors import RunError, UsageError
@@ -448,7 +448,7 @@ def test_files_that_are_not_weights_are_refused_before_unpickling(tmp_path: Path
     assert res.returncode == 2 and res.stderr == f"error: --resume {path}: not a readable training checkpoint ({reason})\n"
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", registry())
 def test_inputs_of_another_precision_are_refused_clearly(name: str) -> None:
     model = create_model(name)
     size = small_input_size(model.cfg)
@@ -456,7 +456,15 @@ def test_inputs_of_another_precision_are_refused_clearly(name: str) -> None:
         with pytest.raises(TypeError, match=f"expected a float32 input, the dtype of the model's weights, got "
                                             f"{str(dtype).removeprefix('torch.')}; convert the input"):
             model(torch.randn(1, *size, dtype=dtype))
-    assert model.double()(torch.randn(1, *size, dtype=torch.float64)).dtype == torch.float64
+    assert model.double()(torch.randn(2, *size, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_training_one_image_through_a_normalised_head_is_refused_clearly() -> None:
+    model = create_model("mobilenet_v4_conv_small", input_size=64)
+    with pytest.raises(ValueError, match=r"mobilenet_v4_conv_small normalises its pooled features \(a BatchNorm in its "
+                                         r"head\): in training mode it needs a batch of at least 2 images, got 1"):
+        model(torch.randn(1, 3, 64, 64))
+    assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
 
 @pytest.mark.parametrize("backend", ["onednn_graph", "inductor", "torchscript", "eager"])

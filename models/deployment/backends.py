@@ -67,7 +67,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm into the conv right before it (in place; returns model).
 
     Covers ``ConvNormAct`` (conv -> norm) and ``nn.Sequential`` runs of [conv or separable conv,
-    BatchNorm], as in the Xception block body.
+    BatchNorm], as in the Xception block body and the Mobile MQA block's key and value paths. A
+    BatchNorm with no conv before it (the Mobile MQA block's norm) stays: folding it into the convs
+    after it would change their zero padding.
     """
     for module in list(model.modules()):
         if isinstance(module, ConvNormAct) and isinstance(module.norm, nn.BatchNorm2d):

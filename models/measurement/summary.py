@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..blocks import DepthwiseSeparableConv, InvertedResidual, SeparableConv2d
+from ..blocks import ConvNormAct, DepthwiseSeparableConv, LayerScale2d, SeparableConv2d, UniversalInvertedResidual
 
 from ..builder import ZooNet
 from ..plan import check_model_size, plan_model
@@ -105,7 +105,7 @@ class ModelSummary:
         return out
 
 
-_MEASURED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+_MEASURED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, LayerScale2d)
 
 
 @torch.no_grad()
@@ -172,10 +172,16 @@ def _compare(model: ZooNet, layers: list[LayerRow], std_layers: list[LayerRow], 
     std_modules = dict(std_model.named_modules())
     rows = []
     for name, module in model.named_modules():
-        if not isinstance(module, (DepthwiseSeparableConv, SeparableConv2d, InvertedResidual)) or name not in std_modules:
+        if not isinstance(module, (DepthwiseSeparableConv, SeparableConv2d, UniversalInvertedResidual)) or \
+                name not in std_modules:
             continue
-        residual = isinstance(module, InvertedResidual)
-        dw = module.dw.conv
+        residual = isinstance(module, UniversalInvertedResidual)
+        # a universal inverted bottleneck's first depthwise conv (an FFN form has none: nothing to compare)
+        dws = [m.conv for m in (getattr(module, "dw_start", None), module.dw, getattr(module, "dw_end", None))
+               if isinstance(m, ConvNormAct)]
+        if not dws:
+            continue
+        dw = dws[0]
         mine = [r for n, r in by_name.items() if n.startswith(name + ".")]
         theirs = [r for n, r in std_by_name.items() if n == name or n.startswith(name + ".")]
         macs, std_macs = sum(r.macs for r in mine), sum(r.macs for r in theirs)
