@@ -2,6 +2,7 @@
 hypothesis profiles."""
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import json
@@ -39,20 +40,21 @@ NOT_INSTALLED = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if '__
 LARGE_MODEL_PARAMS = 25_000_000
 
 
-def registry() -> list[str]:
+@functools.cache  # computed once a process: each test module asks at collection
+def registry() -> tuple[str, ...]:
     """The registered models the per-model interface tests build: all but those above
     ``LARGE_MODEL_PARAMS`` parameters (EfficientNet-B5, EfficientNetV2-M/L/XL and their ports,
     EfficientNetV2-rw-M, MobileNetV4 conv and hybrid large), which are wider and deeper stacks of
-    the blocks of smaller registered models. Those are built for the tests that are about them:
-    exact parameter and MAC counts against timm and the weight maps (on the meta device), the
-    closed-form plan against the built model. Building a 208M-parameter network a dozen times
-    would cost the test command a minute."""
+    the blocks of smaller registered models. Those are checked where it costs little: parameter
+    and MAC counts against timm's twins and the weight maps, on the meta device. Building a
+    208M-parameter network a dozen times would cost the test command a minute."""
     from dszoo import get_model_config, list_models, plan_model
 
-    return [name for name in list_models() if plan_model(get_model_config(name)).params <= LARGE_MODEL_PARAMS]
+    return tuple(name for name in list_models() if plan_model(get_model_config(name)).params <= LARGE_MODEL_PARAMS)
 
 
-def structural_variants() -> list[str]:
+@functools.cache  # computed once a process: each test module asks at collection
+def structural_variants() -> tuple[str, ...]:
     """One registered model per distinct network: variants that differ only in ``width_mult``,
     ``depth_mult``, input size or dropout (MobileNetV1/V2 widths, EfficientNet B1-B3) run the
     same blocks as the first of them. The costly per-model tests (compile, int8, BN folding,
@@ -67,10 +69,11 @@ def structural_variants() -> list[str]:
             shape.pop(key)
         shape["head"]["dropout"] = 0.0
         first.setdefault(json.dumps(shape, sort_keys=True), name)
-    return sorted(first.values())
+    return tuple(sorted(first.values()))
 
 
-def one_per_family() -> list[str]:
+@functools.cache  # computed once a process: each test module asks at collection
+def one_per_family() -> tuple[str, ...]:
     """One registered model per family, the one with the most mechanisms: TensorFlow's "same"
     padding where the family has a ``_tf`` port (with its squeeze-excite and activations), else
     the network with the most kinds of block (MobileNetV4's hybrids, with attention), then with
@@ -89,7 +92,7 @@ def one_per_family() -> list[str]:
         family = get_model_config(name).family
         if family not in chosen or rank(name) < rank(chosen[family]):
             chosen[family] = name
-    return sorted(chosen.values())
+    return tuple(sorted(chosen.values()))
 
 
 def small_input_size(cfg) -> tuple[int, int, int]:
