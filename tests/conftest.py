@@ -11,7 +11,7 @@ import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 from types import ModuleType
 
 import pytest
@@ -127,31 +127,63 @@ def run_in_process(name: str, args: Sequence[str], cwd: Optional[Path] = None) -
     return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
 
 
-@pytest.fixture(scope="session")
-def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The README's main job, exactly as a user runs it (only the output folder differs), once
-    per session: its folder and the finished process. Tests that need a trained model use it.
+def _once_a_session(tmp_path_factory: pytest.TempPathFactory, name: str,
+                    run: Callable[[Path], subprocess.CompletedProcess]) -> tuple[Path, subprocess.CompletedProcess]:
+    """``run(folder)`` once per test session, in the folder ``name`` of the session's common
+    temporary folder: that folder and the finished process.
 
-    Under pytest-xdist the workers share one run: the first to need it trains while holding a
+    Under pytest-xdist the workers share one run: the first to need it runs it while holding a
     file lock in the session's common folder, the others wait and read its result. (xdist's
     ``xdist_group`` does not group tests under pytest 9.2, whose node ids it can no longer
-    rewrite, so each worker would train its own.)"""
+    rewrite, so each worker would run its own.)"""
     from filelock import FileLock  # a dependency of torch
 
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
-    cwd, record = shared / "default_run", shared / "default_run.json"
-    out = cwd / "run"
-    with FileLock(str(shared / "default_run.lock")):
+    folder, record = shared / name, shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
         if not record.is_file():
-            cwd.mkdir(exist_ok=True)
-            script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
-            res = subprocess.run([sys.executable, str(script), "--out-dir", str(out)], capture_output=True, text=True,
-                                 cwd=cwd)
-            record.write_text(json.dumps({"args": res.args, "returncode": res.returncode, "stdout": res.stdout,
-                                          "stderr": res.stderr}))
+            folder.mkdir(exist_ok=True)
+            res = run(folder)
+            record.write_text(json.dumps({"args": [str(a) for a in res.args], "returncode": res.returncode,
+                                          "stdout": res.stdout, "stderr": res.stderr}))
         saved = json.loads(record.read_text())
-    return out, subprocess.CompletedProcess(saved["args"], saved["returncode"], saved["stdout"], saved["stderr"])
+    return folder, subprocess.CompletedProcess(saved["args"], saved["returncode"], saved["stdout"], saved["stderr"])
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README's main job, exactly as a user runs it (only the output folder differs), once
+    per session: its output folder and the finished process. Tests that need a trained model use it."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+
+    def train(cwd: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), "--out-dir", str(cwd / "run")], capture_output=True,
+                              text=True, cwd=cwd)
+
+    cwd, res = _once_a_session(tmp_path_factory, "default_run", train)
+    return cwd / "run", res
+
+
+QAT_ARGS = ("--qat", "--epochs", "2", "--deterministic", "--lr", "0.001", "--max-batches", "4")
+"""Quantization-aware fine-tuning of the main job's model (``--pretrained`` its best.pt), as
+``qat_run`` ran it."""
+
+
+@pytest.fixture(scope="session")
+def qat_run(tmp_path_factory: pytest.TempPathFactory,
+            default_run: tuple[Path, subprocess.CompletedProcess]) -> tuple[Path, subprocess.CompletedProcess]:
+    """``dszoo-train`` with ``QAT_ARGS`` from the main job's model, once per session (in this
+    process): its output folder and the finished command."""
+    out, trained = default_run
+    assert trained.returncode == 0, trained.stderr
+
+    def train(folder: Path) -> subprocess.CompletedProcess:
+        return run_in_process("train", [*QAT_ARGS, "--pretrained", str(out / "best.pt"), "--out-dir",
+                                        str(folder / "run"), "-q"])
+
+    folder, res = _once_a_session(tmp_path_factory, "qat_run", train)
+    return folder / "run", res
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,6 @@
 """Config loading: user YAML, overrides, immutability, and errors that name file, key and value."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blocks import ACTIVATIONS
@@ -130,6 +130,7 @@ def test_random_valid_config_builds_and_matches_its_closed_form(raw: dict[str, A
 SMALL_MODELS = [name for name in list_models() if plan_model(get_model_config(name)).params < 20_000_000]
 
 
+@settings(max_examples=50)  # each example builds a registered network: half the profile's count keeps it seconds
 @given(name=st.sampled_from(SMALL_MODELS), width=st.sampled_from([0.25, 0.5, 0.75]), separable=st.booleans(),
        extra=st.tuples(st.integers(0, 40), st.integers(0, 40)), num_classes=st.integers(0, 20))
 def test_registered_models_with_random_overrides_match_their_closed_form(name: str, width: float, separable: bool,

@@ -14,15 +14,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import command_module, registry, run_in_process
-from dszoo import CheckpointError, ConfigError, create_model, get_model_config, list_models, load_pretrained, read_state_dict, save_state_dict
+from conftest import command_module, run_in_process, structural_variants
+from dszoo import CheckpointError, ConfigError, create_model, get_model_config, load_pretrained, read_state_dict, save_state_dict
 from dszoo.commands.cli import run_cli
 from dszoo.errors import UsageError
 from dszoo.training.run_files import read_checkpoint
 from dszoo.commands.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_MODELS = registry()  # all but the largest (conftest.registry says why)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -251,7 +250,7 @@ def test_failed_start_with_overwrite_keeps_the_earlier_run(workdir: Path, capsys
 
 # --- tensors -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", structural_variants())  # the input checks depend on the network, not its widths
 def test_bad_tensors_say_what_was_expected(name: str) -> None:
     model = create_model(name).eval()
     c, h, w = model.cfg.input_size
