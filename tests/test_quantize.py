@@ -13,8 +13,7 @@ import torch
 from conftest import one_per_family, run_in_process, small_input_size
 from dszoo import CalibrationError, create_model, export_to_timm, optimize_for_inference, quantize
 from dszoo.deployment import bf16_supported
-from dszoo.deployment.export import (INT8_EXPORT_TOLERANCE, INT8_LAYER_CHECKS, ExportError, export_model,
-                                      randomise_batchnorm_statistics)
+from dszoo.deployment.export import ExportError, export_model, randomise_batchnorm_statistics
 from dszoo.deployment.optimize import relative_difference
 from dszoo.deployment.quantize import cosine_similarity
 from dszoo.training.data import build_datasets, calibration_examples
@@ -130,19 +129,6 @@ def test_eval_only_int8_keeps_a_trained_models_predictions(default_run: tuple[Pa
     assert res.returncode == 2 and "--precision int8 evaluates a model: it needs --eval-only" in res.stderr
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
-def test_int8_export_is_int8_and_matches_the_pytorch_int8_model(fmt: str, tmp_path: Path) -> None:
-    model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))  # its first conv is a Conv2d subclass
-    calibration = [torch.randn(8, 1, 49, 10) for _ in range(2)]
-    out = tmp_path / f"kws.{fmt}"
-    check = export_model(model, fmt, out, (1, 49, 10), precision="int8", calibration=calibration)
-    assert check.reference == "the PyTorch int8 model" and check.relative_difference <= INT8_EXPORT_TOLERANCE
-    assert INT8_LAYER_CHECKS[fmt](str(out)) == []  # all 10 convs and the classifier take int8 weights
-    fp32 = tmp_path / f"fp32.{fmt}"
-    export_model(model, fmt, fp32, (1, 49, 10))
-    assert len(INT8_LAYER_CHECKS[fmt](str(fp32))) == 10
-
-
 def test_the_int8_graph_holds_int8_weights_alone() -> None:
     """convert_pt2e leaves the fp32 weights attached beside their int8 copies; they are dropped."""
     model = create_model("ds_cnn_s")
@@ -157,15 +143,16 @@ def test_an_int8_export_that_lost_its_quantization_is_refused(monkeypatch: pytes
     check of the file's layers catches it."""
     monkeypatch.setattr(quantize_module, "int8_graph", lambda model, batches: model)
     model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
-    with pytest.raises(ExportError, match=r"the int8 pt2 file keeps 10 layers with floating-point weights "
-                                          r"\(conv2d, conv2d_1, conv2d_2, \.\.\.\)"):
+    with pytest.raises(ExportError, match=r"the int8 pt2 file computes every one of its 10 conv/linear layers in "
+                                          r"floating point \(conv2d, conv2d_1, conv2d_2, \.\.\.\): it lost its quantization"):
         export_model(model, "pt2", tmp_path / "kws.pt2", (1, 49, 10), precision="int8",
                      calibration=[torch.randn(4, 1, 49, 10)])
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(fmt="torchscript", precision="int8"), ValueError, "int8 exports as onnx or pt2, not torchscript"),
+    (dict(fmt="torchscript", precision="int8"), ValueError, "int8 exports as onnx or pt2 or pte or openvino, not "
+                                                            "torchscript"),
     (dict(fmt="onnx", precision="bf16"), ValueError, r"precision 'bf16' cannot be exported; allowed: fp32, int8"),
     (dict(fmt="pt2", precision="int8"), CalibrationError, "int8 needs calibration data"),
     (dict(fmt="pt2", precision="int8", calibration=[torch.randn(1, 1, 49, 10)]), CalibrationError,
@@ -178,7 +165,8 @@ def test_int8_export_errors(kwargs: dict[str, Any], error: type, message: str, t
 
 @pytest.mark.parametrize("args, message", [
     (["--format", "onnx"], "--precision int8 needs --calibration DATASET (digits, imagefolder"),
-    (["--format", "torchscript", "--calibration", "digits"], "--precision int8 exports as onnx or pt2, not --format"),
+    (["--format", "torchscript", "--calibration", "digits"],
+     "--precision int8 exports as onnx or pt2 or pte or openvino, not --format"),
 ])
 def test_export_command_int8_options(args: list[str], message: str, tmp_path: Path) -> None:
     res = run_in_process("export", ["--model", "ds_cnn_s", "--precision", "int8", "--out", str(tmp_path / "m.x"), *args])
@@ -186,35 +174,6 @@ def test_export_command_int8_options(args: list[str], message: str, tmp_path: Pa
     res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "onnx", "--calibration", "digits",
                                     "--out", str(tmp_path / "m.onnx")])
     assert res.returncode == 2 and "--calibration and --data-dir calibrate int8 exports; add --precision int8" in res.stderr
-
-
-def test_int8_onnx_of_the_trained_digits_model_keeps_its_accuracy(default_run: tuple[Path, Any], tmp_path: Path) -> None:
-    """The main job's model exported to int8 ONNX, calibrated on 64 digits training images, run by
-    onnxruntime op by op (the file's own QDQ semantics) on the real held-out split: within a
-    point of fp32, the same class on >= 98%."""
-    import onnxruntime as ort
-
-    out, trained = default_run
-    assert trained.returncode == 0, trained.stderr
-    onnx_file = tmp_path / "digits_int8.onnx"
-    res = run_in_process("export", ["--model", "mobilenet_v1_025", "--pretrained", str(out / "best.pt"),
-                                    "--num-classes", "10", "--input-size", "1", "32", "32", "--precision", "int8",
-                                    "--calibration", "digits", "--calibration-images", "64", "--format", "onnx",
-                                    "--out", str(onnx_file)])
-    assert res.returncode == 0, res.stderr
-    assert "(int8 onnx, input 1x32x32, dynamic batch, calibrated on 64 digits training examples)" in res.stdout
-    model = create_model("mobilenet_v1_025", pretrained=out / "best.pt", num_classes=10, input_size=(1, 32, 32)).eval()
-    val = build_datasets("digits", model.pretrained_cfg).val
-    x, y = val.tensors
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-    int8 = torch.from_numpy(session.run(None, {"input": x.numpy()})[0]).argmax(1)
-    with torch.no_grad():
-        fp32 = model(x).argmax(1)
-    top1 = lambda pred: 100.0 * (pred == y).float().mean().item()  # noqa: E731
-    assert len(y) == 360 and abs(top1(int8) - top1(fp32)) <= 1.0
-    assert (int8 == fp32).float().mean().item() >= 0.98
 
 
 def test_timm_weights_round_trip_keeps_int8_agreement(default_run: tuple[Path, Any], tmp_path: Path) -> None:

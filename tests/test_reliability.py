@@ -545,7 +545,7 @@ def test_export_never_replaces_a_file_that_appears_meanwhile_and_clears_stale_te
     stale.write_bytes(b"x" * 100)
     fresh.write_bytes(b"y")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    real = export_module._written_and_checked
+    real = export_module._fp32_checked
 
     def racing(*args: Any, **kwargs: Any) -> float:
         result = real(*args, **kwargs)
@@ -553,7 +553,7 @@ def test_export_never_replaces_a_file_that_appears_meanwhile_and_clears_stale_te
             out.write_text("the user's own file")
         return result
 
-    monkeypatch.setattr(export_module, "_written_and_checked", racing)
+    monkeypatch.setattr(export_module, "_fp32_checked", racing)
     res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "torchscript", "--out", str(out)])
     assert res.returncode == 2 and res.stderr == (f"error: --out {out}: a file appeared there while exporting; it was "
                                                   "kept and nothing was written (pass --overwrite to replace it)\n")

@@ -1,10 +1,12 @@
-"""Export a dszoo model to TorchScript, ONNX, torch.export (.pt2) or ExecuTorch (.pte, XNNPACK),
-verified against eager in its own runtime; in int8 (ONNX QDQ or .pt2), calibrated on a dataset
-and verified against the PyTorch int8 model.
+"""Export a dszoo model to TorchScript, torch.export (.pt2), ONNX Runtime (.onnx), ExecuTorch (.pte,
+XNNPACK) or OpenVINO (.xml and .bin), checked by running the file in its own runtime; in int8
+(pt2, onnx, pte, openvino: each runtime's own quantizer), calibrated on a dataset and checked
+against fp32 on examples held out of calibration.
 
     python scripts/export.py --model mobilenet_v1 --format onnx --out mobilenet_v1.onnx
     python scripts/export.py --model xception --pretrained xception.safetensors --format pt2 --out x.pt2
     python scripts/export.py --model ds_cnn_s --format pte --out kws.pte     # pip install 'dszoo[executorch]'
+    python scripts/export.py --model ds_cnn_s --format openvino --out kws.xml  # pip install 'dszoo[openvino]'
     python scripts/export.py --pretrained runs/train/best.pt --precision int8 --calibration digits \
         --format onnx --out digits_int8.onnx     # a dszoo-train checkpoint names its model and input size
 """
@@ -43,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--input-size", nargs=3, type=positive_int, metavar=("C", "H", "W"),
                    help="default: the model's (a dszoo-train checkpoint's: the size it trained at)")
     p.add_argument("--precision", default="fp32", choices=sorted(EXPORT_PRECISIONS),
-                   help="int8: static quantization (onnx or pt2), needs --calibration")
+                   help=f"int8: static quantization ({', '.join(EXPORT_PRECISIONS['int8'])}), needs --calibration")
     p.add_argument("--calibration", choices=DATASETS, help="int8: the dataset whose training images calibrate it")
     p.add_argument("--data-dir", help="--calibration's folder (imagefolder, cifar10, speech_commands)")
     p.add_argument("--calibration-images", type=positive_int, default=256,
@@ -54,6 +56,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     _check_precision_options(args)
     new_output_file(args.out, args.overwrite, "--out", EXPORT_SUFFIXES[args.format])
+    for companion in EXPORT_FORMATS[args.format].companions(Path(args.out)):  # OpenVINO's weights file
+        if companion.exists() and not args.overwrite:
+            raise UsageError(f"--out {args.out}: its {args.format} weights file {companion} exists; pass --overwrite "
+                             "to replace it")
+    problem = EXPORT_FORMATS[args.format].missing()
+    if problem is not None:
+        raise UsageError(f"--format {args.format} needs {problem}")
     overrides: dict[str, Any] = {"num_classes": args.num_classes} if args.num_classes is not None else {}
     if args.input_size:
         overrides["input_size"] = tuple(args.input_size)
@@ -76,7 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               mfcc=trained_on, flag="--calibration")
         calibration = calibration_examples(data.train, args.calibration_images)
     out = Path(args.out)
-    for stale in remove_leftover_temporaries(out.parent, (out.name,), older_than=STALE_SECONDS):
+    written = (out.name, *(c.name for c in EXPORT_FORMATS[args.format].companions(out)))
+    for stale in remove_leftover_temporaries(out.parent, written, older_than=STALE_SECONDS):
         print(f"note: removed {stale}, left by an export that was killed")
     try:
         check = export_model(model, args.format, args.out, size, fold_bn=not args.no_fold_bn, precision=args.precision,
@@ -90,6 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   if calibration else "")
     print(f"wrote {args.out} ({args.precision} {args.format}, input {'x'.join(map(str, size))}, dynamic batch"
           f"{calibrated}); {check}")
+    for note in check.notes:
+        print(f"note: {note}")
     return 0
 
 

@@ -572,7 +572,8 @@ def _write_int8(run: _Session, qat_model: nn.Module, result: TrainResult) -> Non
     """``--qat``'s deployable model: ``best.pt``'s weights converted to int8 with the ranges the
     fake quantizers observed, measured on the validation split and written as ``int8.pt2``
     (checked against the converted graph on load, as ``dszoo-export`` checks its files)."""
-    from ..deployment.export import EXPORT_FORMATS, export_metadata
+    from ..deployment.export import export_metadata
+    from ..deployment.runtimes import RUNTIMES
     from ..deployment.optimize import relative_difference
 
     best = torch.load(run.out / "best.pt", map_location=run.device, weights_only=True)["model"]
@@ -585,8 +586,8 @@ def _write_int8(run: _Session, qat_model: nn.Module, result: TrainResult) -> Non
     result.int8_top1 = 100.0 * correct / max(total, 1)
     x = next(iter(run.val_loader))[0][:4].to(run.device)
     with atomic_path(run.out / "int8.pt2") as tmp:
-        loaded = EXPORT_FORMATS["pt2"](int8, x, tmp, export_metadata(run.model, tuple(x.shape[1:]), "int8"))
-        difference = relative_difference(loaded(x), int8(x))
+        RUNTIMES["pt2"].write(int8, x, [tmp], export_metadata(run.model, tuple(x.shape[1:]), "int8"))
+        difference = relative_difference(RUNTIMES["pt2"].load([tmp])(x), int8(x))
         if not difference <= 1e-5:
             raise RunError(f"int8.pt2 differs from the converted model by {difference:.2e}; not written")
     run.say(f"int8 (quantization-aware, best.pt converted) val_top1 {result.int8_top1:.2f}% on {total} examples; "

@@ -1,0 +1,114 @@
+"""The edge runtimes (dszoo.deployment.runtimes): each file written, loaded back into its own
+runtime and run there; int8 files computed in int8 by their runtime and agreeing with fp32 on
+held-out real data. Each runtime is an extra that the README's test command installs."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import run_in_process
+from dszoo import create_model
+from dszoo.deployment.export import export_model, randomise_batchnorm_statistics, read_export_metadata
+from dszoo.deployment.runtimes import RUNTIMES
+from dszoo.training.data import build_datasets
+
+INT8_RUNTIMES = [fmt for fmt, runtime in RUNTIMES.items() if "int8" in runtime.precisions]
+
+
+def _file(tmp_path: Path, fmt: str, stem: str = "m") -> Path:
+    return tmp_path / f"{stem}{RUNTIMES[fmt].suffixes[0]}"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_an_fp32_file_computes_in_its_runtime_what_eager_computes(fmt: str, tmp_path: Path) -> None:
+    """MobileNetV3-Small as TensorFlow built it (hard-swish, squeeze-excite with hard-sigmoid,
+    "same" padding computed at run time, the head conv), written and run back in the runtime at
+    batch sizes it was not traced with (ExecuTorch: the keyword spotter in test_interop)."""
+    model = randomise_batchnorm_statistics(create_model("mobilenet_v3_small_075_tf", input_size=96))
+    out = _file(tmp_path, fmt)
+    check = export_model(model, fmt, out, (3, 96, 96))
+    assert check.relative_difference <= 1e-4 and check.randomised_relative_difference is None
+    run = RUNTIMES[fmt].load([str(out), *map(str, RUNTIMES[fmt].companions(out))])
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 96, 96)
+        with torch.no_grad():
+            expected = model(x)
+        assert (run(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
+    assert read_export_metadata(out)["precision"] == "fp32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, *(c.name for c in RUNTIMES[fmt].companions(out))])
+
+
+@pytest.mark.parametrize("fmt", [fmt for fmt in INT8_RUNTIMES if fmt != "pte"])  # pte: digits below (12 s)
+def test_an_int8_file_is_computed_in_int8_by_its_runtime(fmt: str, tmp_path: Path) -> None:
+    """Every conv and the classifier of the DS-CNN (its first conv a Conv2d subclass) run in
+    int8 in the runtime, which agrees with fp32 on the inputs held out of calibration."""
+    model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
+    calibration = [torch.randn(8, 1, 49, 10) for _ in range(3)]
+    out = _file(tmp_path, fmt)
+    check = export_model(model, fmt, out, (1, 49, 10), precision="int8", calibration=calibration)
+    assert (check.layers, check.float_layers) == (10, ())
+    assert check.held_out == 8 and check.cosine >= 0.99 and check.top1_agreement >= 0.9
+    assert read_export_metadata(out)["precision"] == "int8"
+
+
+@pytest.mark.parametrize("fmt", INT8_RUNTIMES)
+def test_int8_in_every_runtime_keeps_the_trained_digits_accuracy(fmt: str, default_run: tuple[Path, Any],
+                                                                 tmp_path: Path) -> None:
+    """The main job's model in int8, calibrated on 64 digits training images by each runtime's
+    own quantizer, run by that runtime on the real held-out split: within a point of fp32 and
+    the same class on >= 98%."""
+    trained_dir, trained = default_run
+    assert trained.returncode == 0, trained.stderr
+    out = _file(tmp_path, fmt, "digits_int8")
+    res = run_in_process("export", ["--pretrained", str(trained_dir / "best.pt"), "--precision", "int8",
+                                    "--calibration", "digits", "--calibration-images", "64", "--format", fmt,
+                                    "--out", str(out)])
+    assert res.returncode == 0, res.stderr
+    assert "; 28 of its 28 conv/linear layers in int8" in res.stdout  # 27 convs and the classifier
+    model = create_model("mobilenet_v1_025", pretrained=trained_dir / "best.pt", num_classes=10,
+                         input_size=(1, 32, 32)).eval()
+    x, y = build_datasets("digits", model.pretrained_cfg).val.tensors
+    int8 = RUNTIMES[fmt].load([str(out), *map(str, RUNTIMES[fmt].companions(out))])(x).argmax(1)
+    with torch.no_grad():
+        fp32 = model(x).argmax(1)
+    top1 = lambda pred: 100.0 * (pred == y).float().mean().item()  # noqa: E731
+    assert len(y) == 360 and abs(top1(int8) - top1(fp32)) <= 1.0, (top1(int8), top1(fp32))
+    assert (int8 == fp32).float().mean().item() >= 0.98
+
+
+def test_a_layer_a_runtime_keeps_in_floating_point_is_named(tmp_path: Path) -> None:
+    """OpenVINO's int8 runs attention's matrix products in floating point: the command names
+    the layer, in one line."""
+    yaml = tmp_path / "hybrid.yaml"
+    yaml.write_text(textwrap.dedent("""\
+        stem: {type: conv, out: 16, kernel: 3, stride: 2}
+        stages:
+          - {type: fused, out: 24, expand: 2, stride: 2}
+          - {type: mqa, out: 24, heads: 2, key_dim: 8, kv_stride: 2, same_stage: true}
+        head: {pool: avg}
+        """))
+    out = tmp_path / "hybrid.xml"
+    res = run_in_process("export", ["--model", str(yaml), "--num-classes", "4", "--input-size", "3", "32", "32",
+                                    "--precision", "int8", "--calibration", "digits", "--format", "openvino",
+                                    "--out", str(out)])
+    assert res.returncode == 2 or res.returncode == 0, res.stderr
+    note = next((line for line in res.stdout.splitlines() if line.startswith("note: OpenVINO computes")), "")
+    assert "stages.1.0.attn (scaled_dot_product_attention)" in note, res.stdout
+
+
+def test_openvino_weights_beside_out_are_never_replaced(tmp_path: Path) -> None:
+    """An OpenVINO IR is two files: the user's ``.bin`` beside ``--out`` is kept without --overwrite."""
+    out, weights = tmp_path / "kws.xml", tmp_path / "kws.bin"
+    weights.write_bytes(b"mine")
+    res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "openvino", "--out", str(out)])
+    assert res.returncode == 2
+    assert res.stderr == (f"error: --out {out}: its openvino weights file {weights} exists; pass --overwrite to "
+                          "replace it\n")
+    assert weights.read_bytes() == b"mine" and not out.exists()
+    res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "openvino", "--out", str(out), "--overwrite"])
+    assert res.returncode == 0, res.stderr
+    assert weights.read_bytes() != b"mine" and sorted(p.name for p in tmp_path.iterdir()) == ["kws.bin", "kws.xml"]
