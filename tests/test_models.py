@@ -137,7 +137,7 @@ def test_forward_small_input(name: str) -> None:
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", structural_variants())  # interface, not widths
 def test_backward_new_head_reaches_every_parameter(name: str) -> None:
     model = create_model(name, num_classes=7).train()
     size = small_input_size(model.cfg)
@@ -175,7 +175,7 @@ def test_feature_info_matches_feature_maps(name: str) -> None:
     assert torch.equal(maps[model.feature_info[-1]["module"]], final)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", structural_variants())  # interface, not widths
 def test_reset_classifier_and_pre_logits(name: str) -> None:
     model = create_model(name).eval()
     x = torch.randn(2, *small_input_size(model.cfg))
@@ -190,7 +190,7 @@ def test_reset_classifier_and_pre_logits(name: str) -> None:
         assert model(x).shape == (2, model.num_features)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", structural_variants())  # interface, not widths
 def test_pretrained_cfg_works_with_timm_data_config(name: str) -> None:
     model = create_model(name)
     data_cfg = timm.data.resolve_data_config({}, model=model)

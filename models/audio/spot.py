@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,6 +32,17 @@ class Detection:
     probability: float
 
 
+class _InRuntime(nn.Module):
+    """An exported file's run (``Runtime.load``) where a spotter calls its network."""
+
+    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.run = run
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+
 class KeywordSpotter:
     """A keyword model (MFCC input) with its class names and front end."""
 
@@ -42,6 +53,19 @@ class KeywordSpotter:
         self.notes: list[str] = []  # how the model was loaded, for the user (load_spotter's)
         self.threshold = DEFAULT_THRESHOLD  # what scan reports at; a shipped spotter carries its own
         self.card: dict = {}  # what it was trained with and measured on (a checkpoint's options, a file's card)
+
+    def run_in(self, fmt: str, folder: Union[str, Path]) -> str:
+        """Run the network in runtime ``fmt`` of ``dszoo.deployment.runtimes`` from now on: it is
+        exported in fp32 to a file in ``folder`` (checked there as ``dszoo-export`` checks it)
+        and that file runs every window. Returns how the file was checked."""
+        from ..deployment.export import export_model
+        from ..deployment.runtimes import RUNTIMES
+
+        runtime = RUNTIMES[fmt]
+        out = Path(folder) / f"spotter{runtime.suffixes[0]}"
+        check = export_model(self.model, fmt, out, tuple(self.model.cfg.input_size))
+        self.model = _InRuntime(runtime.load([str(out), *map(str, runtime.companions(out))]))
+        return f"{runtime.runtime} runs the network ({out.name}: {check})"
 
     @torch.no_grad()
     def posteriors(self, clips: torch.Tensor, batch: int = 256) -> torch.Tensor:

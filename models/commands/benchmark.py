@@ -6,6 +6,7 @@
     python scripts/benchmark.py --models mobilenet_v1 xception --batch-sizes 8 --profile profile.md
     python scripts/benchmark.py --compare-backends inductor  # the default compiler against inductor
     python scripts/benchmark.py --models mobilenet_v1 --batch-sizes 8 --precisions int8  # int8 beside fp32
+    python scripts/benchmark.py --runtimes --csv runtimes.csv --plot runtimes.png  # every edge runtime, fp32 and int8
 """
 from __future__ import annotations
 
@@ -13,15 +14,20 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from ..registry import list_models
 from ..files import atomic_path
 from ..measurement.benchmark import LOW_PRECISIONS, run_benchmarks
+from ..measurement.runtime_benchmark import (EDGE_RUNTIMES, run_runtime_benchmarks, runtime_csv, runtime_figure,
+                                             runtime_markdown)
 from .cli import ArgumentParser, UsageError, new_output_file, positive_int, run_cli
 from ..deployment.optimize import BACKENDS
+
+RUNTIME_MODELS = ["mobilenet_v2", "mobilenet_v3_large", "ds_cnn_s"]
+"""``--runtimes``' default models."""
 
 DEFAULT_MODELS = ["mobilenet_v1", "mobilenet_v1_075", "mobilenet_v1_050", "mobilenet_v1_025",
                   "xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l"]
@@ -118,11 +124,11 @@ def benchmark_figure(result: dict) -> Any:
     return fig
 
 
-def plot(result: dict, path: str) -> None:
-    """``benchmark_figure`` written atomically to ``path`` as PNG."""
+def plot(result: dict, path: str, make_figure: Callable[[dict], Any] = benchmark_figure) -> None:
+    """``make_figure(result)`` written atomically to ``path`` as PNG."""
     import matplotlib.pyplot as plt
 
-    fig = benchmark_figure(result)
+    fig = make_figure(result)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
@@ -156,7 +162,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="cuda: ours vs timm eager and compiled, fp32/TF32 and bf16 channels-last, inference and "
                    "training, timed with CUDA events (default models mobilenet_v1 xception, batches 1 64 256)")
     p.add_argument("--quick", action="store_true", help="small models, few repeats, no inductor (smoke test)")
+    p.add_argument("--runtimes", nargs="*", choices=EDGE_RUNTIMES,
+                   help="time each model in PyTorch eager, our optimized fp32 and int8, and these edge runtimes "
+                   f"(none named: {' '.join(EDGE_RUNTIMES)}) in fp32 and int8, side by side (default models "
+                   f"{' '.join(RUNTIME_MODELS)}; --quick: ds_cnn_s, fp32)")
+    p.add_argument("--csv", help="--runtimes: write the rows as CSV")
     args = p.parse_args(argv)
+    if args.runtimes is not None:
+        return _run_runtimes(args)
+    if args.csv:
+        raise UsageError("--csv writes --runtimes' rows; add --runtimes")
     if args.device == "cuda":
         return _run_on_gpu(args)
     chosen = [f"--{k.replace('_', '-')}" for k in ("models", "batch_sizes", "repeats", "train_batch", "backends",
@@ -206,6 +221,46 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.profile:
         with atomic_path(args.profile) as tmp, open(tmp, "w") as fh:
             fh.write(profile_markdown(result))
+    return 0
+
+
+RUNTIME_OPTIONS = ("models", "batch_sizes", "repeats", "threads", "json", "markdown", "plot", "csv", "overwrite",
+                   "quick", "runtimes", "device")
+"""The options ``--runtimes`` takes."""
+
+
+def _run_runtimes(args: argparse.Namespace) -> int:
+    """``--runtimes``: ``dszoo.measurement.runtime_benchmark`` with this command's options."""
+    defaults = {"device": "cpu", "compare_backends": [], "profile_top": None, "default_malloc": False}
+    other = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+             if k not in RUNTIME_OPTIONS and v not in (None, False, defaults.get(k))]
+    if other or args.device != "cpu":
+        raise UsageError(f"--runtimes times each runtime's own files on this CPU; it does not take "
+                         f"{', '.join(other) or '--device cuda'}")
+    chosen = [f"--{k.replace('_', '-')}" for k in ("models", "batch_sizes", "repeats") if getattr(args, k) is not None]
+    if args.quick and chosen:
+        raise UsageError(f"--quick sets its own models, batch sizes and repeats; drop {', '.join(chosen)}")
+    unknown = [m for m in args.models or [] if m not in list_models()]
+    if unknown:
+        raise UsageError(f"unknown models {unknown}; available: {', '.join(list_models())}")
+    for flag, suffix in (("json", ".json"), ("markdown", ".md"), ("plot", ".png"), ("csv", ".csv")):
+        if getattr(args, flag):
+            new_output_file(getattr(args, flag), args.overwrite, f"--{flag}", (suffix,))
+    models = ["ds_cnn_s"] if args.quick else args.models or RUNTIME_MODELS
+    batch_sizes = [1] if args.quick else args.batch_sizes or [1, 8]
+    _check_memory(models, max(batch_sizes))
+    result = run_runtime_benchmarks(models, batch_sizes, 3 if args.quick else args.repeats or 10,
+                                    runtimes=args.runtimes or EDGE_RUNTIMES,
+                                    precisions=("fp32",) if args.quick else ("fp32", "int8"), threads=args.threads,
+                                    log=lambda s: print(s, file=sys.stderr))
+    table = runtime_markdown(result)
+    print(table)
+    for flag, text in (("json", json.dumps(result, indent=2)), ("markdown", table), ("csv", runtime_csv(result))):
+        if getattr(args, flag):
+            with atomic_path(getattr(args, flag)) as tmp, open(tmp, "w") as fh:
+                fh.write(text)
+    if args.plot:
+        plot(result, args.plot, runtime_figure)
     return 0
 
 

@@ -5,14 +5,20 @@
     dszoo-spot runs/kws/best.pt clip.wav                 # top-3 keywords of a one-second clip
     dszoo-spot runs/kws/best.pt recordings/              # every .wav in a folder and its subfolders
     dszoo-spot runs/kws/best.pt long.wav --threshold 0.8  # a long recording: each keyword with its time
+    dszoo-spot clip.wav --runtime pte                    # the network run by ExecuTorch (XNNPACK)
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
+from ..deployment.runtimes import EDGE_RUNTIMES, ExportError
 from .cli import ArgumentParser, UsageError, fraction, positive_int, run_cli
+
+if TYPE_CHECKING:
+    from ..audio.spot import KeywordSpotter
 
 __all__ = ["cli", "main"]
 
@@ -36,8 +42,7 @@ def wav_files(folder: Path) -> list[Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..audio.speech_commands import SAMPLE_RATE
-    from ..audio.spot import load_spotter, stream_audio
+    from ..audio.spot import load_spotter
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="[MODEL] INPUT", help="optionally a model first (a dszoo-train "
@@ -45,6 +50,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--top-k", type=positive_int, default=3)
     p.add_argument("--threshold", type=fraction, help="smoothed probability that counts as heard (default: the "
                    "model's operating point, 0.7 for a checkpoint that has none)")
+    p.add_argument("--runtime", choices=EDGE_RUNTIMES, help="run the network in this runtime (exported and checked "
+                   "first; onnx: pip install 'dszoo[onnx]', pte: 'dszoo[executorch]', openvino: 'dszoo[openvino]')")
     args = p.parse_args(argv)
     model = args.inputs[0] if args.inputs[0].endswith((".pt", ".safetensors")) else None
     inputs = args.inputs[1:] if model else args.inputs
@@ -60,8 +67,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             files.append(item)
     spotter = load_spotter(model)
-    for note in spotter.notes:
-        print(f"note: {note}")
+    with tempfile.TemporaryDirectory() as folder:
+        if args.runtime:
+            try:
+                spotter.notes.append(spotter.run_in(args.runtime, folder))
+            except ExportError as exc:
+                raise UsageError(str(exc)) from None
+        for note in spotter.notes:
+            print(f"note: {note}")
+        _listen(spotter, files, args)
+    return 0
+
+
+def _listen(spotter: "KeywordSpotter", files: Sequence[Path], args: argparse.Namespace) -> None:
+    """Each file's keywords: a short clip's most probable classes, a long one's keywords in time."""
+    from ..audio.speech_commands import SAMPLE_RATE
+    from ..audio.spot import stream_audio
+
     for path in files:
         stream = stream_audio(path)
         note = f" (note: {'; '.join(stream.notes)})" if stream.notes else ""
@@ -78,7 +100,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         found = spotter.scan(stream.chunks(), threshold=args.threshold)
         heard = "; ".join(f"{d.seconds:.1f} s {d.keyword} {d.probability:.2f}" for d in found) or "no keyword heard"
         print(f"{path} ({stream.seconds:.1f} s): {heard}{note}")
-    return 0
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:

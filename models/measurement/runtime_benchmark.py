@@ -1,0 +1,247 @@
+"""Latency of each model in every runtime it deploys to, side by side in one run: PyTorch eager,
+our optimized fp32 and int8 (``optimize_for_inference``), and each runtime of
+``dszoo.deployment.runtimes`` in fp32 and int8, every file exported and checked as
+``dszoo-export`` does, then timed round-robin on the same inputs (medians). The table a user
+reads to choose a model and a runtime for a latency budget on their own machine.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import statistics
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..deployment.export import (ExportError, export_model, has_initial_batchnorm_statistics,
+                                 randomise_batchnorm_statistics)
+from ..deployment.optimize import optimize_for_inference
+from ..deployment.runtimes import EDGE_RUNTIMES, RUNTIMES
+from ..profile import count_params
+from ..registry import create_model
+from .benchmark import machine_info, timed_interleaved
+
+__all__ = ["EDGE_RUNTIMES", "RuntimeRow", "run_runtime_benchmarks", "runtime_accuracy", "runtime_csv", "runtime_figure", "runtime_support",
+           "runtime_markdown"]
+
+@dataclass(frozen=True)
+class RuntimeRow:
+    """One (model, runtime, precision, batch): median, fastest and slowest of the timed runs, and
+    the speed-up over PyTorch eager fp32 at the same batch."""
+
+    model: str
+    params: int
+    runtime: str
+    precision: str
+    batch: int
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    speedup_vs_eager: float
+    note: str = ""
+
+
+def _set_runtime_threads(threads: Optional[int]) -> None:
+    """The same thread count for PyTorch and ExecuTorch's XNNPACK thread pool (ONNX Runtime and
+    OpenVINO take it when a file is loaded)."""
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    try:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    except ImportError:
+        return
+    _unsafe_reset_threadpool(threads)
+
+
+def _runtime_variants(model: torch.nn.Module, size: tuple[int, ...], runtimes: Sequence[str],
+                      precisions: Sequence[str], folder: Path, threads: Optional[int],
+                      log: Callable[[str], None]) -> dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]]:
+    """Each runtime's file of ``model`` in each precision, exported (int8 calibrated on random
+    batches) and checked, loaded back for running: ``(runtime, precision) -> run``; a pair that
+    cannot be made is left out with a log line saying why."""
+    found = {}
+    calibration = [torch.randn(8, *size) for _ in range(3)]
+    for fmt in runtimes:
+        runtime = RUNTIMES[fmt]
+        for precision in precisions:
+            if precision not in runtime.precisions:
+                continue
+            out = folder / f"{fmt}-{precision}{runtime.suffixes[0]}"
+            try:
+                export_model(model, fmt, out, size, precision=precision,
+                             calibration=calibration if precision == "int8" else None)
+            except (ExportError, RuntimeError, ValueError) as exc:
+                log(f"{model.cfg.name:<20} {fmt} {precision}: not timed, {' '.join(str(exc).split())[:200]}")
+                continue
+            found[(fmt, precision)] = runtime.load([str(out), *map(str, runtime.companions(out))], threads)
+    return found
+
+
+@torch.no_grad()
+def run_runtime_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (1, 8), repeats: int = 10,
+                           runtimes: Sequence[str] = EDGE_RUNTIMES, precisions: Sequence[str] = ("fp32", "int8"),
+                           threads: Optional[int] = None,
+                           log: Callable[[str], None] = lambda s: None) -> dict:
+    """Time every model in PyTorch eager, our optimized path and each of ``runtimes``, in each of
+    ``precisions``, at each batch size, on ``threads`` threads (default: PyTorch's): rows of
+    ``RuntimeRow`` and the machine, as a JSON-ready dict. Runtimes not installed are left out with
+    a log line naming their extra."""
+    _set_runtime_threads(threads)
+    missing = {fmt: RUNTIMES[fmt].missing() for fmt in runtimes}
+    for fmt, why in missing.items():
+        if why:
+            log(f"{fmt}: not timed, {why}")
+    available = [fmt for fmt in runtimes if not missing[fmt]]
+    rows: list[RuntimeRow] = []
+    for name in models:
+        model = create_model(name).eval()
+        if has_initial_batchnorm_statistics(model):  # BatchNorm folds away: the same speed, outputs int8 can agree with
+            model = randomise_batchnorm_statistics(copy.deepcopy(model))
+        size, params = tuple(model.cfg.input_size), count_params(model)
+        with tempfile.TemporaryDirectory() as folder:
+            files = _runtime_variants(model, size, available, precisions, Path(folder), threads, log)
+            for batch in batch_sizes:
+                x = torch.randn(batch, *size)
+                fns: dict[tuple[str, str], Callable[[], object]] = {("pytorch eager", "fp32"): lambda: model(x)}
+                for precision in precisions:
+                    calibration = [torch.randn(8, *size) for _ in range(3)] if precision == "int8" else None
+                    opt = optimize_for_inference(model, x, precision=precision, calibration=calibration)
+                    if opt.precision != precision:
+                        log(f"{name:<20} optimized {precision}: not timed, {opt.failures.get(precision, 'fell back')}")
+                        continue
+                    fns[("pytorch optimized", precision)] = lambda opt=opt: opt(x)
+                fns.update({key: (lambda run=run: run(x)) for key, run in files.items()})
+                times = timed_interleaved(fns, repeats)
+                eager = statistics.median(times[("pytorch eager", "fp32")])
+                for (runtime, precision), secs in times.items():
+                    median = statistics.median(secs)
+                    row = RuntimeRow(name, params, runtime, precision, batch, median * 1e3, min(secs) * 1e3,
+                                     max(secs) * 1e3, eager / median)
+                    log(f"{name:<20} {runtime:<18} {precision:<5} b{batch:<3} {row.median_ms:9.2f} ms "
+                        f"{row.speedup_vs_eager:6.2f}x eager")
+                    rows.append(row)
+    return {"machine": machine_info(), "repeats": repeats, "rows": [asdict(r) for r in rows]}
+
+
+def runtime_markdown(result: dict) -> str:
+    """The rows as a markdown table, fastest first within each model and batch."""
+    m = result["machine"]
+    lines = [f"Latency by runtime, median of {result['repeats']} runs; {m['cpu']}, {m['threads']} threads, "
+             f"torch {m['torch']}", "",
+             "| model | params | batch | runtime | precision | median ms | vs eager fp32 |",
+             "|---|---:|---:|---|---|---:|---:|"]
+    rows = sorted(result["rows"], key=lambda r: (r["model"], r["batch"], r["median_ms"]))
+    lines += [f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['runtime']} | {r['precision']} | "
+              f"{r['median_ms']:.2f} | {r['speedup_vs_eager']:.2f}x |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def runtime_csv(result: dict) -> str:
+    """The rows as CSV, one column per ``RuntimeRow`` field."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(RuntimeRow.__dataclass_fields__), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result["rows"])
+    return text.getvalue()
+
+
+def runtime_figure(result: dict):
+    """Latency at the smallest batch against parameter count, log-log: one series per (runtime,
+    precision), each point labelled with its model, as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = min(r["batch"] for r in result["rows"])
+    rows = [r for r in result["rows"] if r["batch"] == batch]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for key in dict.fromkeys((r["runtime"], r["precision"]) for r in rows):
+        mine = [r for r in rows if (r["runtime"], r["precision"]) == key]
+        dots = ax.scatter([r["params"] / 1e6 for r in mine], [r["median_ms"] for r in mine], label=" ".join(key))
+        for r in mine:
+            ax.annotate(r["model"], (r["params"] / 1e6, r["median_ms"]), textcoords="offset points", xytext=(4, 3),
+                        fontsize=6, color=dots.get_facecolor()[0])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters (millions, log scale)")
+    ax.set_ylabel(f"latency at batch {batch} (ms, log scale)")
+    ax.legend(title="runtime and precision", fontsize=8)
+    m = result["machine"]
+    ax.set_title(f"Latency against parameters by runtime, median of {result['repeats']} runs\n{m['cpu']}, "
+                 f"{m['threads']} threads", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def runtime_accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                     calibration: Sequence[torch.Tensor], runtimes: Sequence[str] = EDGE_RUNTIMES,
+                     precisions: Sequence[str] = ("fp32", "int8")) -> list[dict]:
+    """Top-1 of a trained ``model`` on held-out ``inputs`` in PyTorch and in each runtime and
+    precision (int8 calibrated on ``calibration``, batches kept apart from ``inputs``), each file
+    exported and checked as ``dszoo-export`` does, with the share of predictions equal to PyTorch
+    fp32's: rows of runtime, precision, top1 (%), same_as_fp32 (%), or the reason it failed."""
+    model = model.eval()
+    size = tuple(inputs.shape[1:])
+    reference = model(inputs).argmax(1)
+    rows = [{"runtime": "pytorch eager", "precision": "fp32",
+             "top1": 100.0 * (reference == labels).float().mean().item(), "same_as_fp32": 100.0}]
+    with tempfile.TemporaryDirectory() as folder:
+        for fmt in runtimes:
+            runtime = RUNTIMES[fmt]
+            for precision in precisions:
+                out = Path(folder) / f"{fmt}-{precision}{runtime.suffixes[0]}"
+                try:
+                    export_model(model, fmt, out, size, precision=precision,
+                                 calibration=list(calibration) if precision == "int8" else None)
+                except (ExportError, RuntimeError, ValueError) as exc:
+                    rows.append({"runtime": fmt, "precision": precision, "error": " ".join(str(exc).split())})
+                    continue
+                run = runtime.load([str(out), *map(str, runtime.companions(out))])
+                predicted = torch.cat([run(part) for part in inputs.split(256)]).argmax(1)
+                rows.append({"runtime": fmt, "precision": precision,
+                             "top1": 100.0 * (predicted == labels).float().mean().item(),
+                             "same_as_fp32": 100.0 * (predicted == reference).float().mean().item()})
+    return rows
+
+
+@torch.no_grad()
+def runtime_support(models: Sequence[str], runtimes: Sequence[str] = EDGE_RUNTIMES,
+                    precisions: Sequence[str] = ("fp32",), input_side: Optional[int] = None,
+                    log: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """Which (model, runtime, precision) exports pass ``export_model``'s check: for each, the
+    check's text and notes, or the error that stopped it (int8 calibrated on random batches of a
+    model with randomised BatchNorm statistics, where the speed and the layers are what matter).
+    ``input_side`` builds image models at that side (a smaller graph, the same layers)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in models:
+            model = randomise_batchnorm_statistics(create_model(name).eval())
+            size = tuple(model.cfg.input_size)
+            if input_side and size[0] == 3:
+                model = randomise_batchnorm_statistics(create_model(name, input_size=input_side).eval())
+                size = tuple(model.cfg.input_size)
+            calibration = [torch.randn(4, *size) for _ in range(2)]
+            for fmt in runtimes:
+                runtime = RUNTIMES[fmt]
+                for precision in precisions:
+                    if precision not in runtime.precisions:
+                        continue
+                    out = Path(folder) / f"m{runtime.suffixes[0]}"
+                    try:
+                        check = export_model(model, fmt, out, size, precision=precision,
+                                             calibration=calibration if precision == "int8" else None)
+                        row = {"model": name, "runtime": fmt, "precision": precision, "ok": True,
+                               "detail": str(check), "notes": list(check.notes)}
+                    except Exception as exc:  # a measurement: every failure is recorded, none stops the sweep
+                        row = {"model": name, "runtime": fmt, "precision": precision, "ok": False,
+                               "detail": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}", "notes": []}
+                    log(f"{name:<32} {fmt:<9} {precision:<5} {'ok' if row['ok'] else 'FAILED'} {row['detail'][:120]}")
+                    rows.append(row)
+    return rows
