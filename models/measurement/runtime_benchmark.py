@@ -13,16 +13,16 @@ import statistics
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from ..deployment.export import (ExportError, export_model, has_initial_batchnorm_statistics,
+from ..deployment.export import (ExportCheck, ExportError, export_model, has_initial_batchnorm_statistics,
                                  randomise_batchnorm_statistics)
 from ..deployment.optimize import optimize_for_inference
 from ..deployment.runtimes import EDGE_RUNTIMES, RUNTIMES
 from ..profile import count_params
-from ..registry import create_model
+from ..registry import create_model, get_model_config
 from .benchmark import machine_info, timed_interleaved
 
 __all__ = ["EDGE_RUNTIMES", "RuntimeRow", "run_runtime_benchmarks", "runtime_accuracy", "runtime_csv", "runtime_figure", "runtime_support",
@@ -58,28 +58,36 @@ def _set_runtime_threads(threads: Optional[int]) -> None:
     _unsafe_reset_threadpool(threads)
 
 
-def _runtime_variants(model: torch.nn.Module, size: tuple[int, ...], runtimes: Sequence[str],
-                      precisions: Sequence[str], folder: Path, threads: Optional[int],
-                      log: Callable[[str], None]) -> dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]]:
-    """Each runtime's file of ``model`` in each precision, exported (int8 calibrated on random
-    batches) and checked, loaded back for running: ``(runtime, precision) -> run``; a pair that
-    cannot be made is left out with a log line saying why."""
-    found = {}
-    calibration = [torch.randn(8, *size) for _ in range(3)]
+@dataclass(frozen=True)
+class ExportedFile:
+    """One runtime's file of a model in one precision: the paths to ``load`` it from and how it
+    was checked, or the error that stopped it."""
+
+    runtime: str
+    precision: str
+    paths: tuple[str, ...] = ()
+    check: Optional[ExportCheck] = None
+    error: str = ""
+
+
+def exported_files(model: torch.nn.Module, size: tuple[int, ...], runtimes: Sequence[str],
+                   precisions: Sequence[str], calibration: Sequence[torch.Tensor], folder: Path,
+                   catch: tuple[type[BaseException], ...] = (ExportError, RuntimeError, ValueError)
+                   ) -> Iterator[ExportedFile]:
+    """Each runtime's file of ``model`` in each precision it has, written to ``folder`` and
+    checked by ``export_model`` (int8 calibrated on ``calibration``); an export that raises one
+    of ``catch`` is yielded with its error."""
     for fmt in runtimes:
         runtime = RUNTIMES[fmt]
-        for precision in precisions:
-            if precision not in runtime.precisions:
-                continue
-            out = folder / f"{fmt}-{precision}{runtime.suffixes[0]}"
+        for precision in (p for p in precisions if p in runtime.precisions):
+            out = Path(folder) / f"{fmt}-{precision}{runtime.suffixes[0]}"
             try:
-                export_model(model, fmt, out, size, precision=precision,
-                             calibration=calibration if precision == "int8" else None)
-            except (ExportError, RuntimeError, ValueError) as exc:
-                log(f"{model.cfg.name:<20} {fmt} {precision}: not timed, {' '.join(str(exc).split())[:200]}")
+                check = export_model(model, fmt, out, size, precision=precision,
+                                     calibration=list(calibration) if precision == "int8" else None)
+            except catch as exc:
+                yield ExportedFile(fmt, precision, error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
                 continue
-            found[(fmt, precision)] = runtime.load([str(out), *map(str, runtime.companions(out))], threads)
-    return found
+            yield ExportedFile(fmt, precision, (str(out), *map(str, runtime.companions(out))), check)
 
 
 @torch.no_grad()
@@ -104,7 +112,13 @@ def run_runtime_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (
             model = randomise_batchnorm_statistics(copy.deepcopy(model))
         size, params = tuple(model.cfg.input_size), count_params(model)
         with tempfile.TemporaryDirectory() as folder:
-            files = _runtime_variants(model, size, available, precisions, Path(folder), threads, log)
+            files = {}
+            calibration = [torch.randn(8, *size) for _ in range(3)]
+            for exported in exported_files(model, size, available, precisions, calibration, Path(folder)):
+                if exported.error:
+                    log(f"{name:<20} {exported.runtime} {exported.precision}: not timed, {exported.error[:200]}")
+                    continue
+                files[(exported.runtime, exported.precision)] = RUNTIMES[exported.runtime].load(exported.paths, threads)
             for batch in batch_sizes:
                 x = torch.randn(batch, *size)
                 fns: dict[tuple[str, str], Callable[[], object]] = {("pytorch eager", "fp32"): lambda: model(x)}
@@ -193,21 +207,15 @@ def runtime_accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch
     rows = [{"runtime": "pytorch eager", "precision": "fp32",
              "top1": 100.0 * (reference == labels).float().mean().item(), "same_as_fp32": 100.0}]
     with tempfile.TemporaryDirectory() as folder:
-        for fmt in runtimes:
-            runtime = RUNTIMES[fmt]
-            for precision in precisions:
-                out = Path(folder) / f"{fmt}-{precision}{runtime.suffixes[0]}"
-                try:
-                    export_model(model, fmt, out, size, precision=precision,
-                                 calibration=list(calibration) if precision == "int8" else None)
-                except (ExportError, RuntimeError, ValueError) as exc:
-                    rows.append({"runtime": fmt, "precision": precision, "error": " ".join(str(exc).split())})
-                    continue
-                run = runtime.load([str(out), *map(str, runtime.companions(out))])
-                predicted = torch.cat([run(part) for part in inputs.split(256)]).argmax(1)
-                rows.append({"runtime": fmt, "precision": precision,
-                             "top1": 100.0 * (predicted == labels).float().mean().item(),
-                             "same_as_fp32": 100.0 * (predicted == reference).float().mean().item()})
+        for exported in exported_files(model, size, runtimes, precisions, calibration, Path(folder)):
+            row = {"runtime": exported.runtime, "precision": exported.precision}
+            if exported.error:
+                rows.append({**row, "error": exported.error})
+                continue
+            run = RUNTIMES[exported.runtime].load(exported.paths)
+            predicted = torch.cat([run(part) for part in inputs.split(256)]).argmax(1)
+            rows.append({**row, "top1": 100.0 * (predicted == labels).float().mean().item(),
+                         "same_as_fp32": 100.0 * (predicted == reference).float().mean().item()})
     return rows
 
 
@@ -222,26 +230,17 @@ def runtime_support(models: Sequence[str], runtimes: Sequence[str] = EDGE_RUNTIM
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in models:
-            model = randomise_batchnorm_statistics(create_model(name).eval())
+            images = get_model_config(name).input_size[0] == 3
+            overrides = {"input_size": input_side} if input_side and images else {}
+            model = randomise_batchnorm_statistics(create_model(name, **overrides).eval())
             size = tuple(model.cfg.input_size)
-            if input_side and size[0] == 3:
-                model = randomise_batchnorm_statistics(create_model(name, input_size=input_side).eval())
-                size = tuple(model.cfg.input_size)
             calibration = [torch.randn(4, *size) for _ in range(2)]
-            for fmt in runtimes:
-                runtime = RUNTIMES[fmt]
-                for precision in precisions:
-                    if precision not in runtime.precisions:
-                        continue
-                    out = Path(folder) / f"m{runtime.suffixes[0]}"
-                    try:
-                        check = export_model(model, fmt, out, size, precision=precision,
-                                             calibration=calibration if precision == "int8" else None)
-                        row = {"model": name, "runtime": fmt, "precision": precision, "ok": True,
-                               "detail": str(check), "notes": list(check.notes)}
-                    except Exception as exc:  # a measurement: every failure is recorded, none stops the sweep
-                        row = {"model": name, "runtime": fmt, "precision": precision, "ok": False,
-                               "detail": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}", "notes": []}
-                    log(f"{name:<32} {fmt:<9} {precision:<5} {'ok' if row['ok'] else 'FAILED'} {row['detail'][:120]}")
-                    rows.append(row)
+            # a measurement: every failure is recorded, none stops the sweep
+            for exported in exported_files(model, size, runtimes, precisions, calibration, Path(folder), (Exception,)):
+                check = exported.check
+                rows.append({"model": name, "runtime": exported.runtime, "precision": exported.precision,
+                             "ok": check is not None, "detail": str(check) if check else exported.error[:300],
+                             "notes": list(check.notes) if check else []})
+                log(f"{name:<32} {exported.runtime:<9} {exported.precision:<5} {'ok' if check else 'FAILED'} "
+                    f"{rows[-1]['detail'][:120]}")
     return rows
