@@ -51,10 +51,15 @@ def regular_file(path: PathLike, what: str, max_bytes: Optional[int] = None) -> 
     return p
 
 
+TEMP_MARK = "dszoo-"
+"""In every temporary file's name after the target's: ``remove_leftover_temporaries`` removes
+only files named so, never a user's own ``.NAME.something.tmp``."""
+
+
 def _temp_prefix(target: Path) -> str:
     # Never longer than the target's own name allows: a name near the file system's limit
     # must not fail only because of its temporary twin.
-    return f".{target.name[:_TEMP_STEM]}."
+    return f".{target.name[:_TEMP_STEM]}.{TEMP_MARK}"
 
 
 @contextlib.contextmanager

@@ -207,7 +207,24 @@ SCRIPT_CASES = [
     ("train", ["--img-size", "40000"], "input_size: one 1x40000x40000 image would need"),
     ("train", ["--model", "xception"], "error: configs/xception.yaml: variant xception + overrides {'in_chans': 1, 'input_size': 32}: input_size: 1x32x32 is smaller than the minimum 71x71"),
     ("train", ["--pretrained", "mobilenet.pt", "--model", "ds_cnn_s", "--img-size", "49"], "does not fit ds_cnn_s"),
+    ("train", ["--dataset", "fake", "--in-chans", "4"], "error: --in-chans 4: --dataset fake gives RGB images (3 "
+                                                        "channels), or grey ones for --in-chans 1; allowed: 1, 3"),
+    ("leave_one_engine_out", ["--data-dir", "d", "--out-dir", "o", "--snr", "nan"],
+     "error: argument --snr: must be a finite number, got 'nan'"),
+    ("eval_speech", ["run.pt", "d", "--snr", "inf"], "error: argument --snr: must be a finite number, got 'inf'"),
+    ("eval_speech", ["run.pt", "d", "--threshold=-inf"], "error: argument --threshold: must be a finite number, got '-inf'"),
 ]
+
+
+def test_every_numeric_option_is_checked_where_it_is_read() -> None:
+    """No command takes a bare ``type=float`` or ``type=int`` (which let nan, inf and sizes past
+    any allocator through): each uses a checking type of commands.cli."""
+    import dszoo.commands
+
+    folder = Path(dszoo.commands.__file__).parent
+    bare = [f"{p.name}:{i}" for p in sorted(folder.glob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"type=(float|int)\b", line)]
+    assert bare == []
 
 
 @pytest.fixture()
@@ -402,3 +419,49 @@ def test_sizes_beyond_the_machine_are_refused_in_one_line() -> None:
     assert res.returncode == 2 and f"must be an integer from 1 to {4 * os.cpu_count()}, got '100000'" in res.stderr
     with pytest.raises(ValueError, match=r"example_input of shape \(0, 1, 49, 10\) holds no examples"):
         optimize_for_inference(create_model("ds_cnn_s"), torch.randn(0, 1, 49, 10))
+
+
+def test_wav_files_are_found_in_any_case_of_their_ending(tmp_path: Path) -> None:
+    """``B.WAV`` is a WAV file: every reader of a folder of clips finds it (dszoo-spot, the
+    dataset index, the scorers all list a folder through ``wav_files_in``)."""
+    import numpy as np
+
+    from dszoo.audio.make_data import write_wav
+    from dszoo.audio.speech_commands import wav_files_in
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a.wav", "B.WAV", "c.Wav"):
+        write_wav(folder / name, np.zeros(16000, dtype=np.float32))
+    (folder / "notes.txt").write_text("not audio")
+    assert [p.name for p in wav_files_in(folder)] == ["B.WAV", "a.wav", "c.Wav"]
+    res = run_in_process("spot", [str(folder)])
+    assert res.returncode == 0, res.stderr
+    assert [line.split(":")[0] for line in res.stdout.splitlines()] == [str(folder / n) for n in ("B.WAV", "a.wav", "c.Wav")]
+
+
+def test_names_from_files_and_folders_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """A clip named with an escape sequence (or a right-to-left override) is printed with the
+    sequence written out: every command's output passes through ``cli.escape_controls``."""
+    import numpy as np
+
+    from dszoo.audio.make_data import write_wav
+    from dszoo.commands.cli import escape_controls
+
+    assert escape_controls("a\tb\x1b[2Jc\u202ed\x07\n") == "a\tb\\x1b[2Jc\\u202ed\\x07\n"
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    write_wav(folder / "\x1b[2Jclear\u202e.wav", np.zeros(16000, dtype=np.float32))
+    res = run_in_process("spot", [str(folder)])
+    assert res.returncode == 0, res.stderr
+    assert "\x1b" not in res.stdout and "\u202e" not in res.stdout
+    assert res.stdout.startswith(f"{folder}/\\x1b[2Jclear\\u202e.wav: ")
+    res = run_in_process("spot", [str(folder / "\x1b]0;title\x07.wav")])
+    assert res.returncode == 2 and "\x1b" not in res.stderr and "\\x1b]0;title\\x07.wav" in res.stderr
+
+
+def test_twice_quiet_training_prints_nothing(tmp_path: Path) -> None:
+    """``-qq``: no line of ours and no library's warning (timm's scheduler warns of a schedule of
+    one step), on either stream."""
+    res = run_in_process("train", ["--epochs", "1", "--max-batches", "1", "-qq", "--out-dir", str(tmp_path / "run")])
+    assert (res.returncode, res.stdout, res.stderr) == (0, "", "")

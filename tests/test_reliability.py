@@ -123,11 +123,11 @@ def test_a_stale_lock_is_reported_and_taken_over(tmp_path: Path, capsys: pytest.
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / LOCK_FILE).write_text(f"{gone.pid} {os.uname().nodename}\n")
-    (folder / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # a write that was killed
+    (folder / ".last.pt.dszoo-abc123.tmp").write_bytes(b"half a checkpoint")  # a write that was killed
     train(TrainConfig(**{**QUICK, "quiet": 1}, epochs=1, out_dir=str(folder)))
     said = capsys.readouterr().out
     assert f"removed the lock of process {gone.pid}, which is no longer running" in said
-    assert "removed .last.pt.abc123.tmp, left by a write that was killed" in said
+    assert "removed .last.pt.dszoo-abc123.tmp, left by a write that was killed" in said
     assert not (folder / LOCK_FILE).exists() and not list(folder.glob("*.tmp"))
 
 
@@ -541,10 +541,13 @@ def test_export_never_replaces_a_file_that_appears_meanwhile_and_clears_stale_te
     from dszoo.deployment import export as export_module
 
     out = tmp_path / "kws.pt"
-    stale, fresh = tmp_path / ".kws.pt.dead1234.tmp", tmp_path / ".kws.pt.live5678.tmp"
+    stale, fresh = tmp_path / ".kws.pt.dszoo-dead1234.tmp", tmp_path / ".kws.pt.dszoo-live5678.tmp"
+    users = tmp_path / ".kws.pt.mine.tmp"  # the user's own, named like a temporary file of another program
     stale.write_bytes(b"x" * 100)
     fresh.write_bytes(b"y")
-    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    users.write_bytes(b"mine")
+    for old in (stale, users):
+        os.utime(old, (time.time() - 7200, time.time() - 7200))
     real = export_module._fp32_checked
 
     def racing(*args: Any, **kwargs: Any) -> float:
@@ -559,8 +562,8 @@ def test_export_never_replaces_a_file_that_appears_meanwhile_and_clears_stale_te
                                                   "kept and nothing was written (pass --overwrite to replace it)\n")
     assert out.read_text() == "the user's own file"
     assert f"note: removed {stale}, left by an export that was killed" in res.stdout
-    assert not stale.exists() and fresh.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, out.name]  # no temporary file of this run left
+    assert not stale.exists() and fresh.exists() and users.read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, users.name, out.name])  # none of this run
 
 
 def test_a_killed_qat_run_resumes_bit_identically(tmp_path: Path, default_run: tuple[Path, Any],

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from .speech_commands import BACKGROUND_NOISE, SAMPLE_RATE, SILENCE, UNKNOWN, _background, _clip, read_wav_16k
+from .speech_commands import (BACKGROUND_NOISE, SAMPLE_RATE, SILENCE, UNKNOWN, _background, _clip, read_wav_16k,
+                              wav_files_in)
 from .spot import KeywordSpotter
 
 __all__ = ["GroupScore", "FolderScore", "percent", "score_folder"]
@@ -115,7 +116,7 @@ def _clips(root: Path, engines: Optional[Sequence[str]]) -> list[tuple[str, str,
         raise UsageError(f"--engines {' '.join(unknown)}: {root} holds clips of {', '.join(known)}")
     out = []
     for folder in sorted(d for d in root.iterdir() if d.is_dir() and d.name != BACKGROUND_NOISE and not d.name.startswith(".")):
-        for wav in sorted(folder.glob("*.wav")):
+        for wav in wav_files_in(folder):
             row = manifest.get(f"{folder.name}/{wav.name}", {})
             engine, voice = row.get("engine", ""), f"{row.get('engine', '')}/{row.get('voice', '')}" if row else ""
             if (not engines or engine in engines) and not is_respelled(row):

@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, _background, read_wav_16k, which_set
+from .speech_commands import (BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, _background, read_wav_16k, wav_files_in,
+                              which_set)
 
 __all__ = ["RECORDINGS", "TOLERANCE_SECONDS", "Event", "RecordingScore", "choose_threshold", "make_recordings",
            "read_events", "score_recordings"]
@@ -47,7 +48,7 @@ def _words_of_split(root: Path, split: str, engines: Optional[Sequence[str]]) ->
     manifest = read_manifest(root)
     words: dict[str, list[Path]] = {}
     for folder in sorted(d for d in root.iterdir() if d.is_dir() and d.name != BACKGROUND_NOISE and not d.name.startswith(".")):
-        for wav in sorted(folder.glob("*.wav")):
+        for wav in wav_files_in(folder):
             row = manifest.get(f"{folder.name}/{wav.name}", {})
             if which_set(wav.name) == split and (not engines or row.get("engine") in engines) \
                     and not is_respelled(row):
@@ -174,7 +175,7 @@ def score_recordings(spotter, folder: Path, thresholds: Sequence[float] = THRESH
     its detections at each of ``thresholds`` matched against its word list."""
     from .spot import stream_audio
 
-    wavs = sorted(Path(folder).glob("*.wav"))
+    wavs = wav_files_in(folder)
     if not wavs:
         raise UsageError(f"{folder}: no recordings (.wav with a .csv word list beside each)")
     scores = [RecordingScore(t, 0, 0, 0, 0.0) for t in thresholds]

@@ -102,6 +102,18 @@ def decode_wav(path: PathLike) -> tuple[np.ndarray, int, int]:
     return as_mono_float(data, path), rate, (data.shape[1] if data.ndim == 2 else 1)
 
 
+def is_wav(path: PathLike) -> bool:
+    """Whether a file name ends in ``.wav``, in any case (``B.WAV`` too)."""
+    return str(path).lower().endswith(".wav")
+
+
+def wav_files_in(folder: PathLike) -> list[Path]:
+    """The WAV files directly in ``folder`` (``is_wav``: any case of the ending), sorted; none
+    when it is not a folder."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if is_wav(p.name) and p.is_file()) if folder.is_dir() else []
+
+
 def read_wav(path: PathLike) -> tuple[np.ndarray, int]:
     """``(samples, rate)`` of a WAV file, mono float32 (``decode_wav``)."""
     wave, rate, _ = decode_wav(path)
@@ -175,7 +187,7 @@ def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = No
     by_split: dict[str, list[tuple[str, str]]] = {"training": [], "validation": [], "testing": []}
     listed = 0
     for word in words:
-        for wav in sorted((root / word).glob("*.wav")):
+        for wav in wav_files_in(root / word):
             rel = f"{word}/{wav.name}"
             split = which_set(wav.name) if lists is None else next(
                 (s for s, names in lists.items() if rel in names), "training")
@@ -220,7 +232,7 @@ def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = No
 def _background(root: Path) -> list[np.ndarray]:
     folder = root / BACKGROUND_NOISE
     noises = []
-    for wav in sorted(folder.glob("*.wav")) if folder.is_dir() else []:
+    for wav in wav_files_in(folder):
         wave = read_wav_16k(wav)
         if len(wave) >= SAMPLE_RATE:
             noises.append(wave)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
@@ -76,6 +78,11 @@ def non_negative_int(text: str) -> int:
     return int(_number(int, text, lambda v: v >= 0, "an integer >= 0"))
 
 
+def finite_float(text: str) -> float:
+    """argparse type: any finite float (not nan or inf)."""
+    return _number(float, text, lambda v: True, "a finite number")
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite float > 0."""
     return _number(float, text, lambda v: v > 0, "a number > 0")
@@ -126,8 +133,38 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+_KEPT_CONTROLS = {"\n", "\r", "\t"}  # lines, progress bars' returns, tables
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control and format character but newline, carriage return and tab
+    written as a Python escape (``\\x1b``, ``\\u202e``): names read from files and folders
+    (class names, paths) cannot send escape sequences to a terminal or reorder what it shows."""
+    return "".join(c if c in _KEPT_CONTROLS or unicodedata.category(c) not in ("Cc", "Cf")
+                   else ascii(c)[1:-1] for c in text)
+
+
+class _Escaping:
+    """A text stream that writes through ``escape_controls`` to the stream it wraps."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(escape_controls(text))
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, encoding ... of the wrapped stream
+        return getattr(self._stream, name)
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``main(argv)``; user errors print ``error: ...`` on one line and return 2."""
+    """Run ``main(argv)`` with everything it prints passed through ``escape_controls``; user
+    errors print ``error: ...`` on one line and return 2."""
+    with contextlib.redirect_stdout(_Escaping(sys.stdout)), contextlib.redirect_stderr(_Escaping(sys.stderr)):
+        return _run_cli(main, argv)
+
+
+def _run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]]) -> int:
     try:
         return main(argv)
     except USER_ERRORS as exc:

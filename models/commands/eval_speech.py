@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cli import ArgumentParser, UsageError, new_output_file, positive_float, run_cli
+from .cli import ArgumentParser, UsageError, finite_float, new_output_file, positive_float, run_cli
 
 __all__ = ["cli", "main"]
 
@@ -99,12 +99,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("checkpoint", help="a dszoo-train checkpoint of a speech_commands run")
     p.add_argument("data_dir", help="a folder of <word>/<name>.wav clips (every clip is scored)")
     p.add_argument("--engines", nargs="+", help="score only the clips of these speech engines (from manifest.csv)")
-    p.add_argument("--snr", type=float, help="add the folder's background noise at this SNR in dB")
+    p.add_argument("--snr", type=finite_float, help="add the folder's background noise at this SNR in dB")
     p.add_argument("--voices", action="store_true", help="a row per voice too")
     p.add_argument("--confusion", action="store_true", help="the predicted classes of each spoken word")
     p.add_argument("--json", help="write every figure to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    p.add_argument("--threshold", type=float, help="recordings: report at this threshold (default: the model's)")
+    p.add_argument("--threshold", type=finite_float, help="recordings: report at this threshold (default: the model's)")
     p.add_argument("--max-false-alarms-per-minute", type=positive_float,
                    help="recordings: choose the lowest threshold with at most this many false alarms per minute")
     p.add_argument("--save-spotter", help="recordings: write the model with the chosen threshold to this new "

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .cli import ArgumentParser, UsageError, run_cli
+from .cli import ArgumentParser, UsageError, finite_float, run_cli
 
 __all__ = ["cli", "main"]
 
@@ -78,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--data-dir", required=True, help="a dszoo-make-speech-data folder of two or more engines")
     p.add_argument("--out-dir", required=True, help="a new folder: one run per engine, loeo.json and loeo.md")
     p.add_argument("--engines", nargs="+", help="engines to hold out in turn (default: every one in the manifest)")
-    p.add_argument("--snr", type=float, default=10.0, help="SNR in dB of the noisy scoring (default %(default)s)")
+    p.add_argument("--snr", type=finite_float, default=10.0, help="SNR in dB of the noisy scoring (default %(default)s)")
     args, train_args = p.parse_known_args(argv)
     data, out = Path(args.data_dir), Path(args.out_dir)
     for flag in ("--dataset", "--data-dir", "--hold-out-engine", "--out-dir", "--resume", "--eval-only"):

@@ -27,17 +27,17 @@ LONG_SECONDS = 1.5
 
 
 def wav_files(folder: Path) -> list[Path]:
-    """Every ``.wav`` under ``folder``, sorted, subfolders included (a Speech Commands layout keeps
+    """Every WAV file (``.wav`` or ``.WAV``) under ``folder``, sorted, subfolders included (a Speech Commands layout keeps
     its clips in one folder per word) but for hidden ones and the background noise; links to
     folders are not followed, so a link cycle cannot loop."""
     import os
 
-    from ..audio.speech_commands import BACKGROUND_NOISE
+    from ..audio.speech_commands import BACKGROUND_NOISE, is_wav
 
     found = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d != BACKGROUND_NOISE]
-        found += [Path(root) / n for n in names if n.endswith(".wav")]
+        found += [Path(root) / n for n in names if is_wav(n)]
     return sorted(found)
 
 

@@ -216,6 +216,9 @@ def build_datasets(
                           speech.classes)
     if classes:
         raise UsageError(f"--classes is only supported for {flag} digits")
+    if input_size[0] not in (1, 3):
+        raise UsageError(f"--in-chans {input_size[0]}: {flag} {name} gives RGB images (3 channels), or grey ones "
+                         "for --in-chans 1; allowed: 1, 3")
     train_tf = _transforms(pretrained_cfg, input_size[0], True, image_augment)
     val_tf = _transforms(pretrained_cfg, input_size[0], False)
     if name == "fake":

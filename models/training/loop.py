@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -130,8 +132,23 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     The steps: read a resumed run's options, set up processes and seeds, build the model and
     data, evaluate only (``eval_only``) or build the optimizer, restore the checkpoint, write
-    ``args.json``, then train epoch by epoch, checkpointing each, and plot the curves.
+    ``args.json``, then train epoch by epoch, checkpointing each, and plot the curves. With
+    ``quiet`` 2 or more the libraries' warnings (timm's, torch's) are silenced too: only errors.
     """
+    if cfg.quiet < 2:
+        return _train(cfg)
+    timm_log = logging.getLogger("timm")
+    level = timm_log.level
+    timm_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _train(cfg)
+    finally:
+        timm_log.setLevel(level)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     check_arguments(cfg)
     cfg, resume_ckpt = _options_of_resumed_run(cfg)
     if cfg.eval_only and not cfg.pretrained:
