@@ -100,6 +100,11 @@ def read_training_checkpoint(path: PathLike, what: str) -> Optional[dict[str, An
     return _checked_fields(ckpt, path, what)
 
 
+_SPOTTER_FIELDS: dict[str, tuple[type, ...]] = {"model_config": (dict,), "class_names": (list,), "mfcc_preset": (str,),
+                                                 "threshold": (int, float), "card": (dict,)}
+"""The fields a spotter file's metadata may hold, and their JSON types."""
+
+
 def read_spotter_file(path: Path) -> dict:
     """A ``save_spotter`` file as a checkpoint-like mapping (model, model_config, class_names ...)."""
     state = read_state_dict(path)
@@ -112,6 +117,11 @@ def read_spotter_file(path: Path) -> dict:
         threshold = float(about.get("threshold", DEFAULT_THRESHOLD))
     except (ValueError, TypeError, AttributeError):
         raise UsageError(f"{path}: its spotter metadata is damaged") from None
+    wrong = [f"{key} is a {type(about[key]).__name__}, not a {' or '.join(t.__name__ for t in types)}"
+             for key, types in _SPOTTER_FIELDS.items()
+             if key in about and (not isinstance(about[key], types) or isinstance(about[key], bool))]
+    if wrong:
+        raise UsageError(f"{path}: its spotter metadata is damaged: {'; '.join(wrong)}")
     if not 0 < threshold < 1:
         raise UsageError(f"{path}: threshold {threshold} in its metadata; allowed: between 0 and 1")
     return {**about, "model": state, "threshold": threshold}

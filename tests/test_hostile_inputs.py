@@ -7,7 +7,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -465,3 +465,44 @@ def test_twice_quiet_training_prints_nothing(tmp_path: Path) -> None:
     one step), on either stream."""
     res = run_in_process("train", ["--epochs", "1", "--max-batches", "1", "-qq", "--out-dir", str(tmp_path / "run")])
     assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize("key, value", [("card", 5), ("model_config", 7), ("class_names", "yes"), ("mfcc_preset", 3),
+                                        ("threshold", True)])
+def test_spotter_metadata_of_the_wrong_shape_is_one_line(key: str, value: Any, tmp_path: Path) -> None:
+    """Each field a spotter file's metadata holds is checked for its type where the file is read."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from dszoo.audio.spot import bundled_spotter_path
+
+    with safe_open(str(bundled_spotter_path()), framework="pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    about = {**json.loads(meta["dszoo_spotter"]), key: value}
+    path = tmp_path / "spotter.safetensors"
+    save_file(tensors, str(path), metadata={**meta, "dszoo_spotter": json.dumps(about)})
+    res = run_in_process("spot", [str(path), str(path)])
+    damaged = "its spotter metadata is damaged: "
+    expected = {"card": f"{damaged}card is a int, not a dict", "model_config": f"{damaged}model_config is a int, not a dict",
+                "class_names": f"{damaged}class_names is a str, not a list",
+                "mfcc_preset": "trained on the MFCC front end 3, which dszoo does not have; allowed: mlperf_tiny, "
+                               "arm_kws, narrowband",
+                "threshold": f"{damaged}threshold is a bool, not a int or float"}[key]
+    assert res.returncode == 2 and res.stderr == f"error: {path}: {expected}\n"
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"data_dir": 3}', "[1, 2]", '"a string"'])
+def test_a_json_file_of_the_wrong_shape_or_depth_is_one_line(text: str, tmp_path: Path) -> None:
+    """``--loeo`` files nested past Python's recursion limit, or holding the wrong types, are
+    refused where they are read; a user's ``args.json`` of any shape is not taken for a run's."""
+    from dszoo.commands.leave_one_engine_out import merge_results
+    from dszoo.training.run_files import files_a_run_would_replace
+
+    path = tmp_path / "loeo.json"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=rf"^{re.escape(str(path))}: not a dszoo-leave-one-engine-out loeo\.json \("):
+        merge_results([path])
+    (tmp_path / "args.json").write_text(text)
+    assert files_a_run_would_replace(tmp_path) == ["args.json"]  # the user's own: a run there is refused

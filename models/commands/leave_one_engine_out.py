@@ -48,7 +48,7 @@ def merge_results(paths: Sequence[Path]) -> dict:
             same = {"data_dir": Path(run["data_dir"]).name, "train_args": run["train_args"], "snr_db": run["snr_db"]}
             rows = {r["engine"]: {"clean": GroupScore.from_dict(r["clean"]), "noisy": GroupScore.from_dict(r["noisy"])}
                     for r in run["engines"]}
-        except (ValueError, KeyError, TypeError, UsageError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, UsageError) as exc:
             raise UsageError(f"{path}: not a dszoo-leave-one-engine-out loeo.json ({exc})") from None
         if merged is None:
             merged = {**same, "engines": {}}

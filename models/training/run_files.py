@@ -253,7 +253,7 @@ def _written_by_a_run(path: Path) -> bool:
 
     try:
         about = json.loads(Path(regular_file(path, "args.json")).read_text())
-    except (OSError, ValueError, FileKindError):
+    except (OSError, ValueError, RecursionError, FileKindError):
         return False
     return isinstance(about, dict) and {"model", "dataset", "world_size", "dataset_info"} <= about.keys()
 
