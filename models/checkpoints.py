@@ -17,6 +17,7 @@ from .builder import ZooNet, build_model
 from .config import ModelConfig
 from .errors import UsageError
 from .files import FileKindError, regular_file
+from .plan import plan_model
 from .preprocessing import trained_front_end
 from .weights import CheckpointError, check_torch_file, read_state_dict, spotter_metadata, tensor_problems
 
@@ -168,8 +169,13 @@ def build_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> ZooNet:
                                     and len(set(classes)) == len(classes) == cfg.num_classes):
         raise CheckpointError(f"{source}: class_names must be {cfg.num_classes} distinct non-empty names, one per "
                               f"output of the model, got {str(classes)[:120]}")
+    state = _measured_weights(ckpt)
+    planned, held = plan_model(cfg).params, sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))
+    if planned > held:  # checked from the closed form, before a network the file cannot fill is allocated
+        raise CheckpointError(f"{source}: its model_config builds {planned:,} parameters, but it holds {held:,} "
+                              "numbers: its weights are those of another network")
     model = build_model(cfg)
-    own, state = model.state_dict(), _measured_weights(ckpt)
+    own = model.state_dict()
     problems = ([f"its weights are those of another network ({len(state)} tensors, its config builds {len(own)})"]
                 if state.keys() != own.keys() else
                 [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} from its config"

@@ -506,3 +506,17 @@ def test_a_json_file_of_the_wrong_shape_or_depth_is_one_line(text: str, tmp_path
         merge_results([path])
     (tmp_path / "args.json").write_text(text)
     assert files_a_run_would_replace(tmp_path) == ["args.json"]  # the user's own: a run there is refused
+
+
+def test_a_small_file_whose_config_describes_a_huge_network_is_refused_before_building(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint of a few weights whose saved config describes 800M parameters is refused
+    from the config's closed-form count, nothing built (it took 9 s and 3.7 GB before)."""
+    from dszoo import checkpoints
+
+    cfg = get_model_config("mobilenet_v1", width_mult=16.0).model_dump(mode="json")
+    ckpt = {"model_config": cfg, "model": create_model("ds_cnn_s").state_dict()}
+    monkeypatch.setattr(checkpoints, "build_model", lambda cfg: pytest.fail("built the network"))
+    with pytest.raises(CheckpointError, match=r"^x\.pt: its model_config builds 8\d\d,\d{3},\d{3} parameters, but it "
+                                              r"holds 2\d,\d{3} numbers: its weights are those of another network$"):
+        checkpoints.build_from_checkpoint(ckpt, "x.pt")
