@@ -520,3 +520,18 @@ def test_a_small_file_whose_config_describes_a_huge_network_is_refused_before_bu
     with pytest.raises(CheckpointError, match=r"^x\.pt: its model_config builds 8\d\d,\d{3},\d{3} parameters, but it "
                                               r"holds 2\d,\d{3} numbers: its weights are those of another network$"):
         checkpoints.build_from_checkpoint(ckpt, "x.pt")
+
+
+def test_converting_a_file_that_names_its_classes_and_input_is_refused(default_run: tuple[Path, Any],
+                                                                        tmp_path: Path) -> None:
+    """dszoo-convert-weights writes weights alone: given a spotter file or a dszoo-train checkpoint
+    (front end, class names, threshold), it refuses rather than drop them, and writes nothing."""
+    from dszoo.audio.spot import bundled_spotter_path
+
+    trained, _ = default_run
+    out = tmp_path / "w.safetensors"
+    for src, model, kind in ((bundled_spotter_path(), "ds_cnn_s", "a keyword spotter file"),
+                             (trained / "best.pt", "mobilenet_v1_025", "a dszoo-train checkpoint")):
+        res = run_in_process("convert_weights", [str(src), str(out), "--model", model])
+        assert res.returncode == 2 and res.stderr.startswith(f"error: {src}: {kind}, already dszoo's, whose ")
+        assert not out.exists()
