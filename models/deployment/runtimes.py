@@ -21,6 +21,7 @@ lists those it computes in floating point); ops a runtime leaves outside its fas
 """
 from __future__ import annotations
 
+import abc
 import json
 import os
 import tempfile
@@ -74,7 +75,7 @@ def _graph_float_layers(graph: torch.fx.Graph) -> tuple[list[str], int]:
     return floating, len(layers)
 
 
-class Runtime:
+class Runtime(abc.ABC):
     """One runtime: its ``--format`` name, file suffixes, pip extra, and how to write, load and
     run its files. ``paths`` are the file and its ``companions`` (an OpenVINO ``.bin``)."""
 
@@ -104,15 +105,21 @@ class Runtime:
         if problem is not None:
             raise ExportError(f"--format {self.format} needs {problem}")
 
+    @abc.abstractmethod
     def write(self, model: nn.Module, example: torch.Tensor, paths: Sequence[str], metadata: str,
               calibration: Optional[list[torch.Tensor]] = None) -> Written:
-        raise NotImplementedError
+        """Write ``model`` (traced at ``example``'s shape, batch dynamic) to ``paths`` carrying
+        ``metadata``; int8 from ``calibration`` batches where given. What the runtime computes
+        in floating point is in the returned ``Written``."""
 
+    @abc.abstractmethod
     def load(self, paths: Sequence[str], threads: Optional[int] = None) -> Run:
-        raise NotImplementedError
+        """The written file loaded into the runtime, as a function of an input batch; ``threads``
+        sets its thread count (for the PyTorch runtimes, torch's process-wide count)."""
 
+    @abc.abstractmethod
     def read_metadata(self, path: str) -> dict[str, Any]:
-        raise NotImplementedError
+        """The metadata the file carries (``{}`` for a file written without it)."""
 
 
 class TorchScript(Runtime):
