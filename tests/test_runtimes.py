@@ -98,7 +98,7 @@ def test_a_layer_a_runtime_keeps_in_floating_point_is_named(tmp_path: Path) -> N
     res = run_in_process("export", ["--model", str(yaml), "--num-classes", "4", "--input-size", "3", "32", "32",
                                     "--precision", "int8", "--calibration", "digits", "--format", "openvino",
                                     "--out", str(out)])
-    assert res.returncode == 2 or res.returncode == 0, res.stderr
+    assert res.returncode == 0, res.stderr
     note = next((line for line in res.stdout.splitlines() if line.startswith("note: OpenVINO computes")), "")
     assert "stages.1.0.attn (scaled_dot_product_attention)" in note, res.stdout
 

@@ -21,10 +21,10 @@ import torch
 from ..registry import list_models
 from ..files import atomic_path
 from ..measurement.benchmark import LOW_PRECISIONS, run_benchmarks
-from ..measurement.runtime_benchmark import (EDGE_RUNTIMES, run_runtime_benchmarks, runtime_csv, runtime_figure,
-                                             runtime_markdown)
+from ..measurement.runtime_benchmark import run_runtime_benchmarks, runtime_csv, runtime_markdown
 from .cli import ArgumentParser, UsageError, new_output_file, positive_int, run_cli
 from ..deployment.optimize import BACKENDS
+from ..deployment.runtimes import EDGE_RUNTIMES
 
 RUNTIME_MODELS = ["mobilenet_v2", "mobilenet_v3_large", "ds_cnn_s"]
 """``--runtimes``' default models."""
@@ -112,16 +112,44 @@ def benchmark_figure(result: dict) -> Any:
             color = dot.get_facecolor()[0]
             ax.annotate(r["model"], (x, r["median_ms"]), textcoords="offset points", xytext=(4, 3), fontsize=6,
                         color=color)
+    _log_log(fig, ax, result, "multiply-adds per image (GMAC, log scale)", "latency at batch 1 (ms, log scale)",
+             "variant (colour); markers and labels: model", "Latency against multiply-adds")
+    return fig
+
+
+def runtime_figure(result: dict) -> Any:
+    """``--runtimes``: latency at the smallest batch against parameter count, log-log: one series
+    per (runtime, precision), each point labelled with its model, as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = min(r["batch"] for r in result["rows"])
+    rows = [r for r in result["rows"] if r["batch"] == batch]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for key in dict.fromkeys((r["runtime"], r["precision"]) for r in rows):
+        mine = [r for r in rows if (r["runtime"], r["precision"]) == key]
+        dots = ax.scatter([r["params"] / 1e6 for r in mine], [r["median_ms"] for r in mine], label=" ".join(key))
+        for r in mine:
+            ax.annotate(r["model"], (r["params"] / 1e6, r["median_ms"]), textcoords="offset points", xytext=(4, 3),
+                        fontsize=6, color=dots.get_facecolor()[0])
+    _log_log(fig, ax, result, "parameters (millions, log scale)", f"latency at batch {batch} (ms, log scale)",
+             "runtime and precision", "Latency against parameters by runtime")
+    return fig
+
+
+def _log_log(fig: Any, ax: Any, result: dict, xlabel: str, ylabel: str, legend: str, title: str) -> None:
+    """Both axes logarithmic, their labels, the legend, and a title naming the run's machine."""
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("multiply-adds per image (GMAC, log scale)")
-    ax.set_ylabel("latency at batch 1 (ms, log scale)")
-    ax.legend(title="variant (colour); markers and labels: model", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(title=legend, fontsize=8)
     m = result["machine"]
-    ax.set_title(f"Latency against multiply-adds, median of {result['repeats']} runs\n{m['cpu']}, "
-                 f"{m['threads']} threads, torch {m['torch']}", fontsize=10)
+    ax.set_title(f"{title}, median of {result['repeats']} runs\n{m['cpu']}, {m['threads']} threads, torch {m['torch']}",
+                 fontsize=10)
     fig.tight_layout()
-    return fig
 
 
 def plot(result: dict, path: str, make_figure: Callable[[dict], Any] = benchmark_figure) -> None:

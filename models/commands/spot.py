@@ -79,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _listen(spotter: "KeywordSpotter", files: Sequence[Path], args: argparse.Namespace) -> None:
+def _listen(spotter: KeywordSpotter, files: Sequence[Path], args: argparse.Namespace) -> None:
     """Each file's keywords: a short clip's most probable classes, a long one's keywords in time."""
     from ..audio.speech_commands import SAMPLE_RATE
     from ..audio.spot import stream_audio

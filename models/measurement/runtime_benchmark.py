@@ -11,7 +11,7 @@ import csv
 import io
 import statistics
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -25,8 +25,9 @@ from ..profile import count_params
 from ..registry import create_model, get_model_config
 from .benchmark import machine_info, timed_interleaved
 
-__all__ = ["EDGE_RUNTIMES", "RuntimeRow", "run_runtime_benchmarks", "runtime_accuracy", "runtime_csv", "runtime_figure", "runtime_support",
-           "runtime_markdown"]
+__all__ = ["ExportedFile", "RuntimeRow", "exported_files", "run_runtime_benchmarks", "runtime_accuracy", "runtime_csv",
+           "runtime_markdown", "runtime_support"]
+
 
 @dataclass(frozen=True)
 class RuntimeRow:
@@ -158,39 +159,10 @@ def runtime_markdown(result: dict) -> str:
 def runtime_csv(result: dict) -> str:
     """The rows as CSV, one column per ``RuntimeRow`` field."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(RuntimeRow.__dataclass_fields__), lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=[f.name for f in fields(RuntimeRow)], lineterminator="\n")
     writer.writeheader()
     writer.writerows(result["rows"])
     return text.getvalue()
-
-
-def runtime_figure(result: dict):
-    """Latency at the smallest batch against parameter count, log-log: one series per (runtime,
-    precision), each point labelled with its model, as a matplotlib figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    batch = min(r["batch"] for r in result["rows"])
-    rows = [r for r in result["rows"] if r["batch"] == batch]
-    fig, ax = plt.subplots(figsize=(9, 6))
-    for key in dict.fromkeys((r["runtime"], r["precision"]) for r in rows):
-        mine = [r for r in rows if (r["runtime"], r["precision"]) == key]
-        dots = ax.scatter([r["params"] / 1e6 for r in mine], [r["median_ms"] for r in mine], label=" ".join(key))
-        for r in mine:
-            ax.annotate(r["model"], (r["params"] / 1e6, r["median_ms"]), textcoords="offset points", xytext=(4, 3),
-                        fontsize=6, color=dots.get_facecolor()[0])
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters (millions, log scale)")
-    ax.set_ylabel(f"latency at batch {batch} (ms, log scale)")
-    ax.legend(title="runtime and precision", fontsize=8)
-    m = result["machine"]
-    ax.set_title(f"Latency against parameters by runtime, median of {result['repeats']} runs\n{m['cpu']}, "
-                 f"{m['threads']} threads", fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 @torch.no_grad()
