@@ -5,6 +5,7 @@ from .layers import (
     NORMS,
     CepstralMeanNorm,
     Conv2dSame,
+    MaxPool,
     PooledLinear,
     ConvNormAct,
     DepthwiseConv,
@@ -17,6 +18,8 @@ from .layers import (
 from .attention import MobileMultiQueryAttention, MultiQueryAttention2d
 from .mobile import (FusedInvertedResidual, InvertedResidual, LayerScale2d, ResidualConv, SqueezeExcite,
                      UniversalInvertedResidual)
+from .reparam import MobileOneBlock, RepConv
+from .shuffle import ShuffleUnit, channel_shuffle
 from .separable import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, standard_conv
 
 __all__ = [
@@ -31,17 +34,22 @@ __all__ = [
     "FusedInvertedResidual",
     "InvertedResidual",
     "LayerScale2d",
+    "MaxPool",
     "MobileMultiQueryAttention",
+    "MobileOneBlock",
     "MultiQueryAttention2d",
     "ResidualConv",
     "PointwiseConv",
+    "RepConv",
     "SeparableConv2d",
+    "ShuffleUnit",
     "SqueezeExcite",
     "UniversalInvertedResidual",
     "XceptionBlock",
     "create_act",
     "create_conv2d",
     "create_norm",
+    "channel_shuffle",
     "pair",
     "standard_conv",
 ]

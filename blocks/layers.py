@@ -16,6 +16,7 @@ from torch import nn
 __all__ = [
     "ACTIVATIONS",
     "CepstralMeanNorm",
+    "MaxPool",
     "NORMS",
     "ActLike",
     "NormLike",
@@ -278,3 +279,13 @@ class CepstralMeanNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - x.mean(dim=-2, keepdim=True)
+
+
+class MaxPool(nn.MaxPool2d):
+    """A ``k x k`` max pool padded by ``(k - 1) // 2`` (``ceil(n / stride)`` outputs for odd
+    kernels), which keeps the channels (ShuffleNetV2's stem, Ma et al. 2018, Table 5)."""
+
+    def __init__(self, channels: int, kernel_size: IntPair = 3, stride: IntPair = 2) -> None:
+        kernel = pair(kernel_size, "kernel_size")
+        super().__init__(kernel, pair(stride, "stride"), padding=((kernel[0] - 1) // 2, (kernel[1] - 1) // 2))
+        self.in_chs = self.out_chs = channels

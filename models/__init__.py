@@ -5,7 +5,8 @@ repository's top-level ``blocks/`` and ``dszoo.configs`` its ``configs/`` (setup
 ``package_dir``), so ``from .blocks import ...`` here reads ``blocks/``.
 
 The model library sits at this package's top: ``config`` (schema, loader), ``plan`` (shapes and
-counts from a config alone, the size guard), ``builder`` (``ZooNet``), ``weights`` (timm's and
+counts from a config alone, the size guard), ``builder`` (``ZooNet``), ``reparameterize`` (a
+network's single-conv inference form), ``weights`` (timm's and
 torchvision's keys), ``checkpoints`` (what training saved), ``registry`` (``create_model``,
 ``load_checkpoint``), ``preprocessing`` (the input a model expects) and ``profile`` (params,
 MACs, bytes per layer). Above it, one subpackage per job: ``audio`` (the MFCC front end, speech
@@ -17,6 +18,7 @@ from .builder import BLOCK_BUILDERS, ZooFeatures, ZooNet, build_model
 from .plan import ModelPlan, ModelTooLargeError, make_divisible, min_input_size, plan_model
 from .config import ConfigError, ModelConfig, config_json_schema
 from .profile import count_macs, count_params, layer_macs
+from .reparameterize import reparameterize
 from .registry import UnknownModelError, create_model, get_model_config, list_models, load_checkpoint, register_model
 from .audio import MFCC
 from .deployment import (CalibrationError, OptimizedModel, export_model, fold_batchnorm, optimize_for_inference, quantize,
@@ -59,6 +61,7 @@ __all__ = [
     "plan_model",
     "quantize",
     "register_model",
+    "reparameterize",
     "summarize",
     "tune_glibc_malloc",
 ]

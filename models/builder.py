@@ -15,17 +15,17 @@ import torch
 from torch import nn
 
 from .blocks import (CepstralMeanNorm, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, InvertedResidual,
-                     MobileMultiQueryAttention, ResidualConv, SeparableConv2d, SqueezeExcite, UniversalInvertedResidual,
-                     XceptionBlock, pair, standard_conv)
+                     MaxPool, MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
+                     ShuffleUnit, SqueezeExcite, UniversalInvertedResidual, XceptionBlock, pair, standard_conv)
 from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
 
-from .config import (ConvStage, DSStage, FusedStage, IRStage, ModelConfig, MQAStage, SEConfig, UIBStage,
-                     XceptionStage)
+from .config import (ConvStage, DSStage, FusedStage, IRStage, ModelConfig, MQAStage, PoolStage, RepStage,
+                     SEConfig, ShuffleStage, UIBStage, XceptionStage)
 from .plan import (check_model_size, drop_path_rates, make_divisible, min_input_size, plan_model, se_channels,
                    stage_width)
 
-__all__ = ["BLOCK_BUILDERS", "ZooFeatures", "ZooNet", "build_model"]
+__all__ = ["BLOCK_BUILDERS", "ZooFeatures", "ZooNet", "build_model", "first_conv_name"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class BuildContext:
     se: SEConfig = SEConfig()
     drop_path: float = 0.0
     layer_scale: Optional[float] = None
+    reparameterized: bool = False
 
     def chs(self, channels: float) -> int:
         """``make_divisible`` with the config's divisor and round limit (timm's rule)."""
@@ -115,6 +116,23 @@ def _mqa_block(in_chs: int, spec: MQAStage, stride: Any, ctx: BuildContext) -> n
         drop_path=ctx.drop_path, depthwise=ctx.separable)
 
 
+def _shuffle_block(in_chs: int, spec: ShuffleStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    return ShuffleUnit(in_chs, ctx.out(spec), kernel_size=spec.kernel, stride=stride, norm=ctx.norm, act=ctx.act,
+                       depthwise=ctx.separable)
+
+
+def _rep_block(in_chs: int, spec: RepStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    common = dict(stride=stride, branches=spec.branches, norm=ctx.norm, act=ctx.act,
+                  se=ctx.se_factory(spec.se_ratio, 1.0), drop_path=ctx.drop_path, inference=ctx.reparameterized)
+    if spec.separable:
+        return MobileOneBlock(in_chs, ctx.out(spec), spec.kernel, depthwise=ctx.separable, **common)
+    return RepConv(in_chs, ctx.out(spec), spec.kernel, scale_branch=spec.scale_branch, **common)
+
+
+def _pool_block(in_chs: int, spec: PoolStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    return MaxPool(in_chs, spec.kernel, stride)
+
+
 def _xception_block(in_chs: int, spec: XceptionStage, stride: Any, ctx: BuildContext) -> nn.Module:
     return XceptionBlock(
         in_chs, ctx.out(spec), stride=stride, num_convs=spec.convs, kernel_size=spec.kernel,
@@ -135,6 +153,9 @@ BLOCK_BUILDERS: dict[str, BlockBuilder] = {
     "uib": _uib_block,
     "fused": _fused_block,
     "mqa": _mqa_block,
+    "shuffle": _shuffle_block,
+    "rep": _rep_block,
+    "maxpool": _pool_block,
     "xception": _xception_block,
 }
 """Stage ``type`` -> function building one block; the stride applies to a stage's first block."""
@@ -170,6 +191,12 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: tuple[int, int], name:
         raise ValueError(
             f"input {x.shape[2]}x{x.shape[3]} is smaller than the minimum {min_size[0]}x{min_size[1]} for {name}"
         )
+
+
+def first_conv_name(model: nn.Module) -> str:
+    """The module path of ``model``'s first conv (timm's ``pretrained_cfg["first_conv"]``: the one
+    a checkpoint for another number of input channels adapts); "" for a network without one."""
+    return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), "")
 
 
 def head_as_linear(head: nn.Module) -> None:
@@ -209,7 +236,8 @@ class ZooNet(nn.Module):
         self.cfg = cfg
         norm = None if cfg.norm.type == "none" else partial(nn.BatchNorm2d, eps=cfg.norm.eps, momentum=cfg.norm.momentum)
         ctx = BuildContext(norm, cfg.act, cfg.separable, cfg.width_mult, cfg.channel_divisor,
-                           cfg.channel_round_limit, cfg.se, layer_scale=cfg.layer_scale)
+                           cfg.channel_round_limit, cfg.se, layer_scale=cfg.layer_scale,
+                           reparameterized=cfg.reparameterized)
         self.in_chans = cfg.in_chans
         declared = cfg.min_input_size or (1, 1)
         smallest = plan.min_input_size if plan is not None else min_input_size(cfg)
@@ -279,7 +307,7 @@ class ZooNet(nn.Module):
             interpolation=p.interpolation,
             num_classes=self.cfg.num_classes,
             pool_size=(-(-h // reduction[0]), -(-w // reduction[1])),
-            first_conv="stem.0.conv",
+            first_conv=first_conv_name(self),
             classifier="classifier",
         )
 

@@ -218,6 +218,37 @@ class MQAStage(_Stage):
     skip: StrictBool = True
 
 
+class ShuffleStage(_Stage):
+    """``repeat`` x ShuffleNetV2 unit: half the channels through 1x1, depthwise ``kernel``, 1x1, the
+    other half kept (stride 1) or through depthwise ``kernel``, 1x1 (stride 2), then a channel
+    shuffle. ``out`` must be even; a stage's first unit changes the width only with stride 2."""
+
+    type: Literal["shuffle"]
+    out: Annotated[int, Field(strict=True, gt=0, le=MAX_INT, multiple_of=2)]
+
+
+class RepStage(_Stage):
+    """``repeat`` x reparameterisable conv (MobileOne, RepVGG): ``branches`` ``kernel`` x ``kernel``
+    conv + norm branches, a 1x1 conv + norm branch (``scale_branch``) and a norm of the input where
+    the shape is kept, summed, then [SE] and act; ``separable: true`` makes each block MobileOne's
+    pair, a depthwise one then a pointwise one. ``dszoo.reparameterize`` folds each into one conv."""
+
+    type: Literal["rep"]
+    branches: Annotated[int, Field(strict=True, gt=0, le=64)] = 1
+    scale_branch: StrictBool = True
+    separable: StrictBool = False
+    se_ratio: Fraction = 0.0
+
+
+class PoolStage(_Stage):
+    """A ``kernel`` x ``kernel`` max pool of ``stride`` with "same" padding (ShuffleNetV2's stem);
+    it keeps the channels, so it has no ``out``."""
+
+    type: Literal["maxpool"]
+    out: None = None
+    stride: Stride = 2
+
+
 class XceptionStage(_Stage):
     """``repeat`` x Xception residual unit of ``convs`` separable convs."""
 
@@ -228,9 +259,11 @@ class XceptionStage(_Stage):
     grow_first: StrictBool = True
 
 
-StageConfig = Annotated[Union[ConvStage, DSStage, IRStage, UIBStage, FusedStage, MQAStage, XceptionStage],
-                        Field(discriminator="type")]
-STAGE_TYPES = ("conv", "ds", "ir", "uib", "fused", "mqa", "xception")
+StageConfig = Annotated[Union[ConvStage, DSStage, IRStage, UIBStage, FusedStage, MQAStage, ShuffleStage, RepStage,
+                              PoolStage, XceptionStage], Field(discriminator="type")]
+STAGE_TYPES = ("conv", "ds", "ir", "uib", "fused", "mqa", "shuffle", "rep", "maxpool", "xception")
+StemConfig = Annotated[Union[ConvStage, RepStage, PoolStage], Field(discriminator="type")]
+STEM_TYPES = ("conv", "rep", "maxpool")
 
 
 class HeadConv(_Strict):
@@ -264,7 +297,7 @@ class SEConfig(_Strict):
     divisor: Optional[PosInt] = None
     act: Optional[Activation] = None
     gate: Literal["sigmoid", "hard_sigmoid"] = "sigmoid"
-    round_limit: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.9  # make_divisible's, with ``divisor``
+    round_limit: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.9  # make_divisible's, with ``divisor``
 
 
 class PretrainedConfig(_Strict):
@@ -306,9 +339,12 @@ class ModelConfig(_Strict):
     blocks (MobileNetV4's hybrids: 1e-5); ``null``: none."""
     se: SEConfig = SEConfig()
     separable: StrictBool = True
+    reparameterized: StrictBool = False
+    """Each ``rep`` block in its inference form, one conv with a bias (``dszoo.reparameterize``
+    sets it; a checkpoint of that form rebuilds it)."""
     act: str = "relu"
     norm: NormConfig = NormConfig()
-    stem: tuple[ConvStage, ...]
+    stem: tuple[StemConfig, ...]
     stages: tuple[StageConfig, ...]
     head: HeadConfig = HeadConfig()
     pretrained_cfg: PretrainedConfig = PretrainedConfig()
@@ -321,7 +357,11 @@ class ModelConfig(_Strict):
     @field_validator("stem", mode="before")
     @classmethod
     def _stem_as_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, Mapping) else v
+        """One row or a list; a row without ``type`` is a conv."""
+        rows = [v] if isinstance(v, Mapping) else v
+        if isinstance(rows, (list, tuple)):
+            return [{"type": "conv", **row} if isinstance(row, Mapping) and "type" not in row else row for row in rows]
+        return rows
 
     @property
     def in_chans(self) -> int:
@@ -354,7 +394,8 @@ class ModelConfig(_Strict):
 # create_model keywords that are not top-level config keys, and the paths they set.
 OVERRIDE_KEYS = {"in_chans": "input_size[0]", "drop_rate": "head.dropout"}
 STAGE_CLASSES: dict[str, type[BaseModel]] = {"conv": ConvStage, "ds": DSStage, "ir": IRStage, "uib": UIBStage,
-                                             "fused": FusedStage, "mqa": MQAStage, "xception": XceptionStage}
+                                             "fused": FusedStage, "mqa": MQAStage, "shuffle": ShuffleStage,
+                                             "rep": RepStage, "maxpool": PoolStage, "xception": XceptionStage}
 
 
 def _known_fields(loc: tuple) -> list[str]:
@@ -365,9 +406,7 @@ def _known_fields(loc: tuple) -> list[str]:
             continue
         if part in STAGE_CLASSES:
             model = STAGE_CLASSES[part]
-        elif model is ModelConfig and part == "stem":
-            model = ConvStage
-        elif model is ModelConfig and part == "stages":
+        elif model is ModelConfig and part in ("stem", "stages"):
             model = None  # the discriminator tag that follows names the class
         elif model is not None:
             field = model.model_fields.get(part)
@@ -409,7 +448,8 @@ def _problems(err: ValidationError) -> list[str]:
                 msg += f" (allowed: {', '.join(allowed)})"
         elif kind == "union_tag_invalid":
             tag = e.get("ctx", {}).get("tag", value)
-            msg = f"unknown block type {tag!r}; allowed: {', '.join(STAGE_TYPES)}{_did_you_mean(str(tag), STAGE_TYPES)}"
+            types = STEM_TYPES if loc[0] == "stem" else STAGE_TYPES
+            msg = f"unknown block type {tag!r}; allowed: {', '.join(types)}{_did_you_mean(str(tag), types)}"
             path = f"{path}.type"
         elif kind == "union_tag_not_found":
             msg = f"missing 'type'; allowed: {', '.join(STAGE_TYPES)}"

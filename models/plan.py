@@ -157,7 +157,7 @@ class _Walker:
         return stage_width(spec, self.cfg.width_mult, self.cfg.channel_divisor, self.cfg.channel_round_limit)
 
     def conv(self, name: str, key: str, c_in: int, c_out: int, kernel: Any, stride: Any = 1, dilation: Any = 1,
-             padding: Union[str, int] = "same", groups: int = 1) -> None:
+             padding: Union[str, int] = "same", groups: int = 1, bias: bool = False) -> None:
         """A Conv2d on the main path: records it and moves the current shape and the chain on."""
         (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
         padding = 0 if padding == "valid" else padding
@@ -165,7 +165,8 @@ class _Walker:
         ops = (SpatialOp(kh, sh, dh, padding), SpatialOp(kw, sw, dw, padding))
         h, w = ops[0].out(self.h), ops[1].out(self.w)
         per_out = c_in // groups * kh * kw
-        self.layers.append(LayerPlan(name, kind, key, c_in, (c_out, h, w), c_out * per_out, c_out * h * w * per_out))
+        self.layers.append(LayerPlan(name, kind, key, c_in, (c_out, h, w), c_out * (per_out + bias),
+                                     c_out * h * w * per_out))
         self.chain.append(ops)
         self.c, self.h, self.w = c_out, h, w
 
@@ -193,6 +194,9 @@ class _Walker:
             self.pooled_conv(f"{prefix}.se.conv_expand", key, reduced, self.c)
 
     def block(self, prefix: str, key: str, spec: Any, stride: Any) -> None:
+        if spec.type == "maxpool":
+            self.max_pool(spec.kernel, stride)
+            return
         out = self.out(spec)
         if spec.type == "conv" or (spec.type == "ds" and not self.cfg.separable):
             padding = getattr(spec, "padding", "same")
@@ -212,6 +216,13 @@ class _Walker:
             self.conv_norm(f"{prefix}.project", key, out, 1)
         elif spec.type == "mqa":
             self.mobile_attention(prefix, key, spec, out)
+        elif spec.type == "shuffle":
+            self.shuffle_unit(prefix, key, spec, out, stride)
+        elif spec.type == "rep" and spec.separable:
+            self.rep_conv(f"{prefix}.dw", key, spec, self.c, spec.kernel, stride, self.c if self.cfg.separable else 1)
+            self.rep_conv(f"{prefix}.pw", key, spec, out, 1, 1, 1)
+        elif spec.type == "rep":
+            self.rep_conv(prefix, key, spec, out, spec.kernel, stride, 1)
         else:
             self.xception(prefix, key, spec, out, stride)
 
@@ -256,6 +267,57 @@ class _Walker:
         self.conv(f"{attn}.output.proj", key, self.c, out, 1)
         if self.cfg.layer_scale is not None:
             self.extra_params(f"{prefix}.layer_scale", key, out)
+
+    def max_pool(self, kernel: Any, stride: Any) -> None:
+        """``MaxPool``: no layer, the map shrinks; padded by ``(k - 1) // 2``."""
+        (kh, kw), (sh, sw) = _pair(kernel), _pair(stride)
+        ops = (SpatialOp(kh, sh, 1, (kh - 1) // 2), SpatialOp(kw, sw, 1, (kw - 1) // 2))
+        self.chain.append(ops)
+        self.h, self.w = ops[0].out(self.h), ops[1].out(self.w)
+
+    def rep_conv(self, prefix: str, key: str, spec: Any, out: int, kernel: Any, stride: Any, groups: int) -> None:
+        """``RepConv``: its identity norm, k x k branches and 1x1 scale branch side by side on the
+        same input (one of them on the spatial chain), or, reparameterised, one conv with a bias."""
+        c_in, h, w = self.c, self.h, self.w
+        if self.cfg.reparameterized:
+            self.conv(f"{prefix}.reparam_conv", key, c_in, out, kernel, stride, groups=groups, bias=True)
+        else:
+            if c_in == out and _pair(stride) == (1, 1):
+                self.bn(f"{prefix}.identity", key, out, h, w)
+            chain = len(self.chain)
+            for i in range(spec.branches):
+                self.c, self.h, self.w = c_in, h, w
+                self.conv_norm(f"{prefix}.conv_kxk.{i}", key, out, kernel, stride, groups=groups)
+            if spec.scale_branch and _pair(kernel) != (1, 1):
+                self.c, self.h, self.w = c_in, h, w
+                self.conv_norm(f"{prefix}.conv_scale", key, out, 1, stride, padding=0, groups=groups)
+            del self.chain[chain + 1:]  # the branches beside the first walk the same spatial chain
+        self.squeeze_excite(prefix, key, spec.se_ratio, 1.0)
+
+    def shuffle_unit(self, prefix: str, key: str, spec: Any, out: int, stride: Any) -> None:
+        """``ShuffleUnit``: with a stride, the shortcut (depthwise, 1x1) first, then the branch
+        (1x1, depthwise, 1x1) on the whole input; without, the branch on half of it."""
+        c_in, h, w, half = self.c, self.h, self.w, out // 2
+        groups = (lambda c: c) if self.cfg.separable else (lambda c: 1)
+        if out % 2:
+            raise ConfigError(self.cfg.name, [f"{key}: a shuffle unit splits its output in two halves, but width_mult "
+                                              f"makes it {out} channels: use a channel_divisor of 2 or more"])
+        if _pair(stride) != (1, 1):
+            chain = len(self.chain)
+            self.conv_norm(f"{prefix}.shortcut.0", key, c_in, spec.kernel, stride, groups=groups(c_in))
+            self.conv_norm(f"{prefix}.shortcut.1", key, half, 1)
+            del self.chain[chain:]  # beside the branch, which walks the same spatial chain
+            self.c, self.h, self.w = c_in, h, w
+        elif c_in != out:
+            raise ConfigError(self.cfg.name, [f"{key}: a shuffle unit of stride 1 keeps its width, but {c_in} "
+                                              f"channels come in and out is {out}: give the stage's first unit "
+                                              "stride 2"])
+        else:
+            self.c = half
+        self.conv_norm(f"{prefix}.branch.0", key, half, 1)
+        self.conv_norm(f"{prefix}.branch.1", key, half, spec.kernel, stride, groups=groups(half))
+        self.conv_norm(f"{prefix}.branch.2", key, half, 1)
+        self.c = out
 
     def extra_params(self, name: str, key: str, count: int) -> None:
         """A module of ``count`` parameters and no MACs on the main path (a layer scale)."""
@@ -323,7 +385,9 @@ MAX_WALKED_LAYERS = 100_000
 def _layers_per_block(spec: Any) -> int:
     """Conv and norm layers one block of a stage has (squeeze-excite's two convs included)."""
     se = 2 if getattr(spec, "se_ratio", 0) else 0
-    return {"conv": 2, "ds": 4 + se, "ir": 6 + se, "uib": 12 + se, "fused": 4 + se, "mqa": 11}.get(
+    return {"conv": 2, "ds": 4 + se, "ir": 6 + se, "uib": 12 + se, "fused": 4 + se, "mqa": 11, "shuffle": 10,
+            "rep": (2 * getattr(spec, "branches", 1) + 3) * (1 + getattr(spec, "separable", False)) + se,
+            "maxpool": 0}.get(
         spec.type, 3 * getattr(spec, "convs", 1) + 2)
 
 

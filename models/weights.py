@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 from .blocks import (ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, InvertedResidual,
-                     MobileMultiQueryAttention, ResidualConv, SeparableConv2d, UniversalInvertedResidual, XceptionBlock)
+                     MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
+                     UniversalInvertedResidual, XceptionBlock)
 
 from .files import FileKindError, atomic_path, regular_file
 from .builder import ZooNet
+from .reparameterize import is_reparameterizable, reparameterize
 from .preprocessing import trained_front_end
 
 __all__ = [
@@ -145,8 +147,36 @@ def _xception_map(model: ZooNet) -> dict[str, str]:
     return out
 
 
-# family -> (timm architecture, a key only that layout has, module-path map builder)
-TIMM_MODELS: dict[str, tuple[str, str, Callable[[ZooNet], dict[str, str]]]] = {
+def _rep_conv_names(ours: str, theirs: str, conv: RepConv) -> dict[str, str]:
+    """timm's ``MobileOneBlock`` names for a ``RepConv`` at ``ours`` (timm's at ``theirs``), in
+    either form: its branches, or the one conv they fold into."""
+    out = {f"{theirs}.{t}": f"{ours}.{o}" for o, t in (("identity", "identity"), ("conv_scale.conv", "conv_scale.conv"),
+                                                         ("conv_scale.norm", "conv_scale.bn"),
+                                                         ("reparam_conv", "reparam_conv"), ("se.conv_reduce", "attn.fc1"),
+                                                         ("se.conv_expand", "attn.fc2"))}
+    for i in range(len(conv.conv_kxk)):
+        out.update({f"{theirs}.conv_kxk.{i}.conv": f"{ours}.conv_kxk.{i}.conv",
+                    f"{theirs}.conv_kxk.{i}.bn": f"{ours}.conv_kxk.{i}.norm"})
+    return out
+
+
+def _byobnet_map(model: ZooNet) -> dict[str, str]:
+    """timm's ``ByobNet`` with MobileOne blocks: one ``stem`` block, then ``stages.i.j`` where each
+    of our MobileOne blocks is two of timm's (its depthwise half, then its pointwise half), numbered
+    by timm's stages (a row and the ``same_stage`` rows after it); the classifier is ``head.fc``."""
+    (stem,) = [m for m in model.stem if isinstance(m, RepConv)]
+    out = {"head.fc": "classifier", **_rep_conv_names("stem.0", "stem", stem)}
+    blocks = [(f"stages.{i}.{j}", block) for i, stage in enumerate(model.stages) for j, block in enumerate(stage)
+              if isinstance(block, MobileOneBlock)]
+    flat = [(i, j) for i, size in enumerate(_timm_stage_sizes(model, len(blocks))) for j in range(size)]
+    for (ours, block), (i, j) in zip(blocks, flat):
+        out.update(_rep_conv_names(f"{ours}.dw", f"stages.{i}.{2 * j}", block.dw))
+        out.update(_rep_conv_names(f"{ours}.pw", f"stages.{i}.{2 * j + 1}", block.pw))
+    return out
+
+
+# family -> (timm architecture, a key only that layout has (or one per form), module-path map builder)
+TIMM_MODELS: dict[str, tuple[str, Union[str, tuple[str, ...]], Callable[[ZooNet], dict[str, str]]]] = {
     "mobilenet_v1": ("mobilenetv1_100", "conv_stem.weight", _efficientnet_map),
     "mobilenet_v2": ("mobilenetv2_100", "conv_stem.weight", _efficientnet_map),
     "mobilenet_v3": ("mobilenetv3_large_100", "conv_stem.weight", _efficientnet_map),
@@ -155,6 +185,7 @@ TIMM_MODELS: dict[str, tuple[str, str, Callable[[ZooNet], dict[str, str]]]] = {
     "mobilenet_v4": ("mobilenetv4_conv_small", "conv_stem.weight", _efficientnet_map),
     "mnasnet": ("semnasnet_100", "conv_stem.weight", _efficientnet_map),
     "xception": ("legacy_xception", "block1.rep.0.conv1.weight", _xception_map),
+    "mobileone": ("mobileone_s0", ("stem.conv_scale.conv.weight", "stem.reparam_conv.weight"), _byobnet_map),
 }
 
 
@@ -165,6 +196,7 @@ TORCHVISION_MODELS: dict[str, tuple[str, str, float]] = {
     "efficientnet": ("efficientnet_b0", "features.0.0.weight", 1e-5),
     "mnasnet": ("mnasnet1_0", "layers.0.weight", 1e-5),
     "efficientnet_v2": ("efficientnet_v2_s / efficientnet_v2_m / efficientnet_v2_l", "features.0.0.weight", 1e-3),
+    "shufflenet_v2": ("shufflenet_v2_x0_5 / x1_0 / x1_5 / x2_0", "conv1.0.weight", 1e-5),
 }
 
 
@@ -435,7 +467,7 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     source = "dszoo"
     ours = TIMM_MODELS.get(model.cfg.family)
     for marker in dict.fromkeys(m for _, m, _ in TIMM_MODELS.values()):
-        if marker in state:
+        if any(key in state for key in ((marker,) if isinstance(marker, str) else marker)):
             if ours is None or ours[1] != marker:
                 archs = " / ".join(a for a, m, _ in TIMM_MODELS.values() if m == marker)
                 raise CheckpointError(f"{path}: holds timm {archs} weights, which do not fit {model.cfg.name}")
@@ -451,6 +483,7 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
         state, source = from_torchvision_state_dict(model, state, str(path)), f"torchvision {vision[0]}"
         notes += [n for n in [_set_batchnorm_eps(model, vision[2])] if n]
         _head_as_torchvision(model)
+    notes += [n for n in [_match_reparameterized_form(model, state, path)] if n]
     own = model.state_dict()
     notes += [n for n in [_adapt_first_conv(model, state, own)] if n]
     head = model.pretrained_cfg["classifier"]
@@ -485,6 +518,20 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
         trained.pop("class_names", None)  # the names belong to the head the file had
     model.pretrained_cfg = {**model.pretrained_cfg, **trained}  # the input these weights expect, their classes
     return LoadReport(source=source, head_reset=bool(head_reset), missing=missing, unexpected=unexpected, notes=notes)
+
+
+def _match_reparameterized_form(model: ZooNet, state: Mapping[str, torch.Tensor], path: PathLike) -> Optional[str]:
+    """Weights of the reparameterised (inference) form reparameterise ``model`` to take them, with a
+    note; weights of the multi-branch training form cannot go into an already reparameterised one."""
+    folded = any(k.endswith(".reparam_conv.weight") for k in state)
+    branched = any(".conv_kxk." in k for k in state)
+    if folded and not branched and is_reparameterizable(model):
+        reparameterize(model, inplace=True)
+        return "the file holds the reparameterised (inference) form: the model is reparameterised to take it"
+    if branched and model.cfg.reparameterized:
+        raise CheckpointError(f"{path}: holds the multi-branch training form, and {model.cfg.name} is reparameterised "
+                              "(one conv per block); load it into the model as built, then call dszoo.reparameterize")
+    return None
 
 
 def _adapt_first_conv(model: ZooNet, state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> Optional[str]:

@@ -15,7 +15,9 @@ from blocks import (
     InvertedResidual,
     PointwiseConv,
     SeparableConv2d,
+    ShuffleUnit,
     XceptionBlock,
+    channel_shuffle,
     create_conv2d,
 )
 from dszoo import count_macs, count_params
@@ -32,6 +34,7 @@ BLOCK_FACTORIES = {
     "DepthwiseSeparableConv_k5": lambda c, s: DepthwiseSeparableConv(c, 2 * c, kernel_size=5, stride=s),
     "SeparableConv2d": lambda c, s: SeparableConv2d(c, 2 * c, stride=s),
     "XceptionBlock": lambda c, s: XceptionBlock(c, 2 * c, stride=s),
+    "ShuffleUnit": lambda c, s: ShuffleUnit(c, 2 * c if s > 1 else c, stride=s),
 }
 
 
@@ -246,3 +249,41 @@ def test_stochastic_depth_is_timms_drop_path_on_a_residual_branch_only(make) -> 
     kept = branch.flatten(1).abs().sum(1) > 0
     assert 0 < kept.sum() < 64
     assert torch.allclose(branch[kept], 2 * x[kept])
+
+
+def test_channel_shuffle_interleaves_the_groups_as_shufflenet_does() -> None:
+    """Channel g * n + i of ``groups`` groups of n moves to i * groups + g (ShuffleNet, Figure 1);
+    the same permutation as torchvision's ``channel_shuffle``."""
+    from torchvision.models.shufflenetv2 import channel_shuffle as torchvision_shuffle
+
+    x = torch.arange(12.0).view(1, 12, 1, 1).expand(2, 12, 3, 2).contiguous()
+    assert channel_shuffle(x, 2)[0, :, 0, 0].tolist() == [0, 6, 1, 7, 2, 8, 3, 9, 4, 10, 5, 11]
+    assert channel_shuffle(x, 3)[0, :, 0, 0].tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
+    y = torch.randn(2, 24, 5, 3)
+    assert torch.equal(channel_shuffle(y, 2), torchvision_shuffle(y, 2))
+
+
+def test_a_shuffle_unit_of_stride_1_passes_half_its_channels_untouched() -> None:
+    """ShuffleNetV2, Figure 3 (c): the first half of the input reaches the even output channels
+    unchanged; the branch computes the odd ones from the second half alone."""
+    unit = ShuffleUnit(16, 16).eval()
+    x = torch.randn(2, 16, 6, 6)
+    with torch.no_grad():
+        out = unit(x)
+        changed = x.clone()
+        changed[:, :8] += 1.0  # the kept half: the branch's outputs stay
+        moved = unit(changed)
+    assert torch.equal(out[:, 0::2], x[:, :8])
+    assert torch.equal(moved[:, 1::2], out[:, 1::2])
+    assert isinstance(unit.shortcut, nn.Identity) and unit.branch[0].in_chs == 8
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: ShuffleUnit(8, 9, stride=2), "a shuffle unit splits its output in two halves: out_chs must be even, got 9"),
+    (lambda: ShuffleUnit(8, 16), "a shuffle unit of stride 1 keeps its width: in_chs 8 must equal out_chs 16 (the "
+                                 "first unit of a wider stage needs stride 2)"),
+])
+def test_a_shuffle_unit_that_cannot_split_or_keep_its_width_is_refused(make, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        make()
+    assert str(err.value) == message

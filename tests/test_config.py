@@ -128,11 +128,30 @@ def test_all_problems_at_once_with_file_path_and_value(tmp_path: Path) -> None:
         "stages[0].stride: must be 1 or 2 (or a pair of them), got 0",
         "stages[0].depth_multipler: unknown key; did you mean 'depth_multiplier'? "
         "(allowed: out, repeat, stride, kernel, dropout, act, width, scale_depth, same_stage, type, depth_multiplier, dilation, mid_norm_act, se_ratio, pw_act, skip)",
-        "stages[1].type: unknown block type 'dss'; allowed: conv, ds, ir, uib, fused, mqa, xception; did you mean 'ds'?",
+        "stages[1].type: unknown block type 'dss'; allowed: conv, ds, ir, uib, fused, mqa, shuffle, rep, maxpool, xception; "
+        "did you mean 'ds'?",
         "stages[2].out: must be greater than 0, got -5",
         "stages[2].depth_multiplier: must be a valid integer, got 1.5",
         "head.dropuot: unknown key; did you mean 'dropout'? (allowed: pool, dropout, conv)",
     ]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("stem: [{out: 8}, {type: avgpool}]\nstages: [{type: shuffle, out: 8, stride: 2}]\n",
+     "stem[1].type: unknown block type 'avgpool'; allowed: conv, rep, maxpool; did you mean 'maxpool'?"),
+    ("stem: [{out: 8}, {type: maxpool, out: 8}]\nstages: [{type: shuffle, out: 8, stride: 2}]\n",
+     "stem[1].out: must be None, got 8"),
+    ("stem: {out: 8}\nstages: [{type: shuffle, out: 7, stride: 2}]\n", "stages[0].out: must be a multiple of 2, got 7"),
+    ("stem: {out: 8}\nstages: [{type: shuffle, out: 16}]\n",
+     "stages[0]: a shuffle unit of stride 1 keeps its width, but 8 channels come in and out is 16: give the "
+     "stage's first unit stride 2"),
+])
+def test_shuffle_and_pool_rows_are_checked(tmp_path: Path, text: str, message: str) -> None:
+    """A max pool takes no ``out``; a shuffle unit splits its output in halves, and keeps its width
+    unless it has a stride (ShuffleNetV2, Figure 3)."""
+    with pytest.raises(ConfigError) as exc:
+        create_model(str(write(tmp_path, text)))
+    assert problems(exc) == [message]
 
 
 @pytest.mark.parametrize("multiplier,message", [

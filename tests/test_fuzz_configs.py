@@ -66,12 +66,24 @@ mqa_stages = st.fixed_dictionaries(
     optional={"heads": st.integers(1, 3), "key_dim": st.integers(1, 8), "kv_stride": st.sampled_from([1, 2]),
               "kernel": st.integers(1, 5), "skip": st.booleans(), **common},
 )
+shuffle_stages = st.fixed_dictionaries(  # a unit that changes the width needs a stride: the first one has one
+    {"type": st.just("shuffle"), "out": st.integers(1, 8).map(lambda n: 2 * n),
+     "stride": st.sampled_from([2, (2, 1), (1, 2)]), "width": st.just("fixed")},
+    optional={"kernel": kernels, "repeat": st.integers(1, 2), "act": common["act"]},
+)
+rep_stages = st.fixed_dictionaries(
+    {"type": st.just("rep"), "out": st.integers(1, 16)},
+    optional={"kernel": kernels, "stride": strides, "branches": st.integers(1, 3), "scale_branch": st.booleans(),
+              "separable": st.booleans(), "se_ratio": st.sampled_from([0.0, 0.25]), **common},
+)
+pool_stages = st.fixed_dictionaries({"type": st.just("maxpool")},
+                                    optional={"kernel": st.integers(1, 3), "stride": strides})
 residual_conv_stages = st.fixed_dictionaries({"type": st.just("conv"), "out": st.integers(1, 16), "skip": st.just(True)},
                                              optional=conv_fields)
 valid_configs = st.fixed_dictionaries(
-    {"stem": st.lists(stem_stages, max_size=2),
+    {"stem": st.lists(st.one_of(stem_stages, pool_stages), max_size=2),
      "stages": st.lists(st.one_of(conv_stages, ds_stages, ir_stages, xception_stages, uib_stages, fused_stages,
-                                  mqa_stages, residual_conv_stages), max_size=3)},
+                                  mqa_stages, residual_conv_stages, shuffle_stages, rep_stages, pool_stages), max_size=3)},
     optional={
         "width_mult": st.sampled_from([0.25, 0.5, 1.0, 1.5]),
         "channel_divisor": st.sampled_from([1, 2, 4, 8]),
@@ -84,6 +96,7 @@ valid_configs = st.fixed_dictionaries(
                                                                                   optional={"norm": st.booleans(),
                                                                                             "bias": st.booleans()})}),
         "layer_scale": st.sampled_from([None, 1e-5]),
+        "reparameterized": st.booleans(),
         "depth_rounding": st.sampled_from(["ceil", "round"]),
         "num_classes": st.integers(0, 12),
         "depth_mult": st.sampled_from([1.0, 1.2, 1.5]),
@@ -167,15 +180,18 @@ def test_minimum_input_size_is_tight(raw: dict[str, Any], in_chans: int) -> None
 
 # --- invalid configs: mutations of valid ones ------------------------------------------------
 
-INT_KEYS = {"out", "repeat", "dilation", "depth_multiplier", "convs", "heads", "key_dim"}
-BOOL_KEYS = {"mid_norm_act", "start_with_act", "grow_first"}
+INT_KEYS = {"out", "repeat", "dilation", "depth_multiplier", "convs", "heads", "key_dim", "branches"}
+BOOL_KEYS = {"mid_norm_act", "start_with_act", "grow_first", "scale_branch", "separable"}
 STAGE_KEYS = {"conv": {"out", "repeat", "kernel", "stride", "dilation", "dropout"},
               "ds": {"out", "repeat", "kernel", "stride", "dilation", "depth_multiplier", "mid_norm_act", "dropout"},
               "ir": {"out", "repeat", "kernel", "stride", "dilation", "dropout"},
               "uib": {"out", "repeat", "stride", "dropout"},  # a kernel of 0 is allowed: no such conv
               "fused": {"out", "repeat", "kernel", "stride", "dilation", "dropout"},
               "mqa": {"out", "repeat", "kernel", "stride", "heads", "key_dim", "dropout"},
-              "xception": {"out", "repeat", "kernel", "stride", "convs", "start_with_act", "grow_first", "dropout"}}
+              "xception": {"out", "repeat", "kernel", "stride", "convs", "start_with_act", "grow_first", "dropout"},
+              "shuffle": {"out", "repeat", "kernel", "stride", "dropout"},
+              "rep": {"out", "repeat", "kernel", "stride", "branches", "scale_branch", "separable", "dropout"},
+              "maxpool": {"out", "repeat", "kernel", "stride", "dropout"}}  # its out: None only
 TOP_KEYS = {"width_mult": "float", "channel_divisor": "int", "num_classes": "count", "separable": "bool", "act": "str"}
 WRONG_TYPE = {"int": ["8", 8.5, True, None, [8], {"n": 8}], "count": ["8", 2.5, False, None, [1]],
               "bool": ["yes", 1, 0.0, None, [True]], "str": [3, None, ["relu"], {"a": 1}],
@@ -203,6 +219,9 @@ def mutated_configs(draw: st.DrawFn) -> tuple[dict[str, Any], str, str]:
     stage_type = target.get("type", "conv") if path else None
     kind = draw(st.sampled_from(["drop", "wrong_type", "out_of_range", "unknown_key", "wrong_nesting", "list_for_mapping"]))
     if kind == "drop":
+        if stage_type == "maxpool":  # it has no out; without its type a stem row is a conv, which needs one
+            target.pop("type")
+            return raw, (path if path.startswith("stages") else _join(path, "out")), kind
         key = draw(st.sampled_from(["stem", "stages"])) if not path else draw(
             st.sampled_from(["out", "type"] if path.startswith("stages") else ["out"]))
         target.pop(key, None)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("dszoo.blocks", "dszoo.configs", "dszoo.errors", "dszoo.files", "dszoo.preprocessing", "dszoo.profile"),
-    ("dszoo.config", "dszoo.plan", "dszoo.builder", "dszoo.weights", "dszoo.checkpoints", "dszoo.registry"),
+    ("dszoo.config", "dszoo.plan", "dszoo.builder", "dszoo.reparameterize", "dszoo.weights", "dszoo.checkpoints", "dszoo.registry"),
     ("dszoo.audio", "dszoo.deployment", "dszoo.pretrained"),
     ("dszoo.training",),
     ("dszoo.measurement",),

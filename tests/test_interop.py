@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from conftest import NOT_INSTALLED, one_per_family, registry, run_in_process, small_input_size, structural_variants
-from dszoo import (CheckpointError, create_model, export_to_timm, get_model_config, list_models, load_pretrained,
-                   save_state_dict)
+from dszoo import (CheckpointError, count_macs, count_params, create_model, export_to_timm, get_model_config, list_models,
+                   load_pretrained, plan_model, save_state_dict)
 from dszoo.weights import from_timm_state_dict
 from dszoo.deployment.export import (EXPORT_FORMATS, ExportError, export_model, has_initial_batchnorm_statistics,
                                       randomise_batchnorm_statistics)
@@ -328,7 +328,26 @@ TORCHVISION_PAIRS = [("mobilenet_v2", "mobilenet_v2"), ("mobilenet_v3_large", "m
                      ("mobilenet_v3_small", "mobilenet_v3_small"), ("mnasnet_b1", "mnasnet1_0"),
                      ("efficientnet_b0", "efficientnet_b0"), ("mnasnet_b1_050", "mnasnet0_5"),
                      ("mnasnet_b1_075", "mnasnet0_75"), ("mnasnet_b1_130", "mnasnet1_3"),
-                     ("efficientnet_v2_s", "efficientnet_v2_s")]
+                     ("efficientnet_v2_s", "efficientnet_v2_s"), ("shufflenet_v2_x0_5", "shufflenet_v2_x0_5"),
+                     ("shufflenet_v2_x1_0", "shufflenet_v2_x1_0"), ("shufflenet_v2_x1_5", "shufflenet_v2_x1_5"),
+                     ("shufflenet_v2_x2_0", "shufflenet_v2_x2_0")]
+TORCHVISION_PARAMS = {"shufflenet_v2_x0_5": 1_366_792, "shufflenet_v2_x1_0": 2_278_604,
+                      "shufflenet_v2_x1_5": 3_503_624, "shufflenet_v2_x2_0": 7_393_996}
+"""torchvision 0.29's published counts (``weights.meta["num_params"]``) of models timm does not have."""
+
+
+def test_params_and_macs_equal_the_torchvision_twins_by_the_same_counter() -> None:
+    """Each model with a torchvision twin has its parameters and, counted by ``count_macs``, its
+    MACs (ours from the closed form); where timm has no twin, the count torchvision publishes."""
+    import torchvision
+
+    with torch.device("meta"):
+        for ours, theirs in TORCHVISION_PAIRS:
+            cfg = get_model_config(ours)
+            twin = getattr(torchvision.models, theirs)()
+            plan = plan_model(cfg)
+            assert (plan.params, plan.macs) == (count_params(twin), count_macs(twin, cfg.input_size)), ours
+    assert {name: plan_model(get_model_config(name)).params for name in TORCHVISION_PARAMS} == TORCHVISION_PARAMS
 
 
 @pytest.mark.parametrize("ours,theirs", TORCHVISION_PAIRS)

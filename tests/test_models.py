@@ -82,7 +82,7 @@ def test_params_and_macs_equal_the_timm_twins_by_the_same_counter() -> None:
     counted by ``count_macs`` at the model's input size, timm's MACs (ours from the closed form,
     which ``test_fuzz_configs`` and the summary tests check against the built model). timm's are
     built on the meta device: shapes without memory, so the largest cost little."""
-    assert len(TIMM_NAMES) == 86
+    assert len(TIMM_NAMES) == 91
     with torch.device("meta"):
         for ours, theirs in TIMM_NAMES.items():
             cfg = get_model_config(ours)
@@ -118,6 +118,8 @@ def test_list_models_shows_every_family() -> None:
                                             "mobilenet_v4_hybrid_large_075", "mobilenet_v4_hybrid_medium",
                                             "mobilenet_v4_hybrid_medium_075"]
     assert len(list_models("efficientnet_v2*")) == 15
+    assert list_models("shufflenet*") == ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
+                                          "shufflenet_v2_x2_0"]
     assert set(list_models()) >= {"xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l", "mobilenet_v2", "mobilenet_v2_035",
                                   "mobilenet_v2_050", "mobilenet_v2_075", "mobilenet_v2_140", "efficientnet_b0",
                                   "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_lite0",
@@ -397,6 +399,29 @@ def test_a_user_yaml_mixes_fused_uib_and_attention_blocks(tmp_path: Path) -> Non
     assert plan.params == count_params(model) and plan.macs == count_macs(model, (3, 64, 64))
     with torch.no_grad():
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_a_user_yaml_mixes_shuffle_units_and_inverted_residuals(tmp_path: Path) -> None:
+    """docs/configs.md's third example: ShuffleNetV2's conv + max-pool stem and shuffle units in
+    front of a squeeze-excite inverted residual; the plan agrees, the min input counts the pool."""
+    from dszoo import plan_model
+    from dszoo.blocks import ConvNormAct, InvertedResidual, MaxPool, ShuffleUnit
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "configs.md").read_text()
+    text = docs.split("squeeze-excite inverted residuals:", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "mixed.yaml").write_text(text)
+    model = create_model(str(tmp_path / "mixed.yaml"), num_classes=10, input_size=64).eval()
+    assert [type(m) for m in model.stem] == [ConvNormAct, MaxPool]
+    blocks = [block for stage in model.stages for block in stage]
+    assert [type(b) for b in blocks] == [ShuffleUnit] * 3 + [InvertedResidual, ConvNormAct]
+    assert blocks[0].downsample and not blocks[1].downsample and blocks[1].branch[0].in_chs == 24
+    assert [info["reduction"] for info in model.feature_info] == [4, 8, 16]
+    plan = plan_model(model.cfg)
+    assert plan.params == count_params(model) and plan.macs == count_macs(model, (3, 64, 64))
+    assert plan.min_input_size == (1, 1) and plan_model(model.cfg, (3, 17, 9)).params == plan.params
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+        assert model.forward_features(torch.randn(1, 3, 17, 9)).shape == (1, 512, 2, 1)
 
 
 def test_import_and_create_model_leave_timm_and_torchvision_unimported() -> None:

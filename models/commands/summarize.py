@@ -48,6 +48,8 @@ def render(s: ModelSummary, fmt: str) -> str:
         ("params", s.params),
         ("trainable params", s.trainable_params),
         ("MACs (conv + linear, one image)", s.macs),
+        *((("params, reparameterised (deployed)", s.deployed_params),
+           ("MACs, reparameterised (deployed)", s.deployed_macs)) if s.deployed_params is not None else ()),
         ("torchinfo mult-adds", s.torchinfo_mult_adds),
         ("output shape", _shape(s.output_shape)),
         *((f"{precision} weights (bytes)", size) for precision, size in s.size_bytes.items()),

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..blocks import ConvNormAct, SeparableConv2d
+from ..reparameterize import reparameterize
 
 
 __all__ = ["BACKENDS", "CUDA_TF32_TOLERANCE", "OptimizedModel", "build_backend", "centre_tap_convs", "compile_frozen",
@@ -66,11 +67,14 @@ def glibc_malloc_is_tuned() -> bool:
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm into the conv right before it (in place; returns model).
 
+    Reparameterisable blocks (``blocks.RepConv``) are reparameterised first (``dszoo.reparameterize``:
+    the same folding, of several conv + BatchNorm branches into one conv).
     Covers ``ConvNormAct`` (conv -> norm) and ``nn.Sequential`` runs of [conv or separable conv,
     BatchNorm], as in the Xception block body and the Mobile MQA block's key and value paths. A
     BatchNorm with no conv before it (the Mobile MQA block's norm) stays: folding it into the convs
     after it would change their zero padding.
     """
+    reparameterize(model, inplace=True)
     for module in list(model.modules()):
         if isinstance(module, ConvNormAct) and isinstance(module.norm, nn.BatchNorm2d):
             module.conv = fuse_conv_bn_eval(module.conv, module.norm)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from ..reparameterize import reparameterize
 from .backends import (OptimizedModel, compile_frozen, device_plan, fold_batchnorm, glibc_malloc_is_tuned,
                        relative_difference, tune_glibc_malloc)
 
@@ -127,14 +128,15 @@ def quantizer(*, is_qat: bool = False) -> Any:
 
 @torch.no_grad()
 def int8_graph(model: nn.Module, batches: list[torch.Tensor]) -> torch.fx.GraphModule:
-    """The PyTorch int8 model of ``model`` in eval mode: exported, prepared with ``quantizer()``,
+    """The PyTorch int8 model of ``model`` in eval mode (reparameterised): exported, prepared with ``quantizer()``,
     calibrated on ``batches`` (checked ones: ``calibration_batches``) and converted. Its ops are
     quantize/dequantize pairs around fp32 ones: the reference that ``quantize`` compiles into
     int8 kernels and ``export_model`` writes as ONNX QDQ or ``.pt2``."""
     pt2e = _pt2e()
     if len(batches[0]) == 1:  # a graph for one example calibrates one example at a time
         batches = [x[i:i + 1] for x in batches for i in range(len(x))]
-    exported = export_for_quantization(copy.deepcopy(model).eval(), batches[0])
+    # a copy, reparameterised: each multi-branch block quantized as the one conv it deploys as
+    exported = export_for_quantization(reparameterize(model).eval(), batches[0])
     prepared = pt2e.prepare(exported, quantizer())
     for x in batches:
         prepared(x)

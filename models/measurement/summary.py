@@ -18,6 +18,7 @@ from ..blocks import ConvNormAct, DepthwiseSeparableConv, LayerScale2d, Separabl
 from ..builder import ZooNet
 from ..plan import check_model_size, plan_model
 from ..profile import count_params, module_macs
+from ..reparameterize import is_reparameterizable, reparameterize
 from ..registry import create_model
 
 __all__ = ["CompareRow", "LayerRow", "ModelSummary", "StageRow", "StandardComparison", "summarize"]
@@ -97,6 +98,10 @@ class ModelSummary:
     stages: list[StageRow]
     table: str = field(repr=False, default="")
     standard: Optional[StandardComparison] = None
+    deployed_params: Optional[int] = None
+    """Parameters of the reparameterised (inference) form, for a model with multi-branch blocks
+    (``dszoo.reparameterize``: the count MobileOne's paper quotes); None for others."""
+    deployed_macs: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the torchinfo text table is left out)."""
@@ -237,6 +242,11 @@ def summarize(
         model, size, depth, [name for _, name in _stage_parts(model)])
     macs = sum(r.macs for r in layers)
     params = count_params(model)
+    sizes = weight_bytes(model)
+    deployed = None
+    if is_reparameterizable(model):  # closed form of the inference form; int8 stores that form
+        deployed = plan_model(model.cfg.model_copy(update={"reparameterized": True}), size)
+        sizes["int8"] = weight_bytes(reparameterize(model))["int8"]
     standard = None
     if compare_standard:
         std_model = ZooNet(model.cfg.model_copy(update={"separable": False}), allow_large).eval()
@@ -252,9 +262,11 @@ def summarize(
         torchinfo_mult_adds=mult_adds,
         output_shape=out_shape,
         size_mb=params * 4 / 2**20,
-        size_bytes=weight_bytes(model),
+        size_bytes=sizes,
         layers=layers,
         stages=_stage_rows(model, layers, part_shapes),
         table=table,
         standard=standard,
+        deployed_params=deployed.params if deployed else None,
+        deployed_macs=deployed.macs if deployed else None,
     )

@@ -273,6 +273,10 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
                              f"of {data.description}, so the figures would be those of a freshly initialised head")
         if rank == 0 and report["head_reset"] and cfg.quiet < 2:
             print(f"note: {cfg.pretrained}: new {data.num_classes}-class head, freshly initialised")
+    if model.cfg.reparameterized and not cfg.eval_only:
+        raise UsageError(f"{cfg.pretrained or model.cfg.name}: holds the reparameterised (inference) form of "
+                         f"{model.cfg.name}, one conv per block; training runs its multi-branch form: start from the "
+                         "weights before dszoo.reparameterize (--eval-only evaluates this one)")
     # what the trained model's input and outputs are, for load_checkpoint and every exported file
     model.pretrained_cfg = {**model.pretrained_cfg, **({"class_names": data.class_names} if data.class_names else {}),
                             **({"mfcc": cfg.mfcc} if cfg.dataset == "speech_commands" else {})}

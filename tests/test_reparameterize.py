@@ -1,0 +1,138 @@
+"""Structural reparameterisation: ``dszoo.reparameterize`` folds every multi-branch block into one
+conv (MobileOne, Vasu et al. 2023), keeps the outputs, deploys timm's weights, and every path that
+deploys (checkpoints, summaries, int8, export) sees the inference form."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from conftest import registry, run_in_process
+from dszoo import (CheckpointError, count_macs, count_params, create_model, export_to_timm, get_model_config,
+                   plan_model, reparameterize, save_state_dict, summarize)
+from dszoo.blocks import MobileOneBlock, RepConv
+from dszoo.deployment.export import randomise_batchnorm_statistics
+from dszoo.deployment.optimize import relative_difference
+from dszoo.reparameterize import is_reparameterizable
+from dszoo.weights import from_timm_state_dict
+
+REPARAMETERIZABLE = [name for name in registry() if any(spec.type == "rep" for spec in get_model_config(name).stages)]
+
+
+def test_the_reparameterizable_models_are_mobileones() -> None:
+    assert REPARAMETERIZABLE == ["mobileone_s0", "mobileone_s1", "mobileone_s2", "mobileone_s3", "mobileone_s4"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RepConv(6, 6, 3, branches=3),
+    lambda: RepConv(6, 10, 3, stride=2, branches=2),
+    lambda: RepConv(6, 6, (3, 5), groups=6, branches=4),
+    lambda: RepConv(6, 6, 1, branches=2),
+    lambda: RepConv(6, 6, 3, scale_branch=False, norm=None),
+    lambda: MobileOneBlock(6, 12, 5, stride=(2, 1), branches=3),
+])
+def test_a_reparameterised_block_computes_the_sum_of_its_branches(make) -> None:
+    """In float64 the one conv equals the branches to the last bits: the fold is exact, whatever
+    the kernel, stride, groups, branches and norm (RepVGG, section 3.3)."""
+    block = randomise_batchnorm_statistics(make()).double()
+    x = torch.randn(2, 6, 11, 9, dtype=torch.float64)
+    with torch.no_grad():
+        expected = block(x)
+        for conv in [m for m in block.modules() if isinstance(m, RepConv)]:
+            conv.reparameterize()
+        got = block(x)
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    assert [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)] == []
+    assert all(c.bias is not None for c in convs) and len(convs) == sum(isinstance(m, RepConv) for m in block.modules())
+    assert relative_difference(got, expected) < 1e-12
+
+
+@pytest.mark.parametrize("name", REPARAMETERIZABLE)
+def test_reparameterize_keeps_the_outputs_and_deploys_timms_weights(name: str) -> None:
+    """Training form and reparameterised form give the same logits within 1e-5 at an odd input
+    size; the inference form has the paper's deployed count (the closed form with
+    ``reparameterized: true``), and its weights are those timm's ``reparameterize_model`` makes
+    of the same weights, bit for bit."""
+    from timm.utils.model import reparameterize_model
+
+    twin = randomise_batchnorm_statistics(timm.create_model(get_model_config(name).timm_name))
+    model = create_model(name).eval()
+    model.load_state_dict(from_timm_state_dict(model, twin.state_dict()))
+    deployed = reparameterize(model)
+    assert not model.cfg.reparameterized and is_reparameterizable(model)  # a copy: the model keeps its branches
+    assert deployed.cfg.reparameterized and not is_reparameterizable(deployed)
+    x = torch.randn(2, 3, 45, 37)
+    with torch.no_grad():
+        assert torch.equal(model(x), twin(x))
+        assert relative_difference(deployed(x), model(x)) <= 1e-5
+    theirs = reparameterize_model(twin).state_dict()
+    mine = export_to_timm(deployed)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    plan = plan_model(deployed.cfg, (3, 45, 37))
+    assert count_params(deployed) == plan.params == sum(v.numel() for k, v in theirs.items() if "running" not in k
+                                                        and "num_batches" not in k) < count_params(model)
+    assert count_macs(deployed, (3, 45, 37)) == plan.macs
+
+
+def test_a_reparameterised_checkpoint_loads_back_into_the_model_as_registered(tmp_path: Path) -> None:
+    """A file of the inference form reparameterises the model it is loaded into (and says so); a
+    file of the training form cannot go into a reparameterised model, and says why."""
+    model = randomise_batchnorm_statistics(create_model("mobileone_s0", num_classes=5))
+    deployed = reparameterize(model)
+    save_state_dict(deployed, tmp_path / "deployed.safetensors")
+    with pytest.warns(UserWarning, match="the file holds the reparameterised \\(inference\\) form: the model is "
+                                         "reparameterised to take it"):
+        loaded = create_model("mobileone_s0", num_classes=5, pretrained=tmp_path / "deployed.safetensors").eval()
+    assert loaded.cfg.reparameterized and count_params(loaded) == count_params(deployed)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), deployed(x))
+    save_state_dict(model, tmp_path / "branched.safetensors")
+    with pytest.raises(CheckpointError) as err:
+        create_model("mobileone_s0", num_classes=5, reparameterized=True, pretrained=tmp_path / "branched.safetensors")
+    assert str(err.value) == (f"{tmp_path / 'branched.safetensors'}: holds the multi-branch training form, and "
+                              "mobileone_s0 is reparameterised (one conv per block); load it into the model as "
+                              "built, then call dszoo.reparameterize")
+
+
+def test_the_summary_shows_both_counts() -> None:
+    """``summarize`` gives the training form's params and MACs and the deployed form's (MobileOne-S0:
+    Table 7's 2.1M params, 275M MACs); int8 bytes are those of the form int8 stores, the deployed one."""
+    s = summarize("mobileone_s0")
+    deployed = reparameterize(create_model("mobileone_s0"))
+    assert (s.params, s.deployed_params, s.deployed_macs) == (5_293_272, 2_078_504, 275_110_400)
+    assert s.deployed_params == count_params(deployed) and s.deployed_macs == count_macs(deployed, (3, 224, 224))
+    assert s.size_bytes["int8"] == summarize(deployed).size_bytes["int8"] < s.size_bytes["fp32"] / 4
+    assert summarize("mobilenet_v2_035", input_size=(3, 64, 64)).deployed_params is None
+    res = run_in_process("summarize", ["--model", "mobileone_s0", "--input-size", "3", "64", "64"])
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"^params, reparameterised \(deployed\) +2,078,504$", res.stdout, flags=re.M), res.stdout
+
+
+def test_int8_quantizes_the_reparameterised_form() -> None:
+    """The int8 graph has one conv per reparameterisable conv, each with int8 weights: no branch
+    survives to be quantized on its own."""
+    from dszoo.deployment.quantize import int8_graph
+
+    model = randomise_batchnorm_statistics(create_model("mobileone_s1", num_classes=4))
+    graph = int8_graph(model, [torch.randn(4, 3, 32, 32) for _ in range(2)])
+    convs = [n for n in graph.graph.nodes if n.op == "call_function" and "conv2d" in str(n.target)]
+    assert len(convs) == sum(isinstance(m, RepConv) for m in model.modules()) == 43
+    assert all("dequantize" in str(n.args[1].target) for n in convs)
+
+
+def test_training_refuses_the_reparameterised_form(tmp_path: Path) -> None:
+    """Training runs the branched form: a deployed file is refused before any step, in one line."""
+    save_state_dict(reparameterize(create_model("mobileone_s0", num_classes=10)), tmp_path / "d.safetensors")
+    res = run_in_process("train", ["--model", "mobileone_s0", "--pretrained", str(tmp_path / "d.safetensors"),
+                                   "--out-dir", str(tmp_path / "run"), "--epochs", "1", "-q"])
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'd.safetensors'}: holds the reparameterised (inference) form of mobileone_s0, one conv "
+        "per block; training runs its multi-branch form: start from the weights before dszoo.reparameterize "
+        "(--eval-only evaluates this one)")
+    assert not (tmp_path / "run" / "best.pt").exists()
