@@ -18,6 +18,7 @@ from .layers import (
 from .attention import MobileMultiQueryAttention, MultiQueryAttention2d
 from .mobile import (FusedInvertedResidual, InvertedResidual, LayerScale2d, ResidualConv, SqueezeExcite,
                      UniversalInvertedResidual)
+from .ghost import GhostBottleneck, GhostModule
 from .reparam import MobileOneBlock, RepConv
 from .shuffle import ShuffleUnit, channel_shuffle
 from .separable import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, standard_conv
@@ -32,6 +33,8 @@ __all__ = [
     "DepthwiseConv",
     "DepthwiseSeparableConv",
     "FusedInvertedResidual",
+    "GhostBottleneck",
+    "GhostModule",
     "InvertedResidual",
     "LayerScale2d",
     "MaxPool",

@@ -14,13 +14,14 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .blocks import (CepstralMeanNorm, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, InvertedResidual,
+from .blocks import (CepstralMeanNorm, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, GhostBottleneck,
+                     InvertedResidual,
                      MaxPool, MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
                      ShuffleUnit, SqueezeExcite, UniversalInvertedResidual, XceptionBlock, pair, standard_conv)
 from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
 
-from .config import (ConvStage, DSStage, FusedStage, IRStage, ModelConfig, MQAStage, PoolStage, RepStage,
+from .config import (ConvStage, DSStage, FusedStage, GhostStage, IRStage, ModelConfig, MQAStage, PoolStage, RepStage,
                      SEConfig, ShuffleStage, UIBStage, XceptionStage)
 from .plan import (check_model_size, drop_path_rates, make_divisible, min_input_size, plan_model, se_channels,
                    stage_width)
@@ -116,6 +117,12 @@ def _mqa_block(in_chs: int, spec: MQAStage, stride: Any, ctx: BuildContext) -> n
         drop_path=ctx.drop_path, depthwise=ctx.separable)
 
 
+def _ghost_block(in_chs: int, spec: GhostStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    mid = ctx.chs(spec.mid * ctx.width_mult) if spec.width == "scaled" else spec.mid
+    return GhostBottleneck(in_chs, mid, ctx.out(spec), kernel_size=spec.kernel, stride=stride, norm=ctx.norm,
+                           act=ctx.act, se=ctx.se_factory(spec.se_ratio, mid / in_chs), depthwise=ctx.separable)
+
+
 def _shuffle_block(in_chs: int, spec: ShuffleStage, stride: Any, ctx: BuildContext) -> nn.Module:
     return ShuffleUnit(in_chs, ctx.out(spec), kernel_size=spec.kernel, stride=stride, norm=ctx.norm, act=ctx.act,
                        depthwise=ctx.separable)
@@ -153,6 +160,7 @@ BLOCK_BUILDERS: dict[str, BlockBuilder] = {
     "uib": _uib_block,
     "fused": _fused_block,
     "mqa": _mqa_block,
+    "ghost": _ghost_block,
     "shuffle": _shuffle_block,
     "rep": _rep_block,
     "maxpool": _pool_block,

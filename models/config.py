@@ -218,6 +218,16 @@ class MQAStage(_Stage):
     skip: StrictBool = True
 
 
+class GhostStage(_Stage):
+    """``repeat`` x GhostNet bottleneck: a ghost module expanding to ``mid`` channels (written as
+    the paper's table does, scaled by ``width_mult`` like ``out``), a depthwise ``kernel`` conv
+    where the stride is above 1, [SE], a ghost module projecting to ``out``, a residual."""
+
+    type: Literal["ghost"]
+    mid: PosInt
+    se_ratio: Fraction = 0.0
+
+
 class ShuffleStage(_Stage):
     """``repeat`` x ShuffleNetV2 unit: half the channels through 1x1, depthwise ``kernel``, 1x1, the
     other half kept (stride 1) or through depthwise ``kernel``, 1x1 (stride 2), then a channel
@@ -259,9 +269,9 @@ class XceptionStage(_Stage):
     grow_first: StrictBool = True
 
 
-StageConfig = Annotated[Union[ConvStage, DSStage, IRStage, UIBStage, FusedStage, MQAStage, ShuffleStage, RepStage,
-                              PoolStage, XceptionStage], Field(discriminator="type")]
-STAGE_TYPES = ("conv", "ds", "ir", "uib", "fused", "mqa", "shuffle", "rep", "maxpool", "xception")
+StageConfig = Annotated[Union[ConvStage, DSStage, IRStage, UIBStage, FusedStage, MQAStage, GhostStage, ShuffleStage,
+                              RepStage, PoolStage, XceptionStage], Field(discriminator="type")]
+STAGE_TYPES = ("conv", "ds", "ir", "uib", "fused", "mqa", "ghost", "shuffle", "rep", "maxpool", "xception")
 StemConfig = Annotated[Union[ConvStage, RepStage, PoolStage], Field(discriminator="type")]
 STEM_TYPES = ("conv", "rep", "maxpool")
 
@@ -394,7 +404,7 @@ class ModelConfig(_Strict):
 # create_model keywords that are not top-level config keys, and the paths they set.
 OVERRIDE_KEYS = {"in_chans": "input_size[0]", "drop_rate": "head.dropout"}
 STAGE_CLASSES: dict[str, type[BaseModel]] = {"conv": ConvStage, "ds": DSStage, "ir": IRStage, "uib": UIBStage,
-                                             "fused": FusedStage, "mqa": MQAStage, "shuffle": ShuffleStage,
+                                             "fused": FusedStage, "mqa": MQAStage, "ghost": GhostStage, "shuffle": ShuffleStage,
                                              "rep": RepStage, "maxpool": PoolStage, "xception": XceptionStage}
 
 

@@ -216,6 +216,8 @@ class _Walker:
             self.conv_norm(f"{prefix}.project", key, out, 1)
         elif spec.type == "mqa":
             self.mobile_attention(prefix, key, spec, out)
+        elif spec.type == "ghost":
+            self.ghost_bottleneck(prefix, key, spec, out, stride)
         elif spec.type == "shuffle":
             self.shuffle_unit(prefix, key, spec, out, stride)
         elif spec.type == "rep" and spec.separable:
@@ -293,6 +295,33 @@ class _Walker:
                 self.conv_norm(f"{prefix}.conv_scale", key, out, 1, stride, padding=0, groups=groups)
             del self.chain[chain + 1:]  # the branches beside the first walk the same spatial chain
         self.squeeze_excite(prefix, key, spec.se_ratio, 1.0)
+
+    def ghost_module(self, prefix: str, key: str, out: int) -> None:
+        """``GhostModule``: a 1x1 conv to ``ceil(out / 2)``, a depthwise 3x3 conv of those, cut to ``out``."""
+        init = -(-out // 2)
+        self.conv_norm(f"{prefix}.primary", key, init, 1, padding=0)
+        self.conv_norm(f"{prefix}.cheap", key, init, 3, groups=init if self.cfg.separable else 1)
+        self.c = out
+
+    def ghost_bottleneck(self, prefix: str, key: str, spec: Any, out: int, stride: Any) -> None:
+        """``GhostBottleneck``: ghost module, [strided depthwise conv], [SE], ghost module; beside
+        them, where the shape changes, the shortcut's depthwise and 1x1 convs."""
+        c_in, h, w = self.c, self.h, self.w
+        mid = make_divisible(spec.mid * self.cfg.width_mult, self.cfg.channel_divisor,
+                             self.cfg.channel_round_limit) if spec.width == "scaled" else spec.mid
+        self.ghost_module(f"{prefix}.ghost1", key, mid)
+        if _pair(stride) != (1, 1):
+            self.conv_norm(f"{prefix}.dw", key, mid, spec.kernel, stride, groups=mid if self.cfg.separable else 1)
+        self.squeeze_excite(prefix, key, spec.se_ratio, mid / c_in)  # ``se.of: input`` means of c_in
+        self.ghost_module(f"{prefix}.ghost2", key, out)
+        if c_in != out or _pair(stride) != (1, 1):
+            c, h2, w2, chain = self.c, self.h, self.w, len(self.chain)
+            self.c, self.h, self.w = c_in, h, w
+            self.conv_norm(f"{prefix}.shortcut.0", key, c_in, spec.kernel, stride,
+                           groups=c_in if self.cfg.separable else 1)
+            self.conv_norm(f"{prefix}.shortcut.1", key, out, 1, padding=0)
+            del self.chain[chain:]  # beside the main path, which walks the same spatial chain
+            self.c, self.h, self.w = c, h2, w2
 
     def shuffle_unit(self, prefix: str, key: str, spec: Any, out: int, stride: Any) -> None:
         """``ShuffleUnit``: with a stride, the shortcut (depthwise, 1x1) first, then the branch
@@ -385,7 +414,7 @@ MAX_WALKED_LAYERS = 100_000
 def _layers_per_block(spec: Any) -> int:
     """Conv and norm layers one block of a stage has (squeeze-excite's two convs included)."""
     se = 2 if getattr(spec, "se_ratio", 0) else 0
-    return {"conv": 2, "ds": 4 + se, "ir": 6 + se, "uib": 12 + se, "fused": 4 + se, "mqa": 11, "shuffle": 10,
+    return {"conv": 2, "ds": 4 + se, "ir": 6 + se, "uib": 12 + se, "fused": 4 + se, "mqa": 11, "ghost": 14 + se, "shuffle": 10,
             "rep": (2 * getattr(spec, "branches", 1) + 3) * (1 + getattr(spec, "separable", False)) + se,
             "maxpool": 0}.get(
         spec.type, 3 * getattr(spec, "convs", 1) + 2)

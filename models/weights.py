@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .blocks import (ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, InvertedResidual,
+from .blocks import (ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, GhostBottleneck, InvertedResidual,
                      MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
                      UniversalInvertedResidual, XceptionBlock)
 
@@ -74,6 +74,11 @@ _EFFICIENTNET_BLOCK_NAMES: dict[type, dict[str, str]] = {
                             "project.norm": "bn2"},
     ConvNormAct: {"conv": "conv", "norm": "bn1"},
     ResidualConv: {"conv": "conv", "norm": "bn1"},
+    GhostBottleneck: {f"{g}.{part}.{layer}": f"{g}.{theirs}.{index}" for g in ("ghost1", "ghost2")
+                      for part, theirs in (("primary", "primary_conv"), ("cheap", "cheap_operation"))
+                      for layer, index in (("conv", 0), ("norm", 1))} | {
+        "dw.conv": "conv_dw", "dw.norm": "bn_dw", **_SE, "shortcut.0.conv": "shortcut.0", "shortcut.0.norm": "shortcut.1",
+        "shortcut.1.conv": "shortcut.2", "shortcut.1.norm": "shortcut.3"},
     MobileMultiQueryAttention: {},
 }
 
@@ -184,6 +189,7 @@ TIMM_MODELS: dict[str, tuple[str, Union[str, tuple[str, ...]], Callable[[ZooNet]
     "efficientnet_v2": ("efficientnetv2_s", "conv_stem.weight", _efficientnet_map),
     "mobilenet_v4": ("mobilenetv4_conv_small", "conv_stem.weight", _efficientnet_map),
     "mnasnet": ("semnasnet_100", "conv_stem.weight", _efficientnet_map),
+    "ghostnet": ("ghostnet_100", "conv_stem.weight", _efficientnet_map),
     "xception": ("legacy_xception", "block1.rep.0.conv1.weight", _xception_map),
     "mobileone": ("mobileone_s0", ("stem.conv_scale.conv.weight", "stem.reparam_conv.weight"), _byobnet_map),
 }

@@ -66,6 +66,10 @@ mqa_stages = st.fixed_dictionaries(
     optional={"heads": st.integers(1, 3), "key_dim": st.integers(1, 8), "kv_stride": st.sampled_from([1, 2]),
               "kernel": st.integers(1, 5), "skip": st.booleans(), **common},
 )
+ghost_stages = st.fixed_dictionaries(
+    {"type": st.just("ghost"), "out": st.integers(1, 16), "mid": st.integers(1, 24)},
+    optional={"kernel": kernels, "stride": strides, "se_ratio": st.sampled_from([0.0, 0.25]), **common},
+)
 shuffle_stages = st.fixed_dictionaries(  # a unit that changes the width needs a stride: the first one has one
     {"type": st.just("shuffle"), "out": st.integers(1, 8).map(lambda n: 2 * n),
      "stride": st.sampled_from([2, (2, 1), (1, 2)]), "width": st.just("fixed")},
@@ -83,7 +87,8 @@ residual_conv_stages = st.fixed_dictionaries({"type": st.just("conv"), "out": st
 valid_configs = st.fixed_dictionaries(
     {"stem": st.lists(st.one_of(stem_stages, pool_stages), max_size=2),
      "stages": st.lists(st.one_of(conv_stages, ds_stages, ir_stages, xception_stages, uib_stages, fused_stages,
-                                  mqa_stages, residual_conv_stages, shuffle_stages, rep_stages, pool_stages), max_size=3)},
+                                  mqa_stages, residual_conv_stages, ghost_stages, shuffle_stages, rep_stages, pool_stages),
+                         max_size=3)},
     optional={
         "width_mult": st.sampled_from([0.25, 0.5, 1.0, 1.5]),
         "channel_divisor": st.sampled_from([1, 2, 4, 8]),
@@ -180,7 +185,7 @@ def test_minimum_input_size_is_tight(raw: dict[str, Any], in_chans: int) -> None
 
 # --- invalid configs: mutations of valid ones ------------------------------------------------
 
-INT_KEYS = {"out", "repeat", "dilation", "depth_multiplier", "convs", "heads", "key_dim", "branches"}
+INT_KEYS = {"out", "mid", "repeat", "dilation", "depth_multiplier", "convs", "heads", "key_dim", "branches"}
 BOOL_KEYS = {"mid_norm_act", "start_with_act", "grow_first", "scale_branch", "separable"}
 STAGE_KEYS = {"conv": {"out", "repeat", "kernel", "stride", "dilation", "dropout"},
               "ds": {"out", "repeat", "kernel", "stride", "dilation", "depth_multiplier", "mid_norm_act", "dropout"},
@@ -189,6 +194,7 @@ STAGE_KEYS = {"conv": {"out", "repeat", "kernel", "stride", "dilation", "dropout
               "fused": {"out", "repeat", "kernel", "stride", "dilation", "dropout"},
               "mqa": {"out", "repeat", "kernel", "stride", "heads", "key_dim", "dropout"},
               "xception": {"out", "repeat", "kernel", "stride", "convs", "start_with_act", "grow_first", "dropout"},
+              "ghost": {"out", "mid", "repeat", "kernel", "stride", "dropout"},
               "shuffle": {"out", "repeat", "kernel", "stride", "dropout"},
               "rep": {"out", "repeat", "kernel", "stride", "branches", "scale_branch", "separable", "dropout"},
               "maxpool": {"out", "repeat", "kernel", "stride", "dropout"}}  # its out: None only

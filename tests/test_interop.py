@@ -69,14 +69,17 @@ TIMM_NAMES = {name: get_model_config(name).timm_name for name in list_models() i
 
 @pytest.mark.parametrize("ours", sorted(set(TIMM_NAMES) & set(registry())))
 def test_every_timm_counterpart_loads_bit_identically_and_back(tmp_path: Path, ours: str) -> None:
-    """timm's weights (random, with random BatchNorm statistics) give identical logits, max
-    difference 0, and export_to_timm gives timm's state dict back tensor for tensor."""
+    """timm's weights (random, with random BatchNorm statistics) load strictly, every tensor in
+    its place, and export_to_timm gives timm's state dict back tensor for tensor; on each distinct
+    network (``structural_variants``: a width variant maps the same modules) they give identical
+    logits, max difference 0."""
     theirs = random_timm(TIMM_NAMES[ours])
     torch.save(theirs.state_dict(), tmp_path / "timm.pth")
     model = create_model(ours, pretrained=tmp_path / "timm.pth").eval()
-    x = torch.randn(2, 3, *small_input_size(model.cfg)[1:])
-    with torch.no_grad():
-        assert torch.equal(model(x), theirs(x))
+    if ours in structural_variants():
+        x = torch.randn(2, 3, *small_input_size(model.cfg)[1:])
+        with torch.no_grad():
+            assert torch.equal(model(x), theirs(x))
     back, want = export_to_timm(model), theirs.state_dict()
     assert list(back) == list(want) and all(torch.equal(back[k], want[k]) for k in want)
 

@@ -82,7 +82,7 @@ def test_params_and_macs_equal_the_timm_twins_by_the_same_counter() -> None:
     counted by ``count_macs`` at the model's input size, timm's MACs (ours from the closed form,
     which ``test_fuzz_configs`` and the summary tests check against the built model). timm's are
     built on the meta device: shapes without memory, so the largest cost little."""
-    assert len(TIMM_NAMES) == 91
+    assert len(TIMM_NAMES) == 94
     with torch.device("meta"):
         for ours, theirs in TIMM_NAMES.items():
             cfg = get_model_config(ours)
@@ -118,6 +118,8 @@ def test_list_models_shows_every_family() -> None:
                                             "mobilenet_v4_hybrid_large_075", "mobilenet_v4_hybrid_medium",
                                             "mobilenet_v4_hybrid_medium_075"]
     assert len(list_models("efficientnet_v2*")) == 15
+    assert list_models("ghostnet*") == ["ghostnet_050", "ghostnet_100", "ghostnet_130"]
+    assert list_models("mobileone*") == [f"mobileone_s{i}" for i in range(5)]
     assert list_models("shufflenet*") == ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
                                           "shufflenet_v2_x2_0"]
     assert set(list_models()) >= {"xception", "ds_cnn_s", "ds_cnn_m", "ds_cnn_l", "mobilenet_v2", "mobilenet_v2_035",
@@ -422,6 +424,30 @@ def test_a_user_yaml_mixes_shuffle_units_and_inverted_residuals(tmp_path: Path) 
     with torch.no_grad():
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
         assert model.forward_features(torch.randn(1, 3, 17, 9)).shape == (1, 512, 2, 1)
+
+
+def test_a_user_yaml_mixes_ghost_bottlenecks_and_inverted_residuals(tmp_path: Path) -> None:
+    """docs/configs.md's fourth example: GhostNet bottlenecks (one strided, with squeeze-excite) between
+    inverted residuals; the ghost modules make half their features by a cheap depthwise conv and
+    cut the concatenation to the width asked (an odd one here); the plan agrees."""
+    from dszoo import plan_model
+    from dszoo.blocks import GhostBottleneck, InvertedResidual
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "configs.md").read_text()
+    text = docs.split("ghost bottlenecks between inverted residuals:", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "mixed.yaml").write_text(text)
+    model = create_model(str(tmp_path / "mixed.yaml"), num_classes=10, input_size=64).eval()
+    blocks = [block for stage in model.stages for block in stage]
+    assert [type(b) for b in blocks] == [InvertedResidual, GhostBottleneck, GhostBottleneck, InvertedResidual]
+    strided, kept = blocks[1], blocks[2]
+    assert strided.dw.conv.stride == (2, 2) and strided.se.conv_reduce.out_channels == 6  # a quarter of its input
+    assert (strided.mid_chs, strided.ghost1.primary.out_chs, strided.ghost2.out_chs) == (72, 36, 40)
+    assert isinstance(kept.shortcut, nn.Identity) and isinstance(kept.dw, nn.Identity)
+    assert (kept.mid_chs, kept.ghost1.primary.out_chs) == (99, 50)  # ceil(99 / 2) convs, 100 cut to 99
+    plan = plan_model(model.cfg)
+    assert plan.params == count_params(model) and plan.macs == count_macs(model, (3, 64, 64))
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
 
 
 def test_import_and_create_model_leave_timm_and_torchvision_unimported() -> None:

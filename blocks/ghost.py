@@ -1,0 +1,76 @@
+"""GhostNet's blocks (Han et al. 2020, "GhostNet: More Features from Cheap Operations", CVPR,
+section 3.1, Figure 2 and Figure 3).
+
+A ghost module makes half of its output features with an ordinary 1x1 conv and the other half
+from those with a cheap depthwise conv ("ghost" features: many feature maps of a trained network
+are near-copies of others), concatenated. The ghost bottleneck is MobileNetV2's inverted residual
+with both 1x1 convs replaced by ghost modules.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .layers import ActLike, ConvNormAct, IntPair, NormLike, pair
+from .mobile import SEFactory
+
+__all__ = ["GhostBottleneck", "GhostModule"]
+
+
+class GhostModule(nn.Module):
+    """``ceil(out / 2)`` features from a 1x1 conv -> norm -> act (``primary``), as many again from
+    them by a depthwise ``dw_kernel`` conv -> norm -> act (``cheap``), concatenated and cut to
+    ``out_chs`` (GhostNet, section 3.1, ratio s = 2)."""
+
+    def __init__(self, in_chs: int, out_chs: int, *, dw_kernel: IntPair = 3, norm: NormLike = "batchnorm",
+                 act: ActLike = "relu", depthwise: bool = True) -> None:
+        super().__init__()
+        init = math.ceil(out_chs / 2)
+        self.primary = ConvNormAct(in_chs, init, 1, padding=0, norm=norm, act=act)
+        self.cheap = ConvNormAct(init, init, dw_kernel, groups=init if depthwise else 1, norm=norm, act=act)
+        self.in_chs, self.out_chs = in_chs, out_chs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        primary = self.primary(x)
+        return torch.cat((primary, self.cheap(primary)), dim=1).narrow(1, 0, self.out_chs)
+
+
+class GhostBottleneck(nn.Module):
+    """GhostNet's bottleneck (Figure 3): ghost module expanding to ``mid_chs`` (with act) ->
+    [depthwise ``kernel_size`` conv -> norm, where stride > 1] -> [squeeze-excite] -> ghost module
+    projecting to ``out_chs`` (no act), plus the input, or where the shape changes a depthwise
+    conv -> norm -> 1x1 conv -> norm of it (``shortcut``)."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        mid_chs: int,
+        out_chs: int,
+        *,
+        kernel_size: IntPair = 3,
+        stride: IntPair = 1,
+        padding: Union[str, int] = "same",
+        norm: NormLike = "batchnorm",
+        act: ActLike = "relu",
+        se: Optional[SEFactory] = None,
+        depthwise: bool = True,
+    ) -> None:
+        super().__init__()
+        self.stride = pair(stride, "stride")
+        self.ghost1 = GhostModule(in_chs, mid_chs, norm=norm, act=act, depthwise=depthwise)
+        self.dw: nn.Module = ConvNormAct(mid_chs, mid_chs, kernel_size, stride=self.stride, padding=padding,
+                                         groups=mid_chs if depthwise else 1, norm=norm, act=None) \
+            if self.stride != (1, 1) else nn.Identity()
+        self.se = se(mid_chs, act) if se is not None else nn.Identity()
+        self.ghost2 = GhostModule(mid_chs, out_chs, norm=norm, act=None, depthwise=depthwise)
+        self.shortcut: nn.Module = nn.Identity() if in_chs == out_chs and self.stride == (1, 1) else nn.Sequential(
+            ConvNormAct(in_chs, in_chs, kernel_size, stride=self.stride, padding=padding,
+                        groups=in_chs if depthwise else 1, norm=norm, act=None),
+            ConvNormAct(in_chs, out_chs, 1, padding=0, norm=norm, act=None))
+        self.in_chs, self.mid_chs, self.out_chs = in_chs, mid_chs, out_chs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ghost2(self.se(self.dw(self.ghost1(x)))) + self.shortcut(x)
