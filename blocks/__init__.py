@@ -5,6 +5,7 @@ from .layers import (
     NORMS,
     CepstralMeanNorm,
     Conv2dSame,
+    LayerNorm2d,
     MaxPool,
     PooledLinear,
     ConvNormAct,
@@ -18,6 +19,7 @@ from .layers import (
 from .attention import MobileMultiQueryAttention, MultiQueryAttention2d
 from .mobile import (FusedInvertedResidual, InvertedResidual, LayerScale2d, ResidualConv, SqueezeExcite,
                      UniversalInvertedResidual)
+from .convnext import ConvNeXtBlock
 from .ghost import GhostBottleneck, GhostModule
 from .reparam import MobileOneBlock, RepConv
 from .shuffle import ShuffleUnit, channel_shuffle
@@ -29,6 +31,7 @@ __all__ = [
     "NORMS",
     "Conv2dSame",
     "PooledLinear",
+    "ConvNeXtBlock",
     "ConvNormAct",
     "DepthwiseConv",
     "DepthwiseSeparableConv",
@@ -36,6 +39,7 @@ __all__ = [
     "GhostBottleneck",
     "GhostModule",
     "InvertedResidual",
+    "LayerNorm2d",
     "LayerScale2d",
     "MaxPool",
     "MobileMultiQueryAttention",

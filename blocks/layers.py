@@ -16,6 +16,7 @@ from torch import nn
 __all__ = [
     "ACTIVATIONS",
     "CepstralMeanNorm",
+    "LayerNorm2d",
     "MaxPool",
     "NORMS",
     "ActLike",
@@ -48,8 +49,21 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
     "identity": nn.Identity,
 }
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (ConvNeXt, Liu et al. 2022, section 2.5: "LN"
+    replacing BatchNorm; timm's ``LayerNorm2d``): channels moved last, normalised, moved back."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
 NORMS: dict[str, Callable[..., nn.Module]] = {
     "batchnorm": nn.BatchNorm2d,
+    "layernorm": LayerNorm2d,
 }
 
 

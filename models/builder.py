@@ -14,14 +14,14 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .blocks import (CepstralMeanNorm, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, GhostBottleneck,
+from .blocks import (NORMS, CepstralMeanNorm, ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, GhostBottleneck,
                      InvertedResidual,
                      MaxPool, MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
                      ShuffleUnit, SqueezeExcite, UniversalInvertedResidual, XceptionBlock, pair, standard_conv)
 from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
 
-from .config import (ConvStage, DSStage, FusedStage, GhostStage, IRStage, ModelConfig, MQAStage, PoolStage, RepStage,
+from .config import (ConvNeXtStage, ConvStage, DSStage, FusedStage, GhostStage, IRStage, ModelConfig, MQAStage, PoolStage, RepStage,
                      SEConfig, ShuffleStage, UIBStage, XceptionStage)
 from .plan import (check_model_size, drop_path_rates, make_divisible, min_input_size, plan_model, se_channels,
                    stage_width)
@@ -70,7 +70,7 @@ def _conv_block(in_chs: int, spec: ConvStage, stride: Any, ctx: BuildContext) ->
     # a residual needs the map's size kept: "same" padding (a valid or fixed padding may change it)
     kind = partial(ResidualConv, drop_path=ctx.drop_path) if spec.skip and spec.padding == "same" else ConvNormAct
     return kind(in_chs, ctx.out(spec), spec.kernel, stride=stride, dilation=spec.dilation, padding=spec.padding,
-                norm=ctx.norm, act=ctx.act)
+                bias=spec.bias, norm=ctx.norm, act=ctx.act)
 
 
 def _ds_block(in_chs: int, spec: DSStage, stride: Any, ctx: BuildContext) -> nn.Module:
@@ -117,6 +117,12 @@ def _mqa_block(in_chs: int, spec: MQAStage, stride: Any, ctx: BuildContext) -> n
         drop_path=ctx.drop_path, depthwise=ctx.separable)
 
 
+def _convnext_block(in_chs: int, spec: ConvNeXtStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    out = ctx.out(spec)
+    return ConvNeXtBlock(in_chs, out, int(out * spec.expand), kernel_size=spec.kernel, stride=stride, norm=ctx.norm,
+                         act=ctx.act, layer_scale=ctx.layer_scale, drop_path=ctx.drop_path, depthwise=ctx.separable)
+
+
 def _ghost_block(in_chs: int, spec: GhostStage, stride: Any, ctx: BuildContext) -> nn.Module:
     mid = ctx.chs(spec.mid * ctx.width_mult) if spec.width == "scaled" else spec.mid
     return GhostBottleneck(in_chs, mid, ctx.out(spec), kernel_size=spec.kernel, stride=stride, norm=ctx.norm,
@@ -160,6 +166,7 @@ BLOCK_BUILDERS: dict[str, BlockBuilder] = {
     "uib": _uib_block,
     "fused": _fused_block,
     "mqa": _mqa_block,
+    "convnext": _convnext_block,
     "ghost": _ghost_block,
     "shuffle": _shuffle_block,
     "rep": _rep_block,
@@ -199,6 +206,16 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: tuple[int, int], name:
         raise ValueError(
             f"input {x.shape[2]}x{x.shape[3]} is smaller than the minimum {min_size[0]}x{min_size[1]} for {name}"
         )
+
+
+def norm_factory(cfg: ModelConfig) -> Optional[Callable[[int], nn.Module]]:
+    """``channels -> norm module`` for the config's ``norm`` (BatchNorm with its eps and momentum,
+    LayerNorm over channels with its eps), None for ``type: none``."""
+    if cfg.norm.type == "none":
+        return None
+    if cfg.norm.type == "batchnorm":
+        return partial(nn.BatchNorm2d, eps=cfg.norm.eps, momentum=cfg.norm.momentum)
+    return partial(NORMS[cfg.norm.type], eps=cfg.norm.eps)
 
 
 def first_conv_name(model: nn.Module) -> str:
@@ -242,7 +259,7 @@ class ZooNet(nn.Module):
         if plan is not None:
             check_model_size(plan)
         self.cfg = cfg
-        norm = None if cfg.norm.type == "none" else partial(nn.BatchNorm2d, eps=cfg.norm.eps, momentum=cfg.norm.momentum)
+        norm = norm_factory(cfg)
         ctx = BuildContext(norm, cfg.act, cfg.separable, cfg.width_mult, cfg.channel_divisor,
                            cfg.channel_round_limit, cfg.se, layer_scale=cfg.layer_scale,
                            reparameterized=cfg.reparameterized)
@@ -279,10 +296,12 @@ class ZooNet(nn.Module):
             if k == len(points) - 1 or points[k + 1][2] != r
         ]
         self.global_pool = nn.AdaptiveAvgPool2d(1) if cfg.head.pool == "avg" else nn.AdaptiveMaxPool2d(1)
+        self.pooled_norm: nn.Module = norm(chs) if cfg.head.norm and norm is not None else nn.Identity()
         head = cfg.head.conv
         self.head_conv: nn.Module = nn.Identity() if head is None else ConvNormAct(
             chs, head.out, 1, padding=0, bias=head.bias, norm=norm if head.norm else None, act=head.act)
-        self.head_norm = head is not None and head.norm and norm is not None
+        # a BatchNorm on pooled features cannot train on one image
+        self.head_norm = ((head is not None and head.norm) or cfg.head.norm) and cfg.norm.type == "batchnorm"
         if head is not None and head.op == "linear":
             head_as_linear(self.head_conv)
         self.num_features = chs if head is None else head.out
@@ -441,7 +460,7 @@ class ZooNet(nn.Module):
         return x, out
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(torch.flatten(self.head_conv(self.global_pool(x)), 1))
+        x = self.head_drop(torch.flatten(self.head_conv(self.pooled_norm(self.global_pool(x))), 1))
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -84,6 +84,8 @@ MAX_INT = 2**31 - 1  # any count above this is a typo, and torch's int32 kernels
 MAX_REPEAT = 1000  # blocks per stage and convs per Xception unit: bounds the work of checking a config
 PosInt = Annotated[int, Field(strict=True, gt=0, le=MAX_INT)]
 Stride = Union[Literal[1, 2], tuple[Literal[1, 2], Literal[1, 2]]]
+ConvStride = Union[Literal[1, 2, 4], tuple[Literal[1, 2, 4], Literal[1, 2, 4]]]
+"""A plain conv may also stride by 4: ConvNeXt's 4x4 "patchify" stem."""
 Kernel = Union[PosInt, tuple[PosInt, PosInt]]
 # Floats are strict (ints allowed, not bools or strings) and finite (no .inf or .nan).
 Fraction = Annotated[float, Field(strict=True, ge=0.0, lt=1.0)]
@@ -142,9 +144,11 @@ class ConvStage(_Stage):
     """``repeat`` x standard conv -> norm -> act. The stride applies to the first one."""
 
     type: Literal["conv"] = "conv"
+    stride: ConvStride = 1
     padding: Union[Literal["same", "valid"], Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]] = "same"
     dilation: PosInt = 1
     skip: StrictBool = False  # add the input when stride 1, "same" padding and the channels match (EfficientNetV2)
+    bias: StrictBool = False  # a bias on the conv (ConvNeXt's patchify stem)
 
 
 class DSStage(_Stage):
@@ -218,6 +222,16 @@ class MQAStage(_Stage):
     skip: StrictBool = True
 
 
+class ConvNeXtStage(_Stage):
+    """``repeat`` x ConvNeXt block: depthwise ``kernel`` conv, norm, 1x1 conv to ``expand`` x ``out``,
+    act, 1x1 conv back, layer scale (the model's ``layer_scale``), residual; where the stride or the
+    width changes, the first block starts with norm and a conv of kernel and stride ``stride``."""
+
+    type: Literal["convnext"]
+    kernel: Kernel = 7
+    expand: Annotated[float, Field(strict=True, gt=0, le=100)] = 4.0
+
+
 class GhostStage(_Stage):
     """``repeat`` x GhostNet bottleneck: a ghost module expanding to ``mid`` channels (written as
     the paper's table does, scaled by ``width_mult`` like ``out``), a depthwise ``kernel`` conv
@@ -269,9 +283,9 @@ class XceptionStage(_Stage):
     grow_first: StrictBool = True
 
 
-StageConfig = Annotated[Union[ConvStage, DSStage, IRStage, UIBStage, FusedStage, MQAStage, GhostStage, ShuffleStage,
-                              RepStage, PoolStage, XceptionStage], Field(discriminator="type")]
-STAGE_TYPES = ("conv", "ds", "ir", "uib", "fused", "mqa", "ghost", "shuffle", "rep", "maxpool", "xception")
+StageConfig = Annotated[Union[ConvStage, DSStage, IRStage, UIBStage, FusedStage, MQAStage, ConvNeXtStage, GhostStage,
+                              ShuffleStage, RepStage, PoolStage, XceptionStage], Field(discriminator="type")]
+STAGE_TYPES = ("conv", "ds", "ir", "uib", "fused", "mqa", "convnext", "ghost", "shuffle", "rep", "maxpool", "xception")
 StemConfig = Annotated[Union[ConvStage, RepStage, PoolStage], Field(discriminator="type")]
 STEM_TYPES = ("conv", "rep", "maxpool")
 
@@ -293,6 +307,7 @@ class HeadConfig(_Strict):
     """Global pool -> dropout -> Linear."""
 
     pool: Literal["avg", "max"] = "avg"
+    norm: StrictBool = False  # the model's norm on the pooled features (ConvNeXt's head LayerNorm)
     dropout: Fraction = 0.0
     conv: Optional[HeadConv] = None  # MobileNetV3: a 1x1 conv after the pool, before the dropout
 
@@ -345,8 +360,8 @@ class ModelConfig(_Strict):
     channel_round_limit: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.9  # make_divisible's (timm's)
     drop_path_rate: Fraction = 0.0  # stochastic depth of the last block; block i of n gets rate x i / n
     layer_scale: Optional[PosFloat] = None
-    """Initial value of a learned per-channel scale on the residual branch of ``uib`` and ``mqa``
-    blocks (MobileNetV4's hybrids: 1e-5); ``null``: none."""
+    """Initial value of a learned per-channel scale on the residual branch of ``uib``, ``mqa`` and
+    ``convnext`` blocks (MobileNetV4's hybrids: 1e-5; ConvNeXt: 1e-6); ``null``: none."""
     se: SEConfig = SEConfig()
     separable: StrictBool = True
     reparameterized: StrictBool = False
@@ -404,7 +419,7 @@ class ModelConfig(_Strict):
 # create_model keywords that are not top-level config keys, and the paths they set.
 OVERRIDE_KEYS = {"in_chans": "input_size[0]", "drop_rate": "head.dropout"}
 STAGE_CLASSES: dict[str, type[BaseModel]] = {"conv": ConvStage, "ds": DSStage, "ir": IRStage, "uib": UIBStage,
-                                             "fused": FusedStage, "mqa": MQAStage, "ghost": GhostStage, "shuffle": ShuffleStage,
+                                             "fused": FusedStage, "mqa": MQAStage, "convnext": ConvNeXtStage, "ghost": GhostStage, "shuffle": ShuffleStage,
                                              "rep": RepStage, "maxpool": PoolStage, "xception": XceptionStage}
 
 
@@ -468,7 +483,8 @@ def _problems(err: ValidationError) -> list[str]:
         else:
             text = e["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
             if kind == "literal_error" and path.endswith("stride"):
-                text = "must be 1 or 2 (or a pair of them)" if "xception" not in str(loc) else "must be 1 or 2"
+                text = ("must be 1 or 2" if "xception" in loc else "must be 1, 2 or 4 (or a pair of them)" if "conv" in loc
+                        else "must be 1 or 2 (or a pair of them)")
             msg = text if kind == "value_error" else f"{text}, got {short_repr(value)}"
         # Union branches repeat the same problem for one path: keep the first message.
         seen.setdefault(path, msg)

@@ -171,13 +171,15 @@ class _Walker:
         self.c, self.h, self.w = c_out, h, w
 
     def bn(self, name: str, key: str, channels: int, h: int, w: int) -> None:
+        """The config's norm (``BatchNorm2d`` or ``LayerNorm2d``: a scale and a shift per channel)."""
         if self.norm:
-            self.layers.append(LayerPlan(name, "BatchNorm2d", key, channels, (channels, h, w), 2 * channels, 0))
+            kind = "LayerNorm2d" if self.cfg.norm.type == "layernorm" else "BatchNorm2d"
+            self.layers.append(LayerPlan(name, kind, key, channels, (channels, h, w), 2 * channels, 0))
 
     def conv_norm(self, prefix: str, key: str, c_out: int, kernel: Any, stride: Any = 1, dilation: Any = 1,
-                  padding: Union[str, int] = "same", groups: int = 1, norm: bool = True) -> None:
+                  padding: Union[str, int] = "same", groups: int = 1, norm: bool = True, bias: bool = False) -> None:
         """``ConvNormAct``: ``prefix.conv`` then ``prefix.norm``."""
-        self.conv(f"{prefix}.conv", key, self.c, c_out, kernel, stride, dilation, padding, groups)
+        self.conv(f"{prefix}.conv", key, self.c, c_out, kernel, stride, dilation, padding, groups, bias)
         if norm:
             self.bn(f"{prefix}.norm", key, self.c, self.h, self.w)
 
@@ -200,7 +202,7 @@ class _Walker:
         out = self.out(spec)
         if spec.type == "conv" or (spec.type == "ds" and not self.cfg.separable):
             padding = getattr(spec, "padding", "same")
-            self.conv_norm(prefix, key, out, spec.kernel, stride, spec.dilation, padding)
+            self.conv_norm(prefix, key, out, spec.kernel, stride, spec.dilation, padding, bias=getattr(spec, "bias", False))
         elif spec.type == "ds":
             mid = self.c * spec.depth_multiplier
             self.conv_norm(f"{prefix}.dw", key, mid, spec.kernel, stride, spec.dilation, groups=self.c,
@@ -216,6 +218,8 @@ class _Walker:
             self.conv_norm(f"{prefix}.project", key, out, 1)
         elif spec.type == "mqa":
             self.mobile_attention(prefix, key, spec, out)
+        elif spec.type == "convnext":
+            self.convnext_block(prefix, key, spec, out, stride)
         elif spec.type == "ghost":
             self.ghost_bottleneck(prefix, key, spec, out, stride)
         elif spec.type == "shuffle":
@@ -295,6 +299,18 @@ class _Walker:
                 self.conv_norm(f"{prefix}.conv_scale", key, out, 1, stride, padding=0, groups=groups)
             del self.chain[chain + 1:]  # the branches beside the first walk the same spatial chain
         self.squeeze_excite(prefix, key, spec.se_ratio, 1.0)
+
+    def convnext_block(self, prefix: str, key: str, spec: Any, out: int, stride: Any) -> None:
+        """``ConvNeXtBlock``: [norm, stride x stride conv with bias], depthwise conv with bias, norm,
+        two 1x1 convs with biases, [layer scale]."""
+        if _pair(stride) != (1, 1) or self.c != out:
+            self.bn(f"{prefix}.downsample.0", key, self.c, self.h, self.w)
+            self.conv(f"{prefix}.downsample.1", key, self.c, out, stride, stride, padding=0, bias=True)
+        self.conv_norm(f"{prefix}.dw", key, out, spec.kernel, groups=out if self.cfg.separable else 1, bias=True)
+        self.conv(f"{prefix}.expand.conv", key, out, int(out * spec.expand), 1, padding=0, bias=True)
+        self.conv(f"{prefix}.project.conv", key, self.c, out, 1, padding=0, bias=True)
+        if self.cfg.layer_scale is not None:
+            self.extra_params(f"{prefix}.layer_scale", key, out)
 
     def ghost_module(self, prefix: str, key: str, out: int) -> None:
         """``GhostModule``: a 1x1 conv to ``ceil(out / 2)``, a depthwise 3x3 conv of those, cut to ``out``."""
@@ -392,13 +408,14 @@ def _walk(cfg: ModelConfig, size: tuple[int, int, int]) -> _Walker:
     for i, (spec, repeats) in enumerate(zip(cfg.stages, cfg.stage_repeats())):
         for r in range(repeats):
             walker.block(f"stages.{i}.{r}", f"stages[{i}]", spec, spec.stride if r == 0 else 1)
+    if cfg.head.norm:
+        walker.bn("pooled_norm", "head.norm", walker.c, 1, 1)
     if cfg.head.conv is not None:
         head = cfg.head.conv
         walker.pooled_conv("head_conv.conv", "head.conv", walker.c, head.out, head.bias)
         walker.c = head.out
-        if head.norm and walker.norm:
-            walker.layers.append(LayerPlan("head_conv.norm", "BatchNorm2d", "head.conv", head.out, (head.out, 1, 1),
-                                           2 * head.out, 0))
+        if head.norm:
+            walker.bn("head_conv.norm", "head.conv", head.out, 1, 1)
     if cfg.num_classes > 0:
         c = walker.c
         walker.layers.append(LayerPlan("classifier", "Linear", "num_classes", c, (cfg.num_classes,),
@@ -414,7 +431,7 @@ MAX_WALKED_LAYERS = 100_000
 def _layers_per_block(spec: Any) -> int:
     """Conv and norm layers one block of a stage has (squeeze-excite's two convs included)."""
     se = 2 if getattr(spec, "se_ratio", 0) else 0
-    return {"conv": 2, "ds": 4 + se, "ir": 6 + se, "uib": 12 + se, "fused": 4 + se, "mqa": 11, "ghost": 14 + se, "shuffle": 10,
+    return {"conv": 2, "ds": 4 + se, "ir": 6 + se, "uib": 12 + se, "fused": 4 + se, "mqa": 11, "convnext": 6, "ghost": 14 + se, "shuffle": 10,
             "rep": (2 * getattr(spec, "branches", 1) + 3) * (1 + getattr(spec, "separable", False)) + se,
             "maxpool": 0}.get(
         spec.type, 3 * getattr(spec, "convs", 1) + 2)

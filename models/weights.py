@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .blocks import (ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, GhostBottleneck, InvertedResidual,
+from .blocks import (ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, GhostBottleneck, InvertedResidual,
                      MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
                      UniversalInvertedResidual, XceptionBlock)
 
@@ -180,6 +180,23 @@ def _byobnet_map(model: ZooNet) -> dict[str, str]:
     return out
 
 
+def _convnext_map(model: ZooNet) -> dict[str, str]:
+    """timm's ``ConvNeXt``: ``stem.0``/``stem.1`` (conv, norm), ``stages.i.downsample`` (which
+    leads our stage's first block) and ``stages.i.blocks.j`` (its ``gamma`` a parameter of the block
+    itself, our ``layer_scale``), ``head.norm`` and ``head.fc``."""
+    out = {"stem.0": "stem.0.conv", "stem.1": "stem.0.norm", "head.norm": "pooled_norm", "head.fc": "classifier"}
+    for i, stage in enumerate(model.stages):
+        for j, block in enumerate(b for b in stage if isinstance(b, ConvNeXtBlock)):
+            ours, theirs = f"stages.{i}.{j}", f"stages.{i}.blocks.{j}"
+            if not isinstance(block.downsample, nn.Identity):
+                out.update({f"stages.{i}.downsample.0": f"{ours}.downsample.0",
+                            f"stages.{i}.downsample.1": f"{ours}.downsample.1"})
+            out.update({f"{theirs}.conv_dw": f"{ours}.dw.conv", f"{theirs}.norm": f"{ours}.dw.norm",
+                        f"{theirs}.mlp.fc1": f"{ours}.expand.conv", f"{theirs}.mlp.fc2": f"{ours}.project.conv",
+                        theirs: f"{ours}.layer_scale"})
+    return out
+
+
 # family -> (timm architecture, a key only that layout has (or one per form), module-path map builder)
 TIMM_MODELS: dict[str, tuple[str, Union[str, tuple[str, ...]], Callable[[ZooNet], dict[str, str]]]] = {
     "mobilenet_v1": ("mobilenetv1_100", "conv_stem.weight", _efficientnet_map),
@@ -191,6 +208,7 @@ TIMM_MODELS: dict[str, tuple[str, Union[str, tuple[str, ...]], Callable[[ZooNet]
     "mnasnet": ("semnasnet_100", "conv_stem.weight", _efficientnet_map),
     "ghostnet": ("ghostnet_100", "conv_stem.weight", _efficientnet_map),
     "xception": ("legacy_xception", "block1.rep.0.conv1.weight", _xception_map),
+    "convnext": ("convnext_atto", "stages.0.blocks.0.conv_dw.weight", _convnext_map),
     "mobileone": ("mobileone_s0", ("stem.conv_scale.conv.weight", "stem.reparam_conv.weight"), _byobnet_map),
 }
 
@@ -287,7 +305,24 @@ def export_to_timm(model: ZooNet) -> dict[str, torch.Tensor]:
     state, unknown = _rename(model.state_dict(), inverse)
     if unknown:
         raise CheckpointError(f"{model.cfg.name}: no timm name for {', '.join(unknown[:8])}")
-    return state
+    return _in_state_dict_order(state)
+
+
+def _in_state_dict_order(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` in the order ``nn.Module.state_dict`` gives a module's keys: its own parameters and
+    buffers before its children's, children in the order they come (timm's ConvNeXt keeps a
+    block's ``gamma`` on the block itself, where we keep it in a ``layer_scale`` child)."""
+    tree: dict[str, Any] = {}
+    for key in state:
+        node = tree
+        for part in key.split(".")[:-1]:
+            node = node.setdefault(part, {})
+        node.setdefault("", []).append(key)
+
+    def walk(node: dict[str, Any]) -> list[str]:
+        return node.get("", []) + [k for part, child in node.items() if part for k in walk(child)]
+
+    return {key: state[key] for key in walk(tree)}
 
 
 MAX_PICKLE_BYTES = 16 * 2**20

@@ -287,3 +287,31 @@ def test_a_shuffle_unit_that_cannot_split_or_keep_its_width_is_refused(make, mes
     with pytest.raises(ValueError) as err:
         make()
     assert str(err.value) == message
+
+
+def test_layernorm2d_normalises_each_positions_channels_as_timms() -> None:
+    """ConvNeXt's LayerNorm on NCHW maps: each pixel's channel vector to mean 0, variance 1, then
+    scaled and shifted; the same numbers as timm's LayerNorm2d."""
+    from timm.layers import LayerNorm2d as TimmLayerNorm2d
+
+    from blocks import LayerNorm2d
+
+    ours, theirs = LayerNorm2d(6), TimmLayerNorm2d(6)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-0.5, 0.5)
+    theirs.load_state_dict(ours.state_dict())
+    x = 3 + 2 * torch.randn(2, 6, 5, 4)
+    y = LayerNorm2d(6)(x)
+    assert torch.allclose(y.mean(1), torch.zeros(2, 5, 4), atol=1e-5)
+    assert torch.allclose(y.var(1, unbiased=False), torch.ones(2, 5, 4), atol=1e-4)
+    assert torch.equal(ours(x), theirs(x))
+
+
+def test_a_convnext_block_downsamples_only_where_the_stride_or_width_changes() -> None:
+    from blocks import ConvNeXtBlock
+
+    kept, wider = ConvNeXtBlock(8, 8, 32), ConvNeXtBlock(8, 16, 64, stride=2)
+    assert isinstance(kept.downsample, nn.Identity) and wider.downsample[1].kernel_size == (2, 2)
+    assert kept(torch.randn(2, 8, 9, 7)).shape == (2, 8, 9, 7)
+    assert wider(torch.randn(2, 8, 9, 7)).shape == (2, 16, 4, 3)  # 2x2 of stride 2, no padding

@@ -29,8 +29,9 @@ common = {"repeat": st.integers(1, 2), "dropout": st.sampled_from([0.0, 0.25]),
           "act": st.sampled_from(["relu", "hard_swish", "swish"]), "width": st.sampled_from(["scaled", "fixed", "at_least"]),
           "scale_depth": st.booleans()}
 
-conv_fields = {"kernel": kernels, "stride": strides, "dilation": st.integers(1, 2),
-               "padding": st.one_of(st.sampled_from(["same", "valid"]), st.integers(0, 2)), **common}
+conv_fields = {"kernel": kernels, "stride": st.one_of(strides, st.just(4)), "dilation": st.integers(1, 2),
+               "padding": st.one_of(st.sampled_from(["same", "valid"]), st.integers(0, 2)), "bias": st.booleans(),
+               **common}
 stem_stages = st.fixed_dictionaries({"out": st.integers(1, 16)}, optional={"type": st.just("conv"), **conv_fields})
 conv_stages = st.fixed_dictionaries({"type": st.just("conv"), "out": st.integers(1, 16)}, optional=conv_fields)
 ds_stages = st.fixed_dictionaries(
@@ -66,6 +67,10 @@ mqa_stages = st.fixed_dictionaries(
     optional={"heads": st.integers(1, 3), "key_dim": st.integers(1, 8), "kv_stride": st.sampled_from([1, 2]),
               "kernel": st.integers(1, 5), "skip": st.booleans(), **common},
 )
+convnext_stages = st.fixed_dictionaries(
+    {"type": st.just("convnext"), "out": st.integers(1, 16)},
+    optional={"kernel": kernels, "stride": strides, "expand": st.sampled_from([1, 2.5, 4]), **common},
+)
 ghost_stages = st.fixed_dictionaries(
     {"type": st.just("ghost"), "out": st.integers(1, 16), "mid": st.integers(1, 24)},
     optional={"kernel": kernels, "stride": strides, "se_ratio": st.sampled_from([0.0, 0.25]), **common},
@@ -87,15 +92,16 @@ residual_conv_stages = st.fixed_dictionaries({"type": st.just("conv"), "out": st
 valid_configs = st.fixed_dictionaries(
     {"stem": st.lists(st.one_of(stem_stages, pool_stages), max_size=2),
      "stages": st.lists(st.one_of(conv_stages, ds_stages, ir_stages, xception_stages, uib_stages, fused_stages,
-                                  mqa_stages, residual_conv_stages, ghost_stages, shuffle_stages, rep_stages, pool_stages),
+                                  mqa_stages, residual_conv_stages, convnext_stages, ghost_stages, shuffle_stages,
+                                  rep_stages, pool_stages),
                          max_size=3)},
     optional={
         "width_mult": st.sampled_from([0.25, 0.5, 1.0, 1.5]),
         "channel_divisor": st.sampled_from([1, 2, 4, 8]),
         "separable": st.booleans(),
         "act": st.sampled_from(sorted(ACTIVATIONS)),
-        "norm": st.fixed_dictionaries({"type": st.sampled_from(["batchnorm", "none"])}),
-        "head": st.fixed_dictionaries({}, optional={"pool": st.sampled_from(["avg", "max"]),
+        "norm": st.fixed_dictionaries({"type": st.sampled_from(["batchnorm", "layernorm", "none"])}),
+        "head": st.fixed_dictionaries({}, optional={"pool": st.sampled_from(["avg", "max"]), "norm": st.booleans(),
                                                     "dropout": st.sampled_from([0.0, 0.5]),
                                                     "conv": st.fixed_dictionaries({"out": st.integers(1, 16)},
                                                                                   optional={"norm": st.booleans(),
@@ -195,6 +201,7 @@ STAGE_KEYS = {"conv": {"out", "repeat", "kernel", "stride", "dilation", "dropout
               "mqa": {"out", "repeat", "kernel", "stride", "heads", "key_dim", "dropout"},
               "xception": {"out", "repeat", "kernel", "stride", "convs", "start_with_act", "grow_first", "dropout"},
               "ghost": {"out", "mid", "repeat", "kernel", "stride", "dropout"},
+              "convnext": {"out", "repeat", "kernel", "stride", "dropout"},
               "shuffle": {"out", "repeat", "kernel", "stride", "dropout"},
               "rep": {"out", "repeat", "kernel", "stride", "branches", "scale_branch", "separable", "dropout"},
               "maxpool": {"out", "repeat", "kernel", "stride", "dropout"}}  # its out: None only

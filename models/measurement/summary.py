@@ -156,7 +156,7 @@ def _stage_parts(model: ZooNet) -> list[tuple[str, str]]:
             ("head", "classifier")]
 
 
-_HEAD_MODULES = ("head_conv", "classifier")
+_HEAD_MODULES = ("pooled_norm", "head_conv", "classifier")
 
 
 def _stage_rows(model: ZooNet, layers: list[LayerRow], shapes: dict[str, tuple[int, ...]]) -> list[StageRow]:
