@@ -341,6 +341,7 @@ class ModelConfig(_Strict):
     family: str
     paper: str = ""
     timm_name: Optional[str] = None  # timm's name for this network, whose weights pretrained=True loads
+    torchvision_name: Optional[str] = None  # torchvision's builder of the same network (its weights load too)
     padding: Literal["symmetric", "tf_same"] = "symmetric"
     """Strided convs with odd kernels: PyTorch's symmetric padding, or TensorFlow's "same" (more
     at the bottom and right, from the input size at run time), which timm's ``tf_`` ports need."""

@@ -34,6 +34,7 @@ __all__ = [
     "cached_timm_weights",
     "check_torch_file",
     "export_to_timm",
+    "export_to_torchvision",
     "from_timm_state_dict",
     "from_torchvision_state_dict",
     "load_pretrained",
@@ -245,6 +246,27 @@ def from_torchvision_state_dict(model: ZooNet, state: Mapping[str, torch.Tensor]
                                   f"{tuple(want.shape)}; another width or variant")
         out[mine] = value
     return out
+
+
+def export_to_torchvision(model: ZooNet) -> dict[str, torch.Tensor]:
+    """Our state dict with the keys of torchvision's builder ``model.cfg.torchvision_name``, for
+    ``torchvision.models.NAME(num_classes=...).load_state_dict``: the tensors paired in order, as
+    ``from_torchvision_state_dict`` pairs them (a head conv becomes torchvision's Linear)."""
+    if not model.cfg.torchvision_name:
+        raise CheckpointError(f"{model.cfg.name}: torchvision has no builder of this network "
+                              f"(torchvision twins: the families {', '.join(sorted(TORCHVISION_MODELS))})")
+    import torchvision
+
+    with torch.device("meta"):
+        twin = getattr(torchvision.models, model.cfg.torchvision_name)(num_classes=model.num_classes)
+    ours, theirs = list(model.state_dict().values()), twin.state_dict()
+    if len(ours) != len(theirs):
+        raise CheckpointError(f"{model.cfg.name}: {len(ours)} tensors, torchvision's {model.cfg.torchvision_name} "
+                              f"{len(theirs)}; the config no longer describes torchvision's network")
+    if any(value.numel() != want.numel() for want, value in zip(theirs.values(), ours)):
+        raise CheckpointError(f"{model.cfg.name}: its tensors do not fit torchvision's {model.cfg.torchvision_name} "
+                              "(another width or variant)")
+    return {key: value.reshape(want.shape) for (key, want), value in zip(theirs.items(), ours)}
 
 
 def _head_as_torchvision(model: ZooNet) -> None:

@@ -64,8 +64,8 @@ def structural_variants() -> tuple[str, ...]:
     first: dict[str, str] = {}
     for name in registry():
         shape = get_model_config(name).model_dump(mode="json")
-        for key in ("name", "paper", "timm_name", "width_mult", "depth_mult", "input_size", "min_input_size",
-                    "pretrained_cfg"):
+        for key in ("name", "paper", "timm_name", "torchvision_name", "width_mult", "depth_mult", "input_size",
+                    "min_input_size", "pretrained_cfg"):
             shape.pop(key)
         shape["head"]["dropout"] = 0.0
         for row in (*shape["stem"], *shape["stages"]):

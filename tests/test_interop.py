@@ -327,13 +327,8 @@ def test_pretrained_true_loads_timms_weights_from_the_local_caches(tmp_path: Pat
             assert torch.equal(ours(x), theirs(x))
 
 
-TORCHVISION_PAIRS = [("mobilenet_v2", "mobilenet_v2"), ("mobilenet_v3_large", "mobilenet_v3_large"),
-                     ("mobilenet_v3_small", "mobilenet_v3_small"), ("mnasnet_b1", "mnasnet1_0"),
-                     ("efficientnet_b0", "efficientnet_b0"), ("mnasnet_b1_050", "mnasnet0_5"),
-                     ("mnasnet_b1_075", "mnasnet0_75"), ("mnasnet_b1_130", "mnasnet1_3"),
-                     ("efficientnet_v2_s", "efficientnet_v2_s"), ("shufflenet_v2_x0_5", "shufflenet_v2_x0_5"),
-                     ("shufflenet_v2_x1_0", "shufflenet_v2_x1_0"), ("shufflenet_v2_x1_5", "shufflenet_v2_x1_5"),
-                     ("shufflenet_v2_x2_0", "shufflenet_v2_x2_0")]
+TORCHVISION_PAIRS = [(name, get_model_config(name).torchvision_name) for name in list_models()
+                     if get_model_config(name).torchvision_name]
 TORCHVISION_PARAMS = {"shufflenet_v2_x0_5": 1_366_792, "shufflenet_v2_x1_0": 2_278_604,
                       "shufflenet_v2_x1_5": 3_503_624, "shufflenet_v2_x2_0": 7_393_996}
 """torchvision 0.29's published counts (``weights.meta["num_params"]``) of models timm does not have."""
@@ -351,6 +346,22 @@ def test_params_and_macs_equal_the_torchvision_twins_by_the_same_counter() -> No
             plan = plan_model(cfg)
             assert (plan.params, plan.macs) == (count_params(twin), count_macs(twin, cfg.input_size)), ours
     assert {name: plan_model(get_model_config(name)).params for name in TORCHVISION_PARAMS} == TORCHVISION_PARAMS
+    assert len(TORCHVISION_PAIRS) == 13
+
+
+@pytest.mark.parametrize("ours", ["mobilenet_v3_small", "shufflenet_v2_x0_5", "mnasnet_b1_050"])
+def test_export_to_torchvision_gives_torchvisions_state_dict_back(ours: str) -> None:
+    """torchvision's weights into ours and back: every tensor in its place (MobileNetV3's head
+    conv back to a Linear)."""
+    import torchvision
+
+    from dszoo.weights import export_to_torchvision, from_torchvision_state_dict
+
+    theirs = randomise_batchnorm_statistics(getattr(torchvision.models, get_model_config(ours).torchvision_name)())
+    model = create_model(ours)
+    model.load_state_dict(from_torchvision_state_dict(model, theirs.state_dict(), "torchvision"))
+    back, want = export_to_torchvision(model), theirs.state_dict()
+    assert list(back) == list(want) and all(torch.equal(back[k], want[k]) for k in want)
 
 
 @pytest.mark.parametrize("ours,theirs", TORCHVISION_PAIRS)

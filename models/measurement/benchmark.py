@@ -39,7 +39,8 @@ from ..deployment.optimize import BACKENDS, OptimizedModel, glibc_malloc_is_tune
 from ..profile import count_macs, layer_gemms, layer_traffic, timed
 from ..plan import plan_model
 from ..registry import create_model, get_model_config
-from ..weights import TIMM_MODELS, export_to_timm
+from ..reparameterize import is_reparameterizable, reparameterize
+from ..weights import TIMM_MODELS, export_to_timm, export_to_torchvision
 from .profiler import onednn_primitives, top_operators
 
 __all__ = ["BenchRow", "LOW_PRECISIONS", "LayerGemms", "bf16_gemm_gflops", "gemm_gflops", "host_timer",
@@ -60,7 +61,7 @@ class BenchRow:
     """One measured configuration."""
 
     model: str
-    # ours | ours-cl | timm | optimized | optimized-BACKEND | int8 | bf16 | standard | gemms | ours-train
+    # ours | ours-cl | timm | torchvision | ours-reparameterized | timm-reparameterized | optimized | optimized-BACKEND | int8 | bf16 | standard | gemms | ours-train
     # | ours-cl-train | timm-train
     variant: str
     batch: int
@@ -214,6 +215,31 @@ def _timm_twin(model: nn.Module) -> Optional[nn.Module]:
     return twin.eval()
 
 
+def _torchvision_twin(model: nn.Module) -> Optional[nn.Module]:
+    """torchvision's counterpart (the config's ``torchvision_name``) loaded with our weights, where
+    there is one."""
+    if not model.cfg.torchvision_name:
+        return None
+    import torchvision
+
+    twin = getattr(torchvision.models, model.cfg.torchvision_name)(num_classes=model.num_classes)
+    twin.load_state_dict(export_to_torchvision(model), strict=True)
+    return twin.eval()
+
+
+def _reparameterized_twins(model: nn.Module, twin: Optional[nn.Module]) -> dict[str, nn.Module]:
+    """For a model with multi-branch blocks: its inference form, and timm's twin's by timm's own
+    ``reparameterize_model``."""
+    if not is_reparameterizable(model):
+        return {}
+    out = {"ours-reparameterized": reparameterize(model).eval()}
+    if twin is not None:
+        from timm.utils.model import reparameterize_model
+
+        out["timm-reparameterized"] = reparameterize_model(twin).eval()  # a copy
+    return out
+
+
 def _optimized_note(opt: OptimizedModel) -> str:
     return f"{opt.backend}, {'channels_last' if opt.channels_last else 'contiguous'}, compile {opt.compile_seconds:.1f}s"
 
@@ -258,6 +284,7 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
     size = model.cfg.input_size
     macs = count_macs(model, size)
     twin = _timm_twin(model)
+    others = {"torchvision": _torchvision_twin(model), **_reparameterized_twins(model, twin)}
     rows = []
     for batch in batch_sizes:
         layers[(name, batch, True)] = list(layer_traffic(model, size, batch).values())
@@ -269,6 +296,7 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
                                                 "ours-cl": lambda: model_cl(x.contiguous(memory_format=CL))}
         if twin is not None:
             fns["timm"] = lambda: twin(x)
+        fns.update({variant: (lambda net=net: net(x)) for variant, net in others.items() if net is not None})
         fns["optimized"] = lambda: opt(x)
         notes = {"optimized": _optimized_note(opt)}
         gemm_shapes = layer_gemms(model, size, batch)
