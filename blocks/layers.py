@@ -18,6 +18,7 @@ __all__ = [
     "CepstralMeanNorm",
     "LayerNorm2d",
     "MaxPool",
+    "MixedConv2d",
     "NORMS",
     "ActLike",
     "NormLike",
@@ -30,6 +31,7 @@ __all__ = [
     "create_drop_path",
     "create_norm",
     "pair",
+    "split_channels",
 ]
 
 IntPair = Union[int, Sequence[int]]
@@ -151,22 +153,58 @@ class PooledLinear(nn.Conv2d):
         return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[:, :, None, None]
 
 
+def split_channels(channels: int, parts: int) -> list[int]:
+    """``channels`` in ``parts`` equal groups, the remainder to the first (MixNet's split)."""
+    split = [channels // parts] * parts
+    split[0] += channels - sum(split)
+    return split
+
+
+class MixedConv2d(nn.ModuleDict):
+    """MixConv (Tan & Le 2019, "MixConv: Mixed Depthwise Convolutional Kernels", section 3): the
+    channels split into one group per kernel size, each group convolved with its own kernel, the
+    results concatenated; depthwise, or with 1x1 kernels MixNet's grouped pointwise conv. The
+    convs are ``"0"``, ``"1"``, ... as in timm's ``MixedConv2d``."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_sizes: Sequence[int], *, stride: IntPair = 1,
+                 dilation: IntPair = 1, depthwise: bool = False, bias: bool = False,
+                 padding: Union[str, int] = "same") -> None:
+        super().__init__()
+        ins, outs = split_channels(in_chs, len(kernel_sizes)), split_channels(out_chs, len(kernel_sizes))
+        for i, (k, c_in, c_out) in enumerate(zip(kernel_sizes, ins, outs)):
+            self[str(i)] = create_conv2d(c_in, c_out, k, stride=stride, dilation=dilation,
+                                         groups=c_in if depthwise else 1, bias=bias, padding=padding)
+        self.splits = ins
+        self.starts = [sum(ins[:i]) for i in range(len(ins))]
+        self.in_channels, self.out_channels = in_chs, out_chs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # slices, not split(): ExecuTorch plans split's outputs for the traced batch only
+        return torch.cat([conv(x.narrow(1, self.starts[i], self.splits[i])) for i, conv in enumerate(self.values())], 1)
+
+
 def create_conv2d(
     in_chs: int,
     out_chs: int,
-    kernel_size: IntPair,
+    kernel_size: Union[IntPair, list[int]],
     *,
     stride: IntPair = 1,
     dilation: IntPair = 1,
     groups: int = 1,
     bias: bool = False,
     padding: Union[str, int] = "same",
-) -> nn.Conv2d:
-    """A Conv2d with the project's padding rule.
+) -> nn.Module:
+    """A Conv2d with the project's padding rule; a *list* of kernel sizes makes a ``MixedConv2d``
+    (depthwise when ``groups == in_chs``), a tuple is one kernel's (height, width).
 
     Args:
         padding: ``"same"`` (out = ceil(in / stride)), ``"valid"`` (no padding) or an int.
     """
+    if isinstance(kernel_size, list):
+        if groups not in (1, in_chs):
+            raise ValueError(f"a mixed conv is depthwise (groups = in_chs) or dense (groups 1), got groups {groups}")
+        return MixedConv2d(in_chs, out_chs, kernel_size, stride=stride, dilation=dilation,
+                           depthwise=groups == in_chs and in_chs > 1, bias=bias, padding=padding)
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = pair(stride, "stride")
     dh, dw = pair(dilation, "dilation")

@@ -66,7 +66,9 @@ class UniversalInvertedResidual(nn.Module):
     Its forms: the inverted bottleneck (middle only: MobileNetV2's block, ``InvertedResidual``),
     ConvNeXt-like (start only), ExtraDW (start and middle) and FFN (none). The stride is taken by
     the middle depthwise conv, else by the first one there is. ``depthwise=False`` makes those convs standard ones (the
-    "Conv MobileNet" comparison of MobileNets, Table 4).
+    "Conv MobileNet" comparison of MobileNets, Table 4). A list of kernel sizes makes a depthwise
+    conv MixConv's (Tan & Le 2019: its channels in groups, one kernel size each), and
+    ``expand_groups`` / ``project_groups`` above 1 split the 1x1 convs likewise (MixNet).
     """
 
     def __init__(
@@ -88,10 +90,14 @@ class UniversalInvertedResidual(nn.Module):
         layer_scale: Optional[float] = None,
         drop_path: float = 0.0,
         depthwise: bool = True,
+        expand_groups: int = 1,
+        project_groups: int = 1,
     ) -> None:
         super().__init__()
         self.stride = pair(stride, "stride")
-        kernels = [pair(k, "kernel_size") if k else None for k in (start_kernel, kernel_size, end_kernel)]
+        # a list of kernel sizes: MixConv's mixed depthwise conv (MixNet)
+        kernels = [k if isinstance(k, list) else pair(k, "kernel_size") if k else None
+                   for k in (start_kernel, kernel_size, end_kernel)]
         # the stride goes to the middle depthwise conv, else the first one there is (the reference code's rule)
         strided = next((i for i in (1, 0, 2) if kernels[i] is not None), None)
         if strided is None and self.stride != (1, 1):
@@ -105,10 +111,13 @@ class UniversalInvertedResidual(nn.Module):
                                act=act if with_act else None)
 
         self.dw_start = dw(in_chs, 0, False)
-        self.expand = ConvNormAct(in_chs, mid_chs, 1, padding=0, norm=norm, act=act)
+        # MixNet's grouped 1x1 convs: one 1x1 kernel per channel group
+        self.expand = ConvNormAct(in_chs, mid_chs, [1] * expand_groups if expand_groups > 1 else 1, padding=0,
+                                  norm=norm, act=act)
         self.dw = dw(mid_chs, 1, True)
         self.se = se(mid_chs, act) if se is not None else nn.Identity()
-        self.project = ConvNormAct(mid_chs, out_chs, 1, padding=0, norm=norm, act=None)
+        self.project = ConvNormAct(mid_chs, out_chs, [1] * project_groups if project_groups > 1 else 1, padding=0,
+                                   norm=norm, act=None)
         self.dw_end = dw(out_chs, 2, False)
         self.layer_scale = LayerScale2d(out_chs, layer_scale) if layer_scale is not None else nn.Identity()
         self.has_skip = skip and in_chs == out_chs and self.stride == (1, 1)
@@ -147,10 +156,12 @@ class InvertedResidual(UniversalInvertedResidual):
         skip: bool = True,
         drop_path: float = 0.0,
         depthwise: bool = True,
+        expand_groups: int = 1,
+        project_groups: int = 1,
     ) -> None:
         super().__init__(in_chs, out_chs, mid_chs, kernel_size=kernel_size, stride=stride, dilation=dilation,
                          padding=padding, norm=norm, act=act, se=se, skip=skip, drop_path=drop_path,
-                         depthwise=depthwise)
+                         depthwise=depthwise, expand_groups=expand_groups, project_groups=project_groups)
 
 
 class FusedInvertedResidual(nn.Module):

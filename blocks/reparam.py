@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .layers import ActLike, ConvNormAct, IntPair, NormLike, create_act, create_drop_path, create_norm, pair
+from .layers import ActLike, ConvNormAct, IntPair, NormLike, create_act, create_conv2d, create_drop_path, create_norm, pair
 from .mobile import SEFactory
 
 __all__ = ["MobileOneBlock", "RepConv", "fold_batchnorm_into_kernel"]
@@ -73,17 +73,19 @@ class RepConv(nn.Module):
         self.conv_kxk = nn.ModuleList(
             [ConvNormAct(in_chs, out_chs, self.kernel_size, stride=self.stride, groups=groups, norm=norm, act=None)
              for _ in range(branches)])
-        self.conv_scale: nn.Module = ConvNormAct(in_chs, out_chs, 1, stride=self.stride, groups=groups, padding=0,
-                                                 norm=norm, act=None) if self.has_scale else nn.Identity()
+        # a 1x1 conv of stride s is a 1x1 conv of the input subsampled by s (the same numbers): PyTorch
+        # 2.14's oneDNN weight gradient of a strided 1x1 conv on a channels-last input of few channels
+        # (MobileOne's stem: 3) corrupts the heap, so the stride is taken by the slice in forward
+        self.conv_scale: nn.Module = ConvNormAct(in_chs, out_chs, 1, groups=groups, padding=0, norm=norm,
+                                                 act=None) if self.has_scale else nn.Identity()
         self.reparam_conv: nn.Module = nn.Identity()
         self.reparameterized = False
         self.drop_path = create_drop_path(drop_path if self.has_identity else 0.0)
         self.se = se(out_chs, act) if se is not None else nn.Identity()
         self.act = create_act(act)
-        if inference:
-            self._replace_branches(nn.Conv2d(in_chs, out_chs, self.kernel_size, self.stride,
-                                             ((self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2),
-                                             groups=groups, bias=True))
+        if inference:  # the padding rule of the k x k branches (an even kernel pads as TensorFlow does)
+            self._replace_branches(create_conv2d(in_chs, out_chs, self.kernel_size, stride=self.stride, groups=groups,
+                                                 bias=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparameterized:
@@ -91,7 +93,7 @@ class RepConv(nn.Module):
         out = x
         first = True
         if self.has_scale:  # the sum in MobileOne's (and timm's) order: scale, then each k x k branch
-            out, first = self.conv_scale(x), False
+            out, first = self.conv_scale(x[:, :, ::self.stride[0], ::self.stride[1]]), False
         for conv in self.conv_kxk:
             y = conv(x)
             out, first = (y if first else out + y), False
@@ -130,9 +132,9 @@ class RepConv(nn.Module):
         if self.reparameterized:
             return
         kernel, bias = self.fused_kernel_and_bias()
-        first = self.conv_kxk[0].conv
-        conv = nn.Conv2d(self.in_chs, self.out_chs, self.kernel_size, self.stride, first.padding,
-                         dilation=first.dilation, groups=self.groups, bias=True).to(kernel)
+        first = self.conv_kxk[0].conv  # its class and padding: a Conv2dSame stays one
+        conv = type(first)(self.in_chs, self.out_chs, self.kernel_size, self.stride, first.padding,
+                           dilation=first.dilation, groups=self.groups, bias=True).to(kernel)
         conv.weight.copy_(kernel)
         conv.bias.copy_(bias)
         self._replace_branches(conv)
@@ -161,6 +163,7 @@ class MobileOneBlock(nn.Module):
         *,
         stride: IntPair = 1,
         branches: int = 1,
+        scale_branch: bool = True,
         norm: NormLike = "batchnorm",
         act: ActLike = "relu",
         se: Optional[SEFactory] = None,
@@ -170,7 +173,8 @@ class MobileOneBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.dw = RepConv(in_chs, in_chs, kernel_size, stride=stride, groups=in_chs if depthwise else 1,
-                          branches=branches, norm=norm, act=act, se=se, drop_path=drop_path, inference=inference)
+                          branches=branches, scale_branch=scale_branch, norm=norm, act=act, se=se, drop_path=drop_path,
+                          inference=inference)
         self.pw = RepConv(in_chs, out_chs, 1, branches=branches, norm=norm, act=act, se=se, drop_path=drop_path,
                           inference=inference)
         self.in_chs, self.out_chs, self.stride = in_chs, out_chs, self.dw.stride

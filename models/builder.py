@@ -89,10 +89,12 @@ def _ds_block(in_chs: int, spec: DSStage, stride: Any, ctx: BuildContext) -> nn.
 
 def _ir_block(in_chs: int, spec: IRStage, stride: Any, ctx: BuildContext) -> nn.Module:
     # separable=False: the depthwise conv as a standard one; expansion and projection stay
-    return InvertedResidual(in_chs, ctx.out(spec), ctx.chs(in_chs * spec.expand), kernel_size=spec.kernel,
-                            stride=stride, dilation=spec.dilation, norm=ctx.norm, act=ctx.act,
+    return InvertedResidual(in_chs, ctx.out(spec), ctx.chs(in_chs * spec.expand),
+                            kernel_size=list(spec.kernels) if spec.kernels else spec.kernel, stride=stride,
+                            dilation=spec.dilation, norm=ctx.norm, act=ctx.act,
                             se=ctx.se_factory(spec.se_ratio, spec.expand), skip=spec.skip, drop_path=ctx.drop_path,
-                            depthwise=ctx.separable)
+                            depthwise=ctx.separable, expand_groups=spec.expand_groups,
+                            project_groups=spec.project_groups)
 
 
 def _uib_block(in_chs: int, spec: UIBStage, stride: Any, ctx: BuildContext) -> nn.Module:
@@ -135,11 +137,11 @@ def _shuffle_block(in_chs: int, spec: ShuffleStage, stride: Any, ctx: BuildConte
 
 
 def _rep_block(in_chs: int, spec: RepStage, stride: Any, ctx: BuildContext) -> nn.Module:
-    common = dict(stride=stride, branches=spec.branches, norm=ctx.norm, act=ctx.act,
+    common = dict(stride=stride, branches=spec.branches, scale_branch=spec.scale_branch, norm=ctx.norm, act=ctx.act,
                   se=ctx.se_factory(spec.se_ratio, 1.0), drop_path=ctx.drop_path, inference=ctx.reparameterized)
     if spec.separable:
         return MobileOneBlock(in_chs, ctx.out(spec), spec.kernel, depthwise=ctx.separable, **common)
-    return RepConv(in_chs, ctx.out(spec), spec.kernel, scale_branch=spec.scale_branch, **common)
+    return RepConv(in_chs, ctx.out(spec), spec.kernel, **common)
 
 
 def _pool_block(in_chs: int, spec: PoolStage, stride: Any, ctx: BuildContext) -> nn.Module:

@@ -163,14 +163,23 @@ class DSStage(_Stage):
     skip: StrictBool = False  # add the input when stride 1 and the channels match
 
 
+Groups = Annotated[int, Field(strict=True, gt=0, le=64)]
+
+
 class IRStage(_Stage):
-    """``repeat`` x inverted residual: 1x1 expand by ``expand``, dw, [SE], linear 1x1 project."""
+    """``repeat`` x inverted residual: 1x1 expand by ``expand``, dw, [SE], linear 1x1 project.
+    MixNet's (Tan & Le 2019): ``kernels`` lists the depthwise conv's kernel sizes, one per channel
+    group (MixConv; instead of ``kernel``), ``expand_groups`` / ``project_groups`` split the 1x1
+    convs into that many groups of channels."""
 
     type: Literal["ir"]
     expand: Annotated[float, Field(strict=True, gt=0, le=100)] = 6.0
     dilation: PosInt = 1
     se_ratio: Fraction = 0.0
     skip: StrictBool = True
+    kernels: Optional[Annotated[tuple[PosInt, ...], Field(min_length=1, max_length=16)]] = None
+    expand_groups: Groups = 1
+    project_groups: Groups = 1
 
 
 NonNegInt = Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
+from .blocks.layers import split_channels
 from .config import ConfigError, ModelConfig, config_source, merge_config
 
 __all__ = [
@@ -158,7 +159,19 @@ class _Walker:
 
     def conv(self, name: str, key: str, c_in: int, c_out: int, kernel: Any, stride: Any = 1, dilation: Any = 1,
              padding: Union[str, int] = "same", groups: int = 1, bias: bool = False) -> None:
-        """A Conv2d on the main path: records it and moves the current shape and the chain on."""
+        """A Conv2d on the main path: records it and moves the current shape and the chain on. A list
+        of kernels is a ``MixedConv2d``: one conv per channel group (``name.0``, ``name.1``, ...)."""
+        if isinstance(kernel, list):
+            h, w, chain = self.h, self.w, len(self.chain)
+            depthwise = groups == c_in and c_in > 1
+            for i, (k, part_in, part_out) in enumerate(zip(kernel, split_channels(c_in, len(kernel)),
+                                                          split_channels(c_out, len(kernel)))):
+                self.h, self.w = h, w
+                self.conv(f"{name}.{i}", key, part_in, part_out, k, stride, dilation, padding,
+                          part_in if depthwise else 1, bias)
+            del self.chain[chain + 1:]  # the groups walk the same spatial chain
+            self.c = c_out
+            return
         (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
         padding = 0 if padding == "valid" else padding
         kind = "Conv2dSame" if padding == "same" and not (kh % 2 and kw % 2) else "Conv2d"
@@ -234,7 +247,8 @@ class _Walker:
 
     def universal_inverted_residual(self, prefix: str, key: str, spec: Any, out: int, stride: Any) -> None:
         """``UniversalInvertedResidual`` (an ``ir`` row is one with its middle depthwise conv only)."""
-        kernels = (getattr(spec, "start_kernel", 0), spec.kernel, getattr(spec, "end_kernel", 0))
+        mixed = getattr(spec, "kernels", None)
+        kernels = (getattr(spec, "start_kernel", 0), list(mixed) if mixed else spec.kernel, getattr(spec, "end_kernel", 0))
         strided = next((i for i in (1, 0, 2) if kernels[i]), None)
         dilation = getattr(spec, "dilation", 1)
         mid = make_divisible(self.c * spec.expand, self.cfg.channel_divisor, self.cfg.channel_round_limit)
@@ -244,11 +258,14 @@ class _Walker:
                 self.conv_norm(f"{prefix}.{name}", key, self.c, kernels[i], stride if i == strided else 1, dilation,
                                groups=self.c if self.cfg.separable else 1)
 
+        def pointwise(groups: int) -> Any:
+            return [1] * groups if groups > 1 else 1
+
         dw("dw_start", 0)
-        self.conv_norm(f"{prefix}.expand", key, mid, 1)
+        self.conv_norm(f"{prefix}.expand", key, mid, pointwise(getattr(spec, "expand_groups", 1)))
         dw("dw", 1)
         self.squeeze_excite(prefix, key, spec.se_ratio, spec.expand)
-        self.conv_norm(f"{prefix}.project", key, out, 1)
+        self.conv_norm(f"{prefix}.project", key, out, pointwise(getattr(spec, "project_groups", 1)))
         dw("dw_end", 2)
         if spec.type == "uib" and self.cfg.layer_scale is not None:
             self.extra_params(f"{prefix}.layer_scale", key, out)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .blocks import (ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, GhostBottleneck, InvertedResidual,
-                     MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
+                     MixedConv2d, MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
                      UniversalInvertedResidual, XceptionBlock)
 
 from .files import FileKindError, atomic_path, regular_file
@@ -85,8 +85,13 @@ _EFFICIENTNET_BLOCK_NAMES: dict[type, dict[str, str]] = {
 
 
 def _block_names(block: nn.Module) -> dict[str, str]:
-    """Our module path inside ``block`` -> timm's, for every module holding tensors."""
-    names = _EFFICIENTNET_BLOCK_NAMES[type(block)]
+    """Our module path inside ``block`` -> timm's, for every module holding tensors (a MixNet
+    block's mixed convs: each group's conv, ``.0``, ``.1``, ..., under both names)."""
+    names = dict(_EFFICIENTNET_BLOCK_NAMES[type(block)])
+    modules = dict(block.named_modules())
+    for mine, theirs in list(names.items()):
+        if isinstance(modules.get(mine), MixedConv2d):
+            names.update({f"{mine}.{i}": f"{theirs}.{i}" for i in modules[mine].keys()})
     if names:
         return names
     return {name: name for name, module in block.named_modules()
@@ -208,6 +213,7 @@ TIMM_MODELS: dict[str, tuple[str, Union[str, tuple[str, ...]], Callable[[ZooNet]
     "mobilenet_v4": ("mobilenetv4_conv_small", "conv_stem.weight", _efficientnet_map),
     "mnasnet": ("semnasnet_100", "conv_stem.weight", _efficientnet_map),
     "ghostnet": ("ghostnet_100", "conv_stem.weight", _efficientnet_map),
+    "mixnet": ("mixnet_s", "conv_stem.weight", _efficientnet_map),
     "xception": ("legacy_xception", "block1.rep.0.conv1.weight", _xception_map),
     "convnext": ("convnext_atto", "stages.0.blocks.0.conv_dw.weight", _convnext_map),
     "mobileone": ("mobileone_s0", ("stem.conv_scale.conv.weight", "stem.reparam_conv.weight"), _byobnet_map),

@@ -315,3 +315,24 @@ def test_a_convnext_block_downsamples_only_where_the_stride_or_width_changes() -
     assert isinstance(kept.downsample, nn.Identity) and wider.downsample[1].kernel_size == (2, 2)
     assert kept(torch.randn(2, 8, 9, 7)).shape == (2, 8, 9, 7)
     assert wider(torch.randn(2, 8, 9, 7)).shape == (2, 16, 4, 3)  # 2x2 of stride 2, no padding
+
+
+def test_a_mixed_conv_splits_its_channels_as_timms() -> None:
+    """MixConv: channels in equal groups, the remainder to the first, one kernel size each; the same
+    numbers as timm's MixedConv2d, depthwise and as MixNet's grouped 1x1 conv."""
+    from timm.layers import MixedConv2d as TimmMixedConv2d
+
+    from blocks import MixedConv2d
+
+    mixed = create_conv2d(11, 11, [3, 5, 7], groups=11, stride=2)
+    assert isinstance(mixed, MixedConv2d) and [c.in_channels for c in mixed.values()] == [5, 3, 3]
+    assert [c.kernel_size for c in mixed.values()] == [(3, 3), (5, 5), (7, 7)] and all(
+        c.groups == c.in_channels for c in mixed.values())
+    theirs = TimmMixedConv2d(11, 11, [3, 5, 7], stride=2, depthwise=True)
+    theirs.load_state_dict(mixed.state_dict())
+    x = torch.randn(2, 11, 9, 8)
+    assert torch.equal(mixed(x), theirs(x)) and mixed(x).shape == (2, 11, 5, 4)
+    grouped = create_conv2d(8, 6, [1, 1])
+    assert [(c.in_channels, c.out_channels, c.groups) for c in grouped.values()] == [(4, 3, 1), (4, 3, 1)]
+    with pytest.raises(ValueError, match="a mixed conv is depthwise \\(groups = in_chs\\) or dense \\(groups 1\\), got groups 2"):
+        create_conv2d(8, 8, [3, 5], groups=2)

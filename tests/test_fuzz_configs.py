@@ -44,6 +44,8 @@ ir_stages = st.fixed_dictionaries(
     {"type": st.just("ir"), "out": st.integers(1, 16)},
     optional={"kernel": kernels, "stride": strides, "dilation": st.integers(1, 2),
               "expand": st.sampled_from([1, 2.5, 3.67, 6]), "se_ratio": st.sampled_from([0.0, 0.25]),
+              "kernels": st.lists(st.sampled_from([1, 3, 5]), min_size=1, max_size=3),
+              "expand_groups": st.integers(1, 3), "project_groups": st.integers(1, 3),
               "skip": st.booleans(), **common},
 )
 xception_stages = st.fixed_dictionaries(

@@ -136,3 +136,24 @@ def test_training_refuses_the_reparameterised_form(tmp_path: Path) -> None:
         "per block; training runs its multi-branch form: start from the weights before dszoo.reparameterize "
         "(--eval-only evaluates this one)")
     assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_a_strided_scale_branch_trains_channels_last() -> None:
+    """The 1x1 scale branch of a strided RepConv subsamples, then convolves at stride 1: the same
+    numbers as a strided 1x1 conv, and a channels-last training step of MobileOne's stem (3 input
+    channels) runs; with a strided 1x1 conv, PyTorch 2.14's oneDNN weight gradient corrupted the
+    heap there (the dszoo-train default on a CPU, and the benchmark's ours-cl-train row, aborted)."""
+    stem = randomise_batchnorm_statistics(RepConv(3, 48, 3, stride=2))
+    x = torch.randn(16, 3, 112, 112)
+    strided = nn.Conv2d(3, 48, 1, stride=2, bias=False)
+    strided.weight.data.copy_(stem.conv_scale.conv.weight)
+    with torch.no_grad():
+        assert stem.conv_scale.conv.stride == (1, 1)
+        assert torch.equal(stem.conv_scale.conv(x[:, :, ::2, ::2]), strided(x))
+    stem = stem.train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(stem.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        optimizer.zero_grad()
+        stem(x.contiguous(memory_format=torch.channels_last)).square().mean().backward()
+        optimizer.step()
+    assert all(torch.isfinite(p).all() for p in stem.parameters())

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..blocks import ConvNormAct, SeparableConv2d
+from ..blocks import ConvNormAct, MixedConv2d, SeparableConv2d
 from ..reparameterize import reparameterize
 
 
@@ -77,7 +77,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     reparameterize(model, inplace=True)
     for module in list(model.modules()):
         if isinstance(module, ConvNormAct) and isinstance(module.norm, nn.BatchNorm2d):
-            module.conv = fuse_conv_bn_eval(module.conv, module.norm)
+            if isinstance(module.conv, MixedConv2d):  # each group's conv with its channels' statistics
+                start = 0
+                for name, conv in list(module.conv.items()):
+                    module.conv[name] = fuse_conv_bn_eval(conv, _channels_of(module.norm, start, conv.out_channels))
+                    start += conv.out_channels
+            else:
+                module.conv = fuse_conv_bn_eval(module.conv, module.norm)
             module.norm = nn.Identity()
         elif isinstance(module, nn.Sequential):
             names = list(module._modules)
@@ -93,6 +99,14 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                     continue
                 module._modules[cur] = nn.Identity()
     return model
+
+
+def _channels_of(norm: nn.BatchNorm2d, start: int, count: int) -> nn.BatchNorm2d:
+    """The eval-mode BatchNorm of ``count`` of ``norm``'s channels from ``start``."""
+    part = nn.BatchNorm2d(count, eps=norm.eps).eval()
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(part, name).data.copy_(getattr(norm, name).data[start:start + count])
+    return part
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
