@@ -170,6 +170,9 @@ class MixedConv2d(nn.ModuleDict):
                  dilation: IntPair = 1, depthwise: bool = False, bias: bool = False,
                  padding: Union[str, int] = "same") -> None:
         super().__init__()
+        if len(kernel_sizes) > min(in_chs, out_chs):
+            raise ValueError(f"a mixed conv of {len(kernel_sizes)} channel groups needs at least {len(kernel_sizes)} "
+                             f"channels in and out, got {in_chs} -> {out_chs}")
         ins, outs = split_channels(in_chs, len(kernel_sizes)), split_channels(out_chs, len(kernel_sizes))
         for i, (k, c_in, c_out) in enumerate(zip(kernel_sizes, ins, outs)):
             self[str(i)] = create_conv2d(c_in, c_out, k, stride=stride, dilation=dilation,

@@ -162,6 +162,9 @@ class _Walker:
         """A Conv2d on the main path: records it and moves the current shape and the chain on. A list
         of kernels is a ``MixedConv2d``: one conv per channel group (``name.0``, ``name.1``, ...)."""
         if isinstance(kernel, list):
+            if len(kernel) > min(c_in, c_out):
+                raise ConfigError(self.cfg.name, [f"{key}: a mixed conv of {len(kernel)} channel groups ({name}) needs "
+                                                  f"at least {len(kernel)} channels in and out, got {c_in} -> {c_out}"])
             h, w, chain = self.h, self.w, len(self.chain)
             depthwise = groups == c_in and c_in > 1
             for i, (k, part_in, part_out) in enumerate(zip(kernel, split_channels(c_in, len(kernel)),

@@ -142,6 +142,8 @@ def test_all_problems_at_once_with_file_path_and_value(tmp_path: Path) -> None:
     ("stem: [{out: 8}, {type: maxpool, out: 8}]\nstages: [{type: shuffle, out: 8, stride: 2}]\n",
      "stem[1].out: must be None, got 8"),
     ("stem: {out: 8}\nstages: [{type: shuffle, out: 7, stride: 2}]\n", "stages[0].out: must be a multiple of 2, got 7"),
+    ("channel_divisor: 1\nstem: {out: 2}\nstages: [{type: ir, out: 8, expand: 1, kernels: [3, 5, 7]}]\n",
+     "stages[0]: a mixed conv of 3 channel groups (stages.0.0.dw.conv) needs at least 3 channels in and out, got 2 -> 2"),
     ("stem: {out: 8}\nstages: [{type: shuffle, out: 16}]\n",
      "stages[0]: a shuffle unit of stride 1 keeps its width, but 8 channels come in and out is 16: give the "
      "stage's first unit stride 2"),

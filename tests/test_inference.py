@@ -164,6 +164,26 @@ def test_failing_compiler_falls_back_and_says_why_in_full(monkeypatch: pytest.Mo
     assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
 
 
+def test_the_benchmark_times_the_torchvision_twin_and_both_reparameterised_forms() -> None:
+    """The benchmark's torchvision row runs torchvision's network with our weights (the same logits),
+    and a reparameterisable model adds our inference form and timm's (reparameterize_model), both
+    computing what the training form does; their rates are taken against the deployed MACs."""
+    from dszoo import count_macs, reparameterize
+    from dszoo.measurement import benchmark
+
+    shuffle = randomise_batchnorm_statistics(create_model("shufflenet_v2_x0_5"))
+    mobileone = randomise_batchnorm_statistics(create_model("mobileone_s0"))
+    x = torch.randn(2, 3, 64, 64)
+    forms = benchmark._reparameterized_twins(mobileone, benchmark._timm_twin(mobileone))
+    with torch.no_grad():
+        assert torch.equal(benchmark._torchvision_twin(shuffle)(x), shuffle(x))
+        assert sorted(forms) == ["ours-reparameterized", "timm-reparameterized"]
+        assert all(relative_difference(form(x), mobileone(x)) <= 1e-5 for form in forms.values())
+    assert benchmark._reparameterized_twins(shuffle, None) == {} and benchmark._torchvision_twin(mobileone) is None
+    assert count_macs(reparameterize(mobileone), (3, 224, 224)) == 275_110_400
+    assert benchmark.TRAINING_FORM_VARIANTS == ("ours", "ours-cl", "timm", "torchvision")
+
+
 def test_benchmark_quick(tmp_path: Path) -> None:
     out_json, out_png, out_md = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "profile.md"
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--json", str(out_json),
