@@ -23,23 +23,40 @@ __all__ = ["GhostBottleneck", "GhostModule"]
 class GhostModule(nn.Module):
     """``ceil(out / 2)`` features from a 1x1 conv -> norm -> act (``primary``), as many again from
     them by a depthwise ``dw_kernel`` conv -> norm -> act (``cheap``), concatenated and cut to
-    ``out_chs`` (GhostNet, section 3.1, ratio s = 2)."""
+    ``out_chs`` (GhostNet, section 3.1, ratio s = 2).
+
+    ``attention``: GhostNetV2's decoupled fully connected attention (Tang et al. 2022, section 4.1,
+    Figure 4): on the input average-pooled by 2, a 1x1 conv -> norm, a depthwise 1x5 and a 5x1
+    conv -> norm (``short``: long-range mixing along rows, then columns), a sigmoid, upsampled
+    (nearest) to scale the ghost features."""
 
     def __init__(self, in_chs: int, out_chs: int, *, dw_kernel: IntPair = 3, norm: NormLike = "batchnorm",
-                 act: ActLike = "relu", depthwise: bool = True) -> None:
+                 act: ActLike = "relu", depthwise: bool = True, attention: bool = False) -> None:
         super().__init__()
         init = math.ceil(out_chs / 2)
         self.primary = ConvNormAct(in_chs, init, 1, padding=0, norm=norm, act=act)
         self.cheap = ConvNormAct(init, init, dw_kernel, groups=init if depthwise else 1, norm=norm, act=act)
+        groups = out_chs if depthwise else 1
+        self.short: nn.Module = nn.Sequential(
+            ConvNormAct(in_chs, out_chs, 1, padding=0, norm=norm, act=None),
+            ConvNormAct(out_chs, out_chs, (1, 5), groups=groups, norm=norm, act=None),
+            ConvNormAct(out_chs, out_chs, (5, 1), groups=groups, norm=norm, act=None),
+        ) if attention else nn.Identity()
+        self.attention = attention
         self.in_chs, self.out_chs = in_chs, out_chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         primary = self.primary(x)
-        return torch.cat((primary, self.cheap(primary)), dim=1).narrow(1, 0, self.out_chs)
+        out = torch.cat((primary, self.cheap(primary)), dim=1).narrow(1, 0, self.out_chs)
+        if self.attention:
+            gate = torch.sigmoid(self.short(nn.functional.avg_pool2d(x, kernel_size=2, stride=2)))
+            out = out * nn.functional.interpolate(gate, size=(out.shape[-2], out.shape[-1]), mode="nearest")
+        return out
 
 
 class GhostBottleneck(nn.Module):
-    """GhostNet's bottleneck (Figure 3): ghost module expanding to ``mid_chs`` (with act) ->
+    """GhostNet's bottleneck (Figure 3): ghost module expanding to ``mid_chs`` (with act; with
+    ``attention`` GhostNetV2's DFC attention on it) ->
     [depthwise ``kernel_size`` conv -> norm, where stride > 1] -> [squeeze-excite] -> ghost module
     projecting to ``out_chs`` (no act), plus the input, or where the shape changes a depthwise
     conv -> norm -> 1x1 conv -> norm of it (``shortcut``)."""
@@ -57,10 +74,11 @@ class GhostBottleneck(nn.Module):
         act: ActLike = "relu",
         se: Optional[SEFactory] = None,
         depthwise: bool = True,
+        attention: bool = False,
     ) -> None:
         super().__init__()
         self.stride = pair(stride, "stride")
-        self.ghost1 = GhostModule(in_chs, mid_chs, norm=norm, act=act, depthwise=depthwise)
+        self.ghost1 = GhostModule(in_chs, mid_chs, norm=norm, act=act, depthwise=depthwise, attention=attention)
         self.dw: nn.Module = ConvNormAct(mid_chs, mid_chs, kernel_size, stride=self.stride, padding=padding,
                                          groups=mid_chs if depthwise else 1, norm=norm, act=None) \
             if self.stride != (1, 1) else nn.Identity()

@@ -249,6 +249,7 @@ class GhostStage(_Stage):
     type: Literal["ghost"]
     mid: PosInt
     se_ratio: Fraction = 0.0
+    attention: StrictBool = False  # GhostNetV2's DFC attention on the expanding ghost module
 
 
 class ShuffleStage(_Stage):

@@ -114,6 +114,20 @@ class SpatialOp:
 
 
 @dataclass(frozen=True)
+class AtLeast:
+    """No change of size, but an input of at least ``size`` (a branch beside the main path that
+    pools: GhostNetV2's attention averages 2x2 windows)."""
+
+    size: int
+
+    def out(self, n: int) -> int:
+        return n if n >= self.size else 0
+
+    def min_in(self, out: int) -> int:
+        return max(out, self.size)
+
+
+@dataclass(frozen=True)
 class LayerPlan:
     """One Conv2d (or Conv2dSame), BatchNorm2d or Linear of the built model, predicted.
 
@@ -332,11 +346,24 @@ class _Walker:
         if self.cfg.layer_scale is not None:
             self.extra_params(f"{prefix}.layer_scale", key, out)
 
-    def ghost_module(self, prefix: str, key: str, out: int) -> None:
-        """``GhostModule``: a 1x1 conv to ``ceil(out / 2)``, a depthwise 3x3 conv of those, cut to ``out``."""
+    def ghost_module(self, prefix: str, key: str, out: int, attention: bool = False) -> None:
+        """``GhostModule``: a 1x1 conv to ``ceil(out / 2)``, a depthwise 3x3 conv of those, cut to
+        ``out``; with ``attention`` beside them the 1x1, 1x5 and 5x1 convs of GhostNetV2's DFC
+        attention on the input pooled by 2 (which needs a map of at least 2x2)."""
+        c_in, h, w = self.c, self.h, self.w
         init = -(-out // 2)
         self.conv_norm(f"{prefix}.primary", key, init, 1, padding=0)
         self.conv_norm(f"{prefix}.cheap", key, init, 3, groups=init if self.cfg.separable else 1)
+        if attention:
+            self.chain.insert(len(self.chain) - 2, (AtLeast(2), AtLeast(2)))  # the pool's input, at the module's
+            c, h2, w2, chain = self.c, self.h, self.w, len(self.chain)
+            self.c, self.h, self.w = c_in, h // 2, w // 2
+            groups = out if self.cfg.separable else 1
+            self.conv_norm(f"{prefix}.short.0", key, out, 1, padding=0)
+            self.conv_norm(f"{prefix}.short.1", key, out, (1, 5), groups=groups)
+            self.conv_norm(f"{prefix}.short.2", key, out, (5, 1), groups=groups)
+            del self.chain[chain:]
+            self.c, self.h, self.w = c, h2, w2
         self.c = out
 
     def ghost_bottleneck(self, prefix: str, key: str, spec: Any, out: int, stride: Any) -> None:
@@ -345,7 +372,7 @@ class _Walker:
         c_in, h, w = self.c, self.h, self.w
         mid = make_divisible(spec.mid * self.cfg.width_mult, self.cfg.channel_divisor,
                              self.cfg.channel_round_limit) if spec.width == "scaled" else spec.mid
-        self.ghost_module(f"{prefix}.ghost1", key, mid)
+        self.ghost_module(f"{prefix}.ghost1", key, mid, spec.attention)
         if _pair(stride) != (1, 1):
             self.conv_norm(f"{prefix}.dw", key, mid, spec.kernel, stride, groups=mid if self.cfg.separable else 1)
         self.squeeze_excite(prefix, key, spec.se_ratio, mid / c_in)  # ``se.of: input`` means of c_in

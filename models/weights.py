@@ -79,7 +79,9 @@ _EFFICIENTNET_BLOCK_NAMES: dict[type, dict[str, str]] = {
                       for part, theirs in (("primary", "primary_conv"), ("cheap", "cheap_operation"))
                       for layer, index in (("conv", 0), ("norm", 1))} | {
         "dw.conv": "conv_dw", "dw.norm": "bn_dw", **_SE, "shortcut.0.conv": "shortcut.0", "shortcut.0.norm": "shortcut.1",
-        "shortcut.1.conv": "shortcut.2", "shortcut.1.norm": "shortcut.3"},
+        "shortcut.1.conv": "shortcut.2", "shortcut.1.norm": "shortcut.3",
+        **{f"ghost1.short.{i}.{layer}": f"ghost1.short_conv.{2 * i + k}" for i in range(3)
+           for k, layer in enumerate(("conv", "norm"))}},
     MobileMultiQueryAttention: {},
 }
 

@@ -78,16 +78,17 @@ def structural_variants() -> tuple[str, ...]:
 def one_per_family() -> tuple[str, ...]:
     """One registered model per family, the one with the most mechanisms: TensorFlow's "same"
     padding where the family has a ``_tf`` port (with its squeeze-excite and activations), else
-    the network with the most kinds of block (MobileNetV4's hybrids, with attention), then with
-    the most squeeze-excite rows, the smaller of two alike. The costliest tests (compiling, int8, scripting) run on these, one per
+    the network with the most kinds of block (MobileNetV4's hybrids, with attention), then one
+    with GhostNetV2's attention, then with the most squeeze-excite rows, the smaller of two alike. The costliest tests (compiling, int8, scripting) run on these, one per
     mechanism; ``structural_variants`` covers every distinct network more cheaply."""
     from dszoo import get_model_config, plan_model
 
     def rank(name: str) -> tuple:
         cfg = get_model_config(name)
         kinds = len({spec.type for spec in cfg.stages})
+        attends = any(getattr(spec, "attention", False) for spec in cfg.stages)  # GhostNetV2's DFC attention
         excites = sum(bool(getattr(spec, "se_ratio", 0)) for spec in cfg.stages)
-        return (not name.endswith("_tf"), -kinds, -excites, plan_model(cfg).params, name)
+        return (not name.endswith("_tf"), -kinds, -attends, -excites, plan_model(cfg).params, name)
 
     chosen: dict[str, str] = {}
     for name in structural_variants():

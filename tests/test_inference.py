@@ -35,8 +35,11 @@ ONEDNN_GRAPH = pytest.param("onednn_graph", marks=pytest.mark.skipif(not X86, re
 @pytest.mark.parametrize("name", one_per_family())
 @pytest.mark.parametrize("separable", [True, False])
 def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name: str, separable: bool) -> None:
-    model = randomise_batchnorm_statistics(create_model(name, separable=separable))
-    x = torch.randn(2, *small_input_size(model.cfg))
+    """In float64: what is checked is the folding's arithmetic; the standard-conv form of some
+    networks (GhostNetV2's, its cheap and attention convs dense) is so ill-conditioned under random
+    statistics that float32 itself is 0.66 (relative) from the exact outputs."""
+    model = randomise_batchnorm_statistics(create_model(name, separable=separable)).double()
+    x = torch.randn(2, *small_input_size(model.cfg), dtype=torch.float64)
     with torch.no_grad():
         expected = model(x)
         folded = fold_batchnorm(model)

@@ -82,7 +82,7 @@ def test_params_and_macs_equal_the_timm_twins_by_the_same_counter() -> None:
     counted by ``count_macs`` at the model's input size, timm's MACs (ours from the closed form,
     which ``test_fuzz_configs`` and the summary tests check against the built model). timm's are
     built on the meta device: shapes without memory, so the largest cost little."""
-    assert len(TIMM_NAMES) == 105
+    assert len(TIMM_NAMES) == 108
     with torch.device("meta"):
         for ours, theirs in TIMM_NAMES.items():
             cfg = get_model_config(ours)
@@ -121,7 +121,8 @@ def test_list_models_shows_every_family() -> None:
     assert list_models("convnext*") == ["convnext_atto", "convnext_femto", "convnext_nano", "convnext_pico"]
     assert list_models("mixnet*") == ["mixnet_l", "mixnet_l_tf", "mixnet_m", "mixnet_m_tf", "mixnet_s", "mixnet_s_tf",
                                       "mixnet_xl"]
-    assert list_models("ghostnet*") == ["ghostnet_050", "ghostnet_100", "ghostnet_130"]
+    assert list_models("ghostnet*") == ["ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnetv2_100", "ghostnetv2_130",
+                                        "ghostnetv2_160"]
     assert list_models("mobileone*") == [f"mobileone_s{i}" for i in range(5)]
     assert list_models("shufflenet*") == ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
                                           "shufflenet_v2_x2_0"]
