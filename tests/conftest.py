@@ -74,28 +74,50 @@ def structural_variants() -> tuple[str, ...]:
     return tuple(sorted(first.values()))
 
 
+def mechanisms(name: str) -> frozenset[str]:
+    """What a model's forward pass is made of, as the costly tests see it: its block kinds and
+    their options (squeeze-excite and its gate, mixed and grouped convs, attention, reparameterised
+    and separable rows, skips), activations, norm, padding rule, head and input norm."""
+    from dszoo import get_model_config
+
+    cfg = get_model_config(name)
+    out = {f"norm:{cfg.norm.type}", f"padding:{cfg.padding}", f"act:{cfg.act}", f"input_norm:{cfg.input_norm}"}
+    for spec in (*cfg.stem, *cfg.stages):
+        out |= {f"type:{spec.type}", f"act:{spec.act or cfg.act}"}
+        out |= {f"{spec.type}:{key}" for key in ("se_ratio", "kernels", "attention", "separable", "skip", "start_kernel",
+                                                 "end_kernel", "bias") if getattr(spec, key, None)}
+        out |= {f"{spec.type}:groups" for key in ("expand_groups", "project_groups") if getattr(spec, key, 1) > 1}
+    if any(getattr(spec, "se_ratio", 0) for spec in cfg.stages):
+        out.add(f"se:{cfg.se.gate}")
+    if cfg.head.conv is not None:
+        out.add(f"head_conv:norm={cfg.head.conv.norm}")
+    if cfg.head.norm:
+        out.add("head:norm")
+    if cfg.layer_scale is not None:
+        out.add("layer_scale")
+    return frozenset(out)
+
+
 @functools.cache  # computed once a process: each test module asks at collection
-def one_per_family() -> tuple[str, ...]:
-    """One registered model per family, the one with the most mechanisms: TensorFlow's "same"
-    padding where the family has a ``_tf`` port (with its squeeze-excite and activations), else
-    the network with the most kinds of block (MobileNetV4's hybrids, with attention), then one
-    with GhostNetV2's attention, then with the most squeeze-excite rows, the smaller of two alike. The costliest tests (compiling, int8, scripting) run on these, one per
-    mechanism; ``structural_variants`` covers every distinct network more cheaply."""
+def mechanism_cover() -> tuple[str, ...]:
+    """The fewest models whose forward passes together contain every mechanism of the registry
+    (``mechanisms``: a greedy cover over ``structural_variants``, weighing each model's cost).
+    The costliest tests (compiling, int8, scripting, BatchNorm folding) run on these: a mechanism
+    that compiles, quantizes and scripts in one network does in another."""
     from dszoo import get_model_config, plan_model
 
-    def rank(name: str) -> tuple:
-        cfg = get_model_config(name)
-        kinds = len({spec.type for spec in cfg.stages})
-        attends = any(getattr(spec, "attention", False) for spec in cfg.stages)  # GhostNetV2's DFC attention
-        excites = sum(bool(getattr(spec, "se_ratio", 0)) for spec in cfg.stages)
-        return (not name.endswith("_tf"), -kinds, -attends, -excites, plan_model(cfg).params, name)
-
-    chosen: dict[str, str] = {}
-    for name in structural_variants():
-        family = get_model_config(name).family
-        if family not in chosen or rank(name) < rank(chosen[family]):
-            chosen[family] = name
-    return tuple(sorted(chosen.values()))
+    candidates = {name: mechanisms(name) for name in structural_variants()}
+    params = {name: plan_model(get_model_config(name)).params for name in candidates}
+    left, chosen = set().union(*candidates.values()), []
+    while left:  # most new mechanisms per unit of cost (parameters, a square root: a big model is slow, not useless)
+        name = min(candidates, key=lambda n: (-len(candidates[n] & left) / params[n] ** 0.5, n))
+        chosen.append(name)
+        left -= candidates[name]
+    for name in sorted(chosen, key=lambda n: -params[n]):  # then drop any the others cover
+        rest = [n for n in chosen if n != name]
+        if set().union(*(candidates[n] for n in rest)) >= candidates[name]:
+            chosen = rest
+    return tuple(sorted(chosen))
 
 
 def small_input_size(cfg) -> tuple[int, int, int]:

@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from conftest import one_per_family, registry, small_input_size, structural_variants
+from conftest import mechanism_cover, registry, small_input_size, structural_variants
 from dszoo import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models, plan_model
 from dszoo.profile import layer_gemms, layer_macs
 from dszoo.blocks import CepstralMeanNorm, DepthwiseSeparableConv
@@ -217,7 +217,7 @@ def test_wrong_channel_count_names_in_chans(name: str) -> None:
         model(torch.randn(1, c + 1, h, w))
 
 
-@pytest.mark.parametrize("name", one_per_family())
+@pytest.mark.parametrize("name", mechanism_cover())
 def test_separable_false_replaces_every_separable_conv(name: str) -> None:
     sep = create_model(name)
     std = create_model(name, separable=False)
@@ -228,7 +228,7 @@ def test_separable_false_replaces_every_separable_conv(name: str) -> None:
     assert std.eval()(torch.randn(1, *size)).shape == sep.eval()(torch.randn(1, *size)).shape
 
 
-@pytest.mark.parametrize("name", one_per_family())
+@pytest.mark.parametrize("name", mechanism_cover())
 @pytest.mark.parametrize("separable", [True, False])
 def test_layer_gemms_cover_every_ungrouped_layer(name: str, separable: bool) -> None:
     """The benchmark's bare GEMMs do exactly the MACs of the ungrouped convs and linear layers:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from conftest import one_per_family, run_in_process, small_input_size
+from conftest import mechanism_cover, run_in_process, small_input_size
 from dszoo import CalibrationError, create_model, export_to_timm, optimize_for_inference, quantize
 from dszoo.deployment import bf16_supported
 from dszoo.deployment.export import ExportError, export_model, randomise_batchnorm_statistics
@@ -21,7 +21,7 @@ from dszoo.training.data import build_datasets, calibration_examples
 quantize_module = importlib.import_module("dszoo.deployment.quantize")  # the package's `quantize` is the function
 
 
-@pytest.mark.parametrize("name", one_per_family())
+@pytest.mark.parametrize("name", mechanism_cover())
 def test_every_model_quantizes_and_agrees_with_fp32(name: str) -> None:
     model = randomise_batchnorm_statistics(create_model(name))
     size = small_input_size(model.cfg)
