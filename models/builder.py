@@ -14,15 +14,15 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .blocks import (NORMS, CepstralMeanNorm, ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, GhostBottleneck,
-                     InvertedResidual,
-                     MaxPool, MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
-                     ShuffleUnit, SqueezeExcite, UniversalInvertedResidual, XceptionBlock, pair, standard_conv)
+from .blocks import (NORMS, CepstralMeanNorm, ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual,
+                     GhostBottleneck, InvertedResidual, MaxPool, MobileMultiQueryAttention, MobileOneBlock, RepConv,
+                     ResidualConv, SeparableConv2d, ShuffleUnit, SqueezeExcite, UniversalInvertedResidual,
+                     XceptionBlock, pair, standard_conv)
 from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
 
-from .config import (ConvNeXtStage, ConvStage, DSStage, FusedStage, GhostStage, IRStage, ModelConfig, MQAStage, PoolStage, RepStage,
-                     SEConfig, ShuffleStage, UIBStage, XceptionStage)
+from .config import (ConvNeXtStage, ConvStage, DSStage, FusedStage, GhostStage, IRStage, ModelConfig, MQAStage,
+                     PoolStage, RepStage, SEConfig, ShuffleStage, UIBStage, XceptionStage)
 from .plan import (check_model_size, drop_path_rates, make_divisible, min_input_size, plan_model, se_channels,
                    stage_width)
 

@@ -295,7 +295,6 @@ class XceptionStage(_Stage):
 
 StageConfig = Annotated[Union[ConvStage, DSStage, IRStage, UIBStage, FusedStage, MQAStage, ConvNeXtStage, GhostStage,
                               ShuffleStage, RepStage, PoolStage, XceptionStage], Field(discriminator="type")]
-STAGE_TYPES = ("conv", "ds", "ir", "uib", "fused", "mqa", "convnext", "ghost", "shuffle", "rep", "maxpool", "xception")
 StemConfig = Annotated[Union[ConvStage, RepStage, PoolStage], Field(discriminator="type")]
 STEM_TYPES = ("conv", "rep", "maxpool")
 
@@ -429,9 +428,11 @@ class ModelConfig(_Strict):
 
 # create_model keywords that are not top-level config keys, and the paths they set.
 OVERRIDE_KEYS = {"in_chans": "input_size[0]", "drop_rate": "head.dropout"}
-STAGE_CLASSES: dict[str, type[BaseModel]] = {"conv": ConvStage, "ds": DSStage, "ir": IRStage, "uib": UIBStage,
-                                             "fused": FusedStage, "mqa": MQAStage, "convnext": ConvNeXtStage, "ghost": GhostStage, "shuffle": ShuffleStage,
-                                             "rep": RepStage, "maxpool": PoolStage, "xception": XceptionStage}
+STAGE_CLASSES: dict[str, type[BaseModel]] = {
+    "conv": ConvStage, "ds": DSStage, "ir": IRStage, "uib": UIBStage, "fused": FusedStage, "mqa": MQAStage,
+    "convnext": ConvNeXtStage, "ghost": GhostStage, "shuffle": ShuffleStage, "rep": RepStage, "maxpool": PoolStage,
+    "xception": XceptionStage}
+STAGE_TYPES = tuple(STAGE_CLASSES)  # in the order error messages list them
 
 
 def _known_fields(loc: tuple) -> list[str]:
@@ -494,8 +495,8 @@ def _problems(err: ValidationError) -> list[str]:
         else:
             text = e["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
             if kind == "literal_error" and path.endswith("stride"):
-                text = ("must be 1 or 2" if "xception" in loc else "must be 1, 2 or 4 (or a pair of them)" if "conv" in loc
-                        else "must be 1 or 2 (or a pair of them)")
+                text = ("must be 1 or 2" if "xception" in loc else
+                        "must be 1, 2 or 4 (or a pair of them)" if "conv" in loc else "must be 1 or 2 (or a pair of them)")
             msg = text if kind == "value_error" else f"{text}, got {short_repr(value)}"
         # Union branches repeat the same problem for one path: keep the first message.
         seen.setdefault(path, msg)

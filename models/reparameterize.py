@@ -12,6 +12,8 @@ import copy
 
 from torch import nn
 
+from .builder import first_conv_name
+
 __all__ = ["is_reparameterizable", "reparameterize"]
 
 
@@ -36,6 +38,5 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
         out.cfg = cfg.model_copy(update={"reparameterized": True})
     pretrained_cfg = getattr(out, "pretrained_cfg", None)
     if found and isinstance(pretrained_cfg, dict) and "first_conv" in pretrained_cfg:
-        first = next((name for name, m in out.named_modules() if isinstance(m, nn.Conv2d)), "")
-        out.pretrained_cfg = {**pretrained_cfg, "first_conv": first}
+        out.pretrained_cfg = {**pretrained_cfg, "first_conv": first_conv_name(out)}
     return out
