@@ -7,7 +7,7 @@ of PyTorch and timm (needed for weight parity), even kernels get TensorFlow's "s
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -134,10 +134,16 @@ class Conv2dSame(nn.Conv2d):
     """Conv2d with TensorFlow "same" padding computed from the input size at run time.
 
     Used for even kernels, whose "same" padding is asymmetric (more at the bottom/right).
+    ``pad_rows`` False pads the columns alone (``row_padding: none``).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pad_rows = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = _tf_same_pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
+        top, bottom = _tf_same_pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0]) \
+            if self.pad_rows else (0, 0)
         left, right = _tf_same_pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
         x = F.pad(x, [left, right, top, bottom])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)

@@ -246,6 +246,15 @@ def _use_tf_same_padding(model: nn.Module) -> None:
                 setattr(parent, name, same)
 
 
+def _drop_row_padding(model: nn.Module) -> None:
+    """No conv of ``model`` pads rows any more (``row_padding: none``); columns keep their padding."""
+    for conv in model.modules():
+        if isinstance(conv, Conv2dSame):
+            conv.pad_rows = False
+        elif isinstance(conv, nn.Conv2d):
+            conv.padding = (0, conv.padding[1])
+
+
 class ZooNet(nn.Module):
     """A network built from a ``ModelConfig``, with timm's model interface.
 
@@ -314,6 +323,8 @@ class ZooNet(nn.Module):
         self.pretrained_cfg = self._pretrained_cfg((red_h, red_w))
         if cfg.padding == "tf_same":
             _use_tf_same_padding(self)
+        if cfg.row_padding == "none":
+            _drop_row_padding(self)
         self._init_weights()
 
     def _make_classifier(self, num_classes: int) -> nn.Module:

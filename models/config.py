@@ -359,6 +359,11 @@ class ModelConfig(_Strict):
     input_norm: Literal["none", "cepstral_mean"] = "none"
     """``cepstral_mean``: the input less its mean over rows first (``blocks.CepstralMeanNorm``, module
     ``input_norm``, no weights); for MFCCs it removes a voice's constant spectral envelope."""
+    row_padding: Literal["same", "none"] = "same"
+    """``none``: convolutions do not pad rows (the time axis of MFCC input), so each output row
+    reads the input rows under it alone and the network runs on a stream a row at a time, its
+    state carried between rows (``dszoo.audio.streaming``); conv and ds rows without
+    squeeze-excite or skips, no input normalisation."""
     input_size: tuple[PosInt, PosInt, PosInt] = (3, 224, 224)
     min_input_size: Optional[tuple[PosInt, PosInt]] = None
     num_classes: Annotated[int, Field(strict=True, ge=0, le=MAX_INT)] = 1000
@@ -388,6 +393,22 @@ class ModelConfig(_Strict):
     @classmethod
     def _known_act(cls, v: str) -> str:
         return _known_activation(v)
+
+    @model_validator(mode="after")
+    def _streamable_rows(self) -> "ModelConfig":
+        """``row_padding: none`` keeps every layer row-local: nothing that mixes the rows of a
+        window (a per-window input norm, squeeze-excite's pooling) or needs equal sizes on two
+        paths (a skip)."""
+        if self.row_padding == "same":
+            return self
+        if self.input_norm != "none":
+            raise ValueError(f"row_padding none: input_norm {self.input_norm} normalises over a window's rows; use none")
+        for where, rows in (("stem", self.stem), ("stages", self.stages)):
+            for i, row in enumerate(rows):
+                if row.type not in ("conv", "ds") or getattr(row, "se_ratio", 0) or getattr(row, "skip", False):
+                    raise ValueError(f"row_padding none: {where}[{i}] ({row.type}) is not row-local; a streamable "
+                                     "network has conv rows and ds rows without se_ratio or skip")
+        return self
 
     @field_validator("stem", mode="before")
     @classmethod

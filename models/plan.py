@@ -192,7 +192,7 @@ class _Walker:
         (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
         padding = 0 if padding == "valid" else padding
         kind = "Conv2dSame" if padding == "same" and not (kh % 2 and kw % 2) else "Conv2d"
-        ops = (SpatialOp(kh, sh, dh, padding), SpatialOp(kw, sw, dw, padding))
+        ops = (SpatialOp(kh, sh, dh, 0 if self.cfg.row_padding == "none" else padding), SpatialOp(kw, sw, dw, padding))
         h, w = ops[0].out(self.h), ops[1].out(self.w)
         per_out = c_in // groups * kh * kw
         self.layers.append(LayerPlan(name, kind, key, c_in, (c_out, h, w), c_out * (per_out + bias),

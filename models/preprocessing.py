@@ -36,6 +36,9 @@ MFCC_PRESETS: dict[str, MFCCPreset] = {
     # MLPerf Tiny's computation, its 40 mel bands spread over 20-3,400 Hz instead of 20-4,000 Hz
     # (docs/keyword_spotting_experiments.md, the front end's band)
     "narrowband": MFCCPreset(16000, 16000, 480, 320, 512, 40, 20.0, 3400.0, 10, True, "tf_signal", False),
+    # narrowband without dividing each clip by its peak: every frame its own 30 ms alone, so a
+    # stream computes it a hop at a time (dszoo.audio.streaming; train ds_cnn_s_stream with it)
+    "narrowband_stream": MFCCPreset(16000, 16000, 480, 320, 512, 40, 20.0, 3400.0, 10, False, "tf_signal", False),
 }
 
 

@@ -194,7 +194,8 @@ SCRIPT_CASES = [
     ("train", ["--label-smoothing", "1.5"], "error: argument --label-smoothing: must be a number in [0, 1), got '1.5'"),
     ("train", ["--mixup", "-0.5"], "error: argument --mixup: must be a number >= 0, got '-0.5'"),
     ("train", ["--mfcc", "htk"],
-     "error: argument --mfcc: invalid choice: 'htk' (choose from 'mlperf_tiny', 'arm_kws', 'narrowband')"),
+     "error: argument --mfcc: invalid choice: 'htk' (choose from 'mlperf_tiny', 'arm_kws', 'narrowband', "
+     "'narrowband_stream')"),
     ("train", ["--classes", "1,1"], "error: argument --classes: must be distinct class numbers"),
     ("train", ["--classes", "0,12"], "error: --classes for digits must be in 0..9, got [12]"),
     ("train", ["--opt", "adamww"], "error: --opt adamww: not a timm optimizer; did you mean 'adamw'"),
@@ -488,7 +489,7 @@ def test_spotter_metadata_of_the_wrong_shape_is_one_line(key: str, value: Any, t
     expected = {"card": f"{damaged}card is a int, not a dict", "model_config": f"{damaged}model_config is a int, not a dict",
                 "class_names": f"{damaged}class_names is a str, not a list",
                 "mfcc_preset": "trained on the MFCC front end 3, which dszoo does not have; allowed: mlperf_tiny, "
-                               "arm_kws, narrowband",
+                               "arm_kws, narrowband, narrowband_stream",
                 "threshold": f"{damaged}threshold is a bool, not a int or float"}[key]
     assert res.returncode == 2 and res.stderr == f"error: {path}: {expected}\n"
 

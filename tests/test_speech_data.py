@@ -818,7 +818,7 @@ def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Pat
     import json
 
     from dszoo.audio.evaluate import GroupScore
-    from dszoo.audio.recordings import make_recordings, score_recordings
+    from dszoo.audio.recordings import choose_threshold, make_recordings, score_recordings
     from dszoo.audio.spot import load_spotter, save_spotter
 
     quiet = tmp_path / "quiet"
@@ -859,6 +859,22 @@ def test_choosing_and_saving_an_operating_point_from_recordings(two_engines: Pat
     assert str(tmp_path) not in json.dumps(card)  # names, not this machine's paths
     clips = run_in_process("eval_speech", [str(model_file), str(two_engines), "--save-spotter", str(tmp_path / "x.safetensors")])
     assert clips.returncode == 2 and "score recordings" in clips.stderr
+    # the same bound per hour: the stand-in's 4 a minute (240 an hour) is within 300 an hour, not within 200
+    assert choose_threshold(scores, 300 / 60, "300 per hour").threshold == 0.5
+    with pytest.raises(UsageError, match="^no threshold up to 0.9 keeps false alarms within 200 per hour$"):
+        choose_threshold(scores, 200 / 60, "200 per hour")
+    hourly = tmp_path / "hourly.safetensors"
+    res = run_in_process("eval_speech", [str(model_file), str(quiet), "--max-false-alarms-per-hour", "300",
+                                         "--save-spotter", str(hourly)])
+    assert res.returncode == 0, res.stderr
+    rate = score_recordings(load_spotter(model_file), quiet, [0.3])[0].false_alarms_per_minute
+    assert f"operating point for at most 300 false alarms per hour: threshold 0.30 ({rate:.3f} per minute, " \
+           f"{60 * rate:.1f} per hour here)" in res.stdout
+    point = load_spotter(hourly).card["operating_point"]
+    assert point["max_false_alarms_per_hour"] == 300 and point["max_false_alarms_per_minute"] == 5
+    both = run_in_process("eval_speech", [str(model_file), str(quiet), "--max-false-alarms-per-hour", "200",
+                                          "--max-false-alarms-per-minute", "1"])
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
 # --- the shipped spotter -------------------------------------------------------------------------

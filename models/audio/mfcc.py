@@ -107,6 +107,7 @@ class MFCC(nn.Module):
         p = MFCC_PRESETS[preset]
         self.preset = preset
         self.clip_samples, self.hop, self.fft_length = p.clip_samples, p.hop_samples, p.fft_length
+        self.window_samples = p.window_samples
         self.normalise_peak = p.normalise_peak
         self.clamp_floor = p.filterbank == "arm_audio_ops"  # audio_ops floors by clamping, tf.signal adds
         self.log_floor = 1e-12 if self.clamp_floor else 1e-6

@@ -193,11 +193,13 @@ def score_recordings(spotter, folder: Path, thresholds: Sequence[float] = THRESH
     return scores
 
 
-def choose_threshold(scores: Sequence[RecordingScore], max_false_alarms_per_minute: float) -> RecordingScore:
+def choose_threshold(scores: Sequence[RecordingScore], max_false_alarms_per_minute: float,
+                     stated: Optional[str] = None) -> RecordingScore:
     """The lowest threshold whose false alarms per minute stay within the bound (the most
-    keywords found for that false-alarm rate)."""
+    keywords found for that false-alarm rate); ``stated``: the bound as the user gave it, for
+    the error (default "N per minute")."""
     ok = [s for s in scores if s.false_alarms_per_minute <= max_false_alarms_per_minute]
     if not ok:
         raise UsageError(f"no threshold up to {max(s.threshold for s in scores)} keeps false alarms within "
-                         f"{max_false_alarms_per_minute} per minute")
+                         f"{stated or f'{max_false_alarms_per_minute} per minute'}")
     return min(ok, key=lambda s: s.threshold)

@@ -1,8 +1,9 @@
 """Spotting keywords in recordings with a trained keyword model: a one-second clip gets its top
-classes; a longer recording is scanned with a 1 s window every 100 ms, the posteriors are
-smoothed over neighbouring windows, and each keyword whose smoothed probability crosses a
-threshold is reported once, with its time (the posterior-handling of Hello Edge's streaming
-test and of Chen et al. 2014)."""
+classes; a longer recording, or a live stream, is scanned with a 1 s window every hop (100 ms;
+a streaming model's row stride, 40 ms for ``ds_cnn_s_stream``, run a 20 ms hop at a time by
+``streaming``), the posteriors are smoothed over about 0.3 s of neighbouring windows, and each
+keyword whose smoothed probability crosses a threshold is reported once, with its time (the
+posterior handling of Hello Edge's streaming test and of Chen et al. 2014: ``LiveDetector``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,22 +15,22 @@ import torch
 from torch import nn
 
 from ..checkpoints import DEFAULT_THRESHOLD, read_trained_file
+from ..errors import UsageError
 from ..preprocessing import trained_front_end
 from ..weights import SPOTTER_METADATA_KEY
 from .mfcc import MFCC
 from .speech_commands import SAMPLE_RATE, SILENCE, UNKNOWN
+from .streaming import Detection, FrameMFCC, LiveDetector, StreamingNetwork, stream_posteriors, streaming_problem
 
-__all__ = ["AudioStream", "BUNDLED_SPOTTER", "DEFAULT_THRESHOLD", "Detection", "KeywordSpotter", "SPOTTER_METADATA_KEY",
+__all__ = ["AudioStream", "BUNDLED_SPOTTER", "DEFAULT_THRESHOLD", "Detection", "HOP_SECONDS", "KeywordSpotter",
+           "SMOOTH_SECONDS", "SPOTTER_METADATA_KEY",
            "bundled_spotter_path", "load_audio", "load_spotter", "save_spotter", "stream_audio"]
 
 
-@dataclass(frozen=True)
-class Detection:
-    """A keyword heard at ``seconds`` (the start of the window where it peaked)."""
-
-    seconds: float
-    keyword: str
-    probability: float
+HOP_SECONDS = 0.1
+"""How far apart the windows of a scan are (a streaming model's: its row stride)."""
+SMOOTH_SECONDS = 0.3
+"""How much of the posteriors' neighbourhood a detection averages (3 windows at 100 ms)."""
 
 
 class _InRuntime(nn.Module):
@@ -53,6 +54,7 @@ class KeywordSpotter:
         self.notes: list[str] = []  # how the model was loaded, for the user (load_spotter's)
         self.threshold = DEFAULT_THRESHOLD  # what scan reports at; a shipped spotter carries its own
         self.card: dict = {}  # what it was trained with and measured on (a checkpoint's options, a file's card)
+        self._stream: Optional[tuple[nn.Module, StreamingNetwork]] = None  # (model, its stream form)
 
     def run_in(self, fmt: str, folder: Union[str, Path]) -> str:
         """Run the network in runtime ``fmt`` of ``dszoo.deployment.runtimes`` from now on: it is
@@ -98,76 +100,107 @@ class KeywordSpotter:
         best = int(probs.max(dim=1).values.argmax())
         return starts[best], probs[best]
 
-    def window_posteriors(self, audio: Union[np.ndarray, Iterable[np.ndarray]], hop_seconds: float = 0.1,
-                          batch: int = 64) -> tuple[list[int], torch.Tensor]:
-        """Start samples and class probabilities of the 1 s windows every ``hop_seconds`` of a
-        recording, given whole or as consecutive chunks (``stream_audio``): memory stays within
-        a chunk and a second whatever the length. A recording shorter than 1 s is one window,
-        zero-padded."""
-        hop = int(round(hop_seconds * SAMPLE_RATE))
-        chunks = [audio] if isinstance(audio, np.ndarray) else audio
-        buffer, offset, next_start = np.zeros(0, np.float32), 0, 0
-        starts: list[int] = []
-        probs: list[torch.Tensor] = []
+    def streaming_problem(self) -> Optional[str]:
+        """Why this spotter cannot run a hop at a time (``streaming.StreamingNetwork``), or ``None``."""
+        if isinstance(self.model, _InRuntime):
+            return "its network runs in an exported file's runtime"
+        return streaming_problem(self.model, self.mfcc)
 
-        def flush(last_start: int) -> None:
-            nonlocal next_start
-            todo = list(range(next_start, last_start + 1, hop))
+    def _network(self) -> Optional[StreamingNetwork]:
+        """The network's stream form (built once for the model it has), or ``None`` where it cannot stream."""
+        if self.streaming_problem() is not None:
+            return None
+        if self._stream is None or self._stream[0] is not self.model:
+            self._stream = (self.model, StreamingNetwork(self.model, self.mfcc.frames))
+        return self._stream[1]
+
+    @property
+    def hop_seconds(self) -> float:
+        """How far apart its windows are: a streaming model's row stride in frames, else ``HOP_SECONDS``."""
+        network = self._network()
+        return HOP_SECONDS if network is None else network.row_stride * self.mfcc.hop / SAMPLE_RATE
+
+    def posterior_stream(self, audio: Union[np.ndarray, Iterable[np.ndarray]], hop_seconds: Optional[float] = None,
+                         batch: int = 64) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start sample, class probabilities)`` of each 1 s window of a recording, given whole or
+        as consecutive chunks (``stream_audio``, a live stream), as soon as the audio completes it,
+        every ``hop_seconds`` (default: ``hop_seconds``). A streaming model at its own hop runs a
+        20 ms hop at a time (``streaming``); otherwise windows are cut from a buffer of a chunk and
+        a second, a batch at a time where a chunk holds several. Memory is bounded either way. A
+        recording shorter than 1 s is one window, zero-padded."""
+        hop_seconds = self.hop_seconds if hop_seconds is None else hop_seconds
+        chunks = [audio] if isinstance(audio, np.ndarray) else audio
+        network = self._network()
+        if network is not None and abs(hop_seconds - self.hop_seconds) < 1e-9:
+            first = np.zeros(0, np.float32)  # the first second, for a recording shorter than that
+
+            def kept(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+                nonlocal first
+                for chunk in chunks:
+                    if len(first) < SAMPLE_RATE:
+                        first = np.concatenate([first, np.asarray(chunk, np.float32)[: SAMPLE_RATE - len(first)]])
+                    yield chunk
+
+            heard = False
+            for pair in stream_posteriors(network, FrameMFCC(self.mfcc), kept(chunks), SAMPLE_RATE):
+                heard = True
+                yield pair
+            if not heard:
+                yield 0, self.posteriors(torch.from_numpy(np.pad(first, (0, SAMPLE_RATE - len(first))))[None])[0]
+            return
+        hop = int(round(hop_seconds * SAMPLE_RATE))
+        buffer, offset, next_start = np.zeros(0, np.float32), 0, 0
+        for chunk in chunks:
+            buffer = np.concatenate([buffer, np.asarray(chunk, np.float32)])
+            todo = list(range(next_start, offset + len(buffer) - SAMPLE_RATE + 1, hop))
             for i in range(0, len(todo), batch):
                 part = todo[i:i + batch]
                 windows = np.stack([buffer[s - offset:s - offset + SAMPLE_RATE] for s in part])
-                probs.append(self.posteriors(torch.from_numpy(windows)))
-            starts.extend(todo)
+                yield from zip(part, self.posteriors(torch.from_numpy(windows)))
             next_start = todo[-1] + hop if todo else next_start
-
-        for chunk in chunks:
-            buffer = np.concatenate([buffer, np.asarray(chunk, np.float32)])
-            flush(offset + len(buffer) - SAMPLE_RATE)
             drop = min(next_start - offset, len(buffer))
             buffer, offset = buffer[drop:], offset + drop
-        if not starts:  # shorter than one window
-            buffer = np.concatenate([buffer, np.zeros(SAMPLE_RATE - len(buffer), np.float32)])
-            offset, next_start = 0, 0
-            flush(0)
-        return starts, torch.cat(probs)
+        if next_start == 0:  # shorter than one window
+            yield 0, self.posteriors(torch.from_numpy(np.pad(buffer, (0, SAMPLE_RATE - len(buffer))))[None])[0]
 
-    def scan(self, audio: Union[np.ndarray, Iterable[np.ndarray]], hop_seconds: float = 0.1, smooth_windows: int = 3,
-             threshold: Optional[float] = None, refractory_seconds: float = 1.0) -> list[Detection]:
+    def window_posteriors(self, audio: Union[np.ndarray, Iterable[np.ndarray]], hop_seconds: Optional[float] = None,
+                          batch: int = 64) -> tuple[list[int], torch.Tensor]:
+        """``posterior_stream`` gathered: the start samples and ``(windows, classes)`` probabilities."""
+        pairs = list(self.posterior_stream(audio, hop_seconds, batch))
+        return [s for s, _ in pairs], torch.stack([p for _, p in pairs])
+
+    def listen(self, audio: Union[np.ndarray, Iterable[np.ndarray]], threshold: Optional[float] = None,
+               smooth_windows: Optional[int] = None, refractory_seconds: float = 1.0) -> Iterator[Detection]:
+        """Each keyword of a recording or a live stream as soon as it is heard: ``posterior_stream``
+        through a ``LiveDetector`` (``detect``'s rules)."""
+        detector = self.detector(threshold, smooth_windows, refractory_seconds)
+        for start, probs in self.posterior_stream(audio):
+            yield from detector.push(start, probs)
+        yield from detector.finish()
+
+    def scan(self, audio: Union[np.ndarray, Iterable[np.ndarray]], threshold: Optional[float] = None,
+             smooth_windows: Optional[int] = None, refractory_seconds: float = 1.0) -> list[Detection]:
         """Keywords in a recording of any length (whole, or chunks as ``stream_audio`` gives
-        them): ``detect`` over the posteriors of 1 s windows every ``hop_seconds``."""
-        starts, probs = self.window_posteriors(audio, hop_seconds)
-        return self.detect(starts, probs, threshold, smooth_windows, refractory_seconds)
+        them), in time order: ``listen`` to the end."""
+        return sorted(self.listen(audio, threshold, smooth_windows, refractory_seconds), key=lambda d: d.seconds)
+
+    def detector(self, threshold: Optional[float] = None, smooth_windows: Optional[int] = None,
+                 refractory_seconds: float = 1.0) -> LiveDetector:
+        """A ``LiveDetector`` for this spotter's classes at ``threshold`` (default: its own),
+        averaging ``smooth_windows`` (default: ``SMOOTH_SECONDS`` of its windows, an odd count)."""
+        threshold = self.threshold if threshold is None else threshold
+        smooth = smooth_windows or max(1, int(SMOOTH_SECONDS / self.hop_seconds + 1e-9)) | 1
+        return LiveDetector(self.classes, threshold, smooth, refractory_seconds, ignore=(SILENCE, UNKNOWN))
 
     def detect(self, starts: Sequence[int], probs: torch.Tensor, threshold: Optional[float] = None,
-               smooth_windows: int = 3, refractory_seconds: float = 1.0) -> list[Detection]:
-        """Window posteriors averaged over ``smooth_windows`` neighbours; a keyword (not silence
-        or unknown) whose smoothed probability reaches ``threshold`` (default: the spotter's
-        ``threshold``) is reported at its peak, then the same word is not reported again for
-        ``refractory_seconds``."""
-        threshold = self.threshold if threshold is None else threshold
-        kernel = torch.ones(1, 1, smooth_windows) / smooth_windows
-        smoothed = nn.functional.conv1d(probs.T.unsqueeze(1), kernel, padding=smooth_windows // 2).squeeze(1).T
-        smoothed = smoothed[: len(starts)]
-        detections: list[Detection] = []
-        last_time: dict[str, float] = {}
-        for c, name in enumerate(self.classes):
-            if name in (SILENCE, UNKNOWN):
-                continue
-            p = smoothed[:, c]
-            above = (p >= threshold).nonzero().flatten().tolist()
-            runs: list[list[int]] = []
-            for i in above:
-                if runs and i == runs[-1][-1] + 1:
-                    runs[-1].append(i)
-                else:
-                    runs.append([i])
-            for run in runs:
-                peak = max(run, key=lambda i: float(p[i]))
-                seconds = starts[peak] / SAMPLE_RATE
-                if seconds - last_time.get(name, -1e9) >= refractory_seconds:
-                    detections.append(Detection(seconds, name, float(p[peak])))
-                    last_time[name] = seconds
-        return sorted(detections, key=lambda d: d.seconds)
+               smooth_windows: Optional[int] = None, refractory_seconds: float = 1.0) -> list[Detection]:
+        """The detections of a recording's window posteriors (``window_posteriors``), in time
+        order: each class's probability averaged over ``smooth_windows`` neighbours; a keyword
+        (not silence or unknown) whose average reaches ``threshold`` (default: the spotter's) is
+        reported at its peak, then the same word is not reported again for ``refractory_seconds``."""
+        detector = self.detector(threshold, smooth_windows, refractory_seconds)
+        found = [d for start, p in zip(starts, probs) for d in detector.push(start, p)] + detector.finish()
+        return sorted(found, key=lambda d: d.seconds)
 
 
 BUNDLED_SPOTTER = "ds_cnn_s_speech.safetensors"
@@ -201,7 +234,6 @@ def load_spotter(checkpoint: Union[str, Path, None] = None) -> KeywordSpotter:
     """A ``KeywordSpotter`` from a ``dszoo-train`` checkpoint of a speech-commands run or a
     ``save_spotter`` file (its model, class names, front end and threshold); ``None``: the
     shipped DS-CNN-S spotter."""
-    from ..errors import UsageError
     from ..registry import model_from_checkpoint
 
     path = Path(checkpoint) if checkpoint is not None else bundled_spotter_path()
@@ -279,3 +311,110 @@ def stream_audio(path: Union[str, Path]) -> AudioStream:
     if rate != SAMPLE_RATE:
         notes.append(f"resampled from {rate} Hz to {SAMPLE_RATE} Hz")
     return AudioStream(str(path), rate, channels, len(data), data, notes)
+
+
+LIVE_CHUNK_SECONDS = 0.1
+"""How much audio a live stream is read in at a time (``live_audio``)."""
+
+
+class _LiveBytes:
+    """Bytes of standard input as they come, or of a file as it grows: ``read`` waits for more
+    while the file grows, and returns ``b""`` at the end (standard input closed, the file no
+    longer growing for ``idle_seconds``, or Ctrl-C)."""
+
+    def __init__(self, path: str, idle_seconds: float) -> None:
+        import os
+        import sys
+
+        from ..files import regular_file
+
+        self.stdin = path == "-"
+        self.name = "standard input" if self.stdin else path
+        self.fd = sys.stdin.buffer.fileno() if self.stdin else os.open(regular_file(path, "--follow"), os.O_RDONLY)
+        self.idle_seconds = idle_seconds
+
+    def read(self, size: int) -> bytes:
+        import os
+        import time
+
+        waited = 0.0
+        try:
+            while True:
+                data = os.read(self.fd, size)
+                if data or self.stdin or waited >= self.idle_seconds:
+                    return data
+                time.sleep(0.05)
+                waited += 0.05
+        except KeyboardInterrupt:
+            return b""
+
+    def read_exactly(self, size: int, what: str) -> bytes:
+        data = b""
+        while len(data) < size:
+            more = self.read(size - len(data))
+            if not more:
+                raise UsageError(f"{self.name}: ended inside its WAV header ({what})")
+            data += more
+        return data
+
+    def close(self) -> None:
+        import os
+
+        if not self.stdin:
+            os.close(self.fd)
+
+
+def _wav_stream_format(source: _LiveBytes, riff: bytes) -> tuple[int, int]:
+    """``(channels, rate)`` from a WAV header whose first 4 bytes ``riff`` were read, leaving
+    ``source`` at the start of its samples (the data chunk's size is not trusted: a recorder
+    writing it has not set it yet). 16-bit PCM only."""
+    import struct
+
+    source.read_exactly(8, "RIFF size and WAVE")
+    fmt = None
+    while True:
+        chunk, size = struct.unpack("<4sI", source.read_exactly(8, "a chunk header"))
+        if chunk == b"data":
+            break
+        if size > 1 << 20:
+            raise UsageError(f"{source.name}: a WAV chunk {chunk!r} of {size} bytes before its samples")
+        body = source.read_exactly(size + (size & 1), f"chunk {chunk!r}")
+        if chunk == b"fmt " and size >= 16:
+            fmt = struct.unpack("<HHIIHH", body[:16])
+    if fmt is None:
+        raise UsageError(f"{source.name}: a WAV stream without a fmt chunk before its samples")
+    tag, channels, rate, _, _, bits = fmt
+    if tag not in (1, 0xFFFE) or bits != 16 or channels < 1:
+        raise UsageError(f"{source.name}: a live WAV stream must be 16-bit PCM, got format {tag} with {bits} bits")
+    return channels, rate
+
+
+def live_audio(path: str, idle_seconds: float = 3.0) -> Iterator[np.ndarray]:
+    """A live recording as 16 kHz mono float32 chunks of ``LIVE_CHUNK_SECONDS`` while it is made.
+    ``path`` ``-`` is standard input: raw 16-bit little-endian mono PCM at 16 kHz
+    (``arecord -f S16_LE -r 16000 -c 1 -t raw``, ``sox -d -t raw -r 16000 -b 16 -c 1 -e signed -``)
+    or a WAV stream of 16-bit PCM at 16 kHz (``arecord -f S16_LE -r 16000``); any other path is a
+    WAV file still being written, read as it grows until it has not grown for ``idle_seconds``.
+    Ctrl-C ends the stream. Memory: one chunk."""
+    source = _LiveBytes(path, idle_seconds)
+    try:
+        head = source.read(4)
+        channels, rate = _wav_stream_format(source, head) if head == b"RIFF" else (1, SAMPLE_RATE)
+        if rate != SAMPLE_RATE:
+            raise UsageError(f"{source.name}: a live stream at {rate} Hz; it must be at {SAMPLE_RATE} Hz "
+                             f"(arecord -r {SAMPLE_RATE}, sox ... -r {SAMPLE_RATE})")
+        frame = 2 * channels
+        size = int(LIVE_CHUNK_SECONDS * SAMPLE_RATE) * frame
+        rest = b"" if head == b"RIFF" else head
+        while True:
+            data = source.read(size)
+            if not data:
+                break
+            data = rest + data
+            whole = len(data) // frame * frame
+            rest = data[whole:]
+            if whole:
+                samples = np.frombuffer(data[:whole], "<i2").reshape(-1, channels)
+                yield (samples.mean(axis=1) if channels > 1 else samples[:, 0]).astype(np.float32) / 32768.0
+    finally:
+        source.close()

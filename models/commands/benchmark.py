@@ -7,6 +7,7 @@
     python scripts/benchmark.py --compare-backends inductor  # the default compiler against inductor
     python scripts/benchmark.py --models mobilenet_v1 --batch-sizes 8 --precisions int8  # int8 beside fp32
     python scripts/benchmark.py --runtimes --csv runtimes.csv --plot runtimes.png  # every edge runtime, fp32 and int8
+    python scripts/benchmark.py --streaming          # a keyword stream: per 20 ms hop against the sliding window
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -195,9 +197,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    f"(none named: {' '.join(EDGE_RUNTIMES)}) in fp32 and int8, side by side (default models "
                    f"{' '.join(RUNTIME_MODELS)}; --quick: ds_cnn_s, fp32)")
     p.add_argument("--csv", help="--runtimes: write the rows as CSV")
+    p.add_argument("--streaming", action="store_true", help="the streaming DS-CNN's cost per 20 ms hop against the "
+                   "sliding-window scan's per 20 ms of audio (dszoo.audio.streaming), with --json, --markdown, --repeats")
     args = p.parse_args(argv)
     if args.runtimes is not None:
         return _run_runtimes(args)
+    if args.streaming:
+        return _run_streaming(args)
     if args.csv:
         raise UsageError("--csv writes --runtimes' rows; add --runtimes")
     if args.device == "cuda":
@@ -255,6 +261,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 RUNTIME_OPTIONS = ("models", "batch_sizes", "repeats", "threads", "json", "markdown", "plot", "csv", "overwrite",
                    "quick", "runtimes", "device")
 """The options ``--runtimes`` takes."""
+
+
+def _run_streaming(args: argparse.Namespace) -> int:
+    """``--streaming``: ``dszoo.measurement.streaming_benchmark`` with this command's options."""
+    from ..measurement.streaming_benchmark import streaming_benchmark, streaming_table
+
+    other = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+             if k not in ("streaming", "repeats", "json", "markdown", "overwrite", "quick", "threads")
+             and v not in (None, False, [], "cpu")]
+    if other:
+        raise UsageError(f"--streaming times one streaming model against its scan; it does not take {', '.join(other)}")
+    for flag, suffix in (("json", ".json"), ("markdown", ".md")):
+        if getattr(args, flag):
+            new_output_file(getattr(args, flag), args.overwrite, f"--{flag}", (suffix,))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else args.repeats or 15
+    result = streaming_benchmark(hops=50 if args.quick else 250, repeats=repeats, log=lambda s: print(s, file=sys.stderr))
+    table = streaming_table(result)
+    print(table)
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+    if args.markdown:
+        with atomic_path(args.markdown) as tmp:
+            Path(tmp).write_text(table + "\n")
+    return 0
 
 
 def _run_runtimes(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ threshold, the operating point for a false-alarm rate, and the spotter saved wit
     dszoo-eval-speech runs/kws/best.pt data/speech                       # every clip
     dszoo-eval-speech runs/kws/best.pt data/speech --engines flite --snr 10 --voices
     dszoo-eval-speech runs/kws/best.pt data/no_keywords --max-false-alarms-per-minute 0.5 --save-spotter kws.safetensors
+    dszoo-eval-speech runs/kws/best.pt data/an_hour --max-false-alarms-per-hour 10 --save-spotter kws.safetensors
     dszoo-eval-speech ... --save-spotter kws.safetensors --loeo runs/loeo/loeo.json   # its card gives them
 """
 from __future__ import annotations
@@ -52,8 +53,15 @@ def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int: 
     from ..audio.spot import save_spotter
     from .leave_one_engine_out import merge_results
 
-    if args.save_spotter and not args.max_false_alarms_per_minute:
-        raise UsageError("--save-spotter needs --max-false-alarms-per-minute (the operating point it saves)")
+    if args.max_false_alarms_per_hour:
+        limit, stated = args.max_false_alarms_per_hour / 60, f"{args.max_false_alarms_per_hour:g} per hour"
+    elif args.max_false_alarms_per_minute:
+        limit, stated = args.max_false_alarms_per_minute, f"{args.max_false_alarms_per_minute:g} per minute"
+    else:
+        limit, stated = None, ""
+    if args.save_spotter and limit is None:
+        raise UsageError("--save-spotter needs --max-false-alarms-per-minute or --max-false-alarms-per-hour (the "
+                         "operating point it saves)")
     if args.loeo and not args.save_spotter:
         raise UsageError("--loeo goes into the card of --save-spotter; add --save-spotter FILE")
     loeo = merge_results(args.loeo) if args.loeo else None  # a bad file refused before the recordings are scored
@@ -64,21 +72,24 @@ def _recordings(args: argparse.Namespace, spotter, out: Optional[Path]) -> int: 
     scores = score_recordings(spotter, Path(args.data_dir), sorted(set(THRESHOLDS) | {round(own, 4)}))
     print(f"{args.checkpoint} on the recordings of {args.data_dir} ({scores[0].minutes:.1f} min outside keywords, "
           f"{scores[0].keywords} keywords):")
-    print(f"{'threshold':>9} {'found':>16} {'false alarms':>13} {'per minute':>10}")
-    chosen = choose_threshold(scores, args.max_false_alarms_per_minute) if args.max_false_alarms_per_minute else None
+    print(f"{'threshold':>9} {'found':>16} {'false alarms':>13} {'per minute':>10} {'per hour':>9}")
+    chosen = choose_threshold(scores, limit, stated) if limit is not None else None
     for sc in scores:
         mark = " <- the model's" if sc.threshold == round(own, 4) else (" <- chosen" if sc is chosen else "")
         if sc.threshold in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95) or mark:
             found = f"{sc.hit_rate:>7.2f}% ({sc.hits:>4})" if sc.keywords else f"{'-':>16}"  # no keywords to find
-            per_minute = f"{sc.false_alarms_per_minute:>10.3f}" if sc.minutes else f"{'-':>10}"  # all keywords
-            print(f"{sc.threshold:>9.2f} {found} {sc.false_alarms:>13} {per_minute}{mark}")
+            rates = f"{sc.false_alarms_per_minute:>10.3f} {60 * sc.false_alarms_per_minute:>9.1f}" if sc.minutes \
+                else f"{'-':>10} {'-':>9}"  # all keywords
+            print(f"{sc.threshold:>9.2f} {found} {sc.false_alarms:>13} {rates}{mark}")
     if chosen is not None:
-        print(f"operating point for at most {args.max_false_alarms_per_minute:g} false alarms per minute: threshold "
-              f"{chosen.threshold:.2f} ({chosen.false_alarms_per_minute:.3f} per minute here)")
+        print(f"operating point for at most {stated.replace(' per', ' false alarms per')}: threshold "
+              f"{chosen.threshold:.2f} ({chosen.false_alarms_per_minute:.3f} per minute, "
+              f"{60 * chosen.false_alarms_per_minute:.1f} per hour here)")
     if save is not None and chosen is not None:
         spotter.threshold = chosen.threshold
         save_spotter(spotter, save, {**_card(spotter, args.checkpoint, loeo), "operating_point": {
-            "chosen_on": Path(args.data_dir).name, "max_false_alarms_per_minute": args.max_false_alarms_per_minute,
+            "chosen_on": Path(args.data_dir).name, "max_false_alarms_per_minute": limit,
+            **({"max_false_alarms_per_hour": args.max_false_alarms_per_hour} if args.max_false_alarms_per_hour else {}),
             **chosen.as_dict()}})
         print(f"wrote {save} (threshold {chosen.threshold:.2f})")
     if out is not None:
@@ -105,8 +116,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", help="write every figure to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--threshold", type=finite_float, help="recordings: report at this threshold (default: the model's)")
-    p.add_argument("--max-false-alarms-per-minute", type=positive_float,
-                   help="recordings: choose the lowest threshold with at most this many false alarms per minute")
+    bound = p.add_mutually_exclusive_group()
+    bound.add_argument("--max-false-alarms-per-minute", type=positive_float,
+                       help="recordings: choose the lowest threshold with at most this many false alarms per minute")
+    bound.add_argument("--max-false-alarms-per-hour", type=positive_float,
+                       help="recordings: the same bound per hour (an hour of keyword-free speech and noise: "
+                       "dszoo-make-recordings --no-keywords --seconds 3600)")
     p.add_argument("--save-spotter", help="recordings: write the model with the chosen threshold to this new "
                                           ".safetensors file (dszoo-spot reads it)")
     p.add_argument("--loeo", nargs="+", help="with --save-spotter: the loeo.json of the recipe's "
@@ -120,8 +135,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if (Path(args.data_dir) / RECORDINGS).is_file():
         return _recordings(args, spotter, out)
-    if args.max_false_alarms_per_minute or args.save_spotter or args.threshold is not None or args.loeo:
-        raise UsageError(f"--threshold, --max-false-alarms-per-minute, --save-spotter and --loeo score recordings; "
+    if args.max_false_alarms_per_minute or args.max_false_alarms_per_hour or args.save_spotter \
+            or args.threshold is not None or args.loeo:
+        raise UsageError(f"--threshold, --max-false-alarms-per-minute/-hour, --save-spotter and --loeo score recordings; "
                          f"{args.data_dir} holds clips (no {RECORDINGS}: make recordings with dszoo-make-recordings)")
     score = score_folder(spotter, Path(args.data_dir), args.engines, args.snr)
     noise = f" at {args.snr:g} dB SNR" if args.snr is not None else ""

@@ -6,18 +6,22 @@
     dszoo-spot runs/kws/best.pt recordings/              # every .wav in a folder and its subfolders
     dszoo-spot runs/kws/best.pt long.wav --threshold 0.8  # a long recording: each keyword with its time
     dszoo-spot clip.wav --runtime pte                    # the network run by ExecuTorch (XNNPACK)
+    arecord -f S16_LE -r 16000 -c 1 -t raw | dszoo-spot -  # live from the microphone: each keyword as it is heard
+    dszoo-spot --follow growing.wav                      # a WAV file still being recorded, read as it grows
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from ..deployment.runtimes import EDGE_RUNTIMES, ExportError
-from .cli import ArgumentParser, UsageError, fraction, positive_int, run_cli
+from .cli import ArgumentParser, UsageError, fraction, positive_float, positive_int, run_cli
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..audio.spot import KeywordSpotter
 
 __all__ = ["cli", "main"]
@@ -46,10 +50,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="[MODEL] INPUT", help="optionally a model first (a dszoo-train "
-                   "checkpoint .pt or a spotter .safetensors; default: the shipped DS-CNN-S), then WAV files or folders")
+                   "checkpoint .pt or a spotter .safetensors; default: the shipped DS-CNN-S), then WAV files or folders, "
+                   "or - for a live stream on standard input (16-bit PCM at 16 kHz, raw mono or WAV)")
     p.add_argument("--top-k", type=positive_int, default=3)
     p.add_argument("--threshold", type=fraction, help="smoothed probability that counts as heard (default: the "
                    "model's operating point, 0.7 for a checkpoint that has none)")
+    p.add_argument("--follow", action="store_true", help="the one WAV input is still being written: read it as it "
+                   "grows, report each keyword as it is heard, stop when it has not grown for --idle-seconds")
+    p.add_argument("--idle-seconds", type=positive_float, default=3.0, help="--follow: how long the file may stop "
+                   "growing before it counts as finished (default %(default)s)")
     p.add_argument("--runtime", choices=EDGE_RUNTIMES, help="run the network in this runtime (exported and checked "
                    "first; onnx: pip install 'dszoo[onnx]', pte: 'dszoo[executorch]', openvino: 'dszoo[openvino]')")
     args = p.parse_args(argv)
@@ -57,8 +66,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     inputs = args.inputs[1:] if model else args.inputs
     if not inputs:
         raise UsageError(f"{model}: a model, but no WAV files or folders to listen to")
+    live = args.follow or "-" in inputs
+    if live and len(inputs) != 1:
+        raise UsageError(f"{'--follow' if args.follow else '-'} listens to one live stream; got {len(inputs)} inputs")
     files: list[Path] = []
-    for item in map(Path, inputs):
+    for item in map(Path, [] if live else inputs):
         if item.is_dir():
             found = wav_files(item)
             if not found:
@@ -75,8 +87,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise UsageError(str(exc)) from None
         for note in spotter.notes:
             print(f"note: {note}")
-        _listen(spotter, files, args)
+        if live:
+            _listen_live(spotter, inputs[0], args)
+        else:
+            _listen(spotter, files, args)
     return 0
+
+
+def _listen_live(spotter: KeywordSpotter, source: str, args: argparse.Namespace) -> None:
+    """Each keyword of a live stream on its own line as soon as it is heard, then a summary."""
+    from ..audio.speech_commands import SAMPLE_RATE
+    from ..audio.spot import live_audio
+
+    name = "standard input" if source == "-" else source
+    how = "a 20 ms hop at a time" if spotter.streaming_problem() is None else "a 1 s window at a time"
+    print(f"listening to {name} ({how}, a window every {spotter.hop_seconds * 1000:.0f} ms); Ctrl-C stops", flush=True)
+    samples = 0
+
+    def counted() -> Iterator[np.ndarray]:
+        nonlocal samples
+        for chunk in live_audio(source, args.idle_seconds):
+            samples += len(chunk)
+            yield chunk
+
+    heard = 0
+    for d in spotter.listen(counted(), threshold=args.threshold):
+        heard += 1
+        print(f"{d.seconds:.2f} s {d.keyword} {d.probability:.2f}", flush=True)
+    print(f"{name} ({samples / SAMPLE_RATE:.1f} s): {heard} keyword{'s' if heard != 1 else ''} heard")
 
 
 def _listen(spotter: KeywordSpotter, files: Sequence[Path], args: argparse.Namespace) -> None:
