@@ -51,32 +51,32 @@ class _RowUnit:
         if conv.dilation[0] != 1:
             raise ValueError(f"cannot stream a conv dilated along rows ({conv})")
         self.groups, per_group = conv.groups, channels // conv.groups
-        n = self.kernel_rows * per_group * width  # one group's inputs, (channels, rows, width) order
-        basis = torch.zeros(n, channels, self.kernel_rows, width)
+        n = self.kernel_rows * per_group * width  # one group's inputs, in the order rows are buffered
+        basis = torch.zeros(n, self.kernel_rows, channels, width)
         for g in range(self.groups):  # group g's unit inputs in batch rows of block g
-            basis[:, g * per_group:(g + 1) * per_group] = torch.eye(n).view(n, per_group, self.kernel_rows, width)
+            basis[:, :, g * per_group:(g + 1) * per_group] = torch.eye(n).view(n, self.kernel_rows, per_group, width)
         with torch.no_grad():
             zero = conv(torch.zeros(1, channels, self.kernel_rows, width))
-            out = (conv(basis) - zero)[:, :, 0]  # (n, out channels, out width)
+            out = (conv(basis.transpose(1, 2)) - zero)[:, :, 0]  # (n, out channels, out width)
         self.out_channels, self.out_width = out.shape[1], out.shape[2]
-        self.macs = self.out_channels * self.out_width * per_group * self.kernel_rows * conv.kernel_size[1]  # a row's
-        self.rows_apart = 1  # how many input rows of the network apart its rows come (set by StreamingNetwork)
         per_out = self.out_channels // self.groups
         # (groups, n, per_out * out width): group g's inputs to its outputs
         self.matrix = np.ascontiguousarray(out.view(n, self.groups, per_out * self.out_width).transpose(0, 1).numpy())
+        # where each group's inputs lie in the buffered rows (rows, channels, width), flattened
+        flat = np.arange(self.kernel_rows * channels * width).reshape(self.kernel_rows, self.groups, per_group, width)
+        self.gather = np.ascontiguousarray(flat.transpose(1, 0, 2, 3).reshape(self.groups, n))
         self.bias = zero.flatten().numpy()
-        self.shape = (self.kernel_rows, self.groups, per_group, width)
+        self.macs = self.out_channels * self.out_width * per_group * self.kernel_rows * conv.kernel_size[1]  # a row's
+        self.rows_apart = 1  # how many input rows of the network apart its rows come (set by StreamingNetwork)
         self.act = _NUMPY_ACTS.get(type(unit.act))
         self.torch_act = unit.act
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` ``(kernel_rows * channels * width,)``, row after row -> one output row."""
         if self.groups == 1:
-            x = rows.reshape(self.kernel_rows, -1, self.shape[3]).transpose(1, 0, 2).reshape(1, -1)
-            y = (x @ self.matrix[0]).reshape(-1)
-        else:  # (groups, 1, n) @ (groups, n, out) with each group's channels, rows and width together
-            x = rows.reshape(self.shape).transpose(1, 2, 0, 3).reshape(self.groups, 1, -1)
-            y = np.matmul(x, self.matrix).reshape(-1)
+            y = rows @ self.matrix[0]
+        else:  # (groups, 1, n) @ (groups, n, out): each group's inputs to its outputs
+            y = np.matmul(rows[self.gather][:, None], self.matrix).reshape(-1)
         y += self.bias
         return self.act(y) if self.act is not None else self.torch_act(torch.from_numpy(y)).numpy()
 
@@ -150,7 +150,6 @@ class StreamingNetwork:
         self.pooled: deque[np.ndarray] = deque(maxlen=self.pooled_rows)
         self.rows_in = 0
 
-    @torch.no_grad()
     def step(self, row: Union[np.ndarray, torch.Tensor]) -> Optional[torch.Tensor]:
         """Feed the next input row (its ``channels x width`` values); the class probabilities of
         the window whose last row this completes, or ``None`` while no window is complete here."""
@@ -167,7 +166,8 @@ class StreamingNetwork:
             return None
         mean = np.mean(self.pooled, axis=0, dtype=np.float32)
         if self.head is None:
-            return torch.softmax(self.model.forward_head(torch.from_numpy(mean).view(1, -1, 1, 1)), dim=1)[0]
+            with torch.no_grad():
+                return torch.softmax(self.model.forward_head(torch.from_numpy(mean).view(1, -1, 1, 1)), dim=1)[0]
         logits = mean @ self.head[0] + self.head[1]
         e = np.exp(logits - logits.max())
         return torch.from_numpy(e / e.sum())
@@ -195,9 +195,11 @@ class FrameMFCC:
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
         """``(frames, coefficients)`` float32 of every whole frame of ``wave`` ``(samples,)``."""
-        if len(wave) < self.window_samples:
+        count = (len(wave) - self.window_samples) // self.hop + 1 if len(wave) >= self.window_samples else 0
+        if not count:
             return np.zeros((0, self.dct.shape[1]), np.float32)
-        frames = np.lib.stride_tricks.sliding_window_view(wave.astype(self.dtype), self.window_samples)[::self.hop]
+        wave = wave.astype(self.dtype, copy=False)
+        frames = np.stack([wave[k * self.hop:k * self.hop + self.window_samples] for k in range(count)])
         mel = np.abs(np.fft.rfft(frames * self.window, n=self.fft_length)) @ self.mel
         mel = np.maximum(mel, self.log_floor) if self.clamp_floor else mel + self.log_floor
         return (np.log(mel) @ self.dct).astype(np.float32)
