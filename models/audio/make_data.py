@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .engines import ENGINES, find_engines, why_missing
+from .engines import ENGINES, clip_problem, find_engines, why_missing
 from .manifest import GENERATING, MANIFEST, interrupted_dataset, is_respelled, read_manifest, write_manifest
 from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, which_set
 from .synth import ACCENTS, FOREIGN_VOICES, VARIANTS, Speaker, max_speakers, speakers
@@ -108,6 +108,9 @@ class GeneratedData:
     unsaid: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     """``(engine, voice)``: the texts that voice could not say (``SpeechEngine.say_each``), once
     for each setting it failed at; those clips are left out."""
+    dropped: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    """``(engine, voice)``: the texts whose clips ``engines.clip_problem`` refused (an engine that
+    ``checks_clips``: a neural one), each with why; those clips are left out."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,7 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
     by_split: dict[str, list[str]] = {"training": [], "validation": [], "testing": []}
     rows, clips_by_engine = [], {e.name: 0 for e in found}
     unsaid: dict[tuple[str, str], list[str]] = {}
+    dropped: dict[tuple[str, str], list[str]] = {}
     said = spoken_texts(words, respell)
     for plan in plans:
         by_split[which_set(f"{plan.ident}_nohash_0.wav")].append(plan.name)
@@ -169,6 +173,10 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
             for (word, text, k), wave in zip(said, engine.say_each([text for _, text, _ in said], setting)):
                 if wave is None:
                     unsaid.setdefault((plan.engine, voice), []).append(text)
+                    continue
+                problem = clip_problem(wave, text, getattr(setting, "speed", 1.0)) if engine.checks_clips else None
+                if problem is not None:
+                    dropped.setdefault((plan.engine, voice), []).append(f"{text} ({problem})")
                     continue
                 name = f"{word}/{plan.ident}_nohash_{k * len(plan.settings) + s}.wav"  # the word itself: k = 0
                 write_wav(root / name, _place(_trimmed(wave), rng))
@@ -181,7 +189,7 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
     write_manifest(root / MANIFEST, rows)
     (root / GENERATING).unlink()
     return GeneratedData(root, len(rows), by_split, time.perf_counter() - start, [e.name for e in found],
-                         [e.name for e in missing], clips_by_engine, unsaid)
+                         [e.name for e in missing], clips_by_engine, unsaid, dropped)
 
 
 def _describe(setting: object) -> str:

@@ -58,17 +58,13 @@ def _words_of_split(root: Path, split: str, engines: Optional[Sequence[str]]) ->
     return words
 
 
-def _loud_part(wave: np.ndarray) -> np.ndarray:
-    loud = np.flatnonzero(np.abs(wave) > 0.05 * max(float(np.abs(wave).max()), 1e-9))
-    return wave[loud[0]:loud[-1] + 1] if len(loud) else wave[:0]
-
-
 def make_recordings(root: Path, out: Path, *, count: int = 5, seconds: float = 60.0, split: str = "testing",
                     keywords: bool = True, engines: Optional[Sequence[str]] = None, seed: int = 0) -> list[Path]:
     """Write ``count`` recordings of ``seconds`` each into ``out`` (a new folder) from the words of
     ``split``: about 40% keywords (none with ``keywords=False``) among other words, with pauses
     of 0.3-1.5 s, over background noise 10-25 dB below the speech."""
     from .make_data import write_wav
+    from .synth import loud_part
 
     words = _words_of_split(root, split, engines)
     chosen = [w for w in words if keywords or w not in KEYWORDS]
@@ -87,7 +83,7 @@ def make_recordings(root: Path, out: Path, *, count: int = 5, seconds: float = 6
         at = int(rng.uniform(0.3, 1.0) * SAMPLE_RATE)
         while True:
             word = str(rng.choice(keys)) if keys and rng.random() < 0.4 else str(rng.choice(others))
-            clip = _loud_part(read_wav_16k(words[word][int(rng.integers(len(words[word])))]))
+            clip = loud_part(read_wav_16k(words[word][int(rng.integers(len(words[word])))]))
             if at + len(clip) > total:
                 break
             wave[at:at + len(clip)] += clip

@@ -5,6 +5,7 @@ maintained Python wrappers either shell out to an ``espeak`` binary or need a sy
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ __all__ = ["ACCENTS", "FOREIGN_VOICES", "PITCHES", "RATES", "VARIANTS", "Speaker
 _SYNCHRONOUS = 2  # espeak_AUDIO_OUTPUT: AUDIO_OUTPUT_SYNCHRONOUS
 _RATE, _PITCH, _RANGE = 1, 3, 4  # espeak_PARAMETER
 _POS_CHARACTER = 1
+_CHARS_UTF8, _PHONEMES_IPA = 1, 0x02  # espeak_TextToPhonemes: textmode, phonememode
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
@@ -135,6 +137,20 @@ class SpeechSynthesizer:
         """Those of ``names`` that eSpeak accepts."""
         return [n for n in names if self._lib.espeak_SetVoiceByName(n.encode()) == 0]
 
+    def phonemes(self, text: str, voice: str) -> str:
+        """``text`` as eSpeak NG's IPA in ``voice``'s language (``en-us``, ``en``: British), stress
+        marks included: what Kokoro's own front end (kokoro-js) feeds its model."""
+        with self._lock:
+            if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise ValueError(f"eSpeak NG has no voice {voice!r}")
+            convert = self._lib.espeak_TextToPhonemes
+            convert.restype = ctypes.c_char_p
+            convert.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+            left, out = ctypes.c_char_p(text.encode()), []
+            while left.value:  # a clause a call
+                out.append(convert(ctypes.byref(left), _CHARS_UTF8, _PHONEMES_IPA).decode())
+        return " ".join(out)
+
     def say(self, text: str, speaker: Speaker) -> np.ndarray:
         """The waveform of ``speaker`` saying ``text``."""
         with self._lock:
@@ -163,3 +179,17 @@ def synthesizer(rate: int = 16000) -> SpeechSynthesizer:
     if _SYNTH is None or _SYNTH.rate != rate:
         _SYNTH = SpeechSynthesizer(rate)
     return _SYNTH
+
+
+def loud_part(wave: np.ndarray, fraction: float = 0.05) -> np.ndarray:
+    """``wave`` from its first to its last sample above ``fraction`` of its peak (26 dB below it by
+    default): the speech of a clip, without the silence around it."""
+    loud = np.flatnonzero(np.abs(wave) > fraction * max(float(np.abs(wave).max()) if len(wave) else 0.0, 1e-9))
+    return wave[loud[0]:loud[-1] + 1] if len(loud) else wave[:0]
+
+
+@functools.lru_cache(maxsize=None)
+def reference_seconds(word: str) -> float:
+    """How long eSpeak NG's plain ``en-us`` voice (175 words a minute) speaks ``word``: the
+    yardstick a clip's length is checked against (``engines.clip_problem``)."""
+    return len(loud_part(synthesizer(16000).say(word, Speaker("en-us", 175, 50)))) / 16000

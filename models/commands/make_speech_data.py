@@ -40,8 +40,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder to create (must not hold files yet, unless it is an "
                                                 "interrupted dataset, which is replaced)")
-    p.add_argument("--speakers", type=positive_int, default=200, help="eSpeak NG speakers (default %(default)s); "
-                   "the other engines add each of their voices at 3 speeds x 3 pitches")
+    p.add_argument("--speakers", type=positive_int, default=200, help="eSpeak NG speakers (default %(default)s; "
+                   "Kokoro draws a quarter as many blends of its voices); the other engines add each of their voices "
+                   "at 3 speeds x 3 pitches (Kokoro's at its own)")
     p.add_argument("--words", nargs="+", default=list(KEYWORDS + OTHER_WORDS),
                    help="words each speaker says (default: the 35 Speech Commands words)")
     p.add_argument("--engines", nargs="+", choices=list(ENGINES), default=None,
@@ -86,6 +87,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for (engine, voice), texts in made.unsaid.items():
         words = ", ".join(repr(t) for t in dict.fromkeys(texts))
         print(f"note: {engine} voice {voice} could not say {words}: {len(texts)} clip(s) left out")
+    for (engine, voice), texts in made.dropped.items():
+        print(f"note: {engine} voice {voice}: {len(texts)} clip(s) left out as not the word said once: {'; '.join(texts)}")
+    if made.dropped:
+        dropped = sum(map(len, made.dropped.values()))
+        print(f"note: {dropped} clip(s) left out in all by the clip check ({dropped / (made.clips + dropped):.1%})")
     split = ", ".join(f"{len(v)} {k}" for k, v in made.speakers_by_split.items())
     engines = ", ".join(f"{name} {clips:,}" for name, clips in made.clips_by_engine.items())
     print(f"wrote {made.clips:,} clips ({engines}) of {len(args.words)} words by {len(plans)} speakers ({split}) "
