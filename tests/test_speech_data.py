@@ -567,6 +567,10 @@ def test_scoring_a_folder_counts_every_clip_by_engine(two_engines: Path, heard: 
     assert score.confusion["bed"][classes.index(heard)] == sum(r["word"] == "bed" for r in manifest.values())
     noisy = score_folder(spotter, two_engines, engines=["other"], snr_db=10)
     assert noisy.overall.keyword_clips == score.engines["other"].keyword_clips and set(noisy.engines) == {"other"}
+    unheard = score_folder(spotter, two_engines, engines=["other"], split="testing")  # the voices never trained on
+    assert unheard.overall.keyword_clips == sum(r["word"] in KEYWORDS and r["engine"] == "other"
+                                                and which_set(f.split("/")[1]) == "testing" for f, r in manifest.items())
+    assert 0 < unheard.overall.keyword_clips < score.engines["other"].keyword_clips
 
 
 def test_respelled_keywords_are_training_data_and_never_scored(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import UsageError
 from .speech_commands import (BACKGROUND_NOISE, SAMPLE_RATE, SILENCE, UNKNOWN, _background, _clip, read_wav_16k,
-                              wav_files_in)
+                              wav_files_in, which_set)
 from .spot import KeywordSpotter
 
 __all__ = ["GroupScore", "FolderScore", "percent", "score_folder"]
@@ -98,9 +98,10 @@ class FolderScore:
                 "confusion": dict(sorted(self.confusion.items()))}
 
 
-def _clips(root: Path, engines: Optional[Sequence[str]]) -> list[tuple[str, str, str, str]]:
-    """``(path, word, engine, voice)`` of every clip in ``root`` (of ``engines`` only, if given),
-    respelled keywords aside (they are training data, not the word as said)."""
+def _clips(root: Path, engines: Optional[Sequence[str]], split: Optional[str] = None) -> list[tuple[str, str, str, str]]:
+    """``(path, word, engine, voice)`` of every clip in ``root`` (of ``engines`` only, and of the
+    speakers of ``split`` only, if given), respelled keywords aside (they are training data, not
+    the word as said)."""
     from .manifest import interrupted_dataset, is_respelled, read_manifest
 
     if not root.is_dir():
@@ -119,21 +120,24 @@ def _clips(root: Path, engines: Optional[Sequence[str]]) -> list[tuple[str, str,
         for wav in wav_files_in(folder):
             row = manifest.get(f"{folder.name}/{wav.name}", {})
             engine, voice = row.get("engine", ""), f"{row.get('engine', '')}/{row.get('voice', '')}" if row else ""
-            if (not engines or engine in engines) and not is_respelled(row):
+            if (not engines or engine in engines) and not is_respelled(row) and (not split or which_set(wav.name) == split):
                 out.append((str(wav), folder.name, engine, voice))
     if not out:
-        raise UsageError(f"{root}: no clips to score (expected <word>/<name>.wav inside)")
+        raise UsageError(f"{root}: no clips to score" + (f" of the {split} split" if split else "")
+                         + " (expected <word>/<name>.wav inside)")
     return out
 
 
 def score_folder(spotter: KeywordSpotter, root: Path, engines: Optional[Sequence[str]] = None,
-                 snr_db: Optional[float] = None, seed: int = 0, chunk: int = 1024) -> FolderScore:
-    """Every clip of ``root`` through ``spotter``: a word the model has a class for is that
-    class, any other word is unknown (a model without an unknown class refuses such folders)."""
+                 snr_db: Optional[float] = None, seed: int = 0, chunk: int = 1024,
+                 split: Optional[str] = None) -> FolderScore:
+    """Every clip of ``root`` (of ``engines`` and the speakers of ``split``, where given) through
+    ``spotter``: a word the model has a class for is that class, any other word is unknown (a
+    model without an unknown class refuses such folders)."""
     from .augment import add_noise
 
     root = Path(root)
-    clips = _clips(root, engines)
+    clips = _clips(root, engines, split)
     classes = spotter.classes
     index = {c: i for i, c in enumerate(classes)}
     missing = sorted({w for _, w, _, _ in clips if w not in index} if UNKNOWN not in index else set())

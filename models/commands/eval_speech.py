@@ -110,6 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("checkpoint", help="a dszoo-train checkpoint of a speech_commands run")
     p.add_argument("data_dir", help="a folder of <word>/<name>.wav clips (every clip is scored)")
     p.add_argument("--engines", nargs="+", help="score only the clips of these speech engines (from manifest.csv)")
+    p.add_argument("--split", choices=("training", "validation", "testing"), help="score only the clips of this "
+                   "split's speakers (the dataset's file-name rule: testing, the voices a model of it never heard)")
     p.add_argument("--snr", type=finite_float, help="add the folder's background noise at this SNR in dB")
     p.add_argument("--voices", action="store_true", help="a row per voice too")
     p.add_argument("--confusion", action="store_true", help="the predicted classes of each spoken word")
@@ -139,9 +141,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             or args.threshold is not None or args.loeo:
         raise UsageError(f"--threshold, --max-false-alarms-per-minute/-hour, --save-spotter and --loeo score recordings; "
                          f"{args.data_dir} holds clips (no {RECORDINGS}: make recordings with dszoo-make-recordings)")
-    score = score_folder(spotter, Path(args.data_dir), args.engines, args.snr)
+    score = score_folder(spotter, Path(args.data_dir), args.engines, args.snr, split=args.split)
     noise = f" at {args.snr:g} dB SNR" if args.snr is not None else ""
-    print(f"{args.checkpoint} on {args.data_dir}{noise}:")
+    print(f"{args.checkpoint} on {args.data_dir}{f' ({args.split} split)' if args.split else ''}{noise}:")
     print(f"{'clips':<34} {'keywords right':>18} {'unknown called unknown':>24} {'keyword for unknown':>6} "
           f"{'keywords right, unknown aside':>6}")
     print(_row("all", score.overall))
