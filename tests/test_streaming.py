@@ -23,7 +23,7 @@ from conftest import run_in_process
 from dszoo import ConfigError, create_model, get_model_config, list_models
 from dszoo.audio.speech_commands import KEYWORDS, SILENCE, UNKNOWN
 from dszoo.audio.spot import KeywordSpotter, load_spotter, save_spotter
-from dszoo.audio.streaming import LiveDetector, StreamingNetwork
+from dszoo.audio.streaming import LiveDetector, StreamingNetwork, detect_all
 
 CLASSES = [SILENCE, UNKNOWN, *KEYWORDS]
 STREAMABLE = [(name, {}) for name in list_models() if get_model_config(name).row_padding == "none"] + [
@@ -141,7 +141,8 @@ def _reference_detect(classes: list[str], starts: list[int], probs: torch.Tensor
 def test_the_live_detector_finds_what_the_whole_recording_rules_find(smooth: int) -> None:
     """Fed one window at a time it reports, as each run ends, what the rules applied to the whole
     recording's posteriors report (posteriors in float64, so no sum lands on the threshold
-    differently)."""
+    differently); ``detect_all``, the same rules at once, reports the same detections, values
+    equal to the bit."""
     g = torch.Generator().manual_seed(smooth)
     total = 0
     for trial in range(20):
@@ -155,6 +156,9 @@ def test_the_live_detector_finds_what_the_whole_recording_rules_find(smooth: int
         live = [d for s, p in zip(starts, probs) for d in detector.push(s, p)] + detector.finish()
         expected = _reference_detect(CLASSES, starts, probs, 0.5, smooth, refractory)
         assert sorted((d.seconds, d.keyword) for d in live) == expected
+        at_once = detect_all(CLASSES, starts, probs, 0.5, smooth, refractory, ignore=(SILENCE, UNKNOWN))
+        in_order = lambda found: sorted(found, key=lambda d: (d.seconds, d.keyword))  # noqa: E731
+        assert in_order(at_once) == in_order(live)  # probabilities too
         total += len(expected)
     assert total > 100
 

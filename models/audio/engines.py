@@ -510,7 +510,7 @@ class KokoroEngine(SpeechEngine):
 
 def clip_problem(wave: np.ndarray, word: str, stretch: float = 1.0) -> Optional[str]:
     """Why a synthetic clip of ``word`` is not that word said once, or ``None``: its speech (where
-    the wave is within 26 dB of its peak) shorter than 0.4x or longer than 2.5x the same word said
+    the wave is within 34 dB of its peak: ``synth.loud_part``) shorter than 0.4x or longer than 2.5x the same word said
     by eSpeak NG's plain ``en-us`` voice (times ``stretch``, the clip's ``EngineVoice.speed``: above 1
     slower), or longer than the 1 s a clip holds. A
     neural engine garbles some single words (a syllable dropped, "up" said as "uh", a trailing

@@ -24,7 +24,7 @@ import numpy as np
 from .engines import ENGINES, clip_problem, find_engines, why_missing
 from .manifest import GENERATING, MANIFEST, interrupted_dataset, is_respelled, read_manifest, write_manifest
 from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, which_set
-from .synth import ACCENTS, FOREIGN_VOICES, VARIANTS, Speaker, max_speakers, speakers
+from .synth import ACCENTS, FOREIGN_VOICES, VARIANTS, Speaker, loud_part, max_speakers, speakers
 
 __all__ = ["ACCENTS", "FOREIGN_VOICES", "GENERATING", "MANIFEST", "OTHER_WORDS", "RESPELLINGS", "VARIANTS",
            "GeneratedData", "SpeakerPlan", "describe_manifest", "generate_speech_data", "interrupted_dataset",
@@ -48,9 +48,9 @@ def speaker_id(speaker: Speaker) -> str:
     return hashlib.sha1(speaker.name.encode()).hexdigest()[:8]
 
 
-def _trimmed(wave: np.ndarray, threshold: float = 0.02) -> np.ndarray:
-    loud = np.flatnonzero(np.abs(wave) > threshold * max(np.abs(wave).max(), 1e-9))
-    return wave[loud[0]:loud[-1] + 1] if len(loud) else wave
+def _trimmed(wave: np.ndarray) -> np.ndarray:
+    speech = loud_part(wave)
+    return speech if len(speech) else wave
 
 
 def _place(word: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -20,7 +20,8 @@ from ..preprocessing import trained_front_end
 from ..weights import SPOTTER_METADATA_KEY
 from .mfcc import MFCC
 from .speech_commands import SAMPLE_RATE, SILENCE, UNKNOWN
-from .streaming import Detection, FrameMFCC, LiveDetector, StreamingNetwork, stream_posteriors, streaming_problem
+from .streaming import (Detection, FrameMFCC, LiveDetector, StreamingNetwork, detect_all, stream_posteriors,
+                        streaming_problem)
 
 __all__ = ["AudioStream", "BUNDLED_SPOTTER", "DEFAULT_THRESHOLD", "Detection", "HOP_SECONDS", "KeywordSpotter",
            "SMOOTH_SECONDS", "SPOTTER_METADATA_KEY",
@@ -198,9 +199,9 @@ class KeywordSpotter:
         order: each class's probability averaged over ``smooth_windows`` neighbours; a keyword
         (not silence or unknown) whose average reaches ``threshold`` (default: the spotter's) is
         reported at its peak, then the same word is not reported again for ``refractory_seconds``."""
-        detector = self.detector(threshold, smooth_windows, refractory_seconds)
-        found = [d for start, p in zip(starts, probs) for d in detector.push(start, p)] + detector.finish()
-        return sorted(found, key=lambda d: d.seconds)
+        detector = self.detector(threshold, smooth_windows, refractory_seconds)  # its rules, over the whole at once
+        return detect_all(self.classes, starts, probs, detector.threshold, detector.smooth, refractory_seconds,
+                          (SILENCE, UNKNOWN))
 
 
 BUNDLED_SPOTTER = "ds_cnn_s_speech.safetensors"
