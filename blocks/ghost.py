@@ -1,5 +1,6 @@
 """GhostNet's blocks (Han et al. 2020, "GhostNet: More Features from Cheap Operations", CVPR,
-section 3.1, Figure 2 and Figure 3).
+section 3.1, Figure 2 and Figure 3), and RepGhostNet's (Chen et al. 2022, "RepGhost: A
+Hardware-Efficient Ghost Module via Re-parameterization", section 3, Figure 2).
 
 A ghost module makes half of its output features with an ordinary 1x1 conv and the other half
 from those with a cheap depthwise conv ("ghost" features: many feature maps of a trained network
@@ -16,6 +17,7 @@ from torch import nn
 
 from .layers import ActLike, ConvNormAct, IntPair, NormLike, pair
 from .mobile import SEFactory
+from .reparam import RepConv
 
 __all__ = ["GhostBottleneck", "GhostModule"]
 
@@ -28,14 +30,23 @@ class GhostModule(nn.Module):
     ``attention``: GhostNetV2's decoupled fully connected attention (Tang et al. 2022, section 4.1,
     Figure 4): on the input average-pooled by 2, a 1x1 conv -> norm, a depthwise 1x5 and a 5x1
     conv -> norm (``short``: long-range mixing along rows, then columns), a sigmoid, upsampled
-    (nearest) to scale the ghost features."""
+    (nearest) to scale the ghost features.
+
+    ``rep``: RepGhost's module instead: ``out`` features from the 1x1 conv -> norm -> act, and the
+    ghost features *added* to them rather than concatenated, as a reparameterisable depthwise
+    conv (``RepConv``: the conv -> norm beside a norm of its input, then act), which folds into one
+    depthwise conv with a bias (``reparameterized``)."""
 
     def __init__(self, in_chs: int, out_chs: int, *, dw_kernel: IntPair = 3, norm: NormLike = "batchnorm",
-                 act: ActLike = "relu", depthwise: bool = True, attention: bool = False) -> None:
+                 act: ActLike = "relu", depthwise: bool = True, attention: bool = False, rep: bool = False,
+                 reparameterized: bool = False) -> None:
         super().__init__()
-        init = math.ceil(out_chs / 2)
+        init = out_chs if rep else math.ceil(out_chs / 2)
         self.primary = ConvNormAct(in_chs, init, 1, padding=0, norm=norm, act=act)
-        self.cheap = ConvNormAct(init, init, dw_kernel, groups=init if depthwise else 1, norm=norm, act=act)
+        self.cheap: nn.Module = RepConv(init, init, dw_kernel, groups=init if depthwise else 1, scale_branch=False,
+                                        norm=norm, act=act, inference=reparameterized) if rep else \
+            ConvNormAct(init, init, dw_kernel, groups=init if depthwise else 1, norm=norm, act=act)
+        self.rep = rep
         groups = out_chs if depthwise else 1
         self.short: nn.Module = nn.Sequential(
             ConvNormAct(in_chs, out_chs, 1, padding=0, norm=norm, act=None),
@@ -47,6 +58,8 @@ class GhostModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         primary = self.primary(x)
+        if self.rep:
+            return self.cheap(primary)
         out = torch.cat((primary, self.cheap(primary)), dim=1).narrow(1, 0, self.out_chs)
         if self.attention:
             gate = torch.sigmoid(self.short(nn.functional.avg_pool2d(x, kernel_size=2, stride=2)))
@@ -59,7 +72,8 @@ class GhostBottleneck(nn.Module):
     ``attention`` GhostNetV2's DFC attention on it) ->
     [depthwise ``kernel_size`` conv -> norm, where stride > 1] -> [squeeze-excite] -> ghost module
     projecting to ``out_chs`` (no act), plus the input, or where the shape changes a depthwise
-    conv -> norm -> 1x1 conv -> norm of it (``shortcut``)."""
+    conv -> norm -> 1x1 conv -> norm of it (``shortcut``). ``rep``: RepGhostNet's bottleneck, the
+    same with RepGhost modules (``GhostModule``'s ``rep``)."""
 
     def __init__(
         self,
@@ -75,15 +89,20 @@ class GhostBottleneck(nn.Module):
         se: Optional[SEFactory] = None,
         depthwise: bool = True,
         attention: bool = False,
+        rep: bool = False,
+        reparameterized: bool = False,
     ) -> None:
         super().__init__()
         self.stride = pair(stride, "stride")
-        self.ghost1 = GhostModule(in_chs, mid_chs, norm=norm, act=act, depthwise=depthwise, attention=attention)
+        self.rep = rep
+        self.ghost1 = GhostModule(in_chs, mid_chs, norm=norm, act=act, depthwise=depthwise, attention=attention,
+                                  rep=rep, reparameterized=reparameterized)
         self.dw: nn.Module = ConvNormAct(mid_chs, mid_chs, kernel_size, stride=self.stride, padding=padding,
                                          groups=mid_chs if depthwise else 1, norm=norm, act=None) \
             if self.stride != (1, 1) else nn.Identity()
         self.se = se(mid_chs, act) if se is not None else nn.Identity()
-        self.ghost2 = GhostModule(mid_chs, out_chs, norm=norm, act=None, depthwise=depthwise)
+        self.ghost2 = GhostModule(mid_chs, out_chs, norm=norm, act=None, depthwise=depthwise, rep=rep,
+                                  reparameterized=reparameterized)
         self.shortcut: nn.Module = nn.Identity() if in_chs == out_chs and self.stride == (1, 1) else nn.Sequential(
             ConvNormAct(in_chs, in_chs, kernel_size, stride=self.stride, padding=padding,
                         groups=in_chs if depthwise else 1, norm=norm, act=None),

@@ -250,6 +250,15 @@ class GhostStage(_Stage):
     mid: PosInt
     se_ratio: Fraction = 0.0
     attention: StrictBool = False  # GhostNetV2's DFC attention on the expanding ghost module
+    rep: StrictBool = False
+    """RepGhostNet's modules (Chen et al. 2022): the ghost features added, not concatenated, by a
+    reparameterisable depthwise conv (``blocks.GhostModule``)."""
+
+    @model_validator(mode="after")
+    def _one_kind_of_module(self) -> "GhostStage":
+        if self.rep and self.attention:
+            raise ValueError("rep and attention: RepGhost's modules take no DFC attention (no network has both)")
+        return self
 
 
 class ShuffleStage(_Stage):

@@ -114,6 +114,17 @@ class SpatialOp:
 
 
 @dataclass(frozen=True)
+class _RepCheap:
+    """The reparameterisable depthwise conv of a RepGhost module, as ``rep_conv`` reads a row:
+    one k x k branch, no 1x1 branch, no squeeze-excite."""
+
+    kernel: int
+    branches: int = 1
+    scale_branch: bool = False
+    se_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
 class AtLeast:
     """No change of size, but an input of at least ``size`` (a branch beside the main path that
     pools: GhostNetV2's attention averages 2x2 windows)."""
@@ -346,13 +357,18 @@ class _Walker:
         if self.cfg.layer_scale is not None:
             self.extra_params(f"{prefix}.layer_scale", key, out)
 
-    def ghost_module(self, prefix: str, key: str, out: int, attention: bool = False) -> None:
+    def ghost_module(self, prefix: str, key: str, out: int, attention: bool = False, rep: bool = False) -> None:
         """``GhostModule``: a 1x1 conv to ``ceil(out / 2)``, a depthwise 3x3 conv of those, cut to
         ``out``; with ``attention`` beside them the 1x1, 1x5 and 5x1 convs of GhostNetV2's DFC
-        attention on the input pooled by 2 (which needs a map of at least 2x2)."""
+        attention on the input pooled by 2 (which needs a map of at least 2x2). ``rep``: a 1x1
+        conv to ``out``, then a depthwise 3x3 ``RepConv`` of those (its identity norm beside)."""
         c_in, h, w = self.c, self.h, self.w
-        init = -(-out // 2)
+        init = out if rep else -(-out // 2)
         self.conv_norm(f"{prefix}.primary", key, init, 1, padding=0)
+        if rep:
+            cheap = _RepCheap(kernel=3)
+            self.rep_conv(f"{prefix}.cheap", key, cheap, init, 3, 1, init if self.cfg.separable else 1)
+            return
         self.conv_norm(f"{prefix}.cheap", key, init, 3, groups=init if self.cfg.separable else 1)
         if attention:
             self.chain.insert(len(self.chain) - 2, (AtLeast(2), AtLeast(2)))  # the pool's input, at the module's
@@ -372,11 +388,11 @@ class _Walker:
         c_in, h, w = self.c, self.h, self.w
         mid = make_divisible(spec.mid * self.cfg.width_mult, self.cfg.channel_divisor,
                              self.cfg.channel_round_limit) if spec.width == "scaled" else spec.mid
-        self.ghost_module(f"{prefix}.ghost1", key, mid, spec.attention)
+        self.ghost_module(f"{prefix}.ghost1", key, mid, spec.attention, spec.rep)
         if _pair(stride) != (1, 1):
             self.conv_norm(f"{prefix}.dw", key, mid, spec.kernel, stride, groups=mid if self.cfg.separable else 1)
         self.squeeze_excite(prefix, key, spec.se_ratio, mid / c_in)  # ``se.of: input`` means of c_in
-        self.ghost_module(f"{prefix}.ghost2", key, out)
+        self.ghost_module(f"{prefix}.ghost2", key, out, rep=spec.rep)
         if c_in != out or _pair(stride) != (1, 1):
             c, h2, w2, chain = self.c, self.h, self.w, len(self.chain)
             self.c, self.h, self.w = c_in, h, w

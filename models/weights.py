@@ -84,12 +84,19 @@ _EFFICIENTNET_BLOCK_NAMES: dict[type, dict[str, str]] = {
            for k, layer in enumerate(("conv", "norm"))}},
     MobileMultiQueryAttention: {},
 }
+_REP_GHOST = {f"{g}.cheap.{mine}": f"{g}.{theirs}" for g in ("ghost1", "ghost2") for mine, theirs in (
+    ("conv_kxk.0.conv", "cheap_operation.0"), ("conv_kxk.0.norm", "cheap_operation.1"), ("identity", "fusion_bn.0"),
+    ("reparam_conv", "cheap_operation"))}
+"""RepGhostNet's bottleneck beside GhostNet's names: the cheap depthwise conv, its norm, the identity
+norm beside them (timm's ``fusion_bn``), or the one conv they fold into."""
 
 
 def _block_names(block: nn.Module) -> dict[str, str]:
     """Our module path inside ``block`` -> timm's, for every module holding tensors (a MixNet
     block's mixed convs: each group's conv, ``.0``, ``.1``, ..., under both names)."""
     names = dict(_EFFICIENTNET_BLOCK_NAMES[type(block)])
+    if getattr(block, "rep", False):  # RepGhost modules: their cheap conv is a RepConv
+        names = {k: v for k, v in names.items() if ".cheap." not in k} | _REP_GHOST
     modules = dict(block.named_modules())
     for mine, theirs in list(names.items()):
         if isinstance(modules.get(mine), MixedConv2d):
@@ -215,6 +222,8 @@ TIMM_MODELS: dict[str, tuple[str, Union[str, tuple[str, ...]], Callable[[ZooNet]
     "mobilenet_v4": ("mobilenetv4_conv_small", "conv_stem.weight", _efficientnet_map),
     "mnasnet": ("semnasnet_100", "conv_stem.weight", _efficientnet_map),
     "ghostnet": ("ghostnet_100", "conv_stem.weight", _efficientnet_map),
+    "repghostnet": ("repghostnet_100", ("blocks.0.0.ghost1.fusion_bn.0.weight", "blocks.0.0.ghost1.cheap_operation.bias"),
+                    _efficientnet_map),
     "mixnet": ("mixnet_s", "conv_stem.weight", _efficientnet_map),
     "xception": ("legacy_xception", "block1.rep.0.conv1.weight", _xception_map),
     "convnext": ("convnext_atto", "stages.0.blocks.0.conv_dw.weight", _convnext_map),
@@ -537,13 +546,18 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     state, trained = _read_weights(path)
     source = "dszoo"
     ours = TIMM_MODELS.get(model.cfg.family)
-    for marker in dict.fromkeys(m for _, m, _ in TIMM_MODELS.values()):
-        if any(key in state for key in ((marker,) if isinstance(marker, str) else marker)):
-            if ours is None or ours[1] != marker:
+
+    def holds(marker: Union[str, tuple[str, ...]]) -> bool:
+        return any(key in state for key in ((marker,) if isinstance(marker, str) else marker))
+
+    if ours is not None and holds(ours[1]):
+        state, source = from_timm_state_dict(model, state), f"timm {model.cfg.timm_name or ours[0]}"
+    else:
+        markers = [m for _, m, _ in TIMM_MODELS.values()]  # the one fewest families share names them best
+        for marker in sorted(dict.fromkeys(markers), key=markers.count):
+            if holds(marker):
                 archs = " / ".join(a for a, m, _ in TIMM_MODELS.values() if m == marker)
                 raise CheckpointError(f"{path}: holds timm {archs} weights, which do not fit {model.cfg.name}")
-            state, source = from_timm_state_dict(model, state), f"timm {model.cfg.timm_name or ours[0]}"
-            break
     notes = []
     vision = TORCHVISION_MODELS.get(model.cfg.family)
     if source == "dszoo" and any(marker in state for _, marker, _ in TORCHVISION_MODELS.values()) \

@@ -77,15 +77,16 @@ def structural_variants() -> tuple[str, ...]:
 def mechanisms(name: str) -> frozenset[str]:
     """What a model's forward pass is made of, as the costly tests see it: its block kinds and
     their options (squeeze-excite and its gate, mixed and grouped convs, attention, reparameterised
-    and separable rows, skips), activations, norm, padding rule, head and input norm."""
+    and separable rows, skips), activations, norm, padding rules, head and input norm."""
     from dszoo import get_model_config
 
     cfg = get_model_config(name)
-    out = {f"norm:{cfg.norm.type}", f"padding:{cfg.padding}", f"act:{cfg.act}", f"input_norm:{cfg.input_norm}"}
+    out = {f"norm:{cfg.norm.type}", f"padding:{cfg.padding}", f"row_padding:{cfg.row_padding}", f"act:{cfg.act}",
+           f"input_norm:{cfg.input_norm}"}
     for spec in (*cfg.stem, *cfg.stages):
         out |= {f"type:{spec.type}", f"act:{spec.act or cfg.act}"}
         out |= {f"{spec.type}:{key}" for key in ("se_ratio", "kernels", "attention", "separable", "skip", "start_kernel",
-                                                 "end_kernel", "bias") if getattr(spec, key, None)}
+                                                 "end_kernel", "bias", "rep") if getattr(spec, key, None)}
         out |= {f"{spec.type}:groups" for key in ("expand_groups", "project_groups") if getattr(spec, key, 1) > 1}
     if any(getattr(spec, "se_ratio", 0) for spec in cfg.stages):
         out.add(f"se:{cfg.se.gate}")

@@ -84,7 +84,7 @@ def test_params_and_macs_equal_the_timm_twins_by_the_same_counter(family: str) -
     which ``test_fuzz_configs`` and the summary tests check against the built model). timm's are
     built on the meta device: shapes without memory, so the largest cost little. One case a family,
     so that the workers share them."""
-    assert len(TIMM_NAMES) == 108
+    assert len(TIMM_NAMES) == 116
     with torch.device("meta"):
         for ours, theirs in TIMM_NAMES.items():
             cfg = get_model_config(ours)
