@@ -170,27 +170,33 @@ class KeywordSpotter:
         pairs = list(self.posterior_stream(audio, hop_seconds, batch))
         return [s for s, _ in pairs], torch.stack([p for _, p in pairs])
 
-    def listen(self, audio: Union[np.ndarray, Iterable[np.ndarray]], threshold: Optional[float] = None,
-               smooth_windows: Optional[int] = None, refractory_seconds: float = 1.0) -> Iterator[Detection]:
+    def listen(self, audio: Union[np.ndarray, Iterable[np.ndarray]], hop_seconds: Optional[float] = None,
+               smooth_windows: Optional[int] = None, threshold: Optional[float] = None,
+               refractory_seconds: float = 1.0) -> Iterator[Detection]:
         """Each keyword of a recording or a live stream as soon as it is heard: ``posterior_stream``
-        through a ``LiveDetector`` (``detect``'s rules)."""
-        detector = self.detector(threshold, smooth_windows, refractory_seconds)
-        for start, probs in self.posterior_stream(audio):
+        (windows every ``hop_seconds``, default its own) through a ``LiveDetector`` (``detect``'s rules)."""
+        hop_seconds = self.hop_seconds if hop_seconds is None else hop_seconds
+        detector = self.detector(threshold, smooth_windows, refractory_seconds, hop_seconds)
+        for start, probs in self.posterior_stream(audio, hop_seconds):
             yield from detector.push(start, probs)
         yield from detector.finish()
 
-    def scan(self, audio: Union[np.ndarray, Iterable[np.ndarray]], threshold: Optional[float] = None,
-             smooth_windows: Optional[int] = None, refractory_seconds: float = 1.0) -> list[Detection]:
+    def scan(self, audio: Union[np.ndarray, Iterable[np.ndarray]], hop_seconds: Optional[float] = None,
+             smooth_windows: Optional[int] = None, threshold: Optional[float] = None,
+             refractory_seconds: float = 1.0) -> list[Detection]:
         """Keywords in a recording of any length (whole, or chunks as ``stream_audio`` gives
         them), in time order: ``listen`` to the end."""
-        return sorted(self.listen(audio, threshold, smooth_windows, refractory_seconds), key=lambda d: d.seconds)
+        found = self.listen(audio, hop_seconds, smooth_windows, threshold, refractory_seconds)
+        return sorted(found, key=lambda d: d.seconds)
 
     def detector(self, threshold: Optional[float] = None, smooth_windows: Optional[int] = None,
-                 refractory_seconds: float = 1.0) -> LiveDetector:
+                 refractory_seconds: float = 1.0, hop_seconds: Optional[float] = None) -> LiveDetector:
         """A ``LiveDetector`` for this spotter's classes at ``threshold`` (default: its own),
-        averaging ``smooth_windows`` (default: ``SMOOTH_SECONDS`` of its windows, an odd count)."""
+        averaging ``smooth_windows`` (default: ``SMOOTH_SECONDS`` of windows ``hop_seconds`` apart,
+        default its own hop, an odd count: 3 at 100 ms, 7 at 40 ms)."""
         threshold = self.threshold if threshold is None else threshold
-        smooth = smooth_windows or max(1, int(SMOOTH_SECONDS / self.hop_seconds + 1e-9)) | 1
+        hop = self.hop_seconds if hop_seconds is None else hop_seconds
+        smooth = smooth_windows or max(1, int(SMOOTH_SECONDS / hop + 1e-9)) | 1
         return LiveDetector(self.classes, threshold, smooth, refractory_seconds, ignore=(SILENCE, UNKNOWN))
 
     def detect(self, starts: Sequence[int], probs: torch.Tensor, threshold: Optional[float] = None,
@@ -199,7 +205,8 @@ class KeywordSpotter:
         order: each class's probability averaged over ``smooth_windows`` neighbours; a keyword
         (not silence or unknown) whose average reaches ``threshold`` (default: the spotter's) is
         reported at its peak, then the same word is not reported again for ``refractory_seconds``."""
-        detector = self.detector(threshold, smooth_windows, refractory_seconds)  # its rules, over the whole at once
+        hop = (starts[1] - starts[0]) / SAMPLE_RATE if len(starts) > 1 else None  # the windows' own spacing
+        detector = self.detector(threshold, smooth_windows, refractory_seconds, hop)  # its rules, over the whole at once
         return detect_all(self.classes, starts, probs, detector.threshold, detector.smooth, refractory_seconds,
                           (SILENCE, UNKNOWN))
 

@@ -239,6 +239,8 @@ class LiveDetector:
 
     def __init__(self, classes: Sequence[str], threshold: float, smooth: int = 3, refractory_seconds: float = 1.0,
                  ignore: Sequence[str] = (), sample_rate: int = 16000) -> None:
+        if smooth < 1:
+            raise ValueError(f"smooth must be at least 1 window, got {smooth}")
         self.classes = list(classes)
         self.report = [c for c, name in enumerate(self.classes) if name not in ignore]
         self.threshold, self.smooth, self.refractory = threshold, smooth, refractory_seconds
