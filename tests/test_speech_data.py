@@ -845,6 +845,29 @@ def test_a_long_recording_is_scanned_in_bounded_memory_with_the_same_answers(rat
 
 # --- recordings, operating points and spotter files --------------------------------------------
 
+def test_split_lists_decide_the_held_out_voices_for_training_recordings_and_scoring(tmp_path: Path) -> None:
+    """A folder with ``validation_list.txt`` and ``testing_list.txt`` (Google's Speech Commands)
+    holds out what they list, not what the file-name hash would: for training, for the voices
+    recordings are made of, and for ``--split`` scoring alike."""
+    from dszoo.audio.evaluate import _clips
+    from dszoo.audio.recordings import _words_of_split
+    from dszoo.audio.speech_commands import split_rule
+
+    root = tmp_path / "speech"
+    generate_speech_data(root, speakers_count=12, words=("yes", "bed"), seed=2, noise_seconds=1, engines=["espeak"])
+    clips = sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.wav") if p.parent.name != "_background_noise_")
+    by_hash = {rel: which_set(rel.split("/")[1]) for rel in clips}
+    testing = [rel for rel in clips if by_hash[rel] == "training"][:4]  # voices the hash would train on
+    (root / "testing_list.txt").write_text("\n".join(testing) + "\n")
+    (root / "validation_list.txt").write_text(next(r for r in clips if r not in testing) + "\n")
+    assert [rel for rel in clips if split_rule(root)(rel) == "testing"] == testing
+    _, items = _index(root, "all", 0)
+    assert sorted(Path(f).relative_to(root).as_posix() for f in items["testing"].files) == testing
+    words = _words_of_split(root, "testing", None)
+    assert sorted(p.relative_to(root).as_posix() for paths in words.values() for p in paths) == testing
+    assert sorted(Path(path).relative_to(root).as_posix() for path, *_ in _clips(root, None, "testing")) == testing
+
+
 def test_recordings_hold_their_words_where_their_lists_say(two_engines: Path, tmp_path: Path) -> None:
     from dszoo.audio.recordings import RECORDINGS, make_recordings, read_events
 

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import UsageError
 from .speech_commands import (BACKGROUND_NOISE, SAMPLE_RATE, SILENCE, UNKNOWN, _background, _clip, read_wav_16k,
-                              wav_files_in, which_set)
+                              split_rule, wav_files_in)
 from .spot import KeywordSpotter
 
 __all__ = ["GroupScore", "FolderScore", "percent", "score_folder"]
@@ -108,7 +108,7 @@ def _clips(root: Path, engines: Optional[Sequence[str]], split: Optional[str] = 
         raise UsageError(f"{root}: no such directory")
     if interrupted_dataset(root):
         raise UsageError(f"{root}: its generation did not finish; run dszoo-make-speech-data --out {root} again")
-    manifest = read_manifest(root)
+    manifest, split_of = read_manifest(root), split_rule(root)
     if engines and not manifest:
         raise UsageError(f"--engines: {root} has no manifest.csv naming each clip's engine")
     known = sorted({row["engine"] for row in manifest.values()})
@@ -120,7 +120,8 @@ def _clips(root: Path, engines: Optional[Sequence[str]], split: Optional[str] = 
         for wav in wav_files_in(folder):
             row = manifest.get(f"{folder.name}/{wav.name}", {})
             engine, voice = row.get("engine", ""), f"{row.get('engine', '')}/{row.get('voice', '')}" if row else ""
-            if (not engines or engine in engines) and not is_respelled(row) and (not split or which_set(wav.name) == split):
+            if (not engines or engine in engines) and not is_respelled(row) \
+                    and (not split or split_of(f"{folder.name}/{wav.name}") == split):
                 out.append((str(wav), folder.name, engine, voice))
     if not out:
         raise UsageError(f"{root}: no clips to score" + (f" of the {split} split" if split else "")

@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from .speech_commands import (BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, _background, read_wav_16k, wav_files_in,
-                              which_set)
+from .speech_commands import (BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, _background, read_wav_16k, split_rule,
+                              wav_files_in)
 
 __all__ = ["RECORDINGS", "TOLERANCE_SECONDS", "Event", "RecordingScore", "choose_threshold", "make_recordings",
            "read_events", "score_recordings"]
@@ -45,12 +45,12 @@ def _words_of_split(root: Path, split: str, engines: Optional[Sequence[str]]) ->
 
     if not root.is_dir() or interrupted_dataset(root):
         raise UsageError(f"--data-dir {root}: not a finished Speech Commands-layout folder")
-    manifest = read_manifest(root)
+    manifest, split_of = read_manifest(root), split_rule(root)
     words: dict[str, list[Path]] = {}
     for folder in sorted(d for d in root.iterdir() if d.is_dir() and d.name != BACKGROUND_NOISE and not d.name.startswith(".")):
         for wav in wav_files_in(folder):
             row = manifest.get(f"{folder.name}/{wav.name}", {})
-            if which_set(wav.name) == split and (not engines or row.get("engine") in engines) \
+            if split_of(f"{folder.name}/{wav.name}") == split and (not engines or row.get("engine") in engines) \
                     and not is_respelled(row):
                 words.setdefault(folder.name, []).append(wav)
     if not words:

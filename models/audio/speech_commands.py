@@ -18,7 +18,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from .manifest import GENERATING, interrupted_dataset, is_respelled, read_manife
 from .mfcc import MFCC
 
 __all__ = ["BACKGROUND_NOISE", "KEYWORDS", "SILENCE", "SpeechCommands", "UNKNOWN", "as_mono_float",
-           "build_speech_commands", "decode_wav", "read_wav", "read_wav_16k", "which_set"]
+           "build_speech_commands", "decode_wav", "read_wav", "read_wav_16k", "split_rule", "which_set"]
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
@@ -149,6 +149,17 @@ def _split_lists(root: Path) -> Optional[dict[str, set[str]]]:
             for split, p in lists.items()}
 
 
+def split_rule(root: Path) -> Callable[[str], str]:
+    """How ``root`` assigns a clip (``word/name.wav``) to a split: by its ``validation_list.txt``
+    and ``testing_list.txt`` where it has them (Google's Speech Commands: what ``dszoo-train`` holds
+    out), else by the dataset's hash of the file name (``which_set``). Training, recordings and
+    scoring all split by it, so none of them mistakes a trained voice for a held-out one."""
+    lists = _split_lists(root)
+    if lists is None:
+        return lambda rel: which_set(rel.rsplit("/", 1)[-1])
+    return lambda rel: next((split for split, names in lists.items() if rel in names), "training")
+
+
 def _engine_of(root: Path, manifest: dict[str, dict[str, str]], hold_out_engine: Optional[str]) -> dict[str, str]:
     """The engine of every clip of ``root``'s ``manifest``, checked against ``hold_out_engine``;
     empty when no engine is held out."""
@@ -181,6 +192,7 @@ def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = No
     if not words:
         raise UsageError(f"--data-dir {root}: no word folders (expected <word>/<speaker>_nohash_<n>.wav inside)")
     lists = _split_lists(root)
+    split_of = split_rule(root)
     manifest = read_manifest(root)
     engine_of = _engine_of(root, manifest, hold_out_engine)
     respelled = {f for f, row in manifest.items() if is_respelled(row)}  # other spellings: training only
@@ -189,8 +201,7 @@ def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = No
     for word in words:
         for wav in wav_files_in(root / word):
             rel = f"{word}/{wav.name}"
-            split = which_set(wav.name) if lists is None else next(
-                (s for s, names in lists.items() if rel in names), "training")
+            split = split_of(rel)
             listed += split != "training" and lists is not None
             if engine_of:
                 split = "testing" if engine_of.get(rel) == hold_out_engine else \
