@@ -19,7 +19,8 @@ from .errors import UsageError
 from .files import FileKindError, regular_file
 from .plan import plan_model
 from .preprocessing import trained_front_end
-from .weights import CheckpointError, check_torch_file, read_state_dict, spotter_metadata, tensor_problems
+from .weights import (CheckpointError, check_torch_file, measured_weights, read_state_dict, spotter_metadata,
+                      tensor_problems)
 
 __all__ = ["CHECKPOINT_FORMAT", "DEFAULT_THRESHOLD", "build_from_checkpoint", "read_checkpoint", "read_spotter_file",
            "read_trained_file", "read_training_checkpoint"]
@@ -135,19 +136,10 @@ def read_trained_file(path: PathLike, what: str = "checkpoint") -> dict[str, Any
     return read_spotter_file(path) if path.suffix == ".safetensors" else read_checkpoint(path, what)
 
 
-def _measured_weights(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The weights a checkpoint's figures were measured with: its EMA's where the run kept one
-    (``--ema`` validates the average, timm's ``ModelEmaV3``), else the model's own."""
-    ema = ckpt.get("ema")
-    if isinstance(ema, Mapping) and ema:
-        return {k.removeprefix("module."): v for k, v in ema.items()}
-    return ckpt["model"]
-
-
 def build_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> ZooNet:
     """The network a training checkpoint or spotter file saved, built from its own
     ``model_config`` (not from a registered name that may have been edited since, and with its
-    own classes and input size), with its weights (``_measured_weights``: the EMA's after
+    own classes and input size), with its weights (``weights.measured_weights``: the EMA's after
     ``--ema``); its ``pretrained_cfg`` names its classes and, for a speech run, its MFCC front end.
     ``CheckpointError`` in one line for a config, weights or ``class_names`` that do not fit."""
     from pydantic import ValidationError
@@ -169,7 +161,7 @@ def build_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> ZooNet:
                                     and len(set(classes)) == len(classes) == cfg.num_classes):
         raise CheckpointError(f"{source}: class_names must be {cfg.num_classes} distinct non-empty names, one per "
                               f"output of the model, got {str(classes)[:120]}")
-    state = _measured_weights(ckpt)
+    state = measured_weights(ckpt)
     planned, held = plan_model(cfg).params, sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))
     if planned > held:  # checked from the closed form, before a network the file cannot fill is allocated
         raise CheckpointError(f"{source}: its model_config builds {planned:,} parameters, but it holds {held:,} "

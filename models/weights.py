@@ -38,6 +38,7 @@ __all__ = [
     "from_timm_state_dict",
     "from_torchvision_state_dict",
     "load_pretrained",
+    "measured_weights",
     "read_state_dict",
     "save_state_dict",
     "spotter_metadata",
@@ -440,6 +441,17 @@ def _spotter_trained_cfg(path: Path) -> dict[str, Any]:
     return {"mfcc": _named_front_end(about, path), **_class_names(about)} if isinstance(about, dict) else {}
 
 
+def measured_weights(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The weights a ``dszoo-train`` checkpoint's figures were measured with, which every later use
+    takes (``create_model(pretrained=...)``, ``--pretrained``, ``--eval-only``, export, spotting):
+    its EMA's where the run kept one (``--ema`` validates the average, timm's ``ModelEmaV3``),
+    else the model's own. Only ``--resume`` reads both."""
+    ema = ckpt.get("ema")
+    if isinstance(ema, Mapping) and ema:
+        return {str(k).removeprefix("module."): v for k, v in ema.items()}
+    return ckpt["model"]
+
+
 def _checkpoint_trained_cfg(obj: object, path: Path) -> dict[str, Any]:
     """The class names of a ``dszoo-train`` checkpoint, and a speech run's front end."""
     if not isinstance(obj, Mapping):
@@ -493,7 +505,9 @@ def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, An
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
     trained = _checkpoint_trained_cfg(obj, path)
-    if isinstance(obj, Mapping):
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and "ema" in obj:  # a dszoo-train run's
+        obj = measured_weights(obj)
+    elif isinstance(obj, Mapping):
         for key in ("model", "state_dict", "state_dict_ema"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]

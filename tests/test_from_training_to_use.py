@@ -57,7 +57,9 @@ def test_pretrained_from_a_run_keeps_its_head_and_channels(digits_run: Path) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "head was freshly initialised"
         model = create_model("mobilenet_v1_025", pretrained=digits_run / "last.pt")
-    saved = torch.load(digits_run / "last.pt", weights_only=True)["model"]
+    from dszoo.weights import measured_weights
+
+    saved = measured_weights(torch.load(digits_run / "last.pt", weights_only=True))  # its EMA's: the run has --ema
     assert model.num_classes == 4 and model.in_chans == 1 and model.pretrained_cfg["class_names"] == ["0", "1", "2", "3"]
     assert torch.equal(model.classifier.weight, saved["classifier.weight"])
     with pytest.warns(UserWarning, match="the head was freshly initialised"):
@@ -174,6 +176,12 @@ def test_ema_warms_up_so_a_short_finetune_is_not_stuck_at_its_start(tmp_path: Pa
     ema = {k.removeprefix("module."): v for k, v in saved["ema"].items()}
     w = "stages.0.0.pw.conv.weight"
     assert (ema[w] - saved["model"][w]).norm() < 0.5 * (start[w] - saved["model"][w]).norm()
+    # every later use takes the averaged weights: the checkpoint rebuilt, and its weights as pretrained=
+    # (what dszoo-train --pretrained loads)
+    last = tmp_path / "warm" / "last.pt"
+    for model in (load_checkpoint(last), create_model("mobilenet_v1_025", input_size=16, in_chans=1, num_classes=10,
+                                                      pretrained=last)):
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.items()) and not torch.equal(ema[w], saved["model"][w])
     res = run_in_process("train", ["--img-size", "16", "--epochs", "1", "--max-batches", "4", "--warmup-epochs", "0",
                                    "--ema", "--no-ema-warmup", "--out-dir", str(tmp_path / "cold")])
     assert res.returncode == 0, res.stderr
