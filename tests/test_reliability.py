@@ -88,6 +88,22 @@ def test_resume_refuses_options_that_contradict_the_run(tmp_path: Path, given: d
     assert _epoch(out / "last.pt") == 1
 
 
+def test_resume_weighs_an_option_given_at_its_default_value(tmp_path: Path) -> None:
+    """``--lr 0.01 --mixup 0`` named on the command line are given, although they are the
+    defaults: a run trained with others refuses them on ``--resume`` (they were taken for "not
+    given" and silently ignored)."""
+    out = tmp_path / "run"
+    args = ["--img-size", "16", "--warmup-epochs", "0", "-qq", "--max-batches", "2"]
+    assert run_in_process("train", [*args, "--epochs", "1", "--lr", "0.05", "--mixup", "0.2", "--out-dir", str(out)]) \
+        .returncode == 0
+    res = run_in_process("train", ["--resume", str(out / "last.pt"), "--epochs", "2", "--lr", "0.01", "--mixup", "0"])
+    assert res.returncode == 2 and "--lr 0.01 (the run's: 0.05)" in res.stderr and "--mixup 0.0 (the run's: 0.2)" in res.stderr
+    assert _epoch(out / "last.pt") == 1
+    res = run_in_process("train", ["--resume", str(out / "last.pt"), "--epochs", "2", "--lr", "0.05", "-qq"])
+    assert res.returncode == 0, res.stderr  # the run's own value, given again, is no contradiction
+    assert _epoch(out / "last.pt") == 2
+
+
 def test_a_run_folder_has_one_owner(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     lock = acquire_run_lock(folder)

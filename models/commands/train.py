@@ -130,10 +130,22 @@ def _class_list(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
+def _given_options(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> tuple[str, ...]:
+    """The options ``argv`` names, whatever their values (a default given explicitly counts): the
+    parse again with every default suppressed, so only what was given lands in the namespace."""
+    import copy
+
+    bare = copy.deepcopy(parser)
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    return tuple(sorted(vars(bare.parse_args(argv))))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv`` and train; errors propagate (``cli`` turns them into one line)."""
-    args = build_parser().parse_args(argv)
-    cfg = TrainConfig(**vars(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(**vars(args), given=_given_options(parser, argv))
     try:
         train(cfg)
     finally:

@@ -71,6 +71,9 @@ class TrainConfig:
     max_batches: Optional[int] = None
     quiet: int = 0  # 1: no progress bars; 2: no epoch lines or notes either
     allow_large: bool = False
+    given: tuple[str, ...] = ()
+    """The options a command line named (``dszoo-train`` fills it), so that ``--resume`` weighs an
+    option given at its default value as given; from Python, those that differ from the defaults."""
 
     @property
     def total_epochs(self) -> int:
@@ -182,7 +185,7 @@ def available_memory() -> Optional[int]:
 RESUME_MAY_CHANGE = ("epochs", "quiet", "workers", "allow_large", "compile")
 """Options a resumed run takes from the command line; every other comes from its checkpoint."""
 
-_PER_INVOCATION = ("resume", "overwrite", "eval_only", "out_dir")
+_PER_INVOCATION = ("resume", "overwrite", "eval_only", "out_dir", "given")
 """What one command asked for, never read back from a checkpoint (a resumed run that read
 ``overwrite`` back would delete its own files)."""
 
@@ -202,11 +205,15 @@ def _options_of_resumed_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dic
     saved = TrainConfig(**{k: v for k, v in saved_options.items() if k in known and k not in _PER_INVOCATION})
     folder = Path(cfg.resume).parent
     defaults = TrainConfig()
+
+    def given(name: str) -> bool:  # named on the command line, or set away from its default in Python
+        return name in cfg.given or getattr(cfg, name) != getattr(defaults, name)
+
     contradictions = [
         f"{_flag(f.name)} {getattr(cfg, f.name)!r} (the run's: {getattr(saved, f.name)!r})"
         for f in fields(TrainConfig)
-        if f.name not in RESUME_MAY_CHANGE + _PER_INVOCATION
-        and getattr(cfg, f.name) != getattr(defaults, f.name) and getattr(cfg, f.name) != getattr(saved, f.name)
+        if f.name not in RESUME_MAY_CHANGE + _PER_INVOCATION and given(f.name)
+        and getattr(cfg, f.name) != getattr(saved, f.name)
     ]
     if cfg.out_dir is not None and Path(cfg.out_dir).resolve() != folder.resolve():
         contradictions.append(f"--out-dir {cfg.out_dir!r} (the run's: {str(folder)!r})")
@@ -221,7 +228,7 @@ def _options_of_resumed_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dic
             raise UsageError(f"--resume {cfg.resume}: {latest} holds a later epoch ({newer} > {ckpt['epoch']}) that "
                              f"resuming would overwrite; resume from {latest}, or copy {cfg.resume} into a new folder")
     for name in RESUME_MAY_CHANGE:
-        if getattr(cfg, name) != getattr(defaults, name):
+        if given(name):
             setattr(saved, name, getattr(cfg, name))
     saved.resume, saved.out_dir = cfg.resume, str(folder)
     if ckpt["epoch"] >= saved.total_epochs:
