@@ -525,6 +525,18 @@ def two_engines(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_the_training_seed_draws_the_speech_data(two_engines: Path) -> None:
+    """``dszoo-train --seed`` reaches the speech dataset: the same seed gives the same training
+    clips and augmentation draws, another seed other ones (every seed drew as seed 0)."""
+    from dszoo import create_model
+    from dszoo.training.data import build_datasets
+
+    cfg = create_model("ds_cnn_s").pretrained_cfg
+    first, again, other = (build_datasets("speech_commands", cfg, data_dir=str(two_engines), seed=s) for s in (0, 0, 1))
+    features = [torch.stack([data.train[i][0] for i in range(16)]) for data in (first, again, other)]
+    assert torch.equal(features[0], features[1]) and not torch.equal(features[0], features[2])
+
+
 def test_holding_out_an_engine_tests_on_all_of_it(two_engines: Path) -> None:
     manifest = read_manifest(two_engines)
     _, items = _index(two_engines, "all", 0, hold_out_engine="other")

@@ -192,8 +192,10 @@ def build_datasets(
     mfcc: str = "mlperf_tiny",
     image_augment: ImageAugment = ImageAugment(),
     flag: str = "--dataset",
+    seed: int = 0,
 ) -> DataSplits:
-    """Train/val datasets for ``name`` shaped for a model with this ``pretrained_cfg``.
+    """Train/val datasets for ``name`` shaped for a model with this ``pretrained_cfg``; ``seed``
+    draws speech data's unknown-word subsets, silence clips and augmentation (``--seed``).
 
     ``num_classes`` sets the class count of ``fake`` (default 10); the other datasets have
     their own, which the caller checks it against."""
@@ -210,7 +212,7 @@ def build_datasets(
         from ..audio.augment import parse_levers
         from ..audio.speech_commands import build_speech_commands
 
-        speech = build_speech_commands(data_dir, task=speech_task, preset=mfcc, augment=parse_levers(augment),
+        speech = build_speech_commands(data_dir, task=speech_task, preset=mfcc, seed=seed, augment=parse_levers(augment),
                                        hold_out_engine=hold_out_engine, unknown_ratio=unknown_ratio)
         return DataSplits(speech.train, speech.val, len(speech.classes), speech.description, speech.test,
                           speech.classes)

@@ -258,7 +258,7 @@ def _start_session(cfg: TrainConfig, resuming: bool) -> _Session:
                           fake_size=cfg.fake_size, num_classes=cfg.num_classes, speech_task=cfg.speech_task,
                           augment=cfg.augment, hold_out_engine=cfg.hold_out_engine,
                           unknown_ratio=cfg.unknown_ratio, mfcc=cfg.mfcc,
-                          image_augment=ImageAugment(cfg.image_augment, cfg.scale, cfg.hflip))
+                          image_augment=ImageAugment(cfg.image_augment, cfg.scale, cfg.hflip), seed=cfg.seed)
     if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
         raise UsageError(f"--num-classes {cfg.num_classes} disagrees with {data.description}: it has {data.num_classes} classes")
     if saved is not None and model.num_classes != data.num_classes:
