@@ -537,6 +537,51 @@ def test_the_training_seed_draws_the_speech_data(two_engines: Path) -> None:
     assert torch.equal(features[0], features[1]) and not torch.equal(features[0], features[2])
 
 
+def test_augmentation_is_drawn_per_epoch_and_clip_in_any_worker(two_engines: Path) -> None:
+    """A clip's augmentation in an epoch is the same whether the main process or a DataLoader
+    worker reads it (two workers replayed each other's draws), and another epoch draws anew."""
+    from torch.utils.data import DataLoader
+
+    from dszoo import create_model
+    from dszoo.training.data import build_datasets
+
+    train_set = build_datasets("speech_commands", create_model("ds_cnn_s").pretrained_cfg, data_dir=str(two_engines),
+                               augment="all").train
+    train_set.set_epoch(3)
+    here = torch.stack([train_set[i][0] for i in range(8)])
+    workers = torch.cat([x for x, _ in DataLoader(train_set, batch_size=2, num_workers=2)][:4])
+    # the same draws; a worker computes on one thread, so its FFTs round differently (a near-silent
+    # frame's log can move by 0.06); another stream's draws move features by 10-100
+    assert (here - workers).abs().mean() < 1e-3 and (here - workers).abs().max() < 0.5
+    train_set.set_epoch(4)
+    assert not torch.equal(here, torch.stack([train_set[i][0] for i in range(8)]))
+
+
+def test_a_speech_run_resumes_exactly(two_engines: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--deterministic``, stopped once its first epoch is saved (as SIGKILL would stop it) and
+    resumed: the same weights as the run that went on (a resumed epoch's augmentation is that
+    epoch's, not epoch 0's again; the image runs' kill-and-resume test is test_training's)."""
+    from dszoo.training import loop
+
+    args = ["--model", "ds_cnn_s", "--dataset", "speech_commands", "--data-dir", str(two_engines), "--augment", "voices",
+            "--max-batches", "3", "--batch-size", "16", "--deterministic", "--epochs", "2", "-qq"]
+    assert run_in_process("train", [*args, "--out-dir", str(tmp_path / "whole")]).returncode == 0
+    save = loop._save_epoch
+
+    def save_then_stop(*a: object, **k: object) -> None:
+        save(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save_epoch", save_then_stop)
+    assert run_in_process("train", [*args, "--out-dir", str(tmp_path / "part")]).returncode == 130
+    monkeypatch.setattr(loop, "_save_epoch", save)
+    assert torch.load(tmp_path / "part" / "last.pt", weights_only=True)["epoch"] == 1
+    res = run_in_process("train", ["--resume", str(tmp_path / "part" / "last.pt"), "-qq"])
+    assert res.returncode == 0, res.stderr
+    a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True)["model"] for run in ("whole", "part"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_holding_out_an_engine_tests_on_all_of_it(two_engines: Path) -> None:
     manifest = read_manifest(two_engines)
     _, items = _index(two_engines, "all", 0, hold_out_engine="other")

@@ -262,14 +262,25 @@ class SpeechCommands(Dataset):
 
         self.waves, self.labels, self.silence = waves, torch.tensor(list(labels)), list(silence)
         self.mfcc = mfcc
+        self.seed = seed
+        self.epoch = torch.zeros((), dtype=torch.long).share_memory_()  # seen by DataLoader workers, persistent too
         self.generator = torch.Generator().manual_seed(seed)
         self.augmenter = Augmenter(tuple(augment), self.generator, tuple(torch.from_numpy(n) for n in noises),
                                    self.waves)  # context borrows words (a silence clip is zeros: nothing)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the augmentations of epoch ``epoch`` from now on (the training loop calls it before
+        each epoch, as it calls the sampler's)."""
+        self.epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # each clip's draws of each epoch from their own stream (seed, epoch, clip): the same whichever
+        # worker reads it (the workers shared one generator's copies, and replayed each other's draws)
+        # and in a run resumed at that epoch (a fresh generator replayed epoch 0's)
+        self.generator.manual_seed(int(np.random.SeedSequence([self.seed, int(self.epoch), i]).generate_state(1)[0]))
         wave = self.augmenter.wave(self.waves[i].float(), silence=self.silence[i])
         with torch.no_grad():
             return self.augmenter.features(self.mfcc(wave, self.augmenter.warp())[0]), self.labels[i]

@@ -496,6 +496,8 @@ def _train_one_epoch(run: _Session, trainer: _Trainer, epoch: int) -> tuple[dict
     cfg, device = run.cfg, run.device
     t0 = time.perf_counter()
     trainer.sampler.set_epoch(epoch)
+    if callable(getattr(run.data.train, "set_epoch", None)):  # augmentation drawn per epoch and clip (speech)
+        run.data.train.set_epoch(epoch)
     _set_train_mode(trainer.train_model, trainer.frozen)
     lr = trainer.optimizer.param_groups[0]["lr"]
     loss_sum, seen = 0.0, 0
