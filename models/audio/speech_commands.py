@@ -252,7 +252,8 @@ def _background(root: Path) -> list[np.ndarray]:
 
 class SpeechCommands(Dataset):
     """Training clips of one split as MFCC features ``(1, 49, 10)`` with their labels, each
-    clip augmented afresh on every access by the levers of ``augment`` (``audio.augment``;
+    clip augmented afresh every epoch (``set_epoch``; its draws are those of seed, epoch and
+    clip, whichever worker reads it) by the levers of ``augment`` (``audio.augment``;
     default ``basic``: noise with probability 0.8 at a volume from U(0, 0.1) and a shift of up
     to 100 ms, as the references train)."""
 
