@@ -107,6 +107,10 @@ def test_what_cannot_stream_says_why() -> None:
         create_model("mobilenet_v2_050", row_padding="none")  # its first block adds its input
     with pytest.raises(ConfigError, match=r"row_padding none: stages\[0\] \(xception\) is not row-local"):
         create_model("xception", row_padding="none")
+    maxed = create_model("ds_cnn_s_stream")
+    maxed.reset_classifier(12, global_pool="max")
+    assert KeywordSpotter(maxed, CLASSES, "arm_kws").streaming_problem() == \
+        "ds_cnn_s_stream pools a window by its maximum; a stream averages the window's rows (head.pool: avg)"
     with pytest.raises(ValueError, match="one output row reads 26 input rows, more than a window's 20"):
         StreamingNetwork(create_model("ds_cnn_s_stream"), 20)
 

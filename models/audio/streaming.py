@@ -98,15 +98,17 @@ def streaming_problem(model: Optional[nn.Module], mfcc: Optional[MFCC] = None) -
     """Why ``model`` (with front end ``mfcc``; either may be ``None``) cannot run on a stream a
     hop at a time, or ``None`` when it can: nothing before the head may look at a whole window,
     as the padding of a window's edge rows, a per-window input normalisation (both excluded by
-    ``row_padding: none``) and a front end that scales each clip do."""
+    ``row_padding: none``) and a front end that scales each clip do, and the head must average."""
     if mfcc is not None and mfcc.normalise_peak:
         return (f"the MFCC front end {mfcc.preset} divides each clip by its peak; a stream needs one that does not "
                 "(arm_kws: dszoo-train --mfcc arm_kws)")
     cfg = getattr(model, "cfg", None)
+    name = getattr(cfg, "name", type(model).__name__)
     if model is not None and getattr(cfg, "row_padding", "same") != "none":
-        name = getattr(cfg, "name", type(model).__name__)
         return (f"{name} pads the rows of its convolutions, so a window's edge rows differ from a stream's; a "
                 "streaming model has row_padding: none (ds_cnn_s_stream)")
+    if model is not None and not isinstance(getattr(model, "global_pool", None), nn.AdaptiveAvgPool2d):
+        return f"{name} pools a window by its maximum; a stream averages the window's rows (head.pool: avg)"
     return None
 
 
