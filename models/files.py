@@ -4,14 +4,16 @@ over it only when complete."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, BinaryIO, Callable, Iterator, Optional, Union
 
-__all__ = ["FileKindError", "TEMP_SUFFIX", "atomic_path", "remove_leftover_temporaries", "regular_file"]
+__all__ = ["FileKindError", "TEMP_SUFFIX", "atomic_path", "remove_leftover_temporaries", "regular_file",
+           "write_through_memory"]
 
 PathLike = Union[str, Path]
 TEMP_SUFFIX = ".tmp"
@@ -94,6 +96,18 @@ def atomic_path(target: PathLike, replace: bool = True) -> Iterator[str]:
         raise
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def write_through_memory(path: PathLike, save: Callable[[BinaryIO], Any]) -> None:
+    """``save(buffer)`` into memory, then its bytes written to ``path`` by Python's own I/O, so
+    that a full disk (or a file-size limit) is an ``OSError`` that ``atomic_path`` names the file
+    in: PyTorch's C++ writer aborts the interpreter there (``torch.jit.save``,
+    ``torch.export.save``) or raises an untyped ``RuntimeError`` (``torch.save``), and safetensors
+    raises its own error. Costs the file's size in memory while it is written."""
+    buffer = io.BytesIO()
+    save(buffer)
+    with open(path, "wb") as fh:
+        fh.write(buffer.getbuffer())
 
 
 def remove_leftover_temporaries(folder: PathLike, names: tuple[str, ...],

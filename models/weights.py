@@ -21,7 +21,7 @@ from .blocks import (ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedIn
                      MixedConv2d, MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
                      UniversalInvertedResidual, XceptionBlock)
 
-from .files import FileKindError, atomic_path, regular_file
+from .files import FileKindError, atomic_path, regular_file, write_through_memory
 from .builder import ZooNet
 from .reparameterize import is_reparameterizable, reparameterize
 from .preprocessing import trained_front_end
@@ -696,8 +696,8 @@ def save_state_dict(model: nn.Module, path: PathLike) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         if Path(path).suffix == ".safetensors":
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
-            save_file(state, tmp)
+            write_through_memory(tmp, lambda fh: fh.write(save(state)))
         else:
-            torch.save(state, tmp)
+            write_through_memory(tmp, lambda fh: torch.save(state, fh))

@@ -331,6 +331,36 @@ def test_messages_name_the_option_given_in_one_line(tmp_path: Path, command: str
     assert res.returncode == 2 and res.stderr == message.format(**fill) + "\n"
 
 
+def _limited_file_size(limit: int) -> Callable[[], None]:
+    """A child's ``preexec_fn``: files of at most ``limit`` bytes, and a write past it an error
+    (EFBIG) rather than the signal that would kill the child: the failure of a full disk, for a
+    test without one."""
+    import resource
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_files
+
+
+@pytest.mark.parametrize("argv, written", [
+    (["export", "--model", "mobilenet_v1_025", "--format", "torchscript", "--out", "{tmp}/m.pt"], "m.pt"),
+    (["train", "--epochs", "1", "--max-batches", "1", "-qq", "--out-dir", "{tmp}/run"], "run/best.pt"),
+])
+def test_a_write_that_fails_midway_is_one_line_and_leaves_nothing(tmp_path: Path, argv: list[str],
+                                                                 written: str) -> None:
+    """PyTorch's C++ writers aborted the interpreter (TorchScript, torch.export: exit 134) or
+    raised an untyped RuntimeError (a checkpoint) when the disk filled; every file is now
+    serialised in memory and written by Python, so the failure is one line naming the file, and
+    no part of it (nor a temporary file) is left."""
+    script = REPO / "scripts" / f"{argv[0]}.py"
+    res = subprocess.run([sys.executable, str(script), *[a.format(tmp=tmp_path) for a in argv[1:]]],
+                         capture_output=True, text=True, preexec_fn=_limited_file_size(200_000), timeout=300)
+    target = tmp_path / written
+    assert res.returncode == 2 and res.stderr.splitlines()[-1] == f"error: {target}: File too large", res.stderr[-2000:]
+    assert not target.exists() and not list(target.parent.glob(".*.tmp"))
+
+
 def test_a_full_disk_names_the_file_it_could_not_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An atomic write that fails inside (ENOSPC has no file name of its own) names its target."""
     import errno

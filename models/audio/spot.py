@@ -227,15 +227,16 @@ def save_spotter(spotter: KeywordSpotter, path: Union[str, Path], card: Optional
     config, class names, front end, threshold and ``card`` (what it was trained and measured on)."""
     import json
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from ..files import atomic_path
+    from ..files import atomic_path, write_through_memory
 
     about = {"model_config": spotter.model.cfg.model_dump(mode="json"), "class_names": spotter.classes,
              "mfcc_preset": spotter.mfcc.preset, "threshold": spotter.threshold, "card": card or {}}
     state = {k: v.detach().contiguous().cpu() for k, v in spotter.model.state_dict().items()}
     with atomic_path(path, replace=False) as tmp:
-        save_file(state, tmp, metadata={SPOTTER_METADATA_KEY: json.dumps(about, allow_nan=False)})  # strict JSON
+        meta = {SPOTTER_METADATA_KEY: json.dumps(about, allow_nan=False)}  # strict JSON
+        write_through_memory(tmp, lambda fh: fh.write(save(state, metadata=meta)))
 
 
 def load_spotter(checkpoint: Union[str, Path, None] = None) -> KeywordSpotter:

@@ -32,6 +32,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..files import write_through_memory
+
 __all__ = ["EDGE_RUNTIMES", "ExportError", "RUNTIMES", "Runtime", "Written", "runtime_for_path"]
 
 Run = Callable[[torch.Tensor], torch.Tensor]
@@ -126,7 +128,8 @@ class TorchScript(Runtime):
     format, runtime, suffixes = "torchscript", "PyTorch (TorchScript)", (".pt", ".pth", ".ts")
 
     def write(self, model, example, paths, metadata, calibration=None) -> Written:
-        torch.jit.save(torch.jit.script(model), paths[0], _extra_files={METADATA_NAME: metadata})
+        scripted = torch.jit.script(model)
+        write_through_memory(paths[0], lambda fh: torch.jit.save(scripted, fh, _extra_files={METADATA_NAME: metadata}))
         return Written()
 
     def load(self, paths, threads=None) -> Run:
@@ -151,8 +154,8 @@ class PT2(Runtime):
 
             model = int8_graph(model, calibration)
         program = exported_with_dynamic_batch(model, example)
-        with open(paths[0], "wb") as fh:  # through a file object: a temporary name does not end in .pt2
-            torch.export.save(program, fh, extra_files={METADATA_NAME: metadata})
+        # through a file object (a temporary name does not end in .pt2), in memory (see write_through_memory)
+        write_through_memory(paths[0], lambda fh: torch.export.save(program, fh, extra_files={METADATA_NAME: metadata}))
         return Written(*_graph_float_layers(program.graph))
 
     def load(self, paths, threads=None) -> Run:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from ..files import FileKindError, atomic_path, regular_file
+from ..files import FileKindError, atomic_path, regular_file, write_through_memory
 from ..errors import UsageError
 from ..checkpoints import CHECKPOINT_FORMAT, read_checkpoint, read_training_checkpoint
 
@@ -31,8 +31,9 @@ RUN_RESULTS = ("last.pt", "best.pt", "metrics.csv")
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """``payload`` written atomically, every tensor in it on the CPU (a checkpoint of a GPU run
     loads on any machine; resuming puts the model's and optimizer's state back on the device)."""
+    on_cpu = _on_cpu(payload)
     with atomic_path(path) as tmp:
-        torch.save(_on_cpu(payload), tmp)
+        write_through_memory(tmp, lambda fh: torch.save(on_cpu, fh))
 
 
 def _on_cpu(obj: Any) -> Any:
