@@ -154,7 +154,11 @@ def split_rule(root: Path) -> Callable[[str], str]:
     and ``testing_list.txt`` where it has them (Google's Speech Commands: what ``dszoo-train`` holds
     out), else by the dataset's hash of the file name (``which_set``). Training, recordings and
     scoring all split by it, so none of them mistakes a trained voice for a held-out one."""
-    lists = _split_lists(root)
+    return _rule_of(_split_lists(root))
+
+
+def _rule_of(lists: Optional[dict[str, set[str]]]) -> Callable[[str], str]:
+    """``split_rule`` of a folder whose split lists (``_split_lists``) are ``lists``."""
     if lists is None:
         return lambda rel: which_set(rel.rsplit("/", 1)[-1])
     return lambda rel: next((split for split, names in lists.items() if rel in names), "training")
@@ -192,7 +196,7 @@ def _index(root: Path, task: str, seed: int, hold_out_engine: Optional[str] = No
     if not words:
         raise UsageError(f"--data-dir {root}: no word folders (expected <word>/<speaker>_nohash_<n>.wav inside)")
     lists = _split_lists(root)
-    split_of = split_rule(root)
+    split_of = _rule_of(lists)
     manifest = read_manifest(root)
     engine_of = _engine_of(root, manifest, hold_out_engine)
     respelled = {f for f, row in manifest.items() if is_respelled(row)}  # other spellings: training only

@@ -248,17 +248,15 @@ class LiveDetector:
         self.threshold, self.smooth, self.refractory = threshold, smooth, refractory_seconds
         self.rate = sample_rate
         self.before = smooth // 2  # windows before the centre in the average
-        self.recent: deque[tuple[int, torch.Tensor]] = deque(maxlen=smooth)
+        self.recent: deque[tuple[int, int, torch.Tensor]] = deque(maxlen=smooth)  # (window, start, probs)
         self.centre = 0  # the next window whose smoothed value is due
         self.count = 0
-        self.starts: deque[int] = deque(maxlen=smooth)
         self.runs: dict[int, tuple[int, float]] = {}  # class -> (start sample, smoothed value) of the run's peak
         self.last: dict[int, float] = {}
 
     def push(self, start: int, probs: torch.Tensor) -> list[Detection]:
         """The next window's posteriors; detections that are final now."""
-        self.recent.append((self.count, probs))
-        self.starts.append(start)
+        self.recent.append((self.count, start, probs))
         self.count += 1
         out: list[Detection] = []
         while self.centre + self.smooth - 1 - self.before < self.count:  # its last neighbour has arrived
@@ -278,9 +276,9 @@ class LiveDetector:
 
     def _settle(self, i: int) -> list[Detection]:
         lo = i - self.before
-        total = sum((p for j, p in self.recent if lo <= j < lo + self.smooth), torch.zeros(len(self.classes)))
+        total = sum((p for j, _, p in self.recent if lo <= j < lo + self.smooth), torch.zeros(len(self.classes)))
         value = total / self.smooth
-        start = next(s for (j, _), s in zip(self.recent, self.starts) if j == i)
+        start = next(s for j, s, _ in self.recent if j == i)
         out: list[Detection] = []
         for c in self.report:
             v = float(value[c])
