@@ -23,6 +23,7 @@ from .mobile import (FusedInvertedResidual, InvertedResidual, LayerScale2d, Resi
 from .convnext import ConvNeXtBlock
 from .ghost import GhostBottleneck, GhostModule
 from .reparam import MobileOneBlock, RepConv
+from .repvit import NormLinearClassifier, RepViTBlock, RepVggDepthwise
 from .shuffle import ShuffleUnit, channel_shuffle
 from .separable import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, standard_conv
 
@@ -47,9 +48,12 @@ __all__ = [
     "MobileMultiQueryAttention",
     "MobileOneBlock",
     "MultiQueryAttention2d",
+    "NormLinearClassifier",
     "ResidualConv",
     "PointwiseConv",
     "RepConv",
+    "RepViTBlock",
+    "RepVggDepthwise",
     "SeparableConv2d",
     "ShuffleUnit",
     "SqueezeExcite",

@@ -18,11 +18,12 @@ from .blocks import (NORMS, CepstralMeanNorm, ConvNeXtBlock, ConvNormAct, Depthw
                      GhostBottleneck, InvertedResidual, MaxPool, MobileMultiQueryAttention, MobileOneBlock, RepConv,
                      ResidualConv, SeparableConv2d, ShuffleUnit, SqueezeExcite, UniversalInvertedResidual,
                      XceptionBlock, pair, standard_conv)
+from .blocks import NormLinearClassifier, RepViTBlock
 from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
 
 from .config import (ConvNeXtStage, ConvStage, DSStage, FusedStage, GhostStage, IRStage, ModelConfig, MQAStage,
-                     PoolStage, RepStage, SEConfig, ShuffleStage, UIBStage, XceptionStage)
+                     PoolStage, RepStage, RepViTStage, SEConfig, ShuffleStage, UIBStage, XceptionStage)
 from .plan import (check_model_size, drop_path_rates, make_divisible, min_input_size, plan_model, se_channels,
                    stage_width)
 
@@ -44,6 +45,7 @@ class BuildContext:
     drop_path: float = 0.0
     layer_scale: Optional[float] = None
     reparameterized: bool = False
+    index: int = 0  # the block's place in its row
 
     def chs(self, channels: float) -> int:
         """``make_divisible`` with the config's divisor and round limit (timm's rule)."""
@@ -145,6 +147,14 @@ def _rep_block(in_chs: int, spec: RepStage, stride: Any, ctx: BuildContext) -> n
     return RepConv(in_chs, ctx.out(spec), spec.kernel, **common)
 
 
+def _repvit_block(in_chs: int, spec: RepViTStage, stride: Any, ctx: BuildContext) -> nn.Module:
+    # the cross-block squeeze-excite: on a row's first, third, ... block (never a downsampling one)
+    se_ratio = spec.se_ratio if ctx.index % 2 == 0 else 0.0
+    return RepViTBlock(in_chs, ctx.out(spec), spec.kernel, mlp_ratio=spec.expand, stride=stride, norm=ctx.norm,
+                       act=ctx.act, se=ctx.se_factory(se_ratio, 1.0), norm_after_sum=spec.mixer_norm == "after_sum",
+                       drop_path=ctx.drop_path, depthwise=ctx.separable, inference=ctx.reparameterized)
+
+
 def _pool_block(in_chs: int, spec: PoolStage, stride: Any, ctx: BuildContext) -> nn.Module:
     return MaxPool(in_chs, spec.kernel, stride)
 
@@ -173,6 +183,7 @@ BLOCK_BUILDERS: dict[str, BlockBuilder] = {
     "ghost": _ghost_block,
     "shuffle": _shuffle_block,
     "rep": _rep_block,
+    "repvit": _repvit_block,
     "maxpool": _pool_block,
     "xception": _xception_block,
 }
@@ -186,7 +197,7 @@ def _build_stage(spec: Any, in_chs: int, ctx: BuildContext, repeats: int,
     ctx = replace(ctx, act=spec.act or ctx.act)
     for i in range(repeats):
         rate = drop_paths[i] if drop_paths else 0.0
-        block = BLOCK_BUILDERS[spec.type](in_chs, spec, spec.stride if i == 0 else 1, replace(ctx, drop_path=rate))
+        block = BLOCK_BUILDERS[spec.type](in_chs, spec, spec.stride if i == 0 else 1, replace(ctx, drop_path=rate, index=i))
         blocks.append(block)
         in_chs = block.out_chs
     if spec.dropout > 0:
@@ -313,7 +324,8 @@ class ZooNet(nn.Module):
         self.head_conv: nn.Module = nn.Identity() if head is None else ConvNormAct(
             chs, head.out, 1, padding=0, bias=head.bias, norm=norm if head.norm else None, act=head.act)
         # a BatchNorm on pooled features cannot train on one image
-        self.head_norm = ((head is not None and head.norm) or cfg.head.norm) and cfg.norm.type == "batchnorm"
+        self.head_norm = (((head is not None and head.norm) or cfg.head.norm) and cfg.norm.type == "batchnorm"
+                          or cfg.head.classifier == "norm_linear" and not cfg.reparameterized)
         if head is not None and head.op == "linear":
             head_as_linear(self.head_conv)
         self.num_features = chs if head is None else head.out
@@ -328,7 +340,12 @@ class ZooNet(nn.Module):
         self._init_weights()
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes <= 0:
+            return nn.Identity()
+        if self.cfg.head.classifier == "norm_linear":
+            return NormLinearClassifier(self.num_features, num_classes, distilled=self.cfg.head.distilled,
+                                        eps=self.cfg.norm.eps, inference=self.cfg.reparameterized)
+        return nn.Linear(self.num_features, num_classes)
 
     def _pretrained_cfg(self, reduction: tuple[int, int]) -> dict[str, Any]:
         p = self.cfg.pretrained_cfg
@@ -369,6 +386,9 @@ class ZooNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
+        for m in self.modules():  # then a block's own rule, where it has one
+            if callable(getattr(m, "init_weights", None)):
+                m.init_weights()
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
@@ -384,9 +404,10 @@ class ZooNet(nn.Module):
         head = self.cfg.head if global_pool is None else self.cfg.head.model_copy(update={"pool": global_pool})
         self.cfg = self.cfg.model_copy(update={"num_classes": num_classes, "head": head})
         self.classifier = self._make_classifier(num_classes)
-        if isinstance(self.classifier, nn.Linear):
-            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
-            nn.init.zeros_(self.classifier.bias)
+        for linear in self.classifier.modules():
+            if isinstance(linear, nn.Linear):
+                nn.init.normal_(linear.weight, 0.0, 0.01)
+                nn.init.zeros_(linear.bias)
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def check_input(self, x: torch.Tensor) -> None:

@@ -283,6 +283,21 @@ class RepStage(_Stage):
     se_ratio: Fraction = 0.0
 
 
+class RepViTStage(_Stage):
+    """``repeat`` x RepViT block (Wang et al. 2024, Figure 3): a RepVGG-style depthwise ``kernel``
+    conv (its 1x1 and identity branches beside it), squeeze-excite on the row's first, third, ...
+    block when ``se_ratio`` is set (the paper's cross-block SE), a 1x1 MLP of ``expand`` x the
+    width with a residual. A row's first block with a stride or a new width is the downsampling
+    block (a stride-1 block, a depthwise conv of the stride, a 1x1 conv to ``out``, an MLP).
+    ``mixer_norm``: ``after_sum`` (one norm after the three branches; timm's M0.9-M2.3) or
+    ``per_branch`` (the 1x1 branch with its own norm; the first release, M1/M2/M3)."""
+
+    type: Literal["repvit"]
+    expand: Annotated[float, Field(strict=True, gt=0, le=100)] = 2.0
+    se_ratio: Fraction = 0.0
+    mixer_norm: Literal["after_sum", "per_branch"] = "after_sum"
+
+
 class PoolStage(_Stage):
     """A ``kernel`` x ``kernel`` max pool of ``stride`` with "same" padding (ShuffleNetV2's stem);
     it keeps the channels, so it has no ``out``."""
@@ -303,7 +318,7 @@ class XceptionStage(_Stage):
 
 
 StageConfig = Annotated[Union[ConvStage, DSStage, IRStage, UIBStage, FusedStage, MQAStage, ConvNeXtStage, GhostStage,
-                              ShuffleStage, RepStage, PoolStage, XceptionStage], Field(discriminator="type")]
+                              ShuffleStage, RepStage, RepViTStage, PoolStage, XceptionStage], Field(discriminator="type")]
 StemConfig = Annotated[Union[ConvStage, RepStage, PoolStage], Field(discriminator="type")]
 STEM_TYPES = ("conv", "rep", "maxpool")
 
@@ -328,6 +343,10 @@ class HeadConfig(_Strict):
     norm: StrictBool = False  # the model's norm on the pooled features (ConvNeXt's head LayerNorm)
     dropout: Fraction = 0.0
     conv: Optional[HeadConv] = None  # MobileNetV3: a 1x1 conv after the pool, before the dropout
+    classifier: Literal["linear", "norm_linear"] = "linear"
+    """The last layer: a Linear, or a BatchNorm then a Linear (RepViT's ``NormLinear``)."""
+    distilled: StrictBool = False
+    """Two classifiers whose logits are averaged (DeiT's distillation head; RepViT)."""
 
 
 class SEConfig(_Strict):
@@ -460,8 +479,8 @@ class ModelConfig(_Strict):
 OVERRIDE_KEYS = {"in_chans": "input_size[0]", "drop_rate": "head.dropout"}
 STAGE_CLASSES: dict[str, type[BaseModel]] = {
     "conv": ConvStage, "ds": DSStage, "ir": IRStage, "uib": UIBStage, "fused": FusedStage, "mqa": MQAStage,
-    "convnext": ConvNeXtStage, "ghost": GhostStage, "shuffle": ShuffleStage, "rep": RepStage, "maxpool": PoolStage,
-    "xception": XceptionStage}
+    "convnext": ConvNeXtStage, "ghost": GhostStage, "shuffle": ShuffleStage, "rep": RepStage, "repvit": RepViTStage,
+    "maxpool": PoolStage, "xception": XceptionStage}
 STAGE_TYPES = tuple(STAGE_CLASSES)  # in the order error messages list them
 
 

@@ -236,7 +236,8 @@ class _Walker:
             self.pooled_conv(f"{prefix}.se.conv_reduce", key, self.c, reduced)
             self.pooled_conv(f"{prefix}.se.conv_expand", key, reduced, self.c)
 
-    def block(self, prefix: str, key: str, spec: Any, stride: Any) -> None:
+    def block(self, prefix: str, key: str, spec: Any, stride: Any, index: int = 0) -> None:
+        """One block of a row (``index``: its place in the row)."""
         if spec.type == "maxpool":
             self.max_pool(spec.kernel, stride)
             return
@@ -270,6 +271,8 @@ class _Walker:
             self.rep_conv(f"{prefix}.pw", key, spec, out, 1, 1, 1)
         elif spec.type == "rep":
             self.rep_conv(prefix, key, spec, out, spec.kernel, stride, 1)
+        elif spec.type == "repvit":
+            self.repvit_block(prefix, key, spec, out, stride, spec.se_ratio if index % 2 == 0 else 0.0)
         else:
             self.xception(prefix, key, spec, out, stride)
 
@@ -344,6 +347,37 @@ class _Walker:
                 self.conv_norm(f"{prefix}.conv_scale", key, out, 1, stride, padding=0, groups=groups)
             del self.chain[chain + 1:]  # the branches beside the first walk the same spatial chain
         self.squeeze_excite(prefix, key, spec.se_ratio, 1.0)
+
+    def fused_conv_norm(self, prefix: str, key: str, c_out: int, kernel: Any, stride: Any = 1, groups: int = 1) -> None:
+        """A conv + norm, or reparameterised the conv with a bias that it folds into."""
+        self.conv_norm(prefix, key, c_out, kernel, stride, groups=groups, norm=not self.cfg.reparameterized,
+                       bias=self.cfg.reparameterized)
+
+    def repvit_block(self, prefix: str, key: str, spec: Any, out: int, stride: Any, se_ratio: float) -> None:
+        """``RepViTBlock``: [downsampling: a stride-1 block, a depthwise conv of the stride, a 1x1
+        conv], the token mixer (its depthwise k x k conv + norm, 1x1 depthwise conv and norm beside
+        it), [SE], the 1x1 MLP; reparameterised, each a conv with a bias."""
+        if _pair(stride) != (1, 1) or self.c != out:
+            c_in = self.c
+            self.repvit_block(f"{prefix}.pre_block", key, spec, c_in, 1, 0.0)
+            self.fused_conv_norm(f"{prefix}.spatial", key, c_in, spec.kernel, stride, c_in if self.cfg.separable else 1)
+            self.fused_conv_norm(f"{prefix}.channel", key, out, 1)
+        elif not self.cfg.separable:
+            self.fused_conv_norm(f"{prefix}.token_mixer", key, out, spec.kernel)
+        else:
+            mixer, h, w = f"{prefix}.token_mixer", self.h, self.w
+            self.fused_conv_norm(f"{mixer}.conv", key, out, spec.kernel, groups=out)
+            if not self.cfg.reparameterized:
+                chain = len(self.chain)
+                self.conv_norm(f"{mixer}.conv1", key, out, 1, padding=0, groups=out, norm=spec.mixer_norm == "per_branch",
+                               bias=spec.mixer_norm == "after_sum")
+                del self.chain[chain:]  # beside the k x k conv, on the same map
+                self.h, self.w = h, w
+                if spec.mixer_norm == "after_sum":
+                    self.bn(f"{mixer}.norm", key, out, h, w)
+            self.squeeze_excite(prefix, key, se_ratio, 1.0)
+        self.fused_conv_norm(f"{prefix}.mlp.conv1", key, int(out * spec.expand), 1)
+        self.fused_conv_norm(f"{prefix}.mlp.conv2", key, out, 1)
 
     def convnext_block(self, prefix: str, key: str, spec: Any, out: int, stride: Any) -> None:
         """``ConvNeXtBlock``: [norm, stride x stride conv with bias], depthwise conv with bias, norm,
@@ -470,7 +504,7 @@ def _walk(cfg: ModelConfig, size: tuple[int, int, int]) -> _Walker:
         index += spec.dropout > 0
     for i, (spec, repeats) in enumerate(zip(cfg.stages, cfg.stage_repeats())):
         for r in range(repeats):
-            walker.block(f"stages.{i}.{r}", f"stages[{i}]", spec, spec.stride if r == 0 else 1)
+            walker.block(f"stages.{i}.{r}", f"stages[{i}]", spec, spec.stride if r == 0 else 1, r)
     if cfg.head.norm:
         walker.bn("pooled_norm", "head.norm", walker.c, 1, 1)
     if cfg.head.conv is not None:
@@ -480,9 +514,17 @@ def _walk(cfg: ModelConfig, size: tuple[int, int, int]) -> _Walker:
         if head.norm:
             walker.bn("head_conv.norm", "head.conv", head.out, 1, 1)
     if cfg.num_classes > 0:
-        c = walker.c
-        walker.layers.append(LayerPlan("classifier", "Linear", "num_classes", c, (cfg.num_classes,),
-                                       c * cfg.num_classes + cfg.num_classes, c * cfg.num_classes))
+        c, k = walker.c, cfg.num_classes
+        if cfg.head.classifier == "linear":
+            walker.layers.append(LayerPlan("classifier", "Linear", "num_classes", c, (k,), c * k + k, c * k))
+        else:  # NormLinearClassifier: [BatchNorm1d, Linear] per head, or the one Linear they fold into
+            heads = ("",) if cfg.reparameterized else ("", "_dist")[:1 + cfg.head.distilled]
+            for suffix in heads:
+                if not cfg.reparameterized:
+                    walker.layers.append(LayerPlan(f"classifier.norm{suffix}", "BatchNorm1d", "head.classifier", c,
+                                                   (c,), 2 * c, 0))
+                walker.layers.append(LayerPlan(f"classifier.linear{suffix}", "Linear", "num_classes", c, (k,),
+                                               c * k + k, c * k))
     return walker
 
 
@@ -495,6 +537,7 @@ def _layers_per_block(spec: Any) -> int:
     """Conv and norm layers one block of a stage has (squeeze-excite's two convs included)."""
     se = 2 if getattr(spec, "se_ratio", 0) else 0
     return {"conv": 2, "ds": 4 + se, "ir": 6 + se, "uib": 12 + se, "fused": 4 + se, "mqa": 11, "convnext": 6, "ghost": 14 + se, "shuffle": 10,
+            "repvit": 20 + se,
             "rep": (2 * getattr(spec, "branches", 1) + 3) * (1 + getattr(spec, "separable", False)) + se,
             "maxpool": 0}.get(
         spec.type, 3 * getattr(spec, "convs", 1) + 2)

@@ -20,6 +20,7 @@ from torch import nn
 from .blocks import (ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, GhostBottleneck, InvertedResidual,
                      MixedConv2d, MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
                      UniversalInvertedResidual, XceptionBlock)
+from .blocks import RepVggDepthwise, RepViTBlock
 
 from .files import FileKindError, atomic_path, regular_file, write_through_memory
 from .builder import ZooNet
@@ -213,6 +214,65 @@ def _convnext_map(model: ZooNet) -> dict[str, str]:
     return out
 
 
+def _repvit_conv_norm(ours: str, theirs: str, folded: bool) -> dict[str, str]:
+    """timm's ``ConvNorm`` at ``theirs`` (``c``, ``bn``; after timm's ``fuse`` the conv itself) and
+    our ``ConvNormAct`` at ``ours``."""
+    return {theirs: f"{ours}.conv"} if folded else {f"{theirs}.c": f"{ours}.conv", f"{theirs}.bn": f"{ours}.norm"}
+
+
+def _repvit_block_names(ours: str, theirs: str, block: RepViTBlock, folded: bool) -> dict[str, str]:
+    """timm's ``RepViTBlock`` / ``RepVitDownsample`` at ``theirs`` and our ``RepViTBlock`` at ``ours``."""
+    out = {}
+    if block.downsample:
+        out.update(_repvit_block_names(f"{ours}.pre_block", f"{theirs}.pre_block", block.pre_block, folded))
+        out.update(_repvit_conv_norm(f"{ours}.spatial", f"{theirs}.spatial_downsample", folded))
+        out.update(_repvit_conv_norm(f"{ours}.channel", f"{theirs}.channel_downsample", folded))
+        mlp = f"{theirs}.ffn"
+    else:
+        mixer, theirs_mixer = f"{ours}.token_mixer", f"{theirs}.token_mixer"
+        if folded:
+            out[theirs_mixer] = f"{mixer}.conv.conv"
+        elif isinstance(block.token_mixer, RepVggDepthwise):  # (a standard conv in its place has no timm twin)
+            out.update(_repvit_conv_norm(f"{mixer}.conv", f"{theirs_mixer}.conv", False))
+            if not block.token_mixer.norm_after_sum:
+                out.update(_repvit_conv_norm(f"{mixer}.conv1", f"{theirs_mixer}.conv1", False))
+            else:
+                out.update({f"{theirs_mixer}.conv1": f"{mixer}.conv1", f"{theirs_mixer}.bn": f"{mixer}.norm"})
+        out.update({f"{theirs}.se.fc1": f"{ours}.se.conv_reduce", f"{theirs}.se.fc2": f"{ours}.se.conv_expand"})
+        mlp = f"{theirs}.channel_mixer"
+    for conv in ("conv1", "conv2"):
+        out.update(_repvit_conv_norm(f"{ours}.mlp.{conv}", f"{mlp}.{conv}", folded))
+    return out
+
+
+def _repvit_map(model: ZooNet) -> dict[str, str]:
+    """timm's ``RepVit``: ``stem.conv1``/``stem.conv2``, then per timm stage (a row and the
+    ``same_stage`` rows after it) a ``downsample`` (our strided block) and ``blocks.j``, and the
+    classifier ``head.head``/``head.head_dist`` (each ``bn`` and ``l``). In the reparameterised
+    form each conv + norm is the one conv timm's ``reparameterize_model`` leaves, the classifier
+    one ``head``. Both forms' names are mapped (a file is matched to its form after renaming), the
+    model's own form last, so that ``export_to_timm`` gives the names of the form the model is in."""
+    out: dict[str, str] = {}
+    for folded in (not model.cfg.reparameterized, model.cfg.reparameterized):
+        for k, name in enumerate(("conv1", "conv2")):
+            if folded:
+                out[f"stem.{name}"] = f"stem.{k}.reparam_conv"
+            else:
+                out.update({f"stem.{name}.c": f"stem.{k}.conv_kxk.0.conv", f"stem.{name}.bn": f"stem.{k}.conv_kxk.0.norm"})
+        if folded:
+            out["head"] = "classifier.linear"
+        else:
+            out.update({"head.head.l": "classifier.linear", "head.head.bn": "classifier.norm",
+                        "head.head_dist.l": "classifier.linear_dist", "head.head_dist.bn": "classifier.norm_dist"})
+        blocks = [(f"stages.{i}.{j}", block) for i, stage in enumerate(model.stages) for j, block in enumerate(stage)
+                  if isinstance(block, RepViTBlock)]
+        flat = [(i, j) for i, size in enumerate(_timm_stage_sizes(model, len(blocks))) for j in range(size)]
+        for (ours, block), (i, j) in zip(blocks, flat):
+            theirs = f"stages.{i}.downsample" if block.downsample else f"stages.{i}.blocks.{j - (i > 0)}"
+            out.update(_repvit_block_names(ours, theirs, block, folded))
+    return out
+
+
 # family -> (timm architecture, a key only that layout has (or one per form), module-path map builder)
 TIMM_MODELS: dict[str, tuple[str, Union[str, tuple[str, ...]], Callable[[ZooNet], dict[str, str]]]] = {
     "mobilenet_v1": ("mobilenetv1_100", "conv_stem.weight", _efficientnet_map),
@@ -229,6 +289,7 @@ TIMM_MODELS: dict[str, tuple[str, Union[str, tuple[str, ...]], Callable[[ZooNet]
     "xception": ("legacy_xception", "block1.rep.0.conv1.weight", _xception_map),
     "convnext": ("convnext_atto", "stages.0.blocks.0.conv_dw.weight", _convnext_map),
     "mobileone": ("mobileone_s0", ("stem.conv_scale.conv.weight", "stem.reparam_conv.weight"), _byobnet_map),
+    "repvit": ("repvit_m0_9", ("stem.conv1.c.weight", "stem.conv1.weight"), _repvit_map),
 }
 
 
@@ -587,10 +648,12 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     notes += [n for n in [_adapt_first_conv(model, state, own)] if n]
     head = model.pretrained_cfg["classifier"]
     head_keys = [k for k in state if k.startswith(head + ".")]
-    weight, bias = state.get(f"{head}.weight"), state.get(f"{head}.bias")
-    # Another num_classes: a Linear over the same features with another number of outputs.
-    other_classes = (weight is not None and weight.dim() == 2 and weight.shape[1] == model.num_features
-                     and (bias is None or tuple(bias.shape) == (weight.shape[0],)))
+    linears = [k.removesuffix("weight") for k in head_keys if k.endswith("weight") and state[k].dim() == 2]
+    # Another num_classes: Linear(s) over the same features with another number of outputs.
+    other_classes = bool(linears) and all(
+        state[k + "weight"].shape[1] == model.num_features
+        and (k + "bias" not in state or tuple(state[k + "bias"].shape) == (state[k + "weight"].shape[0],))
+        for k in linears)
     head_reset = other_classes and (
         any(k in own and own[k].shape != state[k].shape for k in head_keys)
         or not any(k.startswith(head + ".") for k in own)

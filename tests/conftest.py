@@ -94,6 +94,7 @@ def mechanisms(name: str) -> frozenset[str]:
         out.add(f"head_conv:norm={cfg.head.conv.norm}")
     if cfg.head.norm:
         out.add("head:norm")
+    out.add(f"head:classifier={cfg.head.classifier}" + ",distilled" * cfg.head.distilled)
     if cfg.layer_scale is not None:
         out.add("layer_scale")
     return frozenset(out)

@@ -128,11 +128,11 @@ def test_all_problems_at_once_with_file_path_and_value(tmp_path: Path) -> None:
         "stages[0].stride: must be 1 or 2 (or a pair of them), got 0",
         "stages[0].depth_multipler: unknown key; did you mean 'depth_multiplier'? "
         "(allowed: out, repeat, stride, kernel, dropout, act, width, scale_depth, same_stage, type, depth_multiplier, dilation, mid_norm_act, se_ratio, pw_act, skip)",
-        "stages[1].type: unknown block type 'dss'; allowed: conv, ds, ir, uib, fused, mqa, convnext, ghost, shuffle, rep, maxpool, xception; "
+        "stages[1].type: unknown block type 'dss'; allowed: conv, ds, ir, uib, fused, mqa, convnext, ghost, shuffle, rep, repvit, maxpool, xception; "
         "did you mean 'ds'?",
         "stages[2].out: must be greater than 0, got -5",
         "stages[2].depth_multiplier: must be a valid integer, got 1.5",
-        "head.dropuot: unknown key; did you mean 'dropout'? (allowed: pool, norm, dropout, conv)",
+        "head.dropuot: unknown key; did you mean 'dropout'? (allowed: pool, norm, dropout, conv, classifier, distilled)",
     ]
 
 

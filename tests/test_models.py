@@ -15,7 +15,7 @@ from torch import nn
 from conftest import mechanism_cover, registry, small_input_size, structural_variants
 from dszoo import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models, plan_model
 from dszoo.profile import layer_gemms, layer_macs
-from dszoo.blocks import CepstralMeanNorm, DepthwiseSeparableConv
+from dszoo.blocks import CepstralMeanNorm, DepthwiseSeparableConv, NormLinearClassifier
 
 ALL_MODELS = registry()  # all but the largest (conftest.registry says why)
 
@@ -84,7 +84,7 @@ def test_params_and_macs_equal_the_timm_twins_by_the_same_counter(family: str) -
     which ``test_fuzz_configs`` and the summary tests check against the built model). timm's are
     built on the meta device: shapes without memory, so the largest cost little. One case a family,
     so that the workers share them."""
-    assert len(TIMM_NAMES) == 116
+    assert len(TIMM_NAMES) == 124
     with torch.device("meta"):
         for ours, theirs in TIMM_NAMES.items():
             cfg = get_model_config(ours)
@@ -196,7 +196,8 @@ def test_reset_classifier_and_pre_logits(name: str) -> None:
     model = create_model(name).eval()
     x = torch.randn(2, *small_input_size(model.cfg))
     model.reset_classifier(5)
-    assert isinstance(model.get_classifier(), nn.Linear) and model.get_classifier().out_features == 5
+    kind = nn.Linear if model.cfg.head.classifier == "linear" else NormLinearClassifier  # the config's kind, kept
+    assert type(model.get_classifier()) is kind and model.get_classifier().out_features == 5
     assert model.pretrained_cfg["num_classes"] == 5
     with torch.no_grad():
         feats = model.forward_features(x)

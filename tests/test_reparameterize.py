@@ -14,17 +14,20 @@ from torch import nn
 from conftest import registry, run_in_process
 from dszoo import (CheckpointError, count_macs, count_params, create_model, export_to_timm, get_model_config,
                    plan_model, reparameterize, save_state_dict, summarize)
-from dszoo.blocks import MobileOneBlock, RepConv
+from dszoo.blocks import MobileOneBlock, NormLinearClassifier, RepConv, RepViTBlock, SqueezeExcite
 from dszoo.deployment.export import randomise_batchnorm_statistics
 from dszoo.deployment.optimize import relative_difference
 from dszoo.reparameterize import is_reparameterizable
 from dszoo.weights import from_timm_state_dict
 
-REPARAMETERIZABLE = [name for name in registry() if any(spec.type == "rep" for spec in get_model_config(name).stages)]
+REPARAMETERIZABLE = [name for name in registry()
+                     if any(spec.type in ("rep", "repvit") for spec in get_model_config(name).stages)]
 
 
-def test_the_reparameterizable_models_are_mobileones() -> None:
-    assert REPARAMETERIZABLE == ["mobileone_s0", "mobileone_s1", "mobileone_s2", "mobileone_s3", "mobileone_s4"]
+def test_the_reparameterizable_models_are_mobileones_and_repvits() -> None:
+    assert REPARAMETERIZABLE == ["mobileone_s0", "mobileone_s1", "mobileone_s2", "mobileone_s3", "mobileone_s4",
+                                 "repvit_m0_9", "repvit_m1", "repvit_m1_0", "repvit_m1_1", "repvit_m1_5", "repvit_m2",
+                                 "repvit_m2_3", "repvit_m3"]
 
 
 @pytest.mark.parametrize("make", [
@@ -157,3 +160,40 @@ def test_a_strided_scale_branch_trains_channels_last() -> None:
         stem(x.contiguous(memory_format=torch.channels_last)).square().mean().backward()
         optimizer.step()
     assert all(torch.isfinite(p).all() for p in stem.parameters())
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RepViTBlock(6, 6, 3, se=lambda c, act: SqueezeExcite(c, 8)),
+    lambda: RepViTBlock(6, 6, 5, norm_after_sum=False),
+    lambda: RepViTBlock(6, 10, 3, stride=2, mlp_ratio=3.0),
+    lambda: RepViTBlock(6, 10, 3, stride=(2, 1), norm_after_sum=False),
+])
+def test_a_repvit_block_deploys_as_convs_with_biases(make) -> None:
+    """RepViT's token mixer (depthwise k x k + norm, depthwise 1x1, identity, [norm]) becomes one
+    depthwise conv and every conv + norm one conv, in float64 to the last bits, in both mixer-norm
+    forms and in the downsampling block; no norm is left."""
+    block = randomise_batchnorm_statistics(make()).double().eval()
+    x = torch.randn(2, 6, 11, 9, dtype=torch.float64)
+    with torch.no_grad():
+        expected = block(x)
+        block.reparameterize()
+        got = block(x)
+    assert not [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(m.bias is not None for m in block.modules() if isinstance(m, nn.Conv2d))
+    assert relative_difference(got, expected) < 1e-12
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_a_norm_linear_classifier_deploys_as_one_linear(distilled: bool) -> None:
+    """BatchNorm + Linear (and its distillation twin, averaged) fold into one Linear, exactly in
+    float64; the deployed module holds that Linear's two tensors only."""
+    head = NormLinearClassifier(12, 5, distilled=distilled).double().eval()
+    for norm in (head.norm, head.norm_dist):
+        if isinstance(norm, nn.BatchNorm1d):
+            norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2), norm.weight.data.uniform_(0.5, 2)
+    x = torch.randn(7, 12, dtype=torch.float64)
+    with torch.no_grad():
+        expected = head(x)
+        head.reparameterize()
+        assert relative_difference(head(x), expected) < 1e-12
+    assert list(head.state_dict()) == ["linear.weight", "linear.bias"]

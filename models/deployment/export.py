@@ -113,13 +113,17 @@ def randomise_batchnorm_statistics(model: nn.Module, seed: int = 0) -> nn.Module
     generator seeded with ``seed``; returns the model in eval mode. They stay within 10% of the
     identity (scales 1 +- 0.1, shifts and means of 0.1, variances 0.75-1.25): far enough that a
     wrong fold shows at once, near enough that a deep stack of summed branches (MobileOne-S4: 43
-    reparameterisable convs) keeps its float32 rounding near 1e-7 instead of compounding it to 1e-4."""
+    reparameterisable convs) keeps its float32 rounding near 1e-7 instead of compounding it to 1e-4.
+    A norm that its block initialises to zero scale (RepViT's residual MLPs) gets scales of 0.1 +-
+    0.01: random unit-scale branches summed over 14 blocks grow activations to thousands, which no
+    trained network has."""
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             n = m.num_features
-            if m.affine:
-                m.weight.copy_(1.0 + 0.1 * torch.randn(n, generator=gen))
+            if m.affine:  # a norm its block starts at zero scale (a residual branch's last) gets 0.1: a trained size
+                scale = 0.1 if bool((m.weight == 0).all()) else 1.0
+                m.weight.copy_(scale * (1.0 + 0.1 * torch.randn(n, generator=gen)))
                 m.bias.copy_(0.1 * torch.randn(n, generator=gen))
             if m.track_running_stats:
                 m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
