@@ -356,6 +356,36 @@ def test_an_interrupted_dataset_is_refused_then_replaced(tmp_path: Path) -> None
     assert not (out / GENERATING).exists() and build_speech_commands(out).classes[:2] == [SILENCE, UNKNOWN]
 
 
+def test_a_second_generator_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    """A folder another live dszoo-make-speech-data process is writing (it holds the folder's lock)
+    is refused in one line, and nothing is written into it; once that process is gone, its lock
+    is taken over with a note and the dataset is written (the two datasets never mix)."""
+    import socket
+    import subprocess
+    import sys
+
+    from dszoo.training.run_files import LOCK_FILE
+
+    out = tmp_path / "speech"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    args = ["--out", str(out), "--speakers", "2", "--words", "yes", "--engines", "espeak", "--noise-seconds", "1", "-q"]
+    try:
+        (out / LOCK_FILE).write_text(f"{other.pid} {socket.gethostname()}\n")
+        res = run_in_process("make_speech_data", args)
+        assert res.returncode == 2
+        assert res.stderr == (f"error: {out} is in use by another dszoo-make-speech-data process (pid {other.pid}); "
+                              "wait for it to finish or choose another --out\n")
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+    finally:
+        other.kill()
+        other.wait()
+    res = run_in_process("make_speech_data", args)
+    assert res.returncode == 0, res.stderr
+    assert f"removed the lock of process {other.pid}, which is no longer running" in res.stdout
+    assert not (out / LOCK_FILE).exists() and len(read_manifest(out)) == len(list(out.glob("*/*_nohash_*.wav"))) > 0
+
+
 def test_a_word_a_voice_cannot_say_is_left_out_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine that fails on one word for one voice (Festival's Finnish voices on "yez"): that
     voice's clips of it are left out, every other clip is written, and the command names both."""

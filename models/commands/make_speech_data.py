@@ -18,24 +18,29 @@ __all__ = ["cli", "main"]
 
 
 def _replace_interrupted(out: Path) -> None:
-    """Remove a dataset whose generation was interrupted (it holds the generator's marker),
-    provided it holds nothing but what the generator writes."""
+    """Empty a dataset whose generation was interrupted (it holds the generator's marker),
+    provided it holds nothing but what the generator writes; the folder and its lock stay."""
     from ..audio.make_data import GENERATING, MANIFEST
+    from ..training.run_files import LOCK_FILE
 
-    foreign = [p for p in out.rglob("*") if not (p.name in (GENERATING, MANIFEST) or p.is_dir() or
+    foreign = [p for p in out.rglob("*") if not (p.name in (GENERATING, MANIFEST, LOCK_FILE) or p.is_dir() or
                                                   (p.suffix == ".wav" and p.parent.parent == out) or
                                                   (p.name.startswith(".") and p.name.endswith(".tmp")))]
     if foreign:
         raise UsageError(f"--out {out}: an interrupted dataset, but it also holds {foreign[0]}; "
                          "remove that or choose a new folder")
-    shutil.rmtree(out)
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.name != LOCK_FILE:
+            entry.unlink()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..audio.engines import ENGINES, find_engines, why_missing
-    from ..audio.make_data import MAX_NOISE_SECONDS, OTHER_WORDS, generate_speech_data, interrupted_dataset, \
-        max_speakers, plan_speakers, spoken_texts
+    from ..audio.make_data import MAX_NOISE_SECONDS, OTHER_WORDS, max_speakers
     from ..audio.speech_commands import KEYWORDS
+    from ..training.run_files import acquire_run_lock, release_run_lock
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder to create (must not hold files yet, unless it is an "
@@ -69,8 +74,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not found:
         raise UsageError(f"--engines {' '.join(e.name for e in missing)}: none can speak here "
                          f"({why_missing(missing)})")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not (out.is_dir() and interrupted_dataset(out)):
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not an empty folder; choose a new one")
+    # one generator a folder: a second one started on it is refused, as a second training run is
+    lock = acquire_run_lock(out, kind="dszoo-make-speech-data", option="--out")
+    try:
+        return _generate(args, out, found, missing)
+    finally:
+        release_run_lock(lock)
+
+
+def _generate(args: argparse.Namespace, out: Path, found: list, missing: list) -> int:
+    """Check ``out`` (locked by this process), then write the dataset into it."""
+    from ..audio.make_data import generate_speech_data, interrupted_dataset, plan_speakers, spoken_texts
+    from ..training.run_files import LOCK_FILE
+
+    if any(p.name != LOCK_FILE for p in out.iterdir()):
+        if not interrupted_dataset(out):
             raise UsageError(f"--out {out}: exists and is not an empty folder; choose a new one")
         print(f"note: {out} is a dataset whose generation was interrupted; replacing it")
         _replace_interrupted(out)

@@ -148,11 +148,13 @@ def folder_in_use(folder: Path) -> bool:
     return owner is not None and (owner[1] != socket.gethostname() or _alive(owner[0]))
 
 
-def acquire_run_lock(folder: Path, note: Callable[[str], None] = print) -> Path:
+def acquire_run_lock(folder: Path, note: Callable[[str], None] = print, kind: str = "training",
+                     option: str = "--out-dir") -> Path:
     """Make this process the one that writes ``folder``: create its lock file atomically
     (``O_CREAT | O_EXCL``) with our pid and host. A lock left by a process that is gone is
     reported through ``note`` and taken over; one held by a live process (or by one on another
-    host, which cannot be checked) raises ``RunFolderBusy``. Returns the lock's path."""
+    host, which cannot be checked) raises ``RunFolderBusy`` naming it a ``kind`` process (and the
+    command's ``option`` for another folder). Returns the lock's path."""
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE
     for _ in range(3):
@@ -167,8 +169,8 @@ def acquire_run_lock(folder: Path, note: Callable[[str], None] = print) -> Path:
                 raise RunFolderBusy(f"{folder} is locked by process {owner[0]} on host {owner[1]}; if that run has "
                                     f"ended, delete {lock}") from None
             if owner is not None and _alive(owner[0]):
-                raise RunFolderBusy(f"{folder} is in use by another training process (pid {owner[0]}); wait for it "
-                                    "to finish or choose another --out-dir") from None
+                raise RunFolderBusy(f"{folder} is in use by another {kind} process (pid {owner[0]}); wait for it "
+                                    f"to finish or choose another {option}") from None
             note(f"note: {folder}: removed the lock of process {owner[0] if owner else '?'}, which is no longer "
                  "running (a run that was killed)")
             lock.unlink(missing_ok=True)
