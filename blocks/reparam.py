@@ -19,14 +19,26 @@ from torch import nn
 from .layers import ActLike, ConvNormAct, IntPair, NormLike, create_act, create_conv2d, create_drop_path, create_norm, pair
 from .mobile import SEFactory
 
-__all__ = ["MobileOneBlock", "RepConv", "fold_batchnorm_into_kernel"]
+__all__ = ["MobileOneBlock", "RepConv", "check_foldable", "fold_batchnorm_into_kernel"]
+
+
+def check_foldable(norm: nn.Module) -> None:
+    """Raise ``ValueError`` for a norm that cannot fold into a conv: only a BatchNorm (its running
+    statistics fixed at inference) or no norm can; a LayerNorm normalises each position by its own
+    channels, so the branches it follows cannot be deployed as one conv."""
+    if not isinstance(norm, (nn.BatchNorm2d, nn.Identity)):
+        raise ValueError(f"cannot reparameterise a branch normalised by {type(norm).__name__}: only BatchNorm (or no "
+                         "norm) folds into a conv; build the model with norm: {type: batchnorm} to deploy it as one "
+                         "conv, or use it as trained")
 
 
 def fold_batchnorm_into_kernel(kernel: torch.Tensor, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """``norm(conv(x))`` for a conv without bias as one conv's kernel and bias: ``kernel * gamma /
     std`` and ``beta - mean * gamma / std`` (Ioffe & Szegedy 2015's inference form, in MobileOne's
     and timm's ``_fuse_bn_tensor`` order of operations, so the folded weights are theirs to the
-    bit). A norm that is no BatchNorm (``norm: none``) leaves the kernel, with a zero bias."""
+    bit). No norm (``norm: none``) leaves the kernel, with a zero bias; a LayerNorm raises
+    ``ValueError`` (``check_foldable``)."""
+    check_foldable(norm)
     if not isinstance(norm, nn.BatchNorm2d):
         return kernel, torch.zeros(kernel.shape[0], dtype=kernel.dtype, device=kernel.device)
     std = (norm.running_var + norm.eps).sqrt()

@@ -17,6 +17,7 @@ from torch import nn
 
 from .layers import ActLike, ConvNormAct, IntPair, NormLike, create_drop_path, create_norm, pair
 from .mobile import SEFactory
+from .reparam import check_foldable
 
 __all__ = ["NormLinearClassifier", "RepViTBlock", "RepVggDepthwise", "fold_conv_norm"]
 
@@ -25,15 +26,21 @@ __all__ = ["NormLinearClassifier", "RepViTBlock", "RepVggDepthwise", "fold_conv_
 def fold_conv_norm(block: ConvNormAct) -> None:
     """``block``'s BatchNorm folded into its conv, which gains a bias (in place): RepViT's
     ``ConvNorm.fuse`` arithmetic, ``weight * gamma / sqrt(var + eps)`` and ``beta - mean * gamma /
-    sqrt(var + eps)``. A block without a BatchNorm is left as it is."""
+    sqrt(var + eps)``. Without a norm the conv gains a zero bias; a norm that depends on its input
+    (LayerNorm) cannot fold, and raises ``ValueError`` rather than deploy a wrong network."""
     conv, norm = block.conv, block.norm
-    if not isinstance(norm, nn.BatchNorm2d) or conv.bias is not None:
-        return
-    scale = norm.weight / (norm.running_var + norm.eps) ** 0.5
+    if conv.bias is not None and isinstance(norm, nn.Identity):
+        return  # folded already
+    check_foldable(norm)
     fused = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                        dilation=conv.dilation, groups=conv.groups, bias=True).to(conv.weight)
-    fused.weight.copy_(conv.weight * scale[:, None, None, None])
-    fused.bias.copy_(norm.bias - norm.running_mean * norm.weight / (norm.running_var + norm.eps) ** 0.5)
+    if isinstance(norm, nn.BatchNorm2d):
+        scale = norm.weight / (norm.running_var + norm.eps) ** 0.5
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(norm.bias - norm.running_mean * norm.weight / (norm.running_var + norm.eps) ** 0.5)
+    else:
+        fused.weight.copy_(conv.weight)
+        fused.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(fused.bias))
     block.conv, block.norm = fused, nn.Identity()
 
 
@@ -87,6 +94,7 @@ class RepVggDepthwise(nn.Module):
         identity = nn.functional.pad(torch.ones_like(one.weight), pad)
         weight = conv.weight + nn.functional.pad(one.weight, pad) + identity
         bias = conv.bias + one.bias
+        check_foldable(self.norm)
         if isinstance(self.norm, nn.BatchNorm2d):
             bn = self.norm
             weight = weight * (bn.weight / (bn.running_var + bn.eps) ** 0.5)[:, None, None, None]

@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from .blocks import (NORMS, CepstralMeanNorm, ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual,
-                     GhostBottleneck, InvertedResidual, MaxPool, MobileMultiQueryAttention, MobileOneBlock, RepConv,
-                     ResidualConv, SeparableConv2d, ShuffleUnit, SqueezeExcite, UniversalInvertedResidual,
-                     XceptionBlock, pair, standard_conv)
-from .blocks import NormLinearClassifier, RepViTBlock
+                     GhostBottleneck, InvertedResidual, MaxPool, MobileMultiQueryAttention, MobileOneBlock,
+                     NormLinearClassifier, RepConv, RepViTBlock, ResidualConv, SeparableConv2d, ShuffleUnit,
+                     SqueezeExcite, UniversalInvertedResidual, XceptionBlock, pair, standard_conv)
 from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
 

@@ -364,13 +364,16 @@ class _Walker:
             self.fused_conv_norm(f"{prefix}.channel", key, out, 1)
         elif not self.cfg.separable:
             self.fused_conv_norm(f"{prefix}.token_mixer", key, out, spec.kernel)
+            self.squeeze_excite(prefix, key, se_ratio, 1.0)
         else:
             mixer, h, w = f"{prefix}.token_mixer", self.h, self.w
             self.fused_conv_norm(f"{mixer}.conv", key, out, spec.kernel, groups=out)
             if not self.cfg.reparameterized:
                 chain = len(self.chain)
-                self.conv_norm(f"{mixer}.conv1", key, out, 1, padding=0, groups=out, norm=spec.mixer_norm == "per_branch",
-                               bias=spec.mixer_norm == "after_sum")
+                if spec.mixer_norm == "per_branch":
+                    self.conv_norm(f"{mixer}.conv1", key, out, 1, padding=0, groups=out)
+                else:  # a bare conv with a bias
+                    self.conv(f"{mixer}.conv1", key, out, out, 1, padding=0, groups=out, bias=True)
                 del self.chain[chain:]  # beside the k x k conv, on the same map
                 self.h, self.w = h, w
                 if spec.mixer_norm == "after_sum":

@@ -9,12 +9,14 @@ module with a ``reparameterize()`` method folds itself, and a zoo model's config
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 from torch import nn
 
+from .blocks.reparam import check_foldable
 from .builder import first_conv_name
 
-__all__ = ["is_reparameterizable", "reparameterize"]
+__all__ = ["is_reparameterizable", "reparameterize", "unfoldable_norm"]
 
 
 def is_reparameterizable(model: nn.Module) -> bool:
@@ -22,11 +24,22 @@ def is_reparameterizable(model: nn.Module) -> bool:
     return any(hasattr(m, "reparameterize") and not getattr(m, "reparameterized", True) for m in model.modules())
 
 
+def unfoldable_norm(model: nn.Module) -> Optional[nn.Module]:
+    """A norm inside one of ``model``'s reparameterisable blocks that cannot fold into a conv (a
+    LayerNorm), or None: whether ``reparameterize`` can deploy the model."""
+    targets = [m for m in model.modules() if m is not model and callable(getattr(m, "reparameterize", None))]
+    return next((n for m in targets for n in m.modules() if isinstance(n, (nn.LayerNorm, nn.GroupNorm))), None)
+
+
 def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
     """The inference form of ``model`` (a copy unless ``inplace``): each reparameterisable block
     becomes one conv with a bias, its outputs those of the branches within float rounding (in
     eval mode: the BatchNorms fold with their running statistics). A model without such blocks
-    comes back unchanged."""
+    comes back unchanged; one whose branches a LayerNorm follows raises ``ValueError`` before
+    anything changes (only BatchNorm folds into a conv)."""
+    norm = unfoldable_norm(model)
+    if norm is not None:
+        check_foldable(norm)  # refused before anything changes
     out = model if inplace else copy.deepcopy(model)
     found = False
     for module in list(out.modules()):

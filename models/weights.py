@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from .blocks import (ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual, GhostBottleneck, InvertedResidual,
-                     MixedConv2d, MobileMultiQueryAttention, MobileOneBlock, RepConv, ResidualConv, SeparableConv2d,
-                     UniversalInvertedResidual, XceptionBlock)
-from .blocks import RepVggDepthwise, RepViTBlock
+                     MixedConv2d, MobileMultiQueryAttention, MobileOneBlock, RepConv, RepVggDepthwise, RepViTBlock,
+                     ResidualConv, SeparableConv2d, UniversalInvertedResidual, XceptionBlock)
 
 from .files import FileKindError, atomic_path, regular_file, write_through_memory
 from .builder import ZooNet

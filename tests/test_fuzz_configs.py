@@ -88,6 +88,12 @@ rep_stages = st.fixed_dictionaries(
     optional={"kernel": kernels, "stride": strides, "branches": st.integers(1, 3), "scale_branch": st.booleans(),
               "separable": st.booleans(), "se_ratio": st.sampled_from([0.0, 0.25]), **common},
 )
+repvit_stages = st.fixed_dictionaries(
+    {"type": st.just("repvit"), "out": st.integers(1, 16)},
+    optional={"kernel": kernels, "stride": strides, "expand": st.sampled_from([1, 2, 2.5]),
+              "se_ratio": st.sampled_from([0.0, 0.25]), "mixer_norm": st.sampled_from(["after_sum", "per_branch"]),
+              **common},
+)
 pool_stages = st.fixed_dictionaries({"type": st.just("maxpool")},
                                     optional={"kernel": st.integers(1, 3), "stride": strides})
 residual_conv_stages = st.fixed_dictionaries({"type": st.just("conv"), "out": st.integers(1, 16), "skip": st.just(True)},
@@ -96,7 +102,7 @@ valid_configs = st.fixed_dictionaries(
     {"stem": st.lists(st.one_of(stem_stages, pool_stages), max_size=2),
      "stages": st.lists(st.one_of(conv_stages, ds_stages, ir_stages, xception_stages, uib_stages, fused_stages,
                                   mqa_stages, residual_conv_stages, convnext_stages, ghost_stages, shuffle_stages,
-                                  rep_stages, pool_stages),
+                                  rep_stages, repvit_stages, pool_stages),
                          max_size=3)},
     optional={
         "width_mult": st.sampled_from([0.25, 0.5, 1.0, 1.5]),
@@ -105,6 +111,8 @@ valid_configs = st.fixed_dictionaries(
         "act": st.sampled_from(sorted(ACTIVATIONS)),
         "norm": st.fixed_dictionaries({"type": st.sampled_from(["batchnorm", "layernorm", "none"])}),
         "head": st.fixed_dictionaries({}, optional={"pool": st.sampled_from(["avg", "max"]), "norm": st.booleans(),
+                                                    "classifier": st.sampled_from(["linear", "norm_linear"]),
+                                                    "distilled": st.booleans(),
                                                     "dropout": st.sampled_from([0.0, 0.5]),
                                                     "conv": st.fixed_dictionaries({"out": st.integers(1, 16)},
                                                                                   optional={"norm": st.booleans(),
@@ -214,6 +222,7 @@ STAGE_KEYS = {"conv": {"out", "repeat", "kernel", "stride", "dilation", "dropout
               "convnext": {"out", "repeat", "kernel", "stride", "dropout"},
               "shuffle": {"out", "repeat", "kernel", "stride", "dropout"},
               "rep": {"out", "repeat", "kernel", "stride", "branches", "scale_branch", "separable", "dropout"},
+              "repvit": {"out", "repeat", "kernel", "stride", "dropout"},
               "maxpool": {"repeat", "kernel", "stride", "dropout"}}  # no out (None, the one value allowed)
 TOP_KEYS = {"width_mult": "float", "channel_divisor": "int", "num_classes": "count", "separable": "bool", "act": "str"}
 WRONG_TYPE = {"int": ["8", 8.5, True, None, [8], {"n": 8}], "count": ["8", 2.5, False, None, [1]],

@@ -197,3 +197,18 @@ def test_a_norm_linear_classifier_deploys_as_one_linear(distilled: bool) -> None
         head.reparameterize()
         assert relative_difference(head(x), expected) < 1e-12
     assert list(head.state_dict()) == ["linear.weight", "linear.bias"]
+
+
+@pytest.mark.parametrize("name", ["mobileone_s0", "repvit_m0_9"])
+def test_branches_a_layernorm_follows_are_refused_not_folded_wrong(name: str) -> None:
+    """Only a BatchNorm folds into a conv: a model built with LayerNorm is refused by
+    ``reparameterize`` with the reason, before anything changes (it used to fold the LayerNorm as
+    the identity: logits off by thousands), and its summary has no deployed count."""
+    model = create_model(name, norm={"type": "layernorm"}, num_classes=3).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^cannot reparameterise a branch normalised by LayerNorm2d: only BatchNorm "
+                                         r"\(or no norm\) folds into a conv"):
+        reparameterize(model, inplace=True)
+    assert model.state_dict().keys() == before.keys() and all(torch.equal(before[k], v)
+                                                               for k, v in model.state_dict().items())
+    assert is_reparameterizable(model) and summarize(model, input_size=(3, 64, 64)).deployed_params is None

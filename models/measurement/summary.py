@@ -18,7 +18,7 @@ from ..blocks import ConvNormAct, DepthwiseSeparableConv, LayerScale2d, Separabl
 from ..builder import ZooNet
 from ..plan import check_model_size, plan_model
 from ..profile import count_params, module_macs
-from ..reparameterize import is_reparameterizable, reparameterize
+from ..reparameterize import is_reparameterizable, reparameterize, unfoldable_norm
 from ..registry import create_model
 
 __all__ = ["CompareRow", "LayerRow", "ModelSummary", "StageRow", "StandardComparison", "summarize"]
@@ -100,7 +100,8 @@ class ModelSummary:
     standard: Optional[StandardComparison] = None
     deployed_params: Optional[int] = None
     """Parameters of the reparameterised (inference) form, for a model with multi-branch blocks
-    (``dszoo.reparameterize``: the count MobileOne's paper quotes); None for others."""
+    (``dszoo.reparameterize``: the count MobileOne's paper quotes); None for others, and for one
+    whose branches a LayerNorm follows (it cannot be reparameterised)."""
     deployed_macs: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,7 +111,7 @@ class ModelSummary:
         return out
 
 
-_MEASURED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, LayerScale2d)
+_MEASURED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, LayerScale2d)
 
 
 @torch.no_grad()
@@ -208,7 +209,7 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
     quantized = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     int8 = sum(m.weight.numel() + 2 * 4 * m.weight.shape[0] for m in quantized)
     rest = params - sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in quantized)
-    rest -= sum(p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+    rest -= sum(p.numel() for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for p in m.parameters())
     return {"fp32": 4 * params, "bf16": 2 * params, "int8": int8 + 4 * max(rest, 0)}
 
 
@@ -244,7 +245,7 @@ def summarize(
     params = count_params(model)
     sizes = weight_bytes(model)
     deployed = None
-    if is_reparameterizable(model):  # closed form of the inference form; int8 stores that form
+    if is_reparameterizable(model) and unfoldable_norm(model) is None:  # the inference form; int8 stores it
         deployed = plan_model(model.cfg.model_copy(update={"reparameterized": True}), size)
         sizes["int8"] = weight_bytes(reparameterize(model))["int8"]
     standard = None
