@@ -17,30 +17,24 @@ from torch import nn
 
 from .layers import ActLike, ConvNormAct, IntPair, NormLike, create_drop_path, create_norm, pair
 from .mobile import SEFactory
-from .reparam import check_foldable
+from .reparam import check_foldable, fold_batchnorm_into_kernel
 
 __all__ = ["NormLinearClassifier", "RepViTBlock", "RepVggDepthwise", "fold_conv_norm"]
 
 
 @torch.no_grad()
 def fold_conv_norm(block: ConvNormAct) -> None:
-    """``block``'s BatchNorm folded into its conv, which gains a bias (in place): RepViT's
-    ``ConvNorm.fuse`` arithmetic, ``weight * gamma / sqrt(var + eps)`` and ``beta - mean * gamma /
-    sqrt(var + eps)``. Without a norm the conv gains a zero bias; a norm that depends on its input
-    (LayerNorm) cannot fold, and raises ``ValueError`` rather than deploy a wrong network."""
-    conv, norm = block.conv, block.norm
-    if conv.bias is not None and isinstance(norm, nn.Identity):
+    """``block``'s norm folded into its conv (a conv without a bias, as ``_conv_norm`` builds),
+    which gains the bias (in place; ``fold_batchnorm_into_kernel``'s arithmetic, RepViT's
+    ``ConvNorm.fuse``). Without a norm the bias is zero; a LayerNorm raises ``ValueError``."""
+    conv = block.conv
+    if conv.bias is not None and isinstance(block.norm, nn.Identity):
         return  # folded already
-    check_foldable(norm)
+    kernel, bias = fold_batchnorm_into_kernel(conv.weight, block.norm)
     fused = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                        dilation=conv.dilation, groups=conv.groups, bias=True).to(conv.weight)
-    if isinstance(norm, nn.BatchNorm2d):
-        scale = norm.weight / (norm.running_var + norm.eps) ** 0.5
-        fused.weight.copy_(conv.weight * scale[:, None, None, None])
-        fused.bias.copy_(norm.bias - norm.running_mean * norm.weight / (norm.running_var + norm.eps) ** 0.5)
-    else:
-        fused.weight.copy_(conv.weight)
-        fused.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(fused.bias))
+    fused.weight.copy_(kernel)
+    fused.bias.copy_(bias)
     block.conv, block.norm = fused, nn.Identity()
 
 
@@ -62,7 +56,7 @@ class RepVggDepthwise(nn.Module):
                  inference: bool = False) -> None:
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
-        self.chs, self.norm_after_sum = chs, norm_after_sum
+        self.norm_after_sum = norm_after_sum
         self.conv = _conv_norm(chs, chs, self.kernel_size, groups=chs, norm=norm, inference=inference)
         self.conv1 = nn.Identity()
         self.norm = nn.Identity()
@@ -83,10 +77,12 @@ class RepVggDepthwise(nn.Module):
         (RepViT's ``RepVggDw.fuse``, in its order of operations); in place, once."""
         if self.reparameterized:
             return
+        check_foldable(self.norm)
         fold_conv_norm(self.conv)
-        if isinstance(self.conv1, ConvNormAct):
-            fold_conv_norm(self.conv1)
-        one = self.conv1.conv if isinstance(self.conv1, ConvNormAct) else self.conv1
+        one = self.conv1
+        if isinstance(one, ConvNormAct):
+            fold_conv_norm(one)
+            one = one.conv
         conv = self.conv.conv
         kh, kw = self.kernel_size
         top, left = (kh - 1) // 2, (kw - 1) // 2
@@ -94,7 +90,6 @@ class RepVggDepthwise(nn.Module):
         identity = nn.functional.pad(torch.ones_like(one.weight), pad)
         weight = conv.weight + nn.functional.pad(one.weight, pad) + identity
         bias = conv.bias + one.bias
-        check_foldable(self.norm)
         if isinstance(self.norm, nn.BatchNorm2d):
             bn = self.norm
             weight = weight * (bn.weight / (bn.running_var + bn.eps) ** 0.5)[:, None, None, None]

@@ -251,6 +251,9 @@ def _repvit_map(model: ZooNet) -> dict[str, str]:
     form each conv + norm is the one conv timm's ``reparameterize_model`` leaves, the classifier
     one ``head``. Both forms' names are mapped (a file is matched to its form after renaming), the
     model's own form last, so that ``export_to_timm`` gives the names of the form the model is in."""
+    blocks = [(f"stages.{i}.{j}", block) for i, stage in enumerate(model.stages) for j, block in enumerate(stage)
+              if isinstance(block, RepViTBlock)]
+    flat = [(i, j) for i, size in enumerate(_timm_stage_sizes(model, len(blocks))) for j in range(size)]
     out: dict[str, str] = {}
     for folded in (not model.cfg.reparameterized, model.cfg.reparameterized):
         for k, name in enumerate(("conv1", "conv2")):
@@ -263,9 +266,6 @@ def _repvit_map(model: ZooNet) -> dict[str, str]:
         else:
             out.update({"head.head.l": "classifier.linear", "head.head.bn": "classifier.norm",
                         "head.head_dist.l": "classifier.linear_dist", "head.head_dist.bn": "classifier.norm_dist"})
-        blocks = [(f"stages.{i}.{j}", block) for i, stage in enumerate(model.stages) for j, block in enumerate(stage)
-                  if isinstance(block, RepViTBlock)]
-        flat = [(i, j) for i, size in enumerate(_timm_stage_sizes(model, len(blocks))) for j in range(size)]
         for (ours, block), (i, j) in zip(blocks, flat):
             theirs = f"stages.{i}.downsample" if block.downsample else f"stages.{i}.blocks.{j - (i > 0)}"
             out.update(_repvit_block_names(ours, theirs, block, folded))

@@ -190,7 +190,9 @@ def test_a_norm_linear_classifier_deploys_as_one_linear(distilled: bool) -> None
     head = NormLinearClassifier(12, 5, distilled=distilled).double().eval()
     for norm in (head.norm, head.norm_dist):
         if isinstance(norm, nn.BatchNorm1d):
-            norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2), norm.weight.data.uniform_(0.5, 2)
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.5, 2)
+            norm.weight.data.uniform_(0.5, 2)
     x = torch.randn(7, 12, dtype=torch.float64)
     with torch.no_grad():
         expected = head(x)

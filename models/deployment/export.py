@@ -121,7 +121,7 @@ def randomise_batchnorm_statistics(model: nn.Module, seed: int = 0) -> nn.Module
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             n = m.num_features
-            if m.affine:  # a norm its block starts at zero scale (a residual branch's last) gets 0.1: a trained size
+            if m.affine:
                 scale = 0.1 if bool((m.weight == 0).all()) else 1.0
                 m.weight.copy_(scale * (1.0 + 0.1 * torch.randn(n, generator=gen)))
                 m.bias.copy_(0.1 * torch.randn(n, generator=gen))
