@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .blocks import (NORMS, CepstralMeanNorm, ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual,
                      GhostBottleneck, InvertedResidual, MaxPool, MobileMultiQueryAttention, MobileOneBlock,
@@ -265,6 +266,35 @@ def _drop_row_padding(model: nn.Module) -> None:
             conv.padding = (0, conv.padding[1])
 
 
+class _DeferredDefaultInit(TorchFunctionMode):
+    """While a ZooNet is built: PyTorch initialises each Conv2d and Linear as it is made
+    (``kaiming_uniform_``, ``uniform_``), and ``ZooNet._init_weights`` then draws all of them
+    again. In this mode those calls are recorded, not run; ``finish`` runs the ones whose tensor
+    ``_init_weights`` did not draw (a block's layer of another kind), so nothing is left unset."""
+
+    DEFERRED = (nn.init.kaiming_uniform_, nn.init.uniform_)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (PyTorch's signature)
+        kwargs = kwargs or {}
+        if func in self.DEFERRED:
+            self.calls.append((func, args, kwargs))
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+    def finish(self, model: nn.Module) -> None:
+        drawn = {id(p) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+                 for p in m.parameters(recurse=False)}
+        with torch.no_grad():
+            for func, args, kwargs in self.calls:
+                if id(args[0] if args else kwargs["tensor"]) not in drawn:
+                    func(*args, **kwargs)
+        self.calls.clear()
+
+
 class ZooNet(nn.Module):
     """A network built from a ``ModelConfig``, with timm's model interface.
 
@@ -277,6 +307,12 @@ class ZooNet(nn.Module):
         """Build ``cfg``; unless ``allow_large``, first refuse (``ModelTooLargeError``) a config
         whose closed-form size exceeds ``dszoo.plan``'s limits, before allocating anything."""
         super().__init__()
+        with _DeferredDefaultInit() as deferred:  # its first draw would be half the cost of building
+            self._build(cfg, allow_large)
+        self._init_weights()
+        deferred.finish(self)
+
+    def _build(self, cfg: ModelConfig, allow_large: bool) -> None:
         plan = None if allow_large else plan_model(cfg)
         if plan is not None:
             check_model_size(plan)
@@ -336,7 +372,6 @@ class ZooNet(nn.Module):
             _use_tf_same_padding(self)
         if cfg.row_padding == "none":
             _drop_row_padding(self)
-        self._init_weights()
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
         if num_classes <= 0:

@@ -122,6 +122,19 @@ def mechanism_cover() -> tuple[str, ...]:
     return tuple(sorted(chosen))
 
 
+def create_shallow(name: str, **overrides) -> torch.nn.Module:
+    """``create_model(name, **overrides)`` with every config row at most two blocks deep (its
+    first block, which may change the shape, and one that keeps it), depth multiplier 1: every
+    row, so every mechanism, of the network, at a third less depth for the costliest tests,
+    whose cost (tracing, compiling, quantizing) grows with the number of blocks."""
+    from dszoo import create_model, get_model_config
+
+    cfg = get_model_config(name)
+    stages = [spec.model_copy(update={"repeat": min(repeats, 2)}).model_dump()
+              for spec, repeats in zip(cfg.stages, cfg.stage_repeats())]
+    return create_model(name, stages=stages, depth_mult=1.0, **overrides)
+
+
 def small_input_size(cfg) -> tuple[int, int, int]:
     """The smallest cheap input for a model: 64x64 images, the native size for audio models."""
     c, h, w = cfg.input_size

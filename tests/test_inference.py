@@ -17,7 +17,7 @@ from dszoo.blocks import MobileMultiQueryAttention
 import torch
 from torch import nn
 
-from conftest import command_module, mechanism_cover, small_input_size
+from conftest import command_module, create_shallow, mechanism_cover, small_input_size
 from dszoo.deployment.export import randomise_batchnorm_statistics
 from dszoo import count_macs, create_model, get_model_config
 from dszoo.deployment import backends as inference
@@ -39,7 +39,7 @@ def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name: str, separable:
     them (GhostNetV2's, its cheap and attention convs dense) are so ill-conditioned under random
     statistics that float32 itself is 0.66 (relative) from their exact outputs."""
     dtype = torch.float32 if separable else torch.float64
-    model = randomise_batchnorm_statistics(create_model(name, separable=separable)).to(dtype)
+    model = randomise_batchnorm_statistics(create_shallow(name, separable=separable)).to(dtype)
     x = torch.randn(2, *small_input_size(model.cfg), dtype=dtype)
     with torch.no_grad():
         expected = model(x)
@@ -59,7 +59,7 @@ in test_interop.py and traced through oneDNN Graph here."""
 @pytest.mark.parametrize("name,backend", [pytest.param(name, "onednn_graph", marks=ONEDNN_GRAPH.marks)
                                           for name in mechanism_cover()] + [(name, "torchscript") for name in SCRIPTED])
 def test_optimized_model_matches_on_fresh_inputs(name: str, backend: str) -> None:
-    model = randomise_batchnorm_statistics(create_model(name))
+    model = randomise_batchnorm_statistics(create_shallow(name))
     size = small_input_size(model.cfg)
     opt = optimize_for_inference(model, torch.randn(4, *size), backends=(backend,))
     assert opt.backend == backend and opt.compile_seconds > 0, opt.failures

@@ -14,7 +14,7 @@ from timm.models import FeatureInfo
 import torch
 from torch import nn
 
-from conftest import NOT_INSTALLED, mechanism_cover, run_in_process, small_input_size, structural_variants
+from conftest import NOT_INSTALLED, create_shallow, mechanism_cover, run_in_process, small_input_size, structural_variants
 from dszoo import (CheckpointError, count_macs, count_params, create_model, export_to_timm, get_model_config, list_models,
                    load_pretrained, plan_model, save_state_dict)
 from dszoo.weights import from_timm_state_dict
@@ -188,7 +188,7 @@ def test_invalid_out_indices() -> None:
 
 @pytest.mark.parametrize("name", mechanism_cover())
 def test_torchscript_scripting(name: str) -> None:
-    model = create_model(name).eval()
+    model = create_shallow(name).eval()
     scripted = torch.jit.script(model)
     x = torch.randn(2, *small_input_size(model.cfg))
     with torch.no_grad():
@@ -202,7 +202,7 @@ def test_torch_compile_full_graph(name: str) -> None:
     """Dynamo captures every model as one graph (no graph breaks); inductor codegen is tested in
     test_inference.py."""
     torch._dynamo.reset()
-    model = create_model(name).eval()
+    model = create_shallow(name).eval()
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     x = torch.randn(2, *small_input_size(model.cfg))
     with torch.no_grad():

@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from conftest import mechanism_cover, registry, small_input_size, structural_variants
+from conftest import create_shallow, mechanism_cover, registry, small_input_size, structural_variants
 from dszoo import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models, plan_model
 from dszoo.profile import layer_gemms, layer_macs
 from dszoo.blocks import CepstralMeanNorm, DepthwiseSeparableConv, NormLinearClassifier
@@ -228,8 +228,8 @@ def test_wrong_channel_count_names_in_chans(name: str) -> None:
 
 @pytest.mark.parametrize("name", mechanism_cover())
 def test_separable_false_replaces_every_separable_conv(name: str) -> None:
-    sep = create_model(name)
-    std = create_model(name, separable=False)
+    sep = create_shallow(name)
+    std = create_shallow(name, separable=False)
     depthwise = [m for m in std.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
     assert depthwise == []
     assert count_params(std) > count_params(sep)
@@ -242,7 +242,7 @@ def test_separable_false_replaces_every_separable_conv(name: str) -> None:
 def test_layer_gemms_cover_every_ungrouped_layer(name: str, separable: bool) -> None:
     """The benchmark's bare GEMMs do exactly the MACs of the ungrouped convs and linear layers:
     all of them for the standard-conv twin, all but the depthwise convs' for the model."""
-    model = create_model(name, separable=separable)
+    model = create_shallow(name, separable=separable)
     size, batch = small_input_size(model.cfg), 3
     gemms = layer_gemms(model, size, batch)
     grouped = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
@@ -260,6 +260,27 @@ def test_layer_gemms_shapes_of_mobilenet() -> None:
     assert gemms["stages.4.1.pw.conv"] == (2 * 7 * 7, 1024, 1024)
     assert gemms["classifier"] == (2, 1024, 1000)
     assert len(gemms) == 1 + 13 + 1
+
+
+def test_only_the_default_inits_the_builder_redraws_are_skipped() -> None:
+    """While a model is built PyTorch's default init of its Conv2d and Linear layers is deferred
+    (the builder draws them again); a layer of another kind gets its default init when the model
+    is finished, the same numbers it would have had."""
+    from dszoo.builder import _DeferredDefaultInit
+
+    torch.manual_seed(0)
+    expected = nn.Conv1d(4, 6, 3)
+    torch.manual_seed(0)
+    with _DeferredDefaultInit() as deferred:
+        model = nn.Sequential(nn.Conv2d(4, 6, 3), nn.Linear(6, 2), nn.Conv1d(4, 6, 3))
+    assert len(deferred.calls) == 6  # weight and bias of each
+    deferred.finish(model)
+    assert torch.equal(model[2].weight, expected.weight) and torch.equal(model[2].bias, expected.bias)
+    assert deferred.calls == []
+    torch.manual_seed(0)
+    built = create_model("mobilenet_v1_025", num_classes=10)
+    stem = built.stem[0].conv.weight
+    assert stem.std().item() == pytest.approx(math.sqrt(2 / (8 * 9)), rel=0.2)  # kaiming_normal_, fan_out
 
 
 def test_overrides_in_chans_num_classes_width() -> None:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from conftest import mechanism_cover, run_in_process, small_input_size
+from conftest import create_shallow, mechanism_cover, run_in_process, small_input_size
 from dszoo import CalibrationError, create_model, export_to_timm, optimize_for_inference, quantize
 from dszoo.deployment import bf16_supported
 from dszoo.deployment.export import ExportError, export_model, randomise_batchnorm_statistics
@@ -30,7 +30,7 @@ def _images(count: int, size: tuple[int, ...]) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", mechanism_cover())
 def test_every_model_quantizes_and_agrees_with_fp32(name: str) -> None:
-    model = randomise_batchnorm_statistics(create_model(name))
+    model = randomise_batchnorm_statistics(create_shallow(name))
     size = small_input_size(model.cfg)
     calibration = [_images(4, size) for _ in range(3)]
     int8 = quantize(model, calibration, compile=False)  # the reference int8 graph: same numbers, no compile

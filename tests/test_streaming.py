@@ -43,8 +43,9 @@ def _tones(seconds: float, seed: int) -> np.ndarray:
 
 def _spotter(name: str, overrides: dict, preset: str = "narrowband_stream", seed: int = 0) -> KeywordSpotter:
     """A spotter of random weights whose posteriors vary: its BatchNorm statistics those of
-    tone bursts (as precise BN sets them), the classifier scaled up (at its initial scale every
-    class would be about 1/12)."""
+    tone bursts (as precise BN sets them), the classifier centred on their features and scaled to
+    logits of unit spread (at its initial scale every class would be about 1/12, and one class
+    can lead on every window)."""
     torch.manual_seed(seed)
     model = create_model(name, num_classes=len(CLASSES), **overrides)
     spotter = KeywordSpotter(model, CLASSES, preset)
@@ -54,8 +55,11 @@ def _spotter(name: str, overrides: dict, preset: str = "narrowband_stream", seed
     wave = _tones(4, seed)
     model.train()
     with torch.no_grad():
-        model(spotter.mfcc(torch.from_numpy(np.stack([wave[s:s + 16000] for s in range(0, 48001, 4000)]))))
-        model.classifier.weight.mul_(20)
+        features = model.forward_head(model.forward_features(spotter.mfcc(torch.from_numpy(
+            np.stack([wave[s:s + 16000] for s in range(0, 48001, 4000)])))), pre_logits=True)
+        logits = model.classifier(features)
+        model.classifier.weight.div_(logits.std(0, keepdim=True).T)
+        model.classifier.bias.copy_(-model.classifier(features).mean(0) + model.classifier.bias)
     spotter.model = model.eval()
     return spotter
 
