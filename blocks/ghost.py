@@ -35,18 +35,34 @@ class GhostModule(nn.Module):
     ``rep``: RepGhost's module instead: ``out`` features from the 1x1 conv -> norm -> act, and the
     ghost features *added* to them rather than concatenated, as a reparameterisable depthwise
     conv (``RepConv``: the conv -> norm beside a norm of its input, then act), which folds into one
-    depthwise conv with a bias (``reparameterized``)."""
+    depthwise conv with a bias (``reparameterized``).
+
+    ``rep_branches``: GhostNetV3's module (Liu et al. 2024, "GhostNetV3: Exploring the Training
+    Strategies for Compact Models", arXiv:2404.11202): concatenated as GhostNet's, but its
+    1x1 conv is ``rep_branches`` 1x1 conv + norm branches, and its cheap depthwise conv as many
+    k x k branches beside a 1x1 depthwise one and a norm of its input; each ``RepConv`` folds
+    into one conv with a bias."""
 
     def __init__(self, in_chs: int, out_chs: int, *, dw_kernel: IntPair = 3, norm: NormLike = "batchnorm",
                  act: ActLike = "relu", depthwise: bool = True, attention: bool = False, rep: bool = False,
-                 reparameterized: bool = False) -> None:
+                 rep_branches: int = 0, reparameterized: bool = False) -> None:
         super().__init__()
+        if rep and rep_branches:
+            raise ValueError("rep (RepGhost's added ghost features) and rep_branches (GhostNetV3's concatenated "
+                             "ones) are two kinds of ghost module: choose one")
         init = out_chs if rep else math.ceil(out_chs / 2)
-        self.primary = ConvNormAct(in_chs, init, 1, padding=0, norm=norm, act=act)
-        self.cheap: nn.Module = RepConv(init, init, dw_kernel, groups=init if depthwise else 1, scale_branch=False,
-                                        norm=norm, act=act, inference=reparameterized) if rep else \
-            ConvNormAct(init, init, dw_kernel, groups=init if depthwise else 1, norm=norm, act=act)
-        self.rep = rep
+        groups = init if depthwise else 1
+        if rep_branches:
+            self.primary: nn.Module = RepConv(in_chs, init, 1, branches=rep_branches, identity=False, norm=norm,
+                                              act=act, inference=reparameterized)
+            self.cheap: nn.Module = RepConv(init, init, dw_kernel, groups=groups, branches=rep_branches,
+                                            identity_after_scale=True, norm=norm, act=act, inference=reparameterized)
+        else:
+            self.primary = ConvNormAct(in_chs, init, 1, padding=0, norm=norm, act=act)
+            self.cheap = RepConv(init, init, dw_kernel, groups=groups, scale_branch=False, norm=norm, act=act,
+                                 inference=reparameterized) if rep else \
+                ConvNormAct(init, init, dw_kernel, groups=groups, norm=norm, act=act)
+        self.rep, self.rep_branches = rep, rep_branches
         groups = out_chs if depthwise else 1
         self.short: nn.Module = nn.Sequential(
             ConvNormAct(in_chs, out_chs, 1, padding=0, norm=norm, act=None),
@@ -73,7 +89,9 @@ class GhostBottleneck(nn.Module):
     [depthwise ``kernel_size`` conv -> norm, where stride > 1] -> [squeeze-excite] -> ghost module
     projecting to ``out_chs`` (no act), plus the input, or where the shape changes a depthwise
     conv -> norm -> 1x1 conv -> norm of it (``shortcut``). ``rep``: RepGhostNet's bottleneck, the
-    same with RepGhost modules (``GhostModule``'s ``rep``)."""
+    same with RepGhost modules (``GhostModule``'s ``rep``). ``rep_branches``: GhostNetV3's, with
+    its ghost modules and the strided depthwise conv a ``RepConv`` of that many k x k branches and
+    a 1x1 one."""
 
     def __init__(
         self,
@@ -90,19 +108,26 @@ class GhostBottleneck(nn.Module):
         depthwise: bool = True,
         attention: bool = False,
         rep: bool = False,
+        rep_branches: int = 0,
         reparameterized: bool = False,
     ) -> None:
         super().__init__()
         self.stride = pair(stride, "stride")
-        self.rep = rep
+        self.rep, self.rep_branches = rep, rep_branches
         self.ghost1 = GhostModule(in_chs, mid_chs, norm=norm, act=act, depthwise=depthwise, attention=attention,
-                                  rep=rep, reparameterized=reparameterized)
-        self.dw: nn.Module = ConvNormAct(mid_chs, mid_chs, kernel_size, stride=self.stride, padding=padding,
-                                         groups=mid_chs if depthwise else 1, norm=norm, act=None) \
-            if self.stride != (1, 1) else nn.Identity()
+                                  rep=rep, rep_branches=rep_branches, reparameterized=reparameterized)
+        dw_groups = mid_chs if depthwise else 1
+        if self.stride == (1, 1):
+            self.dw: nn.Module = nn.Identity()
+        elif rep_branches:
+            self.dw = RepConv(mid_chs, mid_chs, kernel_size, stride=self.stride, groups=dw_groups,
+                              branches=rep_branches, norm=norm, act=None, inference=reparameterized)
+        else:
+            self.dw = ConvNormAct(mid_chs, mid_chs, kernel_size, stride=self.stride, padding=padding, groups=dw_groups,
+                                  norm=norm, act=None)
         self.se = se(mid_chs, act) if se is not None else nn.Identity()
         self.ghost2 = GhostModule(mid_chs, out_chs, norm=norm, act=None, depthwise=depthwise, rep=rep,
-                                  reparameterized=reparameterized)
+                                  rep_branches=rep_branches, reparameterized=reparameterized)
         self.shortcut: nn.Module = nn.Identity() if in_chs == out_chs and self.stride == (1, 1) else nn.Sequential(
             ConvNormAct(in_chs, in_chs, kernel_size, stride=self.stride, padding=padding,
                         groups=in_chs if depthwise else 1, norm=norm, act=None),

@@ -49,7 +49,10 @@ class RepConv(nn.Module):
     """A reparameterisable conv (MobileOne, Vasu et al. 2023, Figure 3; RepVGG, Ding et al. 2021,
     Figure 2): the sum of ``branches`` k x k conv + norm branches, a 1x1 conv + norm branch
     (``scale_branch``, when k > 1) and a norm of the input itself (when stride 1 and the channels
-    match), through stochastic depth on the conv branches, then [squeeze-excite] and act.
+    match; ``identity=False``: none), through stochastic depth on the conv branches, then
+    [squeeze-excite] and act. The branches are summed in MobileOne's order (scale, k x k, identity),
+    or with ``identity_after_scale`` in GhostNetV3's (scale, identity, k x k; Liu et al. 2024), so
+    that timm's weights give its outputs to the bit.
 
     ``reparameterize()`` folds every branch into one k x k conv with a bias (``reparam_conv``);
     ``inference=True`` builds that form directly (to load its weights). ``groups``: 1 for a full
@@ -66,6 +69,8 @@ class RepConv(nn.Module):
         groups: int = 1,
         branches: int = 1,
         scale_branch: bool = True,
+        identity: bool = True,
+        identity_after_scale: bool = False,
         norm: NormLike = "batchnorm",
         act: ActLike = "relu",
         se: Optional[SEFactory] = None,
@@ -75,10 +80,14 @@ class RepConv(nn.Module):
         super().__init__()
         if branches < 1:
             raise ValueError(f"a reparameterisable conv needs at least one k x k branch, got branches={branches}")
+        if identity_after_scale and drop_path > 0:
+            raise ValueError("identity_after_scale adds the identity before the k x k branches, so no stochastic "
+                             f"depth can drop those alone: use drop_path=0, got {drop_path}")
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
         self.in_chs, self.out_chs, self.groups = in_chs, out_chs, groups
-        self.has_identity = in_chs == out_chs and self.stride == (1, 1)
+        self.has_identity = identity and in_chs == out_chs and self.stride == (1, 1)
+        self.identity_after_scale = identity_after_scale
         self.has_scale = scale_branch and self.kernel_size != (1, 1)
         # timm's order of registration (identity, conv_kxk, conv_scale): its weights map by name
         self.identity: nn.Module = create_norm(norm, out_chs) if self.has_identity else nn.Identity()
@@ -106,11 +115,15 @@ class RepConv(nn.Module):
         first = True
         if self.has_scale:  # the sum in MobileOne's (and timm's) order: scale, then each k x k branch
             out, first = self.conv_scale(x[:, :, ::self.stride[0], ::self.stride[1]]), False
+        early_identity = self.has_identity and self.identity_after_scale
+        if early_identity:
+            y = self.identity(x)
+            out, first = (y if first else out + y), False
         for conv in self.conv_kxk:
             y = conv(x)
             out, first = (y if first else out + y), False
         out = self.drop_path(out)
-        if self.has_identity:
+        if self.has_identity and not early_identity:
             out = out + self.identity(x)
         return self.act(self.se(out))
 

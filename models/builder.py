@@ -131,7 +131,8 @@ def _ghost_block(in_chs: int, spec: GhostStage, stride: Any, ctx: BuildContext) 
     mid = ctx.chs(spec.mid * ctx.width_mult) if spec.width == "scaled" else spec.mid
     return GhostBottleneck(in_chs, mid, ctx.out(spec), kernel_size=spec.kernel, stride=stride, norm=ctx.norm,
                            act=ctx.act, se=ctx.se_factory(spec.se_ratio, mid / in_chs), depthwise=ctx.separable,
-                           attention=spec.attention, rep=spec.rep, reparameterized=ctx.reparameterized)
+                           attention=spec.attention, rep=spec.rep, rep_branches=spec.rep_branches,
+                           reparameterized=ctx.reparameterized)
 
 
 def _shuffle_block(in_chs: int, spec: ShuffleStage, stride: Any, ctx: BuildContext) -> nn.Module:

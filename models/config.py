@@ -253,11 +253,17 @@ class GhostStage(_Stage):
     rep: StrictBool = False
     """RepGhostNet's modules (Chen et al. 2022): the ghost features added, not concatenated, by a
     reparameterisable depthwise conv (``blocks.GhostModule``)."""
+    rep_branches: Annotated[int, Field(strict=True, ge=0, le=16)] = 0
+    """GhostNetV3's modules (Liu et al. 2024): their 1x1 and cheap depthwise convs, and the strided
+    depthwise conv, reparameterisable with this many conv branches each (its networks: 3)."""
 
     @model_validator(mode="after")
     def _one_kind_of_module(self) -> "GhostStage":
         if self.rep and self.attention:
             raise ValueError("rep and attention: RepGhost's modules take no DFC attention (no network has both)")
+        if self.rep and self.rep_branches:
+            raise ValueError("rep and rep_branches: RepGhost's modules add the ghost features, GhostNetV3's "
+                             "concatenate them; a row has one kind")
         return self
 
 

@@ -115,8 +115,8 @@ class SpatialOp:
 
 @dataclass(frozen=True)
 class _RepCheap:
-    """The reparameterisable depthwise conv of a RepGhost module, as ``rep_conv`` reads a row:
-    one k x k branch, no 1x1 branch, no squeeze-excite."""
+    """A reparameterisable conv of a ghost module or bottleneck, as ``rep_conv`` reads a row:
+    RepGhost's cheap conv (one k x k branch, no 1x1 branch) by default, no squeeze-excite."""
 
     kernel: int
     branches: int = 1
@@ -329,14 +329,16 @@ class _Walker:
         self.chain.append(ops)
         self.h, self.w = ops[0].out(self.h), ops[1].out(self.w)
 
-    def rep_conv(self, prefix: str, key: str, spec: Any, out: int, kernel: Any, stride: Any, groups: int) -> None:
-        """``RepConv``: its identity norm, k x k branches and 1x1 scale branch side by side on the
-        same input (one of them on the spatial chain), or, reparameterised, one conv with a bias."""
+    def rep_conv(self, prefix: str, key: str, spec: Any, out: int, kernel: Any, stride: Any, groups: int,
+                 identity: bool = True) -> None:
+        """``RepConv``: its identity norm (unless ``identity`` is false), k x k branches and 1x1
+        scale branch side by side on the same input (one of them on the spatial chain), or,
+        reparameterised, one conv with a bias."""
         c_in, h, w = self.c, self.h, self.w
         if self.cfg.reparameterized:
             self.conv(f"{prefix}.reparam_conv", key, c_in, out, kernel, stride, groups=groups, bias=True)
         else:
-            if c_in == out and _pair(stride) == (1, 1):
+            if identity and c_in == out and _pair(stride) == (1, 1):
                 self.bn(f"{prefix}.identity", key, out, h, w)
             chain = len(self.chain)
             for i in range(spec.branches):
@@ -394,19 +396,28 @@ class _Walker:
         if self.cfg.layer_scale is not None:
             self.extra_params(f"{prefix}.layer_scale", key, out)
 
-    def ghost_module(self, prefix: str, key: str, out: int, attention: bool = False, rep: bool = False) -> None:
+    def ghost_module(self, prefix: str, key: str, out: int, attention: bool = False, rep: bool = False,
+                     rep_branches: int = 0) -> None:
         """``GhostModule``: a 1x1 conv to ``ceil(out / 2)``, a depthwise 3x3 conv of those, cut to
         ``out``; with ``attention`` beside them the 1x1, 1x5 and 5x1 convs of GhostNetV2's DFC
         attention on the input pooled by 2 (which needs a map of at least 2x2). ``rep``: a 1x1
-        conv to ``out``, then a depthwise 3x3 ``RepConv`` of those (its identity norm beside)."""
+        conv to ``out``, then a depthwise 3x3 ``RepConv`` of those (its identity norm beside).
+        ``rep_branches``: both convs ``RepConv``s of that many branches (GhostNetV3)."""
         c_in, h, w = self.c, self.h, self.w
         init = out if rep else -(-out // 2)
-        self.conv_norm(f"{prefix}.primary", key, init, 1, padding=0)
+        groups = init if self.cfg.separable else 1
+        if rep_branches:
+            self.rep_conv(f"{prefix}.primary", key, _RepCheap(kernel=1, branches=rep_branches), init, 1, 1, 1,
+                          identity=False)
+            self.rep_conv(f"{prefix}.cheap", key, _RepCheap(kernel=3, branches=rep_branches, scale_branch=True),
+                          init, 3, 1, groups)
+        else:
+            self.conv_norm(f"{prefix}.primary", key, init, 1, padding=0)
         if rep:
-            cheap = _RepCheap(kernel=3)
-            self.rep_conv(f"{prefix}.cheap", key, cheap, init, 3, 1, init if self.cfg.separable else 1)
+            self.rep_conv(f"{prefix}.cheap", key, _RepCheap(kernel=3), init, 3, 1, groups)
             return
-        self.conv_norm(f"{prefix}.cheap", key, init, 3, groups=init if self.cfg.separable else 1)
+        if not rep_branches:
+            self.conv_norm(f"{prefix}.cheap", key, init, 3, groups=groups)
         if attention:
             self.chain.insert(len(self.chain) - 2, (AtLeast(2), AtLeast(2)))  # the pool's input, at the module's
             c, h2, w2, chain = self.c, self.h, self.w, len(self.chain)
@@ -425,11 +436,15 @@ class _Walker:
         c_in, h, w = self.c, self.h, self.w
         mid = make_divisible(spec.mid * self.cfg.width_mult, self.cfg.channel_divisor,
                              self.cfg.channel_round_limit) if spec.width == "scaled" else spec.mid
-        self.ghost_module(f"{prefix}.ghost1", key, mid, spec.attention, spec.rep)
-        if _pair(stride) != (1, 1):
-            self.conv_norm(f"{prefix}.dw", key, mid, spec.kernel, stride, groups=mid if self.cfg.separable else 1)
+        self.ghost_module(f"{prefix}.ghost1", key, mid, spec.attention, spec.rep, spec.rep_branches)
+        dw_groups = mid if self.cfg.separable else 1
+        if _pair(stride) != (1, 1) and spec.rep_branches:
+            dw = _RepCheap(kernel=spec.kernel, branches=spec.rep_branches, scale_branch=True)
+            self.rep_conv(f"{prefix}.dw", key, dw, mid, spec.kernel, stride, dw_groups)
+        elif _pair(stride) != (1, 1):
+            self.conv_norm(f"{prefix}.dw", key, mid, spec.kernel, stride, groups=dw_groups)
         self.squeeze_excite(prefix, key, spec.se_ratio, mid / c_in)  # ``se.of: input`` means of c_in
-        self.ghost_module(f"{prefix}.ghost2", key, out, rep=spec.rep)
+        self.ghost_module(f"{prefix}.ghost2", key, out, rep=spec.rep, rep_branches=spec.rep_branches)
         if c_in != out or _pair(stride) != (1, 1):
             c, h2, w2, chain = self.c, self.h, self.w, len(self.chain)
             self.c, self.h, self.w = c_in, h, w
@@ -539,7 +554,8 @@ MAX_WALKED_LAYERS = 100_000
 def _layers_per_block(spec: Any) -> int:
     """Conv and norm layers one block of a stage has (squeeze-excite's two convs included)."""
     se = 2 if getattr(spec, "se_ratio", 0) else 0
-    return {"conv": 2, "ds": 4 + se, "ir": 6 + se, "uib": 12 + se, "fused": 4 + se, "mqa": 11, "convnext": 6, "ghost": 14 + se, "shuffle": 10,
+    return {"conv": 2, "ds": 4 + se, "ir": 6 + se, "uib": 12 + se, "fused": 4 + se, "mqa": 11, "convnext": 6, "shuffle": 10,
+            "ghost": 14 + se + 10 * getattr(spec, "rep_branches", 0),
             "repvit": 20 + se,
             "rep": (2 * getattr(spec, "branches", 1) + 3) * (1 + getattr(spec, "separable", False)) + se,
             "maxpool": 0}.get(

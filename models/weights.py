@@ -92,12 +92,33 @@ _REP_GHOST = {f"{g}.cheap.{mine}": f"{g}.{theirs}" for g in ("ghost1", "ghost2")
 norm beside them (timm's ``fusion_bn``), or the one conv they fold into."""
 
 
+def _ghost_v3_names(branches: int) -> dict[str, str]:
+    """GhostNetV3's bottleneck beside GhostNet's names: each ``RepConv``'s k x k branches (timm's
+    ``*_rpr_conv.i``), 1x1 branch (``*_rpr_scale``) and identity norm (``cheap_rpr_skip``), or the
+    one conv they fold into (``primary_conv.0``, ``cheap_operation.0``, ``conv_dw``)."""
+    names: dict[str, str] = {}
+    for mine, theirs, folded in (("ghost1.primary", "ghost1.primary", "ghost1.primary_conv.0"),
+                                 ("ghost1.cheap", "ghost1.cheap", "ghost1.cheap_operation.0"),
+                                 ("ghost2.primary", "ghost2.primary", "ghost2.primary_conv.0"),
+                                 ("ghost2.cheap", "ghost2.cheap", "ghost2.cheap_operation.0"),
+                                 ("dw", "dw", "conv_dw")):
+        for i in range(branches):
+            names |= {f"{mine}.conv_kxk.{i}.conv": f"{theirs}_rpr_conv.{i}.conv",
+                      f"{mine}.conv_kxk.{i}.norm": f"{theirs}_rpr_conv.{i}.bn1"}
+        names |= {f"{mine}.conv_scale.conv": f"{theirs}_rpr_scale.conv", f"{mine}.conv_scale.norm": f"{theirs}_rpr_scale.bn1",
+                  f"{mine}.identity": f"{theirs}_rpr_skip", f"{mine}.reparam_conv": folded}
+    return names
+
+
 def _block_names(block: nn.Module) -> dict[str, str]:
     """Our module path inside ``block`` -> timm's, for every module holding tensors (a MixNet
     block's mixed convs: each group's conv, ``.0``, ``.1``, ..., under both names)."""
     names = dict(_EFFICIENTNET_BLOCK_NAMES[type(block)])
     if getattr(block, "rep", False):  # RepGhost modules: their cheap conv is a RepConv
         names = {k: v for k, v in names.items() if ".cheap." not in k} | _REP_GHOST
+    if getattr(block, "rep_branches", 0):  # GhostNetV3: its modules and strided depthwise conv are RepConvs
+        names = {k: v for k, v in names.items() if not k.startswith(("ghost1.primary.", "ghost1.cheap.", "ghost2.",
+                                                                     "dw."))} | _ghost_v3_names(block.rep_branches)
     modules = dict(block.named_modules())
     for mine, theirs in list(names.items()):
         if isinstance(modules.get(mine), MixedConv2d):

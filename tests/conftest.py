@@ -86,7 +86,7 @@ def mechanisms(name: str) -> frozenset[str]:
     for spec in (*cfg.stem, *cfg.stages):
         out |= {f"type:{spec.type}", f"act:{spec.act or cfg.act}"}
         out |= {f"{spec.type}:{key}" for key in ("se_ratio", "kernels", "attention", "separable", "skip", "start_kernel",
-                                                 "end_kernel", "bias", "rep") if getattr(spec, key, None)}
+                                                 "end_kernel", "bias", "rep", "rep_branches") if getattr(spec, key, None)}
         out |= {f"{spec.type}:groups" for key in ("expand_groups", "project_groups") if getattr(spec, key, 1) > 1}
     if any(getattr(spec, "se_ratio", 0) for spec in cfg.stages):
         out.add(f"se:{cfg.se.gate}")

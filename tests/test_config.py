@@ -147,10 +147,15 @@ def test_all_problems_at_once_with_file_path_and_value(tmp_path: Path) -> None:
     ("stem: {out: 8}\nstages: [{type: shuffle, out: 16}]\n",
      "stages[0]: a shuffle unit of stride 1 keeps its width, but 8 channels come in and out is 16: give the "
      "stage's first unit stride 2"),
+    ("stem: {out: 8}\nstages: [{type: ghost, out: 8, mid: 16, rep: true, rep_branches: 3}]\n",
+     "stages[0]: rep and rep_branches: RepGhost's modules add the ghost features, GhostNetV3's concatenate them; "
+     "a row has one kind"),
+    ("stem: {out: 8}\nstages: [{type: ghost, out: 8, mid: 16, rep_branches: 17}]\n",
+     "stages[0].rep_branches: must be less than or equal to 16, got 17"),
 ])
-def test_shuffle_and_pool_rows_are_checked(tmp_path: Path, text: str, message: str) -> None:
+def test_each_kind_of_row_is_checked_by_its_own_rules(tmp_path: Path, text: str, message: str) -> None:
     """A max pool takes no ``out``; a shuffle unit splits its output in halves, and keeps its width
-    unless it has a stride (ShuffleNetV2, Figure 3)."""
+    unless it has a stride (ShuffleNetV2, Figure 3); a ghost row has one kind of ghost module."""
     with pytest.raises(ConfigError) as exc:
         create_model(str(write(tmp_path, text)))
     assert problems(exc) == [message]

@@ -76,7 +76,7 @@ convnext_stages = st.fixed_dictionaries(
 ghost_stages = st.fixed_dictionaries(
     {"type": st.just("ghost"), "out": st.integers(1, 16), "mid": st.integers(1, 24)},
     optional={"kernel": kernels, "stride": strides, "se_ratio": st.sampled_from([0.0, 0.25]), "attention": st.booleans(),
-              **common},
+              "rep_branches": st.integers(0, 2), **common},
 )
 shuffle_stages = st.fixed_dictionaries(  # a unit that changes the width needs a stride: the first one has one
     {"type": st.just("shuffle"), "out": st.integers(1, 8).map(lambda n: 2 * n),

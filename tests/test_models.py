@@ -84,7 +84,7 @@ def test_params_and_macs_equal_the_timm_twins_by_the_same_counter(family: str) -
     which ``test_fuzz_configs`` and the summary tests check against the built model). timm's are
     built on the meta device: shapes without memory, so the largest cost little. One case a family,
     so that the workers share them."""
-    assert len(TIMM_NAMES) == 124
+    assert len(TIMM_NAMES) == 128
     with torch.device("meta"):
         for ours, theirs in TIMM_NAMES.items():
             cfg = get_model_config(ours)
@@ -126,7 +126,8 @@ def test_list_models_shows_every_family() -> None:
     assert list_models("mixnet*") == ["mixnet_l", "mixnet_l_tf", "mixnet_m", "mixnet_m_tf", "mixnet_s", "mixnet_s_tf",
                                       "mixnet_xl"]
     assert list_models("ghostnet*") == ["ghostnet_050", "ghostnet_100", "ghostnet_130", "ghostnetv2_100", "ghostnetv2_130",
-                                        "ghostnetv2_160"]
+                                        "ghostnetv2_160", "ghostnetv3_050", "ghostnetv3_100", "ghostnetv3_130",
+                                        "ghostnetv3_160"]
     assert list_models("mobileone*") == [f"mobileone_s{i}" for i in range(5)]
     assert list_models("shufflenet*") == ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
                                           "shufflenet_v2_x2_0"]

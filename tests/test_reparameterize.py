@@ -14,18 +14,19 @@ from torch import nn
 from conftest import registry, run_in_process
 from dszoo import (CheckpointError, count_macs, count_params, create_model, export_to_timm, get_model_config,
                    plan_model, reparameterize, save_state_dict, summarize)
-from dszoo.blocks import MobileOneBlock, NormLinearClassifier, RepConv, RepViTBlock, SqueezeExcite
+from dszoo.blocks import GhostBottleneck, MobileOneBlock, NormLinearClassifier, RepConv, RepViTBlock, SqueezeExcite
 from dszoo.deployment.export import randomise_batchnorm_statistics
 from dszoo.deployment.optimize import relative_difference
 from dszoo.reparameterize import is_reparameterizable
 from dszoo.weights import from_timm_state_dict
 
-REPARAMETERIZABLE = [name for name in registry()
-                     if any(spec.type in ("rep", "repvit") for spec in get_model_config(name).stages)]
+REPARAMETERIZABLE = [name for name in registry() if any(spec.type in ("rep", "repvit") or getattr(spec, "rep_branches", 0)
+                                                         for spec in get_model_config(name).stages)]
 
 
-def test_the_reparameterizable_models_are_mobileones_and_repvits() -> None:
-    assert REPARAMETERIZABLE == ["mobileone_s0", "mobileone_s1", "mobileone_s2", "mobileone_s3", "mobileone_s4",
+def test_the_reparameterizable_models_are_mobileones_repvits_and_ghostnetv3s() -> None:
+    assert REPARAMETERIZABLE == ["ghostnetv3_050", "ghostnetv3_100", "ghostnetv3_130", "ghostnetv3_160", "mobileone_s0",
+                                 "mobileone_s1", "mobileone_s2", "mobileone_s3", "mobileone_s4",
                                  "repvit_m0_9", "repvit_m1", "repvit_m1_0", "repvit_m1_1", "repvit_m1_5", "repvit_m2",
                                  "repvit_m2_3", "repvit_m3"]
 
@@ -37,6 +38,8 @@ def test_the_reparameterizable_models_are_mobileones_and_repvits() -> None:
     lambda: RepConv(6, 6, 1, branches=2),
     lambda: RepConv(6, 6, 3, scale_branch=False, norm=None),
     lambda: MobileOneBlock(6, 12, 5, stride=(2, 1), branches=3),
+    lambda: RepConv(6, 6, 3, groups=6, branches=3, identity_after_scale=True),
+    lambda: RepConv(6, 6, 1, branches=3, identity=False),
 ])
 def test_a_reparameterised_block_computes_the_sum_of_its_branches(make) -> None:
     """In float64 the one conv equals the branches to the last bits: the fold is exact, whatever
@@ -52,6 +55,36 @@ def test_a_reparameterised_block_computes_the_sum_of_its_branches(make) -> None:
     assert [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)] == []
     assert all(c.bias is not None for c in convs) and len(convs) == sum(isinstance(m, RepConv) for m in block.modules())
     assert relative_difference(got, expected) < 1e-12
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GhostBottleneck(6, 16, 10, kernel_size=5, stride=2, attention=True, rep_branches=3),
+    lambda: GhostBottleneck(6, 12, 6, rep_branches=2, depthwise=False),
+])
+def test_a_ghostnetv3_bottleneck_folds_each_of_its_reparameterisable_convs(make) -> None:
+    """GhostNetV3's bottleneck: its ghost modules' 1x1 and cheap convs and its strided depthwise
+    conv each fold into one conv (float64: to the last bits); its shortcut and DFC attention keep
+    their conv + norm, as timm's reparameterize_model leaves them."""
+    block = randomise_batchnorm_statistics(make()).double()
+    x = torch.randn(2, 6, 11, 9, dtype=torch.float64)
+    with torch.no_grad():
+        expected = block(x)
+        reparameterize(block, inplace=True)
+        got = block(x)
+    folded = [n for n, m in block.named_modules() if isinstance(m, RepConv)]
+    assert all(block.get_submodule(n).reparameterized for n in folded)
+    assert len(folded) == 4 + (block.stride != (1, 1))
+    assert not [n for n, m in block.named_modules() if isinstance(m, nn.BatchNorm2d) and ".short." not in n
+                and not n.startswith("shortcut")]
+    assert relative_difference(got, expected) < 1e-12
+
+
+def test_a_reparameterisable_conv_refuses_what_it_cannot_build() -> None:
+    with pytest.raises(ValueError, match="identity_after_scale adds the identity before the k x k branches, so no "
+                                         "stochastic depth can drop those alone: use drop_path=0, got 0.1"):
+        RepConv(6, 6, 3, identity_after_scale=True, drop_path=0.1)
+    with pytest.raises(ValueError, match="rep \\(RepGhost's added ghost features\\) and rep_branches"):
+        GhostBottleneck(6, 12, 6, rep=True, rep_branches=3)
 
 
 @pytest.mark.parametrize("name", REPARAMETERIZABLE)

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..files import atomic_path
 from ..preprocessing import input_spec
+from ..blocks.reparam import RepConv
 from ..reparameterize import reparameterize
 from .optimize import PRECISIONS, fold_batchnorm, relative_difference
 from .runtimes import METADATA_NAME, RUNTIMES, ExportError, Runtime, runtime_for_path
@@ -116,13 +117,21 @@ def randomise_batchnorm_statistics(model: nn.Module, seed: int = 0) -> nn.Module
     reparameterisable convs) keeps its float32 rounding near 1e-7 instead of compounding it to 1e-4.
     A norm that its block initialises to zero scale (RepViT's residual MLPs) gets scales of 0.1 +-
     0.01: random unit-scale branches summed over 14 blocks grow activations to thousands, which no
-    trained network has."""
+    trained network has. Summed parallel branches (a ``RepConv``'s k x k, 1x1 and identity
+    branches) grow them too: each branch's norm gets its scales divided by the square root of the
+    number of branches, so that their sum keeps one branch's spread (GhostNetV3's five-branch
+    convs would otherwise reach activations of 1e8)."""
     gen = torch.Generator().manual_seed(seed)
+    branch_scale: dict[int, float] = {}
+    for m in model.modules():
+        if isinstance(m, RepConv) and not m.reparameterized:
+            branches = [*m.conv_kxk, *([m.conv_scale] if m.has_scale else []), *([m.identity] if m.has_identity else [])]
+            branch_scale |= {id(n): len(branches) ** -0.5 for b in branches for n in b.modules()}
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             n = m.num_features
             if m.affine:
-                scale = 0.1 if bool((m.weight == 0).all()) else 1.0
+                scale = (0.1 if bool((m.weight == 0).all()) else 1.0) * branch_scale.get(id(m), 1.0)
                 m.weight.copy_(scale * (1.0 + 0.1 * torch.randn(n, generator=gen)))
                 m.bias.copy_(0.1 * torch.randn(n, generator=gen))
             if m.track_running_stats:
