@@ -411,12 +411,12 @@ class _Walker:
                           identity=False)
             self.rep_conv(f"{prefix}.cheap", key, _RepCheap(kernel=3, branches=rep_branches, scale_branch=True),
                           init, 3, 1, groups)
-        else:
+        elif rep:
             self.conv_norm(f"{prefix}.primary", key, init, 1, padding=0)
-        if rep:
             self.rep_conv(f"{prefix}.cheap", key, _RepCheap(kernel=3), init, 3, 1, groups)
             return
-        if not rep_branches:
+        else:
+            self.conv_norm(f"{prefix}.primary", key, init, 1, padding=0)
             self.conv_norm(f"{prefix}.cheap", key, init, 3, groups=groups)
         if attention:
             self.chain.insert(len(self.chain) - 2, (AtLeast(2), AtLeast(2)))  # the pool's input, at the module's

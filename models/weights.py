@@ -97,16 +97,14 @@ def _ghost_v3_names(branches: int) -> dict[str, str]:
     ``*_rpr_conv.i``), 1x1 branch (``*_rpr_scale``) and identity norm (``cheap_rpr_skip``), or the
     one conv they fold into (``primary_conv.0``, ``cheap_operation.0``, ``conv_dw``)."""
     names: dict[str, str] = {}
-    for mine, theirs, folded in (("ghost1.primary", "ghost1.primary", "ghost1.primary_conv.0"),
-                                 ("ghost1.cheap", "ghost1.cheap", "ghost1.cheap_operation.0"),
-                                 ("ghost2.primary", "ghost2.primary", "ghost2.primary_conv.0"),
-                                 ("ghost2.cheap", "ghost2.cheap", "ghost2.cheap_operation.0"),
-                                 ("dw", "dw", "conv_dw")):
+    for conv, folded in (("ghost1.primary", "ghost1.primary_conv.0"), ("ghost1.cheap", "ghost1.cheap_operation.0"),
+                         ("ghost2.primary", "ghost2.primary_conv.0"), ("ghost2.cheap", "ghost2.cheap_operation.0"),
+                         ("dw", "conv_dw")):  # timm's names are ours with _rpr_ for the dot
         for i in range(branches):
-            names |= {f"{mine}.conv_kxk.{i}.conv": f"{theirs}_rpr_conv.{i}.conv",
-                      f"{mine}.conv_kxk.{i}.norm": f"{theirs}_rpr_conv.{i}.bn1"}
-        names |= {f"{mine}.conv_scale.conv": f"{theirs}_rpr_scale.conv", f"{mine}.conv_scale.norm": f"{theirs}_rpr_scale.bn1",
-                  f"{mine}.identity": f"{theirs}_rpr_skip", f"{mine}.reparam_conv": folded}
+            names |= {f"{conv}.conv_kxk.{i}.conv": f"{conv}_rpr_conv.{i}.conv",
+                      f"{conv}.conv_kxk.{i}.norm": f"{conv}_rpr_conv.{i}.bn1"}
+        names |= {f"{conv}.conv_scale.conv": f"{conv}_rpr_scale.conv", f"{conv}.conv_scale.norm": f"{conv}_rpr_scale.bn1",
+                  f"{conv}.identity": f"{conv}_rpr_skip", f"{conv}.reparam_conv": folded}
     return names
 
 
