@@ -55,8 +55,9 @@ def _spotter(name: str, overrides: dict, preset: str = "narrowband_stream", seed
     wave = _tones(4, seed)
     model.train()
     with torch.no_grad():
-        features = model.forward_head(model.forward_features(spotter.mfcc(torch.from_numpy(
-            np.stack([wave[s:s + 16000] for s in range(0, 48001, 4000)])))), pre_logits=True)
+        mfcc = spotter.mfcc(torch.from_numpy(np.stack([wave[s:s + 16000] for s in range(0, 48001, 4000)])))
+        model(mfcc)
+        features = model.eval().forward_head(model.forward_features(mfcc), pre_logits=True)
         logits = model.classifier(features)
         model.classifier.weight.div_(logits.std(0, keepdim=True).T)
         model.classifier.bias.copy_(-model.classifier(features).mean(0) + model.classifier.bias)
