@@ -283,8 +283,11 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
     ``profiles``. Each of ``compare_backends`` adds a row ``optimized-BACKEND``: the optimized
     path built with that backend alone (skipped, with a log line, where it fails); each of
     ``precisions`` (int8, bf16) a row named after it (skipped, with a log line, where it cannot
-    be made here)."""
-    model = create_model(name).eval()
+    be made here). The model has randomised BatchNorm statistics (``randomise_batchnorm_statistics``):
+    a fresh model's compute the identity, and a network of summed branches (GhostNetV3's five a
+    conv) then grows its activations so far that no folded form reproduces them; the speed is the
+    same."""
+    model = randomise_batchnorm_statistics(create_model(name))
     model_cl = copy.deepcopy(model).to(memory_format=CL)  # the same weights, eager, channels-last
     size = model.cfg.input_size
     macs = count_macs(model, size)
