@@ -26,9 +26,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from ..blocks.reparam import RepConv
 from ..files import atomic_path
 from ..preprocessing import input_spec
-from ..blocks.reparam import RepConv
 from ..reparameterize import reparameterize
 from .optimize import PRECISIONS, fold_batchnorm, relative_difference
 from .runtimes import METADATA_NAME, RUNTIMES, ExportError, Runtime, runtime_for_path

@@ -34,7 +34,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..deployment.export import has_initial_batchnorm_statistics, randomise_batchnorm_statistics
+from ..deployment.export import randomise_batchnorm_statistics
 from ..deployment.optimize import BACKENDS, OptimizedModel, glibc_malloc_is_tuned, optimize_for_inference, tune_glibc_malloc
 from ..profile import count_macs, layer_gemms, layer_traffic, timed
 from ..plan import plan_model
@@ -255,12 +255,7 @@ def precision_of(variant: str) -> str:
 
 
 def _low_precision(model: nn.Module, x: torch.Tensor, precision: str, tune_malloc: bool) -> tuple[Optional[OptimizedModel], str]:
-    """The optimized path in ``precision`` (int8 calibrated on random batches), or None and why not.
-    A fresh model's BatchNorm computes the identity and its outputs are near zero, too little
-    for int8 to agree with: such a model is quantized with randomised statistics (BatchNorm is
-    folded away, so the speed is the same)."""
-    if has_initial_batchnorm_statistics(model):
-        model = randomise_batchnorm_statistics(copy.deepcopy(model))
+    """The optimized path in ``precision`` (int8 calibrated on random batches), or None and why not."""
     try:
         calibration = [torch.randn_like(x) for _ in range(4)] if precision == "int8" else None
         opt = optimize_for_inference(model, x, precision=precision, calibration=calibration, tune_malloc=tune_malloc)
@@ -283,10 +278,11 @@ def _inference_rows(name: str, batch_sizes: Sequence[int], repeats: int, ceiling
     ``profiles``. Each of ``compare_backends`` adds a row ``optimized-BACKEND``: the optimized
     path built with that backend alone (skipped, with a log line, where it fails); each of
     ``precisions`` (int8, bf16) a row named after it (skipped, with a log line, where it cannot
-    be made here). The model has randomised BatchNorm statistics (``randomise_batchnorm_statistics``):
-    a fresh model's compute the identity, and a network of summed branches (GhostNetV3's five a
-    conv) then grows its activations so far that no folded form reproduces them; the speed is the
-    same."""
+    be made here). Every row times the model with randomised BatchNorm statistics
+    (``randomise_batchnorm_statistics``; BatchNorm is folded away, so the speed is the same): a
+    fresh model's BatchNorms compute the identity, its outputs are then near zero, too little for
+    int8 to agree with, and a network of summed branches (GhostNetV3's five a conv) grows its
+    activations so far that no folded form reproduces them."""
     model = randomise_batchnorm_statistics(create_model(name))
     model_cl = copy.deepcopy(model).to(memory_format=CL)  # the same weights, eager, channels-last
     size = model.cfg.input_size
