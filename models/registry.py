@@ -156,10 +156,21 @@ def _lookup(name: str) -> tuple[str, _Entry]:
     )
 
 
+_RESOLVED: dict[str, tuple[_Entry, ModelConfig]] = {}
+"""Registered names already resolved without overrides, with the entry they were resolved from
+(configs are immutable; validating one walks every layer, which costs milliseconds a call)."""
+
+
 def get_model_config(name: str, **overrides: Any) -> ModelConfig:
     """The validated, immutable config ``create_model(name, **overrides)`` would build."""
     resolved, entry = _lookup(name)
-    return resolve_config(resolved, entry.family, entry.defaults, entry.variant, overrides, entry.source)
+    cached = _RESOLVED.get(resolved)
+    if not overrides and cached is not None and cached[0] is entry:
+        return cached[1]
+    cfg = resolve_config(resolved, entry.family, entry.defaults, entry.variant, overrides, entry.source)
+    if not overrides and _REGISTRY.get(resolved) is entry:  # a YAML file is read afresh each time
+        _RESOLVED[resolved] = (entry, cfg)
+    return cfg
 
 
 def create_model(

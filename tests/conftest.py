@@ -74,13 +74,11 @@ def structural_variants() -> tuple[str, ...]:
     return tuple(sorted(first.values()))
 
 
-def mechanisms(name: str) -> frozenset[str]:
+def mechanisms(cfg) -> frozenset[str]:
     """What a model's forward pass is made of, as the costly tests see it: its block kinds and
     their options (squeeze-excite and its gate, mixed and grouped convs, attention, reparameterised
-    and separable rows, skips), activations, norm, padding rules, head and input norm."""
-    from dszoo import get_model_config
-
-    cfg = get_model_config(name)
+    and separable rows, skips), activations, norm, padding rules, head and input norm, from its
+    ``ModelConfig``."""
     out = {f"norm:{cfg.norm.type}", f"padding:{cfg.padding}", f"row_padding:{cfg.row_padding}", f"act:{cfg.act}",
            f"input_norm:{cfg.input_norm}"}
     for spec in (*cfg.stem, *cfg.stages):
@@ -108,7 +106,7 @@ def mechanism_cover() -> tuple[str, ...]:
     that compiles, quantizes and scripts in one network does in another."""
     from dszoo import get_model_config, plan_model
 
-    candidates = {name: mechanisms(name) for name in structural_variants()}
+    candidates = {name: mechanisms(get_model_config(name)) for name in structural_variants()}
     params = {name: plan_model(get_model_config(name)).params for name in candidates}
     left, chosen = set().union(*candidates.values()), []
     while left:  # most new mechanisms per unit of cost (parameters, a square root: a big model is slow, not useless)
@@ -122,17 +120,47 @@ def mechanism_cover() -> tuple[str, ...]:
     return tuple(sorted(chosen))
 
 
-def create_shallow(name: str, **overrides) -> torch.nn.Module:
-    """``create_model(name, **overrides)`` with every config row at most two blocks deep (its
-    first block, which may change the shape, and one that keeps it), depth multiplier 1: every
-    row, so every mechanism, of the network, at a third less depth for the costliest tests,
-    whose cost (tracing, compiling, quantizing) grows with the number of blocks."""
-    from dszoo import create_model, get_model_config
+_ROW_SIZES = ("out", "repeat", "dropout", "width", "scale_depth", "same_stage")
+"""Row keys that size a block or name its stage but build no other layers."""
+
+
+def _row_shape(row: dict) -> str:
+    """What a config row builds, sizes aside: each number as 0, 1, more than 1, or a fraction
+    (a kernel of 1 or 3, a stride of 1 or 2, an expansion of 1 or 6 build different layers; a
+    kernel of 3 or 5 the same ones), a list of several (mixed kernels) as one kind."""
+    def kind(value):
+        if isinstance(value, (list, tuple)):
+            return "several" if len(value) > 1 else kind(value[0]) if value else []
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        return 0 if value == 0 else 1 if value == 1 else "many" if value > 1 else "fraction"
+
+    return json.dumps({key: kind(value) for key, value in row.items() if key not in _ROW_SIZES}, sort_keys=True)
+
+
+def shallow_overrides(name: str) -> dict:
+    """The config overrides of ``create_shallow(name)``: each kind of config row once
+    (``_row_shape``: the first row of each), at most two blocks deep (its first block, which may
+    change the shape, and one that keeps it), depth multiplier 1."""
+    from dszoo import get_model_config
 
     cfg = get_model_config(name)
-    stages = [spec.model_copy(update={"repeat": min(repeats, 2)}).model_dump()
-              for spec, repeats in zip(cfg.stages, cfg.stage_repeats())]
-    return create_model(name, stages=stages, depth_mult=1.0, **overrides)
+    stages, seen = [], set()
+    for spec, repeats in zip(cfg.stages, cfg.stage_repeats()):
+        row = spec.model_dump()
+        if _row_shape(row) not in seen:
+            seen.add(_row_shape(row))
+            stages.append({**row, "repeat": min(repeats, 2), "same_stage": False})
+    return {"stages": stages, "depth_mult": 1.0}
+
+
+def create_shallow(name: str, **overrides) -> torch.nn.Module:
+    """``create_model(name, **overrides)`` with ``shallow_overrides``: every row kind, so every
+    mechanism, of the network (``test_a_shallow_model_keeps_every_mechanism``) for the costliest
+    tests, whose cost (tracing, compiling, quantizing) grows with the number of blocks."""
+    from dszoo import create_model
+
+    return create_model(name, **shallow_overrides(name), **overrides)
 
 
 def small_input_size(cfg) -> tuple[int, int, int]:

@@ -82,6 +82,8 @@ def test_register_model_from_mapping_and_file(tmp_path: Path, monkeypatch: pytes
     assert create_model("test_registered_tiny").get_classifier().out_features == 3
     with pytest.raises(ValueError, match="already registered"):
         register_model("test_registered_tiny", {"stem": {"out": 8}, "stages": []})
+    register_model("test_registered_tiny", {"stem": {"out": 8}, "stages": [], "num_classes": 5}, overwrite=True)
+    assert get_model_config("test_registered_tiny").num_classes == 5  # not the config resolved before
     with pytest.raises(ConfigError, match="stem\\[0\\].out: must be greater than 0, got 0"):
         register_model("test_bad", {"stem": {"out": 0}, "stages": []})
     assert "test_bad" not in list_models()

@@ -12,7 +12,8 @@ import timm
 import torch
 from torch import nn
 
-from conftest import create_shallow, mechanism_cover, registry, small_input_size, structural_variants
+from conftest import (create_shallow, mechanism_cover, mechanisms, registry, shallow_overrides, small_input_size,
+                      structural_variants)
 from dszoo import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models, plan_model
 from dszoo.profile import layer_gemms, layer_macs
 from dszoo.blocks import CepstralMeanNorm, DepthwiseSeparableConv, NormLinearClassifier
@@ -75,6 +76,15 @@ def test_reference_numbers(name, overrides, input_size, params, macs, final_map)
     assert count_macs(model, input_size) == macs
     with torch.no_grad():
         assert tuple(model.forward_features(torch.zeros(1, *input_size)).shape[1:]) == final_map
+
+
+def test_a_shallow_model_keeps_every_mechanism() -> None:
+    """The costly tests' ``create_shallow`` form of each model they run keeps every mechanism of
+    the model (and no new one) in fewer blocks."""
+    for name in mechanism_cover():
+        cfg, shallow = get_model_config(name), get_model_config(name, **shallow_overrides(name))
+        assert mechanisms(shallow) == mechanisms(cfg), name
+        assert sum(shallow.stage_repeats()) < sum(cfg.stage_repeats()), name
 
 
 @pytest.mark.parametrize("family", sorted({get_model_config(name).family for name in TIMM_NAMES}))
