@@ -254,6 +254,21 @@ def qat_run(tmp_path_factory: pytest.TempPathFactory,
     return folder / "run", res
 
 
+@pytest.fixture(scope="session")
+def built(request: pytest.FixtureRequest) -> torch.nn.Module:
+    """``create_model(name).eval()`` for the tests parametrised with ``by_name(names)``, built
+    once for all of them: pytest runs the tests of one name in a row and keeps one model at a
+    time. They must leave it as they found it (no hooks, no new head, no other dtype)."""
+    from dszoo import create_model
+
+    return create_model(request.param).eval()
+
+
+def by_name(names: Sequence[str]) -> pytest.MarkDecorator:
+    """Parametrise a test over ``names`` with the ``built`` model of each (shared, read-only)."""
+    return pytest.mark.parametrize("built", names, indirect=True, scope="session")
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ import pytest
 import timm
 import torch
 
-from conftest import structural_variants
-from dszoo import ZooFeatures, create_model, get_model_config, list_models, load_checkpoint
+from conftest import by_name, structural_variants
+from dszoo import ZooFeatures, ZooNet, create_model, get_model_config, list_models, load_checkpoint
 from dszoo.registry import timm_aliases
 from dszoo.training import TrainConfig, train
 from dszoo.weights import CheckpointError
@@ -103,10 +103,10 @@ def test_list_models_pretrained_lists_what_pretrained_true_can_load() -> None:
     assert list_models("mobilenet_v3*", pretrained=True) == [n for n in with_weights if n.startswith("mobilenet_v3")]
 
 
-@pytest.mark.parametrize("name", structural_variants())
-def test_forward_intermediates_are_the_feature_maps(name: str) -> None:
-    model = create_model(name).eval()
-    x = torch.randn(1, *get_model_config(name).input_size[:1], *(model.pretrained_cfg["input_size"][1:]))
+@by_name(structural_variants())
+def test_forward_intermediates_are_the_feature_maps(built: ZooNet) -> None:
+    model = built
+    x = torch.randn(1, *model.cfg.input_size[:1], *(model.pretrained_cfg["input_size"][1:]))
     levels = len(model.feature_info)
     with torch.no_grad():
         final, maps = model.forward_intermediates(x)

@@ -12,9 +12,9 @@ import timm
 import torch
 from torch import nn
 
-from conftest import (create_shallow, mechanism_cover, mechanisms, registry, shallow_overrides, small_input_size,
+from conftest import (by_name, create_shallow, mechanism_cover, mechanisms, registry, shallow_overrides, small_input_size,
                       structural_variants)
-from dszoo import UnknownModelError, count_macs, count_params, create_model, get_model_config, list_models, plan_model
+from dszoo import UnknownModelError, ZooNet, count_macs, count_params, create_model, get_model_config, list_models, plan_model
 from dszoo.profile import layer_gemms, layer_macs
 from dszoo.blocks import CepstralMeanNorm, DepthwiseSeparableConv, NormLinearClassifier
 
@@ -150,9 +150,9 @@ def test_list_models_shows_every_family() -> None:
 
 # --- registry-wide interface tests (timm's test design) ---------------------------------------
 
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_forward_small_input(name: str) -> None:
-    model = create_model(name).eval()
+@by_name(ALL_MODELS)
+def test_forward_small_input(built: ZooNet) -> None:
+    model = built
     size = small_input_size(model.cfg)
     with torch.no_grad():
         out = model(torch.randn(2, *size))
@@ -171,17 +171,19 @@ def test_backward_new_head_reaches_every_parameter(name: str) -> None:
     assert missing == []
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_feature_info_matches_feature_maps(name: str) -> None:
-    model = create_model(name).eval()
+@by_name(ALL_MODELS)
+def test_feature_info_matches_feature_maps(built: ZooNet) -> None:
+    model = built
     c, h, w = small_input_size(model.cfg)
     maps: dict[str, torch.Tensor] = {}
-    for info in model.feature_info:
-        model.get_submodule(info["module"]).register_forward_hook(
-            lambda mod, inp, out, key=info["module"]: maps.__setitem__(key, out)
-        )
-    with torch.no_grad():
-        final = model.forward_features(torch.randn(1, c, h, w))
+    hooks = [model.get_submodule(info["module"]).register_forward_hook(
+        lambda mod, inp, out, key=info["module"]: maps.__setitem__(key, out)) for info in model.feature_info]
+    try:
+        with torch.no_grad():
+            final = model.forward_features(torch.randn(1, c, h, w))
+    finally:
+        for hook in hooks:
+            hook.remove()
     reductions = [info["reduction"] for info in model.feature_info]
     assert reductions == sorted(set(reductions)), "one map per reduction, increasing"
     prev_h, prev_red = h, 1
@@ -218,9 +220,9 @@ def test_reset_classifier_and_pre_logits(name: str) -> None:
         assert model(x).shape == (2, model.num_features)
 
 
-@pytest.mark.parametrize("name", structural_variants())  # interface, not widths
-def test_pretrained_cfg_works_with_timm_data_config(name: str) -> None:
-    model = create_model(name)
+@by_name(structural_variants())  # interface, not widths
+def test_pretrained_cfg_works_with_timm_data_config(built: ZooNet) -> None:
+    model = built
     data_cfg = timm.data.resolve_data_config({}, model=model)
     assert data_cfg["input_size"] == model.cfg.input_size
     assert len(data_cfg["mean"]) == model.cfg.in_chans
@@ -229,9 +231,9 @@ def test_pretrained_cfg_works_with_timm_data_config(name: str) -> None:
     assert model.get_submodule(model.pretrained_cfg["classifier"]) is model.get_classifier()
 
 
-@pytest.mark.parametrize("name", structural_variants())  # the input check depends on the network, not its widths
-def test_wrong_channel_count_names_in_chans(name: str) -> None:
-    model = create_model(name)
+@by_name(structural_variants())  # the input check depends on the network, not its widths
+def test_wrong_channel_count_names_in_chans(built: ZooNet) -> None:
+    model = built
     c, h, w = small_input_size(model.cfg)
     with pytest.raises(ValueError, match=f"expected {c} input channels \\(in_chans={c}\\), got {c + 1}"):
         model(torch.randn(1, c + 1, h, w))

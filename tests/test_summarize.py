@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_in_process, small_input_size, structural_variants
+from conftest import by_name, run_in_process, small_input_size, structural_variants
 
-from dszoo import count_macs, count_params, create_model, list_models
+from dszoo import ZooNet, count_macs, count_params, create_model, list_models
 from dszoo.measurement.summary import summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,11 +20,11 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return run_in_process("summarize", args, cwd=REPO)
 
 
-@pytest.mark.parametrize("name", structural_variants())  # the summary walks the network; widths: test_models
-def test_summary_totals_equal_reference_counts(name: str) -> None:
+@by_name(structural_variants())  # the summary walks the network; widths: test_models
+def test_summary_totals_equal_reference_counts(built: ZooNet) -> None:
     """At a small input: the totals' bookkeeping does not depend on the size (the native sizes'
     counts are test_models's, against the closed form)."""
-    model = create_model(name)
+    model = built
     size = small_input_size(model.cfg)
     s = summarize(model, size)
     assert s.params == count_params(model) and s.macs == count_macs(model, size)
@@ -33,9 +33,9 @@ def test_summary_totals_equal_reference_counts(name: str) -> None:
     assert s.output_shape == (model.cfg.num_classes,)
 
 
-@pytest.mark.parametrize("name", structural_variants())  # the summary walks the network; widths: test_models
-def test_stage_shapes_are_those_of_a_real_forward_pass(name: str) -> None:
-    model = create_model(name).eval()
+@by_name(structural_variants())  # the summary walks the network; widths: test_models
+def test_stage_shapes_are_those_of_a_real_forward_pass(built: ZooNet) -> None:
+    model = built
     size = small_input_size(model.cfg)
     x = torch.randn(1, *size)
     real = []
