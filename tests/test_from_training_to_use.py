@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from conftest import by_name, structural_variants
+from conftest import by_name, small_input_size, structural_variants
 from dszoo import ZooFeatures, ZooNet, create_model, get_model_config, list_models, load_checkpoint
 from dszoo.registry import timm_aliases
 from dszoo.training import TrainConfig, train
@@ -106,7 +106,7 @@ def test_list_models_pretrained_lists_what_pretrained_true_can_load() -> None:
 @by_name(structural_variants())
 def test_forward_intermediates_are_the_feature_maps(built: ZooNet) -> None:
     model = built
-    x = torch.randn(1, *model.cfg.input_size[:1], *(model.pretrained_cfg["input_size"][1:]))
+    x = torch.randn(1, *small_input_size(model.cfg))
     levels = len(model.feature_info)
     with torch.no_grad():
         final, maps = model.forward_intermediates(x)

@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import QAT_ARGS, run_in_process, small_input_size, structural_variants
+from conftest import QAT_ARGS, by_name, run_in_process, small_input_size, structural_variants
 from dszoo import CheckpointError, ConfigError, create_model, load_pretrained, optimize_for_inference
 from dszoo.deployment.export import randomise_batchnorm_statistics
 from dszoo.errors import RunError, UsageError
@@ -494,15 +494,18 @@ def test_files_that_are_not_weights_are_refused_before_unpickling(tmp_path: Path
     assert res.returncode == 2 and res.stderr == f"error: --resume {path}: not a readable training checkpoint ({reason})\n"
 
 
-@pytest.mark.parametrize("name", structural_variants())  # the dtype check depends on the network, not its widths
-def test_inputs_of_another_precision_are_refused_clearly(name: str) -> None:
-    model = create_model(name)
+@by_name(structural_variants())  # the dtype check depends on the network, not its widths
+def test_inputs_of_another_precision_are_refused_clearly(built: torch.nn.Module) -> None:
+    model = built
     size = small_input_size(model.cfg)
     for dtype in (torch.float64, torch.float16, torch.bfloat16):
         with pytest.raises(TypeError, match=f"expected a float32 input, the dtype of the model's weights, got "
                                             f"{str(dtype).removeprefix('torch.')}; convert the input"):
             model(torch.randn(1, *size, dtype=dtype))
-    assert model.double()(torch.randn(2, *size, dtype=torch.float64)).dtype == torch.float64
+    as_double = {k: v.double() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    with torch.no_grad():  # the model in float64 (its own weights stay float32: it is shared)
+        out = torch.func.functional_call(model, as_double, torch.randn(2, *size, dtype=torch.float64))
+    assert out.dtype == torch.float64
 
 
 def test_training_one_image_through_a_normalised_head_is_refused_clearly() -> None:
