@@ -19,7 +19,8 @@ from .plan import ModelPlan, ModelTooLargeError, make_divisible, min_input_size,
 from .config import ConfigError, ModelConfig, config_json_schema
 from .profile import count_macs, count_params, layer_macs
 from .reparameterize import reparameterize
-from .registry import UnknownModelError, create_model, get_model_config, list_models, load_checkpoint, register_model
+from .registry import (UnknownModelError, create_model, get_model_config, imagenet_top1, list_models, load_checkpoint,
+                       register_model)
 from .audio import MFCC
 from .deployment import (CalibrationError, OptimizedModel, export_model, fold_batchnorm, optimize_for_inference, quantize,
                          tune_glibc_malloc)
@@ -49,6 +50,7 @@ __all__ = [
     "export_to_timm",
     "fold_batchnorm",
     "get_model_config",
+    "imagenet_top1",
     "layer_macs",
     "list_models",
     "load_checkpoint",

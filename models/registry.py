@@ -5,7 +5,9 @@ an import someone might forget (mmpretrain's pitfall).
 """
 from __future__ import annotations
 
+import csv
 import fnmatch
+import functools
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from .config import ConfigError, ModelConfig, close_matches, config_changes, loa
 from .plan import resolve_config
 from .weights import CheckpointError, bundled_weights, cached_timm_weights, load_pretrained, spotter_metadata
 
-__all__ = ["UnknownModelError", "create_model", "get_model_config", "list_models", "load_checkpoint",
+__all__ = ["UnknownModelError", "create_model", "get_model_config", "imagenet_top1", "list_models", "load_checkpoint",
            "model_from_checkpoint", "register_model", "timm_aliases"]
 
 PathLike = Union[str, Path]
@@ -107,6 +109,22 @@ def timm_aliases() -> dict[str, str]:
     (``create_model`` and ``get_model_config`` accept either)."""
     _ensure_builtin()
     return {str(_setting(e, "timm_name")): n for n, e in sorted(_REGISTRY.items()) if _setting(e, "timm_name")}
+
+
+@functools.cache
+def published_top1_table() -> dict[str, tuple[float, str]]:
+    """``configs/imagenet_top1.csv`` (made by ``scripts/make_imagenet_top1.py``): each registered
+    model whose network has published ImageNet weights, its top-1 and where the figure comes from."""
+    with resources.files(f"{__package__}.configs").joinpath("imagenet_top1.csv").open(newline="") as f:
+        return {row["model"]: (float(row["top1"]), row["source"]) for row in csv.DictReader(f)}
+
+
+def imagenet_top1(name: str) -> Optional[float]:
+    """The published ImageNet-1k top-1 (%) of the weights timm or torchvision publish for the
+    registered model ``name`` (``published_top1_table`` names each figure's source), or ``None``
+    where none are published (our own widths, timm twins without weights, the audio models)."""
+    found = published_top1_table().get(name)
+    return found[0] if found else None
 
 
 def _is_path(name: str) -> bool:

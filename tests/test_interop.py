@@ -415,3 +415,27 @@ def test_a_missing_runtime_names_its_extra(fmt: str, module: str, extra: str, tm
     res = run_in_process("export", ["--model", "ds_cnn_s", "--format", fmt, "--out", str(out)])
     assert res.returncode == 2 and res.stderr == f"error: {message}\n"
     assert list(tmp_path.iterdir()) == []
+
+def test_published_top1_is_that_of_the_twins_default_weights() -> None:
+    """configs/imagenet_top1.csv: each figure belongs to a registered model and comes from the
+    weights its twin publishes: torchvision's metadata to the digit, or timm's results for the
+    twin's default pretrained tag in the installed timm; a model without published weights has none."""
+    import torchvision
+    from timm.models import get_pretrained_cfg
+
+    from dszoo import imagenet_top1
+    from dszoo.registry import published_top1_table
+
+    table = published_top1_table()
+    assert len(table) == 114 and set(table) <= set(list_models())
+    for name, (top1, source) in table.items():
+        cfg = get_model_config(name)
+        assert imagenet_top1(name) == top1 and 50 < top1 < 90, name
+        if source.startswith("torchvision "):
+            weights = torchvision.models.get_model_weights(cfg.torchvision_name).DEFAULT
+            assert source == f"torchvision {weights}"
+            assert top1 == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"], name
+        else:
+            tag = get_pretrained_cfg(cfg.timm_name).tag
+            assert re.fullmatch(rf"timm results-imagenet\.csv {re.escape(cfg.timm_name)}\.{tag} at \d+", source), name
+    assert imagenet_top1("ds_cnn_s") is None and imagenet_top1("mobilenet_v1_025") is None

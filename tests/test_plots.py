@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dszoo.commands.benchmark import VARIANT_LABELS, benchmark_figure
+from dszoo.commands.benchmark import VARIANT_LABELS, benchmark_figure, runtime_figure
 from dszoo.commands.summarize import summary_figure
 from dszoo.measurement.summary import summarize
 from dszoo.training.run_files import curves_figure
@@ -69,3 +69,33 @@ def test_benchmark_plot_traces_every_point_to_its_model() -> None:
     assert "Test CPU, 2 threads, torch 2.x" in ax.get_title()
     markers = {c.get_paths()[0].vertices.tobytes() for c in ax.collections}
     assert len(markers) == 2  # one marker shape per model
+
+
+def _runtime_result(top1: dict[str, float]) -> dict:
+    rows = [dict(model=m, params=p, runtime=rt, precision=pr, batch=b, median_ms=ms * b, imagenet_top1=top1.get(m))
+            for m, p, ms in (("mobilenet_v4_conv_small", 3_774_024, 5.0), ("ds_cnn_s", 23_180, 0.2))
+            for rt, pr in (("pytorch eager", "fp32"), ("onnx", "int8")) for b in (1, 8)]
+    return {"rows": rows, "repeats": 10, "machine": {"cpu": "Test CPU", "threads": "2", "torch": "2.x"}}
+
+
+def test_runtime_plot_shows_latency_against_parameters_and_published_top1() -> None:
+    """Batch 1 only; the second panel holds the models with a published ImageNet top-1 alone."""
+    by_params, by_top1 = runtime_figure(_runtime_result({"mobilenet_v4_conv_small": 73.756})).axes
+    assert by_params.get_xscale() == by_params.get_yscale() == by_top1.get_yscale() == "log"
+    assert by_top1.get_xscale() == "linear"
+    assert by_params.get_xlabel() == "parameters (millions, log scale)"
+    assert by_top1.get_xlabel() == "published ImageNet-1k top-1 of the model's weights (%)"
+    assert by_params.get_ylabel() == by_top1.get_ylabel() == "latency at batch 1 (ms, log scale)"
+    assert sorted(t.get_text() for t in by_params.texts) == sorted(["mobilenet_v4_conv_small", "ds_cnn_s"] * 2)
+    assert [t.get_text() for t in by_top1.texts] == ["mobilenet_v4_conv_small"] * 2
+    assert [tuple(c.get_offsets()[0]) for c in by_top1.collections] == [(73.756, 5.0)] * 2
+    assert [t.get_text() for t in by_top1.get_legend().get_texts()] == ["pytorch eager fp32", "onnx int8"]
+    colour = {c.get_label(): tuple(c.get_facecolor()[0]) for c in by_params.collections}
+    assert {c.get_label(): tuple(c.get_facecolor()[0]) for c in by_top1.collections} == colour  # a series keeps its colour
+    assert len(set(colour.values())) == 2
+    assert "Test CPU, 2 threads, torch 2.x" in by_top1.get_title()
+
+
+def test_runtime_plot_without_a_published_top1_has_one_panel() -> None:
+    (ax,) = runtime_figure(_runtime_result({})).axes
+    assert ax.get_xlabel() == "parameters (millions, log scale)"

@@ -120,8 +120,10 @@ def benchmark_figure(result: dict) -> Any:
 
 
 def runtime_figure(result: dict) -> Any:
-    """``--runtimes``: latency at the smallest batch against parameter count, log-log: one series
-    per (runtime, precision), each point labelled with its model, as a matplotlib figure."""
+    """``--runtimes``: latency at the smallest batch against parameter count, log-log, and, where
+    any model run has a published ImageNet top-1 (``dszoo.imagenet_top1``), against that top-1 in
+    a second panel (the models without one left out of it): one series per (runtime, precision),
+    each point labelled with its model, as a matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,21 +131,34 @@ def runtime_figure(result: dict) -> Any:
 
     batch = min(r["batch"] for r in result["rows"])
     rows = [r for r in result["rows"] if r["batch"] == batch]
-    fig, ax = plt.subplots(figsize=(9, 6))
-    for key in dict.fromkeys((r["runtime"], r["precision"]) for r in rows):
-        mine = [r for r in rows if (r["runtime"], r["precision"]) == key]
-        dots = ax.scatter([r["params"] / 1e6 for r in mine], [r["median_ms"] for r in mine], label=" ".join(key))
-        for r in mine:
-            ax.annotate(r["model"], (r["params"] / 1e6, r["median_ms"]), textcoords="offset points", xytext=(4, 3),
-                        fontsize=6, color=dots.get_facecolor()[0])
-    _log_log(fig, ax, result, "parameters (millions, log scale)", f"latency at batch {batch} (ms, log scale)",
-             "runtime and precision", "Latency against parameters by runtime")
+    rated = [r for r in rows if r.get("imagenet_top1") is not None]
+    fig, axes = plt.subplots(1, 2 if rated else 1, figsize=(16 if rated else 9, 6), squeeze=False)
+    panels = [(axes[0][0], rows, lambda r: r["params"] / 1e6)]
+    if rated:
+        panels.append((axes[0][1], rated, lambda r: r["imagenet_top1"]))
+    colours = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys((r["runtime"], r["precision"]) for r in rows))}
+    for ax, shown, x_of in panels:  # a series keeps its colour in both panels
+        for key in dict.fromkeys((r["runtime"], r["precision"]) for r in shown):
+            mine = [r for r in shown if (r["runtime"], r["precision"]) == key]
+            ax.scatter([x_of(r) for r in mine], [r["median_ms"] for r in mine], label=" ".join(key), color=colours[key])
+            for r in mine:
+                ax.annotate(r["model"], (x_of(r), r["median_ms"]), textcoords="offset points", xytext=(4, 3),
+                            fontsize=6, color=colours[key])
+    ylabel = f"latency at batch {batch} (ms, log scale)"
+    _log_log(fig, axes[0][0], result, "parameters (millions, log scale)", ylabel, "runtime and precision",
+             "Latency against parameters by runtime")
+    if rated:
+        _log_log(fig, axes[0][1], result, "published ImageNet-1k top-1 of the model's weights (%)", ylabel,
+                 "runtime and precision", "Latency against accuracy by runtime", log_x=False)
     return fig
 
 
-def _log_log(fig: Any, ax: Any, result: dict, xlabel: str, ylabel: str, legend: str, title: str) -> None:
-    """Both axes logarithmic, their labels, the legend, and a title naming the run's machine."""
-    ax.set_xscale("log")
+def _log_log(fig: Any, ax: Any, result: dict, xlabel: str, ylabel: str, legend: str, title: str,
+             log_x: bool = True) -> None:
+    """Both axes logarithmic (``log_x=False``: the y axis alone), their labels, the legend, and a
+    title naming the run's machine."""
+    if log_x:
+        ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -22,7 +22,7 @@ from ..deployment.export import (ExportCheck, ExportError, export_model, has_ini
 from ..deployment.optimize import optimize_for_inference
 from ..deployment.runtimes import EDGE_RUNTIMES, RUNTIMES
 from ..profile import count_params
-from ..registry import create_model, get_model_config
+from ..registry import create_model, get_model_config, imagenet_top1
 from .benchmark import machine_info, timed_interleaved
 
 __all__ = ["ExportedFile", "RuntimeRow", "exported_files", "run_runtime_benchmarks", "runtime_accuracy", "runtime_csv",
@@ -31,8 +31,9 @@ __all__ = ["ExportedFile", "RuntimeRow", "exported_files", "run_runtime_benchmar
 
 @dataclass(frozen=True)
 class RuntimeRow:
-    """One (model, runtime, precision, batch): median, fastest and slowest of the timed runs, and
-    the speed-up over PyTorch eager fp32 at the same batch."""
+    """One (model, runtime, precision, batch): median, fastest and slowest of the timed runs, the
+    speed-up over PyTorch eager fp32 at the same batch, and the published ImageNet top-1 of the
+    model's network (``dszoo.imagenet_top1``; None where no weights are published)."""
 
     model: str
     params: int
@@ -43,6 +44,7 @@ class RuntimeRow:
     min_ms: float
     max_ms: float
     speedup_vs_eager: float
+    imagenet_top1: Optional[float] = None
     note: str = ""
 
 
@@ -136,7 +138,7 @@ def run_runtime_benchmarks(models: Sequence[str], batch_sizes: Sequence[int] = (
                 for (runtime, precision), secs in times.items():
                     median = statistics.median(secs)
                     row = RuntimeRow(name, params, runtime, precision, batch, median * 1e3, min(secs) * 1e3,
-                                     max(secs) * 1e3, eager / median)
+                                     max(secs) * 1e3, eager / median, imagenet_top1(name))
                     log(f"{name:<20} {runtime:<18} {precision:<5} b{batch:<3} {row.median_ms:9.2f} ms "
                         f"{row.speedup_vs_eager:6.2f}x eager")
                     rows.append(row)
@@ -148,11 +150,12 @@ def runtime_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"Latency by runtime, median of {result['repeats']} runs; {m['cpu']}, {m['threads']} threads, "
              f"torch {m['torch']}", "",
-             "| model | params | batch | runtime | precision | median ms | vs eager fp32 |",
-             "|---|---:|---:|---|---|---:|---:|"]
+             "| model | params | ImageNet top-1 | batch | runtime | precision | median ms | vs eager fp32 |",
+             "|---|---:|---:|---:|---|---|---:|---:|"]
     rows = sorted(result["rows"], key=lambda r: (r["model"], r["batch"], r["median_ms"]))
-    lines += [f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['runtime']} | {r['precision']} | "
-              f"{r['median_ms']:.2f} | {r['speedup_vs_eager']:.2f}x |" for r in rows]
+    top1 = {r["model"]: "-" if r.get("imagenet_top1") is None else f"{r['imagenet_top1']:.1f}%" for r in rows}
+    lines += [f"| {r['model']} | {r['params'] / 1e6:.2f}M | {top1[r['model']]} | {r['batch']} | {r['runtime']} | "
+              f"{r['precision']} | {r['median_ms']:.2f} | {r['speedup_vs_eager']:.2f}x |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
