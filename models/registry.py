@@ -121,9 +121,12 @@ def published_top1_table() -> dict[str, tuple[float, str]]:
 
 def imagenet_top1(name: str) -> Optional[float]:
     """The published ImageNet-1k top-1 (%) of the weights timm or torchvision publish for the
-    registered model ``name`` (``published_top1_table`` names each figure's source), or ``None``
-    where none are published (our own widths, timm twins without weights, the audio models)."""
-    found = published_top1_table().get(name)
+    registered model ``name`` (or its timm name; ``published_top1_table`` names each figure's
+    source), or ``None`` where none are published (our own widths, timm twins without weights,
+    the audio models). An unknown name raises ``UnknownModelError``."""
+    if _is_path(name):
+        raise UnknownModelError(f"{name!r}: published figures belong to registered models, not to config files")
+    found = published_top1_table().get(_lookup(name)[0])
     return found[0] if found else None
 
 

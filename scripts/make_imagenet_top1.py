@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hubconf  # noqa: E402,F401  (imports dszoo from this checkout)
 from dszoo import get_model_config, list_models  # noqa: E402
-from dszoo.files import atomic_path  # noqa: E402
+from dszoo.errors import UsageError  # noqa: E402
+from dszoo.files import FileKindError, atomic_path, regular_file  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "configs" / "imagenet_top1.csv"
 
@@ -44,9 +45,20 @@ def torchvision_top1(name: str) -> tuple[str, str] | None:
     return f"{weights.meta['_metrics']['ImageNet-1K']['acc@1']:.3f}", f"torchvision {weights}"
 
 
+def read_results(results_csv: str) -> dict[tuple[str, int], str]:
+    """timm's results table: (model.tag, image size) -> top-1 (``UsageError`` naming the problem)."""
+    path = regular_file(results_csv, "timm results table", max_bytes=100_000_000)  # a FIFO is not opened
+    try:
+        with open(path, newline="") as f:
+            return {(row["model"], int(row["img_size"])): row["top1"] for row in csv.DictReader(f)}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"{results_csv}: cannot read it ({e})") from None
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(f"{results_csv}: not timm's results-imagenet.csv (columns model, img_size, top1)") from None
+
+
 def main(results_csv: str) -> int:
-    with open(results_csv, newline="") as f:
-        results = {(row["model"], int(row["img_size"])): row["top1"] for row in csv.DictReader(f)}
+    results = read_results(results_csv)
     rows = []
     for name in list_models():
         cfg = get_model_config(name)
@@ -64,5 +76,10 @@ def main(results_csv: str) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit(f"usage: {sys.argv[0]} results-imagenet.csv")
-    sys.exit(main(sys.argv[1]))
+        print(f"usage: {sys.argv[0]} results-imagenet.csv", file=sys.stderr)
+        sys.exit(2)
+    try:
+        sys.exit(main(sys.argv[1]))
+    except (UsageError, FileKindError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,12 +1,15 @@
 """timm weights both ways, safe checkpoint loading, features, export, scripting, compile, hub."""
 from __future__ import annotations
 
+import csv
+import os
 import pickle
 import re
 import subprocess
 import warnings
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -423,7 +426,7 @@ def test_published_top1_is_that_of_the_twins_default_weights() -> None:
     import torchvision
     from timm.models import get_pretrained_cfg
 
-    from dszoo import imagenet_top1
+    from dszoo import UnknownModelError, imagenet_top1
     from dszoo.registry import published_top1_table
 
     table = published_top1_table()
@@ -439,3 +442,41 @@ def test_published_top1_is_that_of_the_twins_default_weights() -> None:
             tag = get_pretrained_cfg(cfg.timm_name).tag
             assert re.fullmatch(rf"timm results-imagenet\.csv {re.escape(cfg.timm_name)}\.{tag} at \d+", source), name
     assert imagenet_top1("ds_cnn_s") is None and imagenet_top1("mobilenet_v1_025") is None
+    assert imagenet_top1("mobilenetv4_conv_small") == imagenet_top1("mobilenet_v4_conv_small")  # timm's name too
+    with pytest.raises(UnknownModelError, match="unknown model 'mobilenet_v9'"):
+        imagenet_top1("mobilenet_v9")
+
+
+def _top1_script() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_imagenet_top1", REPO / "scripts" / "make_imagenet_top1.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_top1_table_is_made_from_timms_results_and_torchvisions_metadata(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scripts/make_imagenet_top1.py: a timm row at the model's size wins, else at the weights'
+    own size; torchvision's figure where timm has none; a table that is not timm's is one line."""
+    script = _top1_script()
+    results = tmp_path / "results-imagenet.csv"
+    results.write_text("model,img_size,top1,top5\nmobilenetv4_conv_small.e2400_r224_in1k,256,74.644,92.0\n"
+                       "mobilenetv4_conv_small.e2400_r224_in1k,224,73.756,91.4\n"
+                       "efficientnet_b2.ra_in1k,256,79.324,94.6\n")
+    monkeypatch.setattr(script, "OUT", tmp_path / "top1.csv")
+    assert script.main(str(results)) == 0
+    with open(tmp_path / "top1.csv", newline="") as f:
+        rows = {row["model"]: (row["top1"], row["source"]) for row in csv.DictReader(f)}
+    assert rows["mobilenet_v4_conv_small"] == ("73.756", "timm results-imagenet.csv "
+                                               "mobilenetv4_conv_small.e2400_r224_in1k at 224")
+    assert rows["efficientnet_b2"] == ("79.324", "timm results-imagenet.csv efficientnet_b2.ra_in1k at 256")  # ours: 260
+    assert rows["shufflenet_v2_x0_5"][1] == "torchvision ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1"
+    assert "mobilenet_v2" in rows and "ds_cnn_s" not in rows  # torchvision's MobileNetV2; no weights for a spotter
+    results.write_text("name,accuracy\nx,1\n")
+    with pytest.raises(script.UsageError, match=r"not timm's results-imagenet\.csv \(columns model, img_size, top1\)"):
+        script.read_results(str(results))
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(script.FileKindError, match="is a FIFO"):
+        script.read_results(str(tmp_path / "fifo"))
