@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from conftest import by_name, run_in_process, small_input_size, structural_variants
 
-from dszoo import ZooNet, count_macs, count_params, create_model, list_models
+from dszoo import ZooNet, count_macs, imagenet_top1, count_params, create_model, list_models
 from dszoo.measurement.summary import summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +77,11 @@ def test_list_shows_every_model_with_reference_numbers() -> None:
     assert sorted(rows) == list_models()
     assert (rows["xception"]["params"], rows["xception"]["macs"]) == (22_855_952, 8_357_403_496)
     assert rows["ds_cnn_s"]["input_size"] == [1, 49, 10]
+    assert rows["mobilenet_v4_conv_small"]["imagenet_top1"] == imagenet_top1("mobilenet_v4_conv_small") > 70
+    assert rows["ds_cnn_s"]["imagenet_top1"] is None  # no published ImageNet weights
+    table = run("--list").stdout
+    assert re.search(r"^mobilenet_v4_conv_small +3x224x224 +3,774,024 +186,005,568 +73\.76%$", table, flags=re.M)
+    assert re.search(r"^ds_cnn_s +1x49x10 +23,180 +2,656,768 +-$", table, flags=re.M)
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:

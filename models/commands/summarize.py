@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from ..plan import plan_model
-from ..registry import get_model_config, list_models
+from ..registry import get_model_config, imagenet_top1, list_models
 from ..files import atomic_path
 from .cli import (ArgumentParser, UsageError, new_output_file, non_negative_int, positive_float, positive_int,
                         run_cli)
@@ -156,12 +156,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows = []
         for name in list_models():  # the closed form, equal to the built model's counts (tests/test_models.py)
             plan = plan_model(get_model_config(name))
-            rows.append({"model": name, "input_size": list(plan.input_size), "params": plan.params, "macs": plan.macs})
+            rows.append({"model": name, "input_size": list(plan.input_size), "params": plan.params, "macs": plan.macs,
+                         "imagenet_top1": imagenet_top1(name)})
         if args.format == "json":
             print(json.dumps(rows, indent=2))
         else:
-            print(_table(["model", "input", "params", "MACs"],
-                         [(r["model"], _shape(r["input_size"]), r["params"], r["macs"]) for r in rows],
+            print(_table(["model", "input", "params", "MACs", "ImageNet top-1 (published)"],
+                         [(r["model"], _shape(r["input_size"]), r["params"], r["macs"],
+                           "-" if r["imagenet_top1"] is None else f"{r['imagenet_top1']:.2f}%") for r in rows],
                          args.format == "markdown"))
         return 0
     if not args.model:
