@@ -3,6 +3,7 @@ runtime and run there; int8 files computed in int8 by their runtime and agreeing
 held-out real data. Each runtime is an extra that the README's test command installs."""
 from __future__ import annotations
 
+import csv
 import tempfile
 import textwrap
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import run_in_process
-from dszoo import create_model
+from conftest import run_in_process, structural_variants
+from dszoo import create_model, list_models
 from dszoo.deployment.export import export_model, randomise_batchnorm_statistics, read_export_metadata
 from dszoo.deployment.runtimes import EDGE_RUNTIMES, RUNTIMES
 from dszoo.training.data import build_datasets
@@ -214,3 +215,23 @@ def test_runtime_accuracy_and_support_score_each_runtimes_file(default_run: tupl
                     {"runtime": "onnx", "precision": "fp32", "top1": top1, "same_as_fp32": 100.0}]
     (row,) = runtime_support(["ds_cnn_s"], runtimes=("onnx",))
     assert row["ok"] and row["detail"].startswith("max relative difference vs the model on a fresh batch")
+
+
+def test_the_runtime_support_record_covers_the_registry() -> None:
+    """docs/runtime_support.csv, the registry-wide sweep (``runtime_support``: about an hour, so a
+    record, not a test run): every registered model in ONNX Runtime, OpenVINO and ExecuTorch at
+    fp32, every distinct network (``structural_variants``) in all three at int8; each row passed
+    ``dszoo-export``'s check. A model registered without being swept, or a row of a model no
+    longer registered, fails here."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "runtime_support.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    swept = {(r["model"], r["runtime"], r["precision"]) for r in rows}
+    assert len(swept) == len(rows)  # one row a pair
+    runtimes = ("onnx", "openvino", "pte")
+    wanted = {(name, runtime, "fp32") for name in list_models() for runtime in runtimes}
+    wanted |= {(name, runtime, "int8") for name in structural_variants() for runtime in runtimes}
+    assert swept == wanted
+    assert all(r["ok"] == "True" for r in rows), [r for r in rows if r["ok"] != "True"]
+    assert max(float(r["max_relative_difference"]) for r in rows if r["precision"] == "fp32") <= 1e-4
+    assert min(float(r["cosine"]) for r in rows if r["precision"] == "int8") >= 0.99
