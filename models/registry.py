@@ -123,10 +123,12 @@ def imagenet_top1(name: str) -> Optional[float]:
     """The published ImageNet-1k top-1 (%) of the weights timm or torchvision publish for the
     registered model ``name`` (or its timm name; ``published_top1_table`` names each figure's
     source), or ``None`` where none are published (our own widths, timm twins without weights,
-    the audio models). An unknown name raises ``UnknownModelError``."""
+    the audio models, a name ``register_model`` gave another network). An unknown name raises
+    ``UnknownModelError``."""
     if _is_path(name):
         raise UnknownModelError(f"{name!r}: published figures belong to registered models, not to config files")
-    found = published_top1_table().get(_lookup(name)[0])
+    resolved, entry = _lookup(name)
+    found = published_top1_table().get(resolved) if entry.source.startswith("configs/") else None
     return found[0] if found else None
 
 

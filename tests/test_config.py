@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from dszoo import registry
-from dszoo import ConfigError, count_params, create_model, get_model_config, list_models, register_model
+from dszoo import (ConfigError, count_params, create_model, get_model_config, imagenet_top1, list_models,
+                   register_model)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,8 @@ def test_register_model_from_mapping_and_file(tmp_path: Path, monkeypatch: pytes
         register_model("test_registered_tiny", {"stem": {"out": 8}, "stages": []})
     register_model("test_registered_tiny", {"stem": {"out": 8}, "stages": [], "num_classes": 5}, overwrite=True)
     assert get_model_config("test_registered_tiny").num_classes == 5  # not the config resolved before
+    register_model("mobilenet_v2", {"stem": {"out": 8}, "stages": []}, overwrite=True)
+    assert imagenet_top1("mobilenet_v2") is None  # the published figure was for the built-in network
     with pytest.raises(ConfigError, match="stem\\[0\\].out: must be greater than 0, got 0"):
         register_model("test_bad", {"stem": {"out": 0}, "stages": []})
     assert "test_bad" not in list_models()
