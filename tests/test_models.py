@@ -1,6 +1,7 @@
 """Every registered model: reference numbers, the model interface, and the blog's mistakes."""
 from __future__ import annotations
 
+import csv
 import math
 import re
 import subprocess
@@ -87,22 +88,35 @@ def test_a_shallow_model_keeps_every_mechanism() -> None:
         assert sum(shallow.stage_repeats()) < sum(cfg.stage_repeats()), name
 
 
-@pytest.mark.parametrize("family", sorted({get_model_config(name).family for name in TIMM_NAMES}))
-def test_params_and_macs_equal_the_timm_twins_by_the_same_counter(family: str) -> None:
+TIMM_COUNTS = Path(__file__).parent / "fixtures" / "timm_counts.csv"
+
+
+def _timm_counts() -> dict[str, dict[str, str]]:
+    """tests/fixtures/timm_counts.csv by model name (made by make_timm_counts.py beside it)."""
+    with TIMM_COUNTS.open() as fh:
+        return {row["model"]: row for row in csv.DictReader(line for line in fh if not line.startswith("#"))}
+
+
+def test_params_and_macs_equal_the_timm_twins_by_the_same_counter() -> None:
     """Every model with a timm counterpart (its config's ``timm_name``) has timm's parameters and,
     counted by ``count_macs`` at the model's input size, timm's MACs (ours from the closed form,
-    which ``test_fuzz_configs`` and the summary tests check against the built model). timm's are
-    built on the meta device: shapes without memory, so the largest cost little. One case a family,
-    so that the workers share them."""
-    assert len(TIMM_NAMES) == 128
-    with torch.device("meta"):
-        for ours, theirs in TIMM_NAMES.items():
-            cfg = get_model_config(ours)
-            if cfg.family != family:
-                continue
-            twin = timm.create_model(theirs)
-            plan = plan_model(cfg)
-            assert (plan.params, plan.macs) == (count_params(twin), count_macs(twin, cfg.input_size)), ours
+    which ``test_fuzz_configs`` and the summary tests check against the built model). timm's
+    counts are those tests/fixtures/make_timm_counts.py recorded; the first twin of each family is
+    counted again with the installed timm (built on the meta device), so the record is timm's."""
+    from fixtures.make_timm_counts import twin_counts
+
+    recorded = _timm_counts()
+    assert sorted(recorded) == sorted(TIMM_NAMES) and len(TIMM_NAMES) == 128
+    families: dict[str, str] = {}
+    for ours, row in recorded.items():
+        cfg = get_model_config(ours)
+        assert (row["timm_name"], row["input_size"]) == (cfg.timm_name, "x".join(map(str, cfg.input_size))), ours
+        plan = plan_model(cfg)
+        assert (plan.params, plan.macs) == (int(row["params"]), int(row["macs"])), ours
+        families.setdefault(cfg.family, ours)
+    assert len(families) == 14
+    for ours in families.values():
+        assert twin_counts(ours) == recorded[ours], f"{ours}: timm {timm.__version__} counts its twin otherwise"
 
 
 def test_every_row_of_the_reference_table_is_the_closed_form_count() -> None:
