@@ -19,7 +19,7 @@ from .errors import UsageError
 from .files import FileKindError, regular_file
 from .plan import plan_model
 from .preprocessing import trained_front_end
-from .weights import (CheckpointError, check_torch_file, measured_weights, read_state_dict, spotter_metadata,
+from .weights import (CHECKPOINT_FORMAT, CheckpointError, check_torch_file, measured_weights, read_state_dict, spotter_metadata,
                       tensor_problems)
 
 __all__ = ["CHECKPOINT_FORMAT", "DEFAULT_THRESHOLD", "build_from_checkpoint", "read_checkpoint", "read_spotter_file",
@@ -27,8 +27,6 @@ __all__ = ["CHECKPOINT_FORMAT", "DEFAULT_THRESHOLD", "build_from_checkpoint", "r
 
 PathLike = Union[str, Path]
 
-CHECKPOINT_FORMAT = "dszoo-train-1"
-"""The ``format`` entry of every checkpoint ``dszoo-train`` writes."""
 DEFAULT_THRESHOLD = 0.7
 """The smoothed probability a keyword must reach when the spotter's file names no threshold."""
 
@@ -67,10 +65,12 @@ def read_checkpoint(path: PathLike, what: str = "--resume") -> dict[str, Any]:
         raise CheckpointError(f"{what} {path}: not a readable training checkpoint ({' '.join(str(exc).split())[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{what} {path}: not a dszoo training checkpoint (use --pretrained for weights)")
-    return _checked_fields(ckpt, path, what)
+    return checked_training_checkpoint(ckpt, path, what)
 
 
-def _checked_fields(ckpt: dict[str, Any], path: str, what: str) -> dict[str, Any]:
+def checked_training_checkpoint(ckpt: dict[str, Any], path: str, what: str) -> dict[str, Any]:
+    """``ckpt`` if it has every field of a training checkpoint, of the right type; else a
+    ``CheckpointError`` naming ``what`` (the option that gave it), the file and the field."""
     problems = [f"{key} is missing" if key not in ckpt else
                 f"{key} is a {type(ckpt[key]).__name__}, not a {' or '.join(t.__name__ for t in types)}"
                 for key, types in _CHECKPOINT_FIELDS.items()
@@ -99,7 +99,7 @@ def read_training_checkpoint(path: PathLike, what: str) -> Optional[dict[str, An
         return None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         return None
-    return _checked_fields(ckpt, path, what)
+    return checked_training_checkpoint(ckpt, path, what)
 
 
 _SPOTTER_FIELDS: dict[str, tuple[type, ...]] = {"model_config": (dict,), "class_names": (list,), "mfcc_preset": (str,),

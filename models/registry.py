@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import fnmatch
 import functools
-import json
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,10 +17,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from torch import nn
 
 from .builder import ZooFeatures, ZooNet, build_model
-from .checkpoints import build_from_checkpoint, read_trained_file, read_training_checkpoint
+from .checkpoints import build_from_checkpoint, read_trained_file
 from .config import ConfigError, ModelConfig, close_matches, config_changes, load_family_file
 from .plan import resolve_config
-from .weights import CheckpointError, bundled_weights, cached_timm_weights, load_pretrained, spotter_metadata
+from .weights import CheckpointError, bundled_weights, cached_timm_weights, load_pretrained, read_weights_file
 
 __all__ = ["UnknownModelError", "create_model", "get_model_config", "imagenet_top1", "list_models", "load_checkpoint",
            "model_from_checkpoint", "register_model", "timm_aliases"]
@@ -233,13 +232,15 @@ def create_model(
         if model.cfg.name != wanted:
             raise CheckpointError(f"{checkpoint_path}: holds a trained {model.cfg.name}, not {wanted}")
         return _as_requested(model, features_only, out_indices)
+    weights = None
     if pretrained is not None and pretrained is not True and pretrained is not False:
-        overrides = {**_trained_shape(pretrained), **overrides}
+        weights = read_weights_file(pretrained)  # read once: its trained shape, then its tensors
+        overrides = {**weights.trained_shape, **overrides}
     model = build_model(get_model_config(name, **overrides), allow_large)
     if pretrained is True:
         pretrained = bundled_weights(model.cfg) if model.cfg.bundled_weights else cached_timm_weights(model.cfg)
     if pretrained is not None and pretrained is not False:
-        report = load_pretrained(model, pretrained)
+        report = load_pretrained(model, weights if weights is not None else pretrained)
         for note in report["notes"]:
             warnings.warn(f"{pretrained}: {note}", stacklevel=2)
         if report["head_reset"]:
@@ -256,23 +257,6 @@ def _as_requested(model: ZooNet, features_only: bool, out_indices: Optional[Sequ
     if out_indices is not None:
         raise ValueError("out_indices needs features_only=True")
     return model
-
-
-def _trained_shape(path: PathLike) -> dict[str, Any]:
-    """The classes, channels and input size a ``dszoo-train`` checkpoint or spotter file was
-    trained with (empty for other weights files), so that ``pretrained=`` keeps its head."""
-    if Path(path).suffix == ".safetensors":
-        try:
-            about = json.loads(spotter_metadata(path) or "{}")
-        except Exception:  # noqa: BLE001 - not a readable spotter file: load_pretrained says what it is
-            return {}
-        saved = about.get("model_config") if isinstance(about, dict) else None
-    else:
-        ckpt = read_training_checkpoint(path, "pretrained")
-        saved = ckpt.get("model_config") if ckpt is not None else None
-    if not isinstance(saved, Mapping):
-        return {}
-    return {k: saved[k] for k in ("num_classes", "in_chans", "input_size") if k in saved}
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any], source: str) -> tuple[ZooNet, list[str]]:

@@ -11,7 +11,7 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 from urllib.parse import urlparse
 
 import torch
@@ -30,6 +30,7 @@ __all__ = [
     "CheckpointError",
     "SPOTTER_METADATA_KEY",
     "LoadReport",
+    "WeightsFile",
     "bundled_weights",
     "cached_timm_weights",
     "check_torch_file",
@@ -40,6 +41,7 @@ __all__ = [
     "load_pretrained",
     "measured_weights",
     "read_state_dict",
+    "read_weights_file",
     "save_state_dict",
     "spotter_metadata",
     "timm_module_map",
@@ -507,17 +509,23 @@ def spotter_metadata(path: PathLike) -> Optional[str]:
         return (fh.metadata() or {}).get(SPOTTER_METADATA_KEY)
 
 
-def _spotter_trained_cfg(path: Path) -> dict[str, Any]:
-    """What a keyword spotter file's metadata says of the model's input and outputs: its front end
-    and class names (``{}`` if it is weights alone; a damaged one is ``load_spotter``'s to report)."""
+def _spotter_about(path: Path) -> dict[str, Any]:
+    """A keyword spotter file's metadata, parsed (``{}`` if it is weights alone or the metadata is
+    no JSON object: a damaged one is ``load_spotter``'s to report)."""
     import json
 
-    meta = spotter_metadata(path)
     try:
-        about = json.loads(meta) if meta is not None else None
-    except ValueError:
+        about = json.loads(spotter_metadata(path) or "{}")
+    except (ValueError, RecursionError):
         return {}
-    return {"mfcc": _named_front_end(about, path), **_class_names(about)} if isinstance(about, dict) else {}
+    return about if isinstance(about, dict) else {}
+
+
+def _spotter_trained_cfg(path: Path) -> dict[str, Any]:
+    """What a keyword spotter file's metadata says of the model's input and outputs: its front end
+    and class names (``{}`` if it is weights alone)."""
+    about = _spotter_about(path)
+    return {"mfcc": _named_front_end(about, path), **_class_names(about)} if about else {}
 
 
 def measured_weights(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -548,9 +556,37 @@ def _named_front_end(about: dict, path: Path) -> str:
         raise CheckpointError(str(exc)) from None
 
 
-def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``read_state_dict``'s tensors, and what the file says of the model's input and outputs
-    (``mfcc``, ``class_names``: ``pretrained_cfg`` entries), from one read."""
+CHECKPOINT_FORMAT = "dszoo-train-1"
+"""The ``format`` entry of every checkpoint ``dszoo-train`` writes."""
+
+
+class WeightsFile(NamedTuple):
+    """A weights file read once: its tensors (``state``), what it says of the model's input and
+    outputs (``trained``: ``mfcc``, ``class_names``, ``pretrained_cfg`` entries) and, for a
+    ``dszoo-train`` checkpoint or spotter file, the classes, channels and input size it was
+    trained with (``trained_shape``: ``create_model`` overrides; empty for other weights)."""
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    trained: dict[str, Any]
+    trained_shape: dict[str, Any]
+
+
+def _trained_shape(saved: object) -> dict[str, Any]:
+    """``num_classes``, ``in_chans`` and ``input_size`` of a saved model config (a mapping)."""
+    if not isinstance(saved, Mapping):
+        return {}
+    return {k: saved[k] for k in ("num_classes", "in_chans", "input_size") if k in saved}
+
+
+def read_weights_file(path: PathLike) -> WeightsFile:
+    """The weights in ``path`` (``read_state_dict``'s tensors) and what the file says of them,
+    from one read; anything unreadable or damaged is a ``CheckpointError`` naming the file."""
+    state, trained, shape = _read_weights(path)
+    return WeightsFile(Path(path), state, trained, shape)
+
+
+def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     path = Path(path)
     try:
         regular_file(path, "checkpoint")
@@ -565,7 +601,7 @@ def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, An
             state = dict(load_file(str(path), device="cpu"))
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
-        return state, _spotter_trained_cfg(path)
+        return state, _spotter_trained_cfg(path), _trained_shape(_spotter_about(path).get("model_config"))
     try:
         check_torch_file(path)
     except (ValueError, OSError) as exc:
@@ -583,6 +619,12 @@ def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, An
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on corrupt, truncated or random bytes
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
+    shape: dict[str, Any] = {}
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        from .checkpoints import checked_training_checkpoint  # it reads through this module
+
+        obj = checked_training_checkpoint(obj, str(path), "pretrained")
+        shape = _trained_shape(obj.get("model_config"))
     trained = _checkpoint_trained_cfg(obj, path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and "ema" in obj:  # a dszoo-train run's
         obj = measured_weights(obj)
@@ -593,7 +635,7 @@ def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, An
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: does not hold a state dict (a mapping of names to tensors)")
-    return {str(k).removeprefix("module."): v for k, v in obj.items()}, trained
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}, trained, shape
 
 
 def _some(keys: list[str], limit: int = 8) -> str:
@@ -625,7 +667,7 @@ def tensor_problems(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.T
     return problems
 
 
-def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadReport:
+def load_pretrained(model: ZooNet, path: Union[PathLike, WeightsFile], strict: bool = True) -> LoadReport:
     """Load our checkpoint, or a timm or torchvision state dict, into ``model``.
 
     The source is detected from the keys. A classifier whose shape differs from the model's
@@ -634,9 +676,10 @@ def load_pretrained(model: ZooNet, path: PathLike, strict: bool = True) -> LoadR
     (with ``strict=False`` missing and unexpected keys are only reported). Weights that name
     the MFCC front end they were trained on (a keyword spotter file, a speech run's checkpoint)
     set ``model.pretrained_cfg["mfcc"]``, the input they expect; a file that names its classes
-    sets ``pretrained_cfg["class_names"]`` where its head is kept.
+    sets ``pretrained_cfg["class_names"]`` where its head is kept. ``path`` may be a file
+    ``read_weights_file`` has read already (what ``create_model`` does: one read).
     """
-    state, trained = _read_weights(path)
+    path, state, trained, _ = path if isinstance(path, WeightsFile) else read_weights_file(path)
     source = "dszoo"
     ours = TIMM_MODELS.get(model.cfg.family)
 
