@@ -461,6 +461,40 @@ def test_names_from_files_and_folders_cannot_drive_the_terminal(tmp_path: Path) 
     assert res.returncode == 2 and "\x1b" not in res.stderr and "\\x1b]0;title\\x07.wav" in res.stderr
 
 
+def test_a_name_that_is_not_utf8_is_printed_escaped(tmp_path: Path) -> None:
+    """A file name holding a byte that is not UTF-8 (Python's lone surrogate for it) is printed
+    escaped, so a terminal that encodes strictly prints the line rather than the command failing."""
+    import io
+
+    import numpy as np
+
+    from dszoo.audio.make_data import write_wav
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    write_wav(folder / b"caf\xe9.wav".decode("utf-8", "surrogateescape"), np.zeros(16000, dtype=np.float32))
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", write_through=True)
+    from contextlib import redirect_stdout
+
+    with redirect_stdout(strict):
+        code = command_module("spot").cli([str(folder)])
+    assert code == 0
+    assert strict.buffer.getvalue().decode().startswith(f"{folder}/caf\\udce9.wav: ")
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly() -> None:
+    """``dszoo-summarize --list | head -1``: when the reader of a command's output exits, the
+    command (``run_cli``) stops as `yes | head` does, with status 141 and nothing on stderr (no
+    error line, no traceback at exit). Ten megabytes of lines outlast any pipe's buffer."""
+    import subprocess
+    import sys
+
+    lines = "from dszoo.commands.cli import run_cli; import sys; sys.exit(run_cli(lambda argv: [print('x' * 99) for _ in range(100_000)] and 0))"
+    res = subprocess.run(f"'{sys.executable}' -c \"{lines}\" | head -1; echo \"status ${{PIPESTATUS[0]}}\"",
+                         shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert res.stdout.splitlines() == ["x" * 99, "status 141"] and res.stderr == ""
+
+
 def test_twice_quiet_training_prints_nothing(tmp_path: Path) -> None:
     """``-qq``: no line of ours and no library's warning (timm's scheduler warns of a schedule of
     one step), on either stream."""

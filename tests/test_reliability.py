@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -268,6 +269,33 @@ def test_a_fifo_or_device_never_hangs(tmp_path: Path) -> None:
     err = _within(20, lambda: train(TrainConfig(**QUICK, dataset="imagefolder", data_dir=str(data), epochs=1,
                                                 out_dir=str(tmp_path / "run"))))
     assert isinstance(err, UsageError) and "pipe.png: not a readable image" in str(err) and "FIFO" in str(err)
+
+
+def test_images_are_read_as_a_viewer_shows_them(tmp_path: Path) -> None:
+    """A 16-bit grey PNG keeps its shades (PIL's own conversion clips it to white), a photo
+    tagged as stored sideways (EXIF orientation 6) is turned upright, and a floating-point image,
+    whose range no file states, is refused in one line naming it, rather than read black."""
+    import numpy as np
+    from PIL import Image
+
+    from dszoo.training.data import _image_folder
+
+    folder = tmp_path / "train" / "a"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)).save(folder / "grey16.png")
+    sideways = Image.new("RGB", (40, 20), (255, 0, 0))
+    sideways.paste((0, 0, 255), (0, 0, 20, 20))  # blue on the left; upright, blue is on top
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways.save(folder / "photo.png", exif=exif.tobytes())
+    images = _image_folder(tmp_path / "train", None)
+    grey, photo = (np.asarray(images[i][0]) for i in range(2))
+    assert grey.shape == (64, 64, 3) and (grey[0, 0, 0], grey[32, 0, 0], grey[-1, -1, 0]) == (0, 128, 255)
+    assert photo.shape == (40, 20, 3) and tuple(photo[0, 0]) == (0, 0, 255) and tuple(photo[-1, 0]) == (255, 0, 0)
+    Image.fromarray(np.ones((8, 8), np.float32)).save(folder / "float.tiff")
+    with pytest.raises(UsageError, match=f"^{re.escape(str(folder / 'float.tiff'))}: a floating-point grey image, "
+                                         "whose range \\(0-1\\? 0-255\\?\\) is not known; save it as an 8- or 16-bit image$"):
+        _image_folder(tmp_path / "train", None)[0]
 
 
 def test_a_tiny_config_for_a_huge_network_is_refused_at_once(tmp_path: Path) -> None:

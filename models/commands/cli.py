@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 import unicodedata
 from pathlib import Path
@@ -134,13 +135,16 @@ def _one_line(exc: BaseException) -> str:
 
 
 _KEPT_CONTROLS = {"\n", "\r", "\t"}  # lines, progress bars' returns, tables
+_ESCAPED_CATEGORIES = ("Cc", "Cf", "Cs")  # control, format, surrogate
 
 
 def escape_controls(text: str) -> str:
     """``text`` with every control and format character but newline, carriage return and tab
     written as a Python escape (``\\x1b``, ``\\u202e``): names read from files and folders
-    (class names, paths) cannot send escape sequences to a terminal or reorder what it shows."""
-    return "".join(c if c in _KEPT_CONTROLS or unicodedata.category(c) not in ("Cc", "Cf")
+    (class names, paths) cannot send escape sequences to a terminal or reorder what it shows. So
+    are lone surrogates (``\\udce9``: Python's stand-in for a file name's byte that is not UTF-8),
+    which a UTF-8 terminal cannot print at all."""
+    return "".join(c if c in _KEPT_CONTROLS or unicodedata.category(c) not in _ESCAPED_CATEGORIES
                    else ascii(c)[1:-1] for c in text)
 
 
@@ -164,9 +168,40 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Seque
         return _run_cli(main, argv)
 
 
+READER_GONE = 141
+"""The exit status when whoever read the output stopped reading (``| head``): a shell's for a
+command ended by SIGPIPE, 128 + 13."""
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe or socket nobody reads any more (``| head`` has exited)."""
+    import select
+
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit finds no broken pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ is not None else 1)
+    os.close(devnull)
+
+
 def _run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]]) -> int:
     try:
         return main(argv)
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        _quiet_stdout()  # the reader has what it wanted: nothing to say, as `yes | head` says nothing
+        return READER_GONE
     except USER_ERRORS as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -82,18 +82,44 @@ def _walk_once(root: str) -> Iterator[str]:
 
 
 def _read_image(path: str) -> Any:
-    """PIL's RGB image of ``path``; a file that is not a readable image, or not a regular file
-    (a FIFO would hang the read), is a ``UsageError`` naming it."""
+    """PIL's RGB image of ``path`` as a viewer shows it (``_as_rgb``); a file that is not a
+    readable image, or not a regular file (a FIFO would hang the read), is a ``UsageError``
+    naming it."""
     from PIL import Image
 
     try:
         regular_file(path, "image")
         with open(path, "rb") as fh:
-            image = Image.open(fh)
-            return image.convert("RGB")
+            return _as_rgb(Image.open(fh), path)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UsageError(f"{path}: not a readable image ({' '.join(str(exc).split())[:160]}); remove or replace "
                          "it") from None
+
+
+def _as_rgb(image: Any, path: str) -> Any:
+    """``image`` as 8-bit RGB, turned upright by its EXIF orientation (a phone's photo is stored
+    sideways with a tag saying so). PIL's own conversion clips 16-bit and 32-bit grey to 255 (a
+    16-bit PNG comes out white); here 16-bit is scaled to 8 bits, 32-bit integer grey is taken
+    as it is when it lies in 0-255, and floating-point grey, whose range no file states, is
+    refused, as is other 32-bit grey."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16"):
+        grey = np.asarray(image, dtype=np.uint16) >> 8
+        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        raise UsageError(f"{path}: a floating-point grey image, whose range (0-1? 0-255?) is not known; save it as an "
+                         "8- or 16-bit image")
+    if image.mode == "I":
+        values = np.asarray(image)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if not 0 <= low <= high <= 255:
+            raise UsageError(f"{path}: a 32-bit grey image with values from {low} to {high}, whose range is not known; "
+                             "save it as an 8- or 16-bit image")
+        return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")
 
 
 def _image_folder(root: Path, transform: Any) -> Any:
