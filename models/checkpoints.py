@@ -19,8 +19,8 @@ from .errors import UsageError
 from .files import FileKindError, regular_file
 from .plan import plan_model
 from .preprocessing import trained_front_end
-from .weights import (CHECKPOINT_FORMAT, CheckpointError, check_torch_file, measured_weights, read_state_dict, spotter_metadata,
-                      tensor_problems)
+from .weights import (CHECKPOINT_FORMAT, CheckpointError, check_torch_file, checked_training_checkpoint, measured_weights,
+                      read_state_dict, spotter_metadata, tensor_problems)
 
 __all__ = ["CHECKPOINT_FORMAT", "DEFAULT_THRESHOLD", "build_from_checkpoint", "read_checkpoint", "read_spotter_file",
            "read_trained_file", "read_training_checkpoint"]
@@ -29,12 +29,6 @@ PathLike = Union[str, Path]
 
 DEFAULT_THRESHOLD = 0.7
 """The smoothed probability a keyword must reach when the spotter's file names no threshold."""
-
-_CHECKPOINT_FIELDS: dict[str, tuple[type, ...]] = {
-    "model_name": (str,), "config": (dict,), "epoch": (int,), "model": (dict,), "optimizer": (dict,),
-    "scheduler": (dict,), "ema": (dict, type(None)), "best_top1": (int, float), "history": (list,), "rng": (dict,),
-}
-"""What a training checkpoint holds, field by field (``format`` aside)."""
 
 
 def _unpickle(path: str, what: str) -> Any:
@@ -66,23 +60,6 @@ def read_checkpoint(path: PathLike, what: str = "--resume") -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{what} {path}: not a dszoo training checkpoint (use --pretrained for weights)")
     return checked_training_checkpoint(ckpt, path, what)
-
-
-def checked_training_checkpoint(ckpt: dict[str, Any], path: str, what: str) -> dict[str, Any]:
-    """``ckpt`` if it has every field of a training checkpoint, of the right type; else a
-    ``CheckpointError`` naming ``what`` (the option that gave it), the file and the field."""
-    problems = [f"{key} is missing" if key not in ckpt else
-                f"{key} is a {type(ckpt[key]).__name__}, not a {' or '.join(t.__name__ for t in types)}"
-                for key, types in _CHECKPOINT_FIELDS.items()
-                if key not in ckpt or not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool)]
-    rng = ckpt.get("rng")
-    if isinstance(rng, dict) and not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("python"), list)):
-        problems.append("rng must hold a torch state tensor and a python state list")
-    if not problems and not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
-        problems.append("model must map names to tensors")
-    if problems:
-        raise CheckpointError(f"{what} {path}: a damaged training checkpoint: {'; '.join(problems)}")
-    return ckpt
 
 
 def read_training_checkpoint(path: PathLike, what: str) -> Optional[dict[str, Any]]:

@@ -34,6 +34,7 @@ __all__ = [
     "bundled_weights",
     "cached_timm_weights",
     "check_torch_file",
+    "checked_training_checkpoint",
     "export_to_timm",
     "export_to_torchvision",
     "from_timm_state_dict",
@@ -559,6 +560,29 @@ def _named_front_end(about: dict, path: Path) -> str:
 CHECKPOINT_FORMAT = "dszoo-train-1"
 """The ``format`` entry of every checkpoint ``dszoo-train`` writes."""
 
+_CHECKPOINT_FIELDS: dict[str, tuple[type, ...]] = {
+    "model_name": (str,), "config": (dict,), "epoch": (int,), "model": (dict,), "optimizer": (dict,),
+    "scheduler": (dict,), "ema": (dict, type(None)), "best_top1": (int, float), "history": (list,), "rng": (dict,),
+}
+"""What a training checkpoint holds, field by field (``format`` aside)."""
+
+
+def checked_training_checkpoint(ckpt: dict[str, Any], path: str, what: str) -> dict[str, Any]:
+    """``ckpt`` if it has every field of a training checkpoint, of the right type; else a
+    ``CheckpointError`` naming ``what`` (the option that gave it), the file and the field."""
+    problems = [f"{key} is missing" if key not in ckpt else
+                f"{key} is a {type(ckpt[key]).__name__}, not a {' or '.join(t.__name__ for t in types)}"
+                for key, types in _CHECKPOINT_FIELDS.items()
+                if key not in ckpt or not isinstance(ckpt[key], types) or isinstance(ckpt[key], bool)]
+    rng = ckpt.get("rng")
+    if isinstance(rng, dict) and not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("python"), list)):
+        problems.append("rng must hold a torch state tensor and a python state list")
+    if not problems and not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        problems.append("model must map names to tensors")
+    if problems:
+        raise CheckpointError(f"{what} {path}: a damaged training checkpoint: {'; '.join(problems)}")
+    return ckpt
+
 
 class WeightsFile(NamedTuple):
     """A weights file read once: its tensors (``state``), what it says of the model's input and
@@ -621,8 +645,6 @@ def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
     shape: dict[str, Any] = {}
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        from .checkpoints import checked_training_checkpoint  # it reads through this module
-
         obj = checked_training_checkpoint(obj, str(path), "pretrained")
         shape = _trained_shape(obj.get("model_config"))
     trained = _checkpoint_trained_cfg(obj, path)
