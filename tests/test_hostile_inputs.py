@@ -495,6 +495,26 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly() -> None:
     assert res.stdout.splitlines() == ["x" * 99, "status 141"] and res.stderr == ""
 
 
+def test_libraries_quiet_holds_back_native_logs_and_loses_none_on_an_error(capfd: pytest.CaptureFixture[str]) -> None:
+    """``libraries_quiet(native=True)``, around the runtimes' writers and loaders: what a library
+    writes to standard error (from C++ to descriptor 2, or through ``sys.stderr``) is dropped when
+    the block succeeds and written out after all when it raises."""
+    import os
+    import sys
+
+    from dszoo.quiet import libraries_quiet
+
+    capfd.readouterr()
+    with libraries_quiet(native=True):
+        os.write(2, b"[cpuinfo.cpp:1] probing\n")
+        print("py: probing", file=sys.stderr)
+    assert capfd.readouterr().err == ""
+    with pytest.raises(ValueError, match="^broken$"), libraries_quiet(native=True):
+        os.write(2, b"[loader.cpp:9] cannot open m.pte\n")
+        raise ValueError("broken")
+    assert capfd.readouterr().err == "[loader.cpp:9] cannot open m.pte\n"
+
+
 def test_twice_quiet_training_prints_nothing(tmp_path: Path) -> None:
     """``-qq``: no line of ours and no library's warning (timm's scheduler warns of a schedule of
     one step), on either stream."""

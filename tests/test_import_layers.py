@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("dszoo.blocks", "dszoo.configs", "dszoo.errors", "dszoo.files", "dszoo.preprocessing", "dszoo.profile"),
+    ("dszoo.blocks", "dszoo.configs", "dszoo.errors", "dszoo.files", "dszoo.preprocessing", "dszoo.profile",
+     "dszoo.quiet"),
     ("dszoo.config", "dszoo.plan", "dszoo.builder", "dszoo.reparameterize", "dszoo.weights", "dszoo.checkpoints", "dszoo.registry"),
     ("dszoo.audio", "dszoo.deployment", "dszoo.pretrained"),
     ("dszoo.training",),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import tempfile
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,19 @@ def test_an_fp32_file_computes_in_its_runtime_what_eager_computes(fmt: str, tmp_
 
 
 @pytest.mark.parametrize("fmt", INT8_RUNTIMES)
-def test_an_int8_file_is_computed_in_int8_by_its_runtime(fmt: str, tmp_path: Path) -> None:
+def test_an_int8_file_is_computed_in_int8_by_its_runtime(fmt: str, tmp_path: Path,
+                                                         capfd: pytest.CaptureFixture[str]) -> None:
     """Every conv and the classifier of the DS-CNN (its first conv a Conv2d subclass) run in
-    int8 in the runtime, which agrees with fp32 on the inputs held out of calibration."""
+    int8 in the runtime, which agrees with fp32 on the inputs held out of calibration; the
+    libraries say nothing meanwhile (no warning, no log line, nothing from C++ on stderr)."""
     model = randomise_batchnorm_statistics(create_model("ds_cnn_s"))
     calibration = [torch.randn(8, 1, 49, 10) for _ in range(3)]
     out = _file(tmp_path, fmt)
-    check = export_model(model, fmt, out, (1, 49, 10), precision="int8", calibration=calibration)
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check = export_model(model, fmt, out, (1, 49, 10), precision="int8", calibration=calibration)
+    assert [str(w.message)[:100] for w in caught] == [] and capfd.readouterr().err == ""
     assert (check.layers, check.float_layers) == (10, ())
     assert check.held_out == 8 and check.cosine >= 0.99 and check.top1_agreement >= 0.9
     assert read_export_metadata(out)["precision"] == "int8"
@@ -105,7 +112,8 @@ def test_a_layer_a_runtime_keeps_in_floating_point_is_named(tmp_path: Path) -> N
 
 
 def test_openvino_weights_beside_out_are_never_replaced(tmp_path: Path) -> None:
-    """An OpenVINO IR is two files: the user's ``.bin`` beside ``--out`` is kept without --overwrite."""
+    """An OpenVINO IR is two files: the user's ``.bin`` beside ``--out`` is kept without --overwrite;
+    a write that fails (OpenVINO's C++ writer on a full disk) is one line and leaves neither file."""
     out, weights = tmp_path / "kws.xml", tmp_path / "kws.bin"
     weights.write_bytes(b"mine")
     res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "openvino", "--out", str(out)])
@@ -116,6 +124,19 @@ def test_openvino_weights_beside_out_are_never_replaced(tmp_path: Path) -> None:
     res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "openvino", "--out", str(out), "--overwrite"])
     assert res.returncode == 0, res.stderr
     assert weights.read_bytes() != b"mine" and sorted(p.name for p in tmp_path.iterdir()) == ["kws.bin", "kws.xml"]
+    import openvino
+
+    def full_disk(*_: Any, **__: Any) -> None:  # what its C++ writer raises when the disk fills
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    original, openvino.save_model = openvino.save_model, full_disk
+    try:
+        res = run_in_process("export", ["--model", "ds_cnn_s", "--format", "openvino", "--out", str(tmp_path / "new.xml")])
+    finally:
+        openvino.save_model = original
+    assert (res.returncode, res.stderr) == (2, f"error: {tmp_path / 'new.bin'}: OpenVINO could not write it "
+                                               "(basic_ios::clear: iostream error); is the disk full?\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kws.bin", "kws.xml"]
 
 
 @pytest.fixture(scope="module")

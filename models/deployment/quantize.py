@@ -13,7 +13,6 @@ import contextlib
 import copy
 import functools
 import itertools
-import logging
 import time
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from ..quiet import libraries_quiet
 from ..reparameterize import reparameterize
 from .backends import (OptimizedModel, compile_frozen, device_plan, fold_batchnorm, glibc_malloc_is_tuned,
                        relative_difference, tune_glibc_malloc)
@@ -81,17 +81,13 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _pt2e() -> Any:
     """torchao's PT2E functions and x86 quantizer module, or an ImportError saying how to get them."""
-    pytree_log = logging.getLogger("torch.utils._pytree")  # torchao 0.18 registers an Enum the old way
-    level = pytree_log.level
-    pytree_log.setLevel(logging.ERROR)
     try:
-        from torchao.quantization import pt2e
-        from torchao.quantization.pt2e import quantize_pt2e
-        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+        with libraries_quiet():  # torchao 0.18 registers an Enum the old way, which torch logs
+            from torchao.quantization import pt2e
+            from torchao.quantization.pt2e import quantize_pt2e
+            from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
     except ImportError:
         raise ImportError("int8 quantization needs torchao: pip install 'dszoo[int8]'") from None
-    finally:
-        pytree_log.setLevel(level)
     steps = {"prepare": quantize_pt2e.prepare_pt2e, "prepare_qat": quantize_pt2e.prepare_qat_pt2e,
              "convert": quantize_pt2e.convert_pt2e, "to_eval": pt2e.move_exported_model_to_eval,
              "to_train": pt2e.move_exported_model_to_train}

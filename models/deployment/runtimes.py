@@ -22,6 +22,7 @@ lists those it computes in floating point); ops a runtime leaves outside its fas
 from __future__ import annotations
 
 import abc
+import errno
 import json
 import os
 import tempfile
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from ..files import write_through_memory
+from ..quiet import libraries_quiet
 
 __all__ = ["EDGE_RUNTIMES", "ExportError", "RUNTIMES", "Runtime", "Written", "runtime_for_path"]
 
@@ -97,7 +99,8 @@ class Runtime(abc.ABC):
         """Why this runtime cannot run here (its package absent, with the pip line), or None."""
         for module in self.modules:
             try:
-                __import__(module)
+                with libraries_quiet(native=True):  # importing is not the moment for their notices
+                    __import__(module)
             except ImportError:
                 return f"{self.runtime} ({module}), not installed here: pip install 'dszoo[{self.extra}]'"
         return None
@@ -255,6 +258,7 @@ class ExecuTorch(Runtime):
     format, runtime, suffixes, extra = "pte", "ExecuTorch", (".pte",), "executorch"
     precisions, modules = ("fp32", "int8"), ("executorch.exir", "executorch.runtime")
 
+    @libraries_quiet(native=True)
     def write(self, model, example, paths, metadata, calibration=None) -> Written:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
@@ -273,6 +277,7 @@ class ExecuTorch(Runtime):
                  f"{', '.join(outside[:4])}{', ...' if len(outside) > 4 else ''}"] if outside else []
         return Written(floating, layers, notes)
 
+    @libraries_quiet(native=True)
     def load(self, paths, threads=None) -> Run:
         from executorch.runtime import Runtime as ExecuTorchRuntime
 
@@ -281,8 +286,10 @@ class ExecuTorch(Runtime):
         # XNNPACK's lowering plans memory for batches up to a bound of its own (15 examples here,
         # whatever torch.export's bound), so larger batches run in slices of that many
         most = program.metadata("forward").input_tensor_meta(0).sizes()[0]
+        _executorch_threadpool_started()
         return lambda x: torch.cat([method.execute([part.contiguous()])[0] for part in x.split(most)])
 
+    @libraries_quiet(native=True)
     def read_metadata(self, path):
         from executorch.runtime import Runtime as ExecuTorchRuntime
 
@@ -291,6 +298,15 @@ class ExecuTorch(Runtime):
             return {}
         about = program.load_method(PTE_METADATA_METHOD).execute([])[0]
         return json.loads(bytes(about.tolist()).decode())
+
+
+def _executorch_threadpool_started() -> None:
+    """Start ExecuTorch's thread pool now (a process-wide one): it probes the CPU as it starts,
+    logging from C++, which the caller's ``libraries_quiet(native=True)`` holds back; started
+    lazily, by the first run large enough to use it, it would log in the middle of a command."""
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._threadpool_get_thread_count()
 
 
 _LAYOUT_OPS = ("sym_size", "getitem", "view_copy", "_to_dim_order_copy", "unsqueeze_copy", "squeeze_copy",
@@ -343,6 +359,7 @@ class OpenVINO(Runtime):
     def companions(self, path: Path) -> tuple[Path, ...]:
         return (path.with_suffix(".bin"),)
 
+    @libraries_quiet()
     def write(self, model, example, paths, metadata, calibration=None) -> Written:
         import openvino as ov
 
@@ -355,7 +372,11 @@ class OpenVINO(Runtime):
                                       subset_size=len(calibration))  # its items are our batches
         converted.set_rt_info(metadata, [METADATA_NAME])
         with tempfile.TemporaryDirectory(dir=Path(paths[0]).parent) as folder:
-            ov.save_model(converted, str(Path(folder) / "model.xml"), compress_to_fp16=False)
+            try:
+                ov.save_model(converted, str(Path(folder) / "model.xml"), compress_to_fp16=False)
+            except RuntimeError as exc:  # its C++ writer says only "iostream error" when the disk is full
+                raise OSError(errno.EIO, f"OpenVINO could not write it ({' '.join(str(exc).split())[:120]}); is the "
+                                         "disk full?") from None  # atomic_path names the file it was for
             os.replace(Path(folder) / "model.xml", paths[0])
             os.replace(Path(folder) / "model.bin", paths[1])
         compiled = self._compiled(paths)
@@ -367,6 +388,7 @@ class OpenVINO(Runtime):
         return Written(floating, len(layers))
 
     @staticmethod
+    @libraries_quiet()
     def _compiled(paths: Sequence[str], threads: Optional[int] = None) -> Any:
         import openvino as ov
 

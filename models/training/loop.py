@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,6 +27,7 @@ from ..audio.mfcc import trained_front_end
 from ..builder import ZooNet
 from ..errors import RunError, UsageError
 from ..files import atomic_path, remove_leftover_temporaries
+from ..quiet import libraries_quiet
 from ..registry import create_model
 from ..registry import model_from_checkpoint
 from ..weights import CheckpointError, load_pretrained, weights_front_end
@@ -137,15 +136,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     if cfg.quiet < 2:
         return _train(cfg)
-    timm_log = logging.getLogger("timm")
-    level = timm_log.level
-    timm_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return _train(cfg)
-    finally:
-        timm_log.setLevel(level)
+    with libraries_quiet():
+        return _train(cfg)
 
 
 def _train(cfg: TrainConfig) -> TrainResult:
