@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import stat
 import tempfile
 import time
@@ -79,11 +80,9 @@ def atomic_path(target: PathLike, replace: bool = True) -> Iterator[str]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the result private
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the result private
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         if replace:
@@ -96,6 +95,35 @@ def atomic_path(target: PathLike, replace: bool = True) -> Iterator[str]:
         raise
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def folder_in_place(target: PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``target``; on success it becomes ``target`` in one
+    rename, so that ``target`` never holds part of the work (a failure or a kill leaves nothing
+    there, and a rerun is not refused by an empty folder). ``target`` must not exist or be an
+    empty folder (an ``OSError`` if files appeared there meanwhile). An ``OSError`` inside names
+    the file under ``target`` it was writing, not its temporary twin."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent))
+    try:
+        yield work
+        os.chmod(work, 0o777 & ~_umask())  # mkdtemp's 0700 would make the result private
+        os.rename(work, target)
+    except OSError as exc:
+        named = str(exc.filename or "")
+        if named.startswith(str(work)):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target) + named[len(str(work)):]) from exc
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def write_through_memory(path: PathLike, save: Callable[[BinaryIO], Any]) -> None:

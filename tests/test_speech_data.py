@@ -8,7 +8,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pytest
@@ -971,6 +971,39 @@ def test_recordings_hold_their_words_where_their_lists_say(two_engines: Path, tm
         gaps = np.abs(wave[:int(events[0].start * 16000)]).mean()
         assert inside > 2 * gaps  # speech over quieter noise
     assert any(e.keyword for p in paths for e in read_events(p)) and not any(e.keyword for e in read_events(quiet[0]))
+
+
+def test_recordings_appear_whole_or_not_at_all(two_engines: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dszoo-make-recordings builds its folder beside --out and renames it into place: a write that
+    fails (a full disk at the second recording) is one line naming the file under --out, leaves
+    no folder and no temporary one, and the rerun, into an empty folder the user made, succeeds."""
+    import errno
+
+    from dszoo.audio import make_data
+
+    write_wav, written = make_data.write_wav, []
+
+    def second_fails(path: Path, *args: Any, **kwargs: Any) -> None:
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        write_wav(path, *args, **kwargs)
+
+    monkeypatch.setattr(make_data, "write_wav", second_fails)
+    argv = ["--data-dir", str(two_engines), "--out", str(tmp_path / "rec"), "--count", "2", "--seconds", "5",
+            "--split", "training"]
+    res = run_in_process("make_recordings", argv)
+    assert (res.returncode, res.stderr) == (2, f"error: {tmp_path / 'rec' / 'recording_001.wav'}: No space left on "
+                                               "device\n")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(make_data, "write_wav", write_wav)
+    (tmp_path / "rec").mkdir()
+    res = run_in_process("make_recordings", argv)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["recording_000.csv", "recording_000.wav",
+                                                                    "recording_001.csv", "recording_001.wav",
+                                                                    "recordings.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["rec"]
 
 
 def test_hits_and_false_alarms_follow_the_tolerance() -> None:

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import UsageError
+from ..files import folder_in_place
 from .speech_commands import (BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, _background, read_wav_16k, split_rule,
                               wav_files_in)
 
@@ -64,7 +65,6 @@ def make_recordings(root: Path, out: Path, *, count: int = 5, seconds: float = 6
     ``split``: about 40% keywords (none with ``keywords=False``) among other words, with pauses
     of 0.3-1.5 s, over background noise 10-25 dB below the speech."""
     from .make_data import write_wav
-    from .synth import loud_part
 
     words = _words_of_split(root, split, engines)
     chosen = [w for w in words if keywords or w not in KEYWORDS]
@@ -74,38 +74,45 @@ def make_recordings(root: Path, out: Path, *, count: int = 5, seconds: float = 6
         raise UsageError(f"--data-dir {root}: the {split} split needs keywords and other words to make recordings")
     noises = _background(root)
     rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=False)
-    paths = []
-    for r in range(count):
-        total = int(seconds * SAMPLE_RATE)
-        wave = np.zeros(total, np.float32)
-        events: list[Event] = []
-        at = int(rng.uniform(0.3, 1.0) * SAMPLE_RATE)
-        while True:
-            word = str(rng.choice(keys)) if keys and rng.random() < 0.4 else str(rng.choice(others))
-            clip = loud_part(read_wav_16k(words[word][int(rng.integers(len(words[word])))]))
-            if at + len(clip) > total:
-                break
-            wave[at:at + len(clip)] += clip
-            events.append(Event(at / SAMPLE_RATE, (at + len(clip)) / SAMPLE_RATE, word, word in KEYWORDS))
-            at += len(clip) + int(rng.uniform(0.3, 1.5) * SAMPLE_RATE)
-        speech_rms = float(np.sqrt(np.mean(wave[wave != 0] ** 2))) if (wave != 0).any() else 0.1
-        if noises:
-            noise = noises[int(rng.integers(len(noises)))]
-            reps = np.resize(noise, total)
-            level = speech_rms / max(float(np.sqrt(np.mean(reps ** 2))), 1e-9) * 10 ** (-rng.uniform(10, 25) / 20)
-            wave = wave + level * reps
-        name = out / f"recording_{r:03d}"
-        write_wav(name.with_suffix(".wav"), np.clip(wave, -1, 1))
-        with open(name.with_suffix(".csv"), "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(("start", "end", "word", "keyword"))
-            writer.writerows((f"{e.start:.3f}", f"{e.end:.3f}", e.word, int(e.keyword)) for e in events)
-        paths.append(name.with_suffix(".wav"))
-    (out / RECORDINGS).write_text(json.dumps({"data_dir": str(root), "split": split, "keywords": keywords,
-                                              "engines": list(engines or []), "count": count, "seconds": seconds,
-                                              "seed": seed}, indent=1) + "\n")
-    return paths
+    with folder_in_place(out) as work:
+        for r in range(count):
+            wave, events = _recording(words, keys, others, noises, int(seconds * SAMPLE_RATE), rng)
+            name = work / f"recording_{r:03d}"
+            write_wav(name.with_suffix(".wav"), np.clip(wave, -1, 1))
+            with open(name.with_suffix(".csv"), "w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(("start", "end", "word", "keyword"))
+                writer.writerows((f"{e.start:.3f}", f"{e.end:.3f}", e.word, int(e.keyword)) for e in events)
+        (work / RECORDINGS).write_text(json.dumps({"data_dir": str(root), "split": split, "keywords": keywords,
+                                                   "engines": list(engines or []), "count": count,
+                                                   "seconds": seconds, "seed": seed}, indent=1) + "\n")
+    return [out / f"recording_{r:03d}.wav" for r in range(count)]
+
+
+def _recording(words: dict[str, list[Path]], keys: list[str], others: list[str], noises: list[np.ndarray],
+               total: int, rng: np.random.Generator) -> tuple[np.ndarray, list[Event]]:
+    """One recording of ``total`` samples: words (a keyword 40% of the time where ``keys``) with
+    pauses of 0.3-1.5 s, over a background noise 10-25 dB below the speech; and its words."""
+    from .synth import loud_part
+
+    wave = np.zeros(total, np.float32)
+    events: list[Event] = []
+    at = int(rng.uniform(0.3, 1.0) * SAMPLE_RATE)
+    while True:
+        word = str(rng.choice(keys)) if keys and rng.random() < 0.4 else str(rng.choice(others))
+        clip = loud_part(read_wav_16k(words[word][int(rng.integers(len(words[word])))]))
+        if at + len(clip) > total:
+            break
+        wave[at:at + len(clip)] += clip
+        events.append(Event(at / SAMPLE_RATE, (at + len(clip)) / SAMPLE_RATE, word, word in KEYWORDS))
+        at += len(clip) + int(rng.uniform(0.3, 1.5) * SAMPLE_RATE)
+    speech_rms = float(np.sqrt(np.mean(wave[wave != 0] ** 2))) if (wave != 0).any() else 0.1
+    if noises:
+        noise = noises[int(rng.integers(len(noises)))]
+        reps = np.resize(noise, total)
+        level = speech_rms / max(float(np.sqrt(np.mean(reps ** 2))), 1e-9) * 10 ** (-rng.uniform(10, 25) / 20)
+        wave = wave + level * reps
+    return wave, events
 
 
 def read_events(wav: Path) -> list[Event]:

@@ -23,7 +23,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="a Speech Commands-layout folder (with _background_noise_)")
-    p.add_argument("--out", required=True, help="a new folder for the recordings")
+    p.add_argument("--out", required=True, help="a new (or empty) folder for the recordings")
     p.add_argument("--count", type=positive_int, default=5, help="recordings (default %(default)s)")
     p.add_argument("--seconds", type=positive_float, default=60.0, help=f"length of each (at most {MAX_SECONDS})")
     p.add_argument("--split", choices=("training", "validation", "testing"), default="testing",
@@ -37,8 +37,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.count > 1000:
         raise UsageError(f"--count {args.count}: at most 1000 recordings")
     out = Path(args.out)
-    if out.exists():
-        raise UsageError(f"--out {out}: exists; choose a new folder")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise UsageError(f"--out {out}: exists and is not an empty folder; choose a new folder")
     paths = make_recordings(Path(args.data_dir), out, count=args.count, seconds=args.seconds, split=args.split,
                             keywords=not args.no_keywords, engines=args.engines, seed=args.seed)
     print(f"wrote {len(paths)} recordings of {args.seconds:g} s from the {args.split} voices of {args.data_dir} to {out}")
