@@ -349,7 +349,18 @@ def test_a_resume_after_the_config_was_edited_says_what_changed(tmp_path: Path) 
                 "pt2", "--out", "{tmp}/x.pt2"], "error: --calibration imagefolder needs --data-dir DIR"),
     ("summarize", ["--model", "{nul}"],
      "error: {nul}: invalid YAML: offset 9: character #x0000: special characters are not allowed"),
-], ids=["seed-data", "seed-train", "export-names-its-own-option", "nul-byte-yaml"])
+    ("train", ["--fake-size", "10"], "error: --fake-size is for --dataset fake, not digits"),
+    ("train", ["--mfcc", "arm_kws"], "error: --mfcc is for --dataset speech_commands, not digits"),
+    ("train", ["--augment", "basic"], "error: --augment is for --dataset speech_commands, not digits"),
+    ("train", ["--dataset", "fake", "--speech-task", "12"], "error: --speech-task is for --dataset speech_commands, "
+                                                              "not fake"),
+    ("spot", ["--idle-seconds", "5", "{tmp}/x.wav"],
+     "error: --idle-seconds applies to --follow (a WAV file still being written); add --follow or drop it"),
+    ("spot", ["--follow", "--idle-seconds", "1e308", "{tmp}/x.wav"],
+     "error: argument --idle-seconds: must be at most 3600 (an hour), got '1e308' (see --help)"),
+], ids=["seed-data", "seed-train", "export-names-its-own-option", "nul-byte-yaml", "fake-size-on-digits",
+        "mfcc-on-digits", "speech-augment-at-its-default-on-digits", "speech-task-on-fake", "idle-without-follow",
+        "idle-beyond-an-hour"])
 def test_messages_name_the_option_given_in_one_line(tmp_path: Path, command: str, argv: list[str],
                                                    message: str) -> None:
     nul = tmp_path / "nul.yaml"

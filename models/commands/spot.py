@@ -57,8 +57,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "model's operating point, 0.7 for a checkpoint that has none)")
     p.add_argument("--follow", action="store_true", help="the one WAV input is still being written: read it as it "
                    "grows, report each keyword as it is heard, stop when it has not grown for --idle-seconds")
-    p.add_argument("--idle-seconds", type=positive_float, default=3.0, help="--follow: how long the file may stop "
-                   "growing before it counts as finished (default %(default)s)")
+    p.add_argument("--idle-seconds", type=_idle_seconds, help="--follow: how long the file may stop growing before "
+                   f"it counts as finished (default {IDLE_SECONDS:g}, at most {MAX_IDLE_SECONDS:g})")
     p.add_argument("--runtime", choices=EDGE_RUNTIMES, help="run the network in this runtime (exported and checked "
                    "first; onnx: pip install 'dszoo[onnx]', pte: 'dszoo[executorch]', openvino: 'dszoo[openvino]')")
     args = p.parse_args(argv)
@@ -66,6 +66,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     inputs = args.inputs[1:] if model else args.inputs
     if not inputs:
         raise UsageError(f"{model}: a model, but no WAV files or folders to listen to")
+    if args.idle_seconds is not None and not args.follow:
+        raise UsageError("--idle-seconds applies to --follow (a WAV file still being written); add --follow or drop it")
+    args.idle_seconds = IDLE_SECONDS if args.idle_seconds is None else args.idle_seconds
     live = args.follow or "-" in inputs
     if live and len(inputs) != 1:
         raise UsageError(f"{'--follow' if args.follow else '-'} listens to one live stream; got {len(inputs)} inputs")
@@ -92,6 +95,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             _listen(spotter, files, args)
     return 0
+
+
+IDLE_SECONDS, MAX_IDLE_SECONDS = 3.0, 3600.0
+"""How long ``--follow`` waits for a file to grow by default, and at most (a recorder paused for
+longer has stopped)."""
+
+
+def _idle_seconds(text: str) -> float:
+    """argparse type of ``--idle-seconds``: a number above 0 and at most ``MAX_IDLE_SECONDS``."""
+    value = positive_float(text)
+    if value > MAX_IDLE_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_IDLE_SECONDS:g} (an hour), got {text!r}")
+    return value
 
 
 def _listen_live(spotter: KeywordSpotter, source: str, args: argparse.Namespace) -> None:

@@ -93,6 +93,40 @@ class TrainResult:
     int8_top1: Optional[float] = None  # --qat: best.pt converted to int8, on the validation split
 
 
+IMAGE_DATASETS = ("imagefolder", "cifar10", "fake")
+DATASET_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "classes": ("--classes", ("digits",)),
+    "data_dir": ("--data-dir", ("imagefolder", "cifar10", "speech_commands")),
+    "fake_size": ("--fake-size", ("fake",)),
+    "image_augment": ("--image-augment", IMAGE_DATASETS),
+    "scale": ("--scale", IMAGE_DATASETS),
+    "hflip": ("--hflip", IMAGE_DATASETS),
+    "speech_task": ("--speech-task", ("speech_commands",)),
+    "augment": ("--augment", ("speech_commands",)),
+    "mfcc": ("--mfcc", ("speech_commands",)),
+    "hold_out_engine": ("--hold-out-engine", ("speech_commands",)),
+    "unknown_ratio": ("--unknown-ratio", ("speech_commands",)),
+}
+"""The options that only some datasets read (by ``TrainConfig`` field): the flag, and those datasets."""
+
+
+def _options_of_other_datasets(cfg: TrainConfig) -> list[tuple[bool, str]]:
+    """(refuse, why) for each option of ``DATASET_OPTIONS`` that ``cfg.dataset`` would not read, given
+    on the command line (even at its default value) or set to another value than the default."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    out = []
+    for name, (flag, datasets) in DATASET_OPTIONS.items():
+        given = name in cfg.given or getattr(cfg, name) != defaults[name]
+        if name == "data_dir":
+            why = f"--dataset {cfg.dataset} reads no --data-dir"
+        elif datasets == IMAGE_DATASETS:
+            why = f"{flag} is for image datasets ({', '.join(IMAGE_DATASETS)}), not {cfg.dataset}"
+        else:
+            why = f"{flag} is for --dataset {' or '.join(datasets)}, not {cfg.dataset}"
+        out.append((given and cfg.dataset not in datasets, why))
+    return out
+
+
 def check_arguments(cfg: TrainConfig) -> None:
     """Refuse contradictory options and unknown optimizers before anything is read or written."""
     pairs = [
@@ -100,15 +134,7 @@ def check_arguments(cfg: TrainConfig) -> None:
         (cfg.resume and cfg.eval_only, "--eval-only evaluates --pretrained; it does not take --resume"),
         (cfg.resume and cfg.overwrite, "--resume appends to its run; it does not take --overwrite"),
         (cfg.eval_only and cfg.overwrite, "--eval-only writes no files; it does not take --overwrite"),
-        (cfg.classes and cfg.dataset != "digits", f"--classes is for --dataset digits, not {cfg.dataset}"),
-        (cfg.data_dir and cfg.dataset in ("digits", "fake"), f"--dataset {cfg.dataset} reads no --data-dir"),
-        *[(bad and cfg.dataset != "speech_commands", f"{flag} is for --dataset speech_commands, not {cfg.dataset}")
-          for bad, flag in ((cfg.augment != "basic", "--augment"), (cfg.hold_out_engine, "--hold-out-engine"),
-                            (cfg.unknown_ratio != 0.125, "--unknown-ratio"))],
-        *[(bad and cfg.dataset in ("digits", "speech_commands"), f"{flag} is for image datasets (imagefolder, "
-                                                                 f"cifar10, fake), not {cfg.dataset}")
-          for bad, flag in ((cfg.image_augment != "imagenet", "--image-augment"), (cfg.scale is not None, "--scale"),
-                            (cfg.hflip is not None, "--hflip"))],
+        *_options_of_other_datasets(cfg),
         (cfg.scale is not None and not 0 < cfg.scale[0] <= cfg.scale[1] <= 1,
          f"--scale {cfg.scale[0] if cfg.scale else ''} {cfg.scale[1] if cfg.scale else ''}: allowed: 0 < MIN <= MAX <= 1"),
         (cfg.image_augment == "none" and (cfg.scale is not None or cfg.hflip is not None),
