@@ -55,28 +55,17 @@ def _native_stderr_held() -> Iterator[None]:
     with tempfile.TemporaryFile() as held, open(held.fileno(), "w", encoding="utf-8", errors="replace",
                                                 closefd=False) as held_text:
         os.dup2(held.fileno(), 2)
+        failed = False
         try:
             with contextlib.redirect_stderr(held_text):
                 yield
         except BaseException:
-            held_text.flush()
-            _flush_c_streams()
-            os.dup2(saved, 2)
-            held.seek(0)
-            os.write(2, held.read()[-20_000:])
+            failed = True
             raise
         finally:
             held_text.flush()
-            _flush_c_streams()  # C's stderr may buffer (a library's setvbuf): empty it into the held file
             os.dup2(saved, 2)
             os.close(saved)
-
-
-def _flush_c_streams() -> None:
-    """``fflush(NULL)``: every C stdio stream of the process written out to its descriptor."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):
-        pass
+            if failed:
+                held.seek(0)
+                os.write(2, held.read()[-20_000:])

@@ -522,10 +522,9 @@ def _spotter_about(path: Path) -> dict[str, Any]:
     return about if isinstance(about, dict) else {}
 
 
-def _spotter_trained_cfg(path: Path) -> dict[str, Any]:
-    """What a keyword spotter file's metadata says of the model's input and outputs: its front end
-    and class names (``{}`` if it is weights alone)."""
-    about = _spotter_about(path)
+def _spotter_trained_cfg(about: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What a keyword spotter file's metadata (``_spotter_about``) says of the model's input and
+    outputs: its front end and class names (``{}`` if it is weights alone)."""
     return {"mfcc": _named_front_end(about, path), **_class_names(about)} if about else {}
 
 
@@ -625,7 +624,8 @@ def _read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, An
             state = dict(load_file(str(path), device="cpu"))
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
-        return state, _spotter_trained_cfg(path), _trained_shape(_spotter_about(path).get("model_config"))
+        about = _spotter_about(path)
+        return state, _spotter_trained_cfg(about, path), _trained_shape(about.get("model_config"))
     try:
         check_torch_file(path)
     except (ValueError, OSError) as exc:

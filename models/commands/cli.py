@@ -173,14 +173,18 @@ READER_GONE = 141
 command ended by SIGPIPE, 128 + 13."""
 
 
+def _stdout_fd() -> int:
+    """The process's standard output descriptor (the one ``sys.stdout`` wrappers write through)."""
+    return sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+
+
 def _stdout_reader_gone() -> bool:
     """Whether standard output is a pipe or socket nobody reads any more (``| head`` has exited)."""
     import select
 
     try:
-        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
         poller = select.poll()
-        poller.register(fd, select.POLLOUT)
+        poller.register(_stdout_fd(), select.POLLOUT)
         return any(events & select.POLLERR for _, events in poller.poll(0))
     except (OSError, ValueError):
         return False
@@ -189,7 +193,7 @@ def _stdout_reader_gone() -> bool:
 def _quiet_stdout() -> None:
     """Point standard output at /dev/null, so that Python's flush at exit finds no broken pipe."""
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ is not None else 1)
+    os.dup2(devnull, _stdout_fd())
     os.close(devnull)
 
 
