@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import IntPair, NormLike, create_conv2d, create_drop_path, create_norm, pair
+from .layers import IntPair, NormLike, add_shortcut, create_conv2d, create_drop_path, create_norm, pair
 from .mobile import LayerScale2d
 
 __all__ = ["MobileMultiQueryAttention", "MultiQueryAttention2d"]
@@ -77,4 +77,4 @@ class MobileMultiQueryAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layer_scale(self.attn(self.norm(x)))
-        return self.drop_path(out) + x if self.has_skip else out
+        return add_shortcut(self.drop_path(out), x) if self.has_skip else out

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .layers import ActLike, ConvNormAct, IntPair, NormLike, create_drop_path, create_norm, pair
+from .layers import ActLike, ConvNormAct, IntPair, NormLike, add_shortcut, create_drop_path, create_norm, pair
 from .mobile import LayerScale2d
 
 __all__ = ["ConvNeXtBlock"]
@@ -55,4 +55,4 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        return self.drop_path(self.layer_scale(self.project(self.expand(self.dw(x))))) + x
+        return add_shortcut(self.drop_path(self.layer_scale(self.project(self.expand(self.dw(x))))), x)

@@ -15,7 +15,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .layers import ActLike, ConvNormAct, IntPair, NormLike, pair
+from .layers import ActLike, ConvNormAct, IntPair, NormLike, add_shortcut, pair
 from .mobile import SEFactory
 from .reparam import RepConv
 
@@ -135,4 +135,4 @@ class GhostBottleneck(nn.Module):
         self.in_chs, self.mid_chs, self.out_chs = in_chs, mid_chs, out_chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ghost2(self.se(self.dw(self.ghost1(x)))) + self.shortcut(x)
+        return add_shortcut(self.ghost2(self.se(self.dw(self.ghost1(x)))), self.shortcut(x))

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from .layers import ActLike, ConvNormAct, IntPair, NormLike, create_act, create_drop_path, pair
+from .layers import ActLike, ConvNormAct, IntPair, NormLike, add_shortcut, create_act, create_drop_path, pair
 
 __all__ = ["FusedInvertedResidual", "InvertedResidual", "LayerScale2d", "ResidualConv", "SEFactory", "SqueezeExcite",
            "UniversalInvertedResidual"]
@@ -127,7 +127,7 @@ class UniversalInvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.dw(self.expand(self.dw_start(x)))
         out = self.layer_scale(self.dw_end(self.project(self.se(out))))
-        return self.drop_path(out) + x if self.has_skip else out
+        return add_shortcut(self.drop_path(out), x) if self.has_skip else out
 
 
 class InvertedResidual(UniversalInvertedResidual):
@@ -199,7 +199,7 @@ class FusedInvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.expand(x)))
-        return self.drop_path(out) + x if self.has_skip else out
+        return add_shortcut(self.drop_path(out), x) if self.has_skip else out
 
 
 class ResidualConv(ConvNormAct):
@@ -213,5 +213,5 @@ class ResidualConv(ConvNormAct):
         self.drop_path = create_drop_path(drop_path if self.has_skip else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act(self.norm(self.conv(x)))  # not super().forward: TorchScript has no super()
-        return self.drop_path(out) + x if self.has_skip else out
+        out = self.conv_norm_act(x)
+        return add_shortcut(self.drop_path(out), x) if self.has_skip else out

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .layers import ActLike, ConvNormAct, IntPair, NormLike, create_drop_path, create_norm, pair
+from .layers import ActLike, ConvNormAct, IntPair, NormLike, add_shortcut, create_drop_path, create_norm, pair
 from .mobile import SEFactory
 from .reparam import check_foldable, fold_batchnorm_into_kernel
 
@@ -174,7 +174,7 @@ class RepViTBlock(nn.Module):
             x = self.channel(self.spatial(self.pre_block(x)))
         else:
             x = self.se(self.token_mixer(x))
-        return x + self.drop_path(self.mlp(x))
+        return add_shortcut(self.drop_path(self.mlp(x)), x)
 
     @torch.no_grad()
     def reparameterize(self) -> None:

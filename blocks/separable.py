@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .mobile import SEFactory
-from .layers import (ActLike, ConvNormAct, DepthwiseConv, IntPair, NormLike, PointwiseConv, create_act, create_conv2d,
-                     create_drop_path, create_norm, pair)
+from .layers import (ActLike, ConvNormAct, DepthwiseConv, IntPair, NormLike, PointwiseConv, add_shortcut, create_act,
+                     create_conv2d, create_drop_path, create_norm, pair)
 
 __all__ = ["DepthwiseSeparableConv", "SeparableConv2d", "XceptionBlock", "SepConvFactory"]
 
@@ -69,7 +69,7 @@ class DepthwiseSeparableConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.pw(self.se(self.dw(x)))
-        return self.drop_path(out) + x if self.has_skip else out
+        return add_shortcut(self.drop_path(out), x) if self.has_skip else out
 
 
 class SeparableConv2d(nn.Module):
@@ -160,7 +160,7 @@ class XceptionBlock(nn.Module):
         self.stride = (stride, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.shortcut(x)
+        return add_shortcut(self.body(x), self.shortcut(x))
 
 
 def _not_inplace(act: nn.Module) -> nn.Module:

@@ -17,6 +17,7 @@ from blocks import (
     SeparableConv2d,
     ShuffleUnit,
     XceptionBlock,
+    add_shortcut,
     channel_shuffle,
     create_conv2d,
 )
@@ -179,6 +180,36 @@ def test_norm_and_act_none_remove_them() -> None:
 def test_norm_and_act_accept_callables() -> None:
     block = ConvNormAct(4, 8, norm=lambda c: nn.GroupNorm(2, c), act=nn.Tanh)
     assert isinstance(block.norm, nn.GroupNorm) and isinstance(block.act, nn.Tanh)
+
+
+def test_a_norm_or_act_set_after_construction_is_applied() -> None:
+    block = ConvNormAct(4, 8, norm=None, act=None).eval()
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        block.act = nn.ReLU()
+        assert torch.equal(block(x), F.relu(block.conv(x)))
+        block.norm = nn.BatchNorm2d(8).eval()
+        block.norm.running_mean.fill_(1.0)
+        assert torch.equal(block(x), F.relu(block.norm(block.conv(x))))
+
+
+def test_a_residual_sum_is_written_into_the_branch_only_where_nothing_records_it() -> None:
+    branch, shortcut = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    expected, shortcut_before = branch + shortcut, shortcut.clone()
+    with torch.no_grad():
+        out = add_shortcut(branch, shortcut)
+    assert out is branch and torch.equal(out, expected) and torch.equal(shortcut, shortcut_before)
+    recorded = torch.randn(2, 4, 3, 3, requires_grad=True)
+    before = recorded.detach().clone()
+    out = add_shortcut(recorded, shortcut)
+    out.sum().backward()
+    assert out is not recorded and torch.equal(recorded.detach(), before)
+    assert torch.equal(recorded.grad, torch.ones_like(recorded))
+    with torch.no_grad():  # another dtype or a broadcast: a new tensor, as branch + shortcut gives
+        low = branch.to(torch.bfloat16)
+        assert add_shortcut(low, shortcut).dtype == torch.float32 and low.dtype == torch.bfloat16
+        pooled = torch.randn(2, 4, 1, 1)
+        assert torch.equal(add_shortcut(pooled, shortcut), pooled + shortcut) and pooled.shape == (2, 4, 1, 1)
 
 
 def test_separable_conv2d_has_nothing_between_dw_and_pw() -> None:

@@ -16,6 +16,7 @@ from torch import nn
 from conftest import (by_name, create_shallow, mechanism_cover, mechanisms, registry, shallow_overrides, small_input_size,
                       structural_variants)
 from dszoo import UnknownModelError, ZooNet, count_macs, count_params, create_model, get_model_config, list_models, plan_model
+from dszoo.deployment.export import randomise_batchnorm_statistics
 from dszoo.profile import layer_gemms, layer_macs
 from dszoo.blocks import CepstralMeanNorm, DepthwiseSeparableConv, NormLinearClassifier
 
@@ -251,6 +252,22 @@ def test_wrong_channel_count_names_in_chans(built: ZooNet) -> None:
     c, h, w = small_input_size(model.cfg)
     with pytest.raises(ValueError, match=f"expected {c} input channels \\(in_chans={c}\\), got {c + 1}"):
         model(torch.randn(1, c + 1, h, w))
+
+
+@pytest.mark.parametrize("name", mechanism_cover())
+def test_inference_without_gradients_computes_what_a_recorded_forward_does(name: str) -> None:
+    """Where no gradient is recorded, residual sums are written into their branch's output and
+    identity norms and activations are skipped: the outputs stay those of a recorded forward,
+    and the input is left as it was."""
+    model = randomise_batchnorm_statistics(create_shallow(name)).eval()
+    x = torch.randn(2, *small_input_size(model.cfg))
+    x_before = x.clone()
+    recorded = model(x)
+    assert recorded.requires_grad
+    with torch.inference_mode():
+        inferred = model(x)
+    assert torch.equal(x, x_before)
+    torch.testing.assert_close(inferred, recorded.detach())
 
 
 @pytest.mark.parametrize("name", mechanism_cover())
