@@ -110,7 +110,10 @@ class RepConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparameterized:
-            return self.act(self.se(self.reparam_conv(x)))
+            out = self.reparam_conv(x)
+            if not isinstance(self.se, nn.Identity):  # an identity's call is pure Python overhead
+                out = self.se(out)
+            return self.act(out)
         out = x
         first = True
         if self.has_scale:  # the sum in MobileOne's (and timm's) order: scale, then each k x k branch
