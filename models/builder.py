@@ -310,8 +310,9 @@ class ZooNet(nn.Module):
         super().__init__()
         with _DeferredDefaultInit() as deferred:  # its first draw would be half the cost of building
             self._build(cfg, allow_large)
-        self._init_weights()
-        deferred.finish(self)
+        if not any(p.is_meta for p in self.parameters()):  # meta tensors hold no values to draw (half the cost there)
+            self._init_weights()
+            deferred.finish(self)
 
     def _build(self, cfg: ModelConfig, allow_large: bool) -> None:
         plan = None if allow_large else plan_model(cfg)

@@ -1,7 +1,6 @@
 """Every registered model: reference numbers, the model interface, and the blog's mistakes."""
 from __future__ import annotations
 
-import csv
 import math
 import re
 import subprocess
@@ -89,24 +88,16 @@ def test_a_shallow_model_keeps_every_mechanism() -> None:
         assert sum(shallow.stage_repeats()) < sum(cfg.stage_repeats()), name
 
 
-TIMM_COUNTS = Path(__file__).parent / "fixtures" / "timm_counts.csv"
-
-
-def _timm_counts() -> dict[str, dict[str, str]]:
-    """tests/fixtures/timm_counts.csv by model name (made by make_timm_counts.py beside it)."""
-    with TIMM_COUNTS.open() as fh:
-        return {row["model"]: row for row in csv.DictReader(line for line in fh if not line.startswith("#"))}
-
-
 def test_params_and_macs_equal_the_timm_twins_by_the_same_counter() -> None:
     """Every model with a timm counterpart (its config's ``timm_name``) has timm's parameters and,
     counted by ``count_macs`` at the model's input size, timm's MACs (ours from the closed form,
     which ``test_fuzz_configs`` and the summary tests check against the built model). timm's
-    counts are those tests/fixtures/make_timm_counts.py recorded; the first twin of each family is
-    counted again with the installed timm (built on the meta device), so the record is timm's."""
-    from fixtures.make_timm_counts import twin_counts
+    counts (and its state dicts' digests, which test_interop maps) are those
+    tests/fixtures/make_timm_counts.py recorded; the first twin of each family is counted again
+    with the installed timm (built on the meta device), so the record is timm's."""
+    from fixtures.make_timm_counts import read_timm_counts, twin_counts
 
-    recorded = _timm_counts()
+    recorded = read_timm_counts()
     assert sorted(recorded) == sorted(TIMM_NAMES) and len(TIMM_NAMES) == 128
     families: dict[str, str] = {}
     for ours, row in recorded.items():
