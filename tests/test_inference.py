@@ -315,6 +315,24 @@ def test_warm_up_lasts_until_calls_settle() -> None:
     assert timed_interleaved({"f": lambda: None}, 3, warmup=2, timer=lambda fn: next(costs)) == {"f": [0.01] * 3}
 
 
+def test_interleaved_rounds_take_the_callables_in_a_new_order_each_time() -> None:
+    """No callable always follows the same neighbour (whose cache footprint it would inherit);
+    the order is seeded, so two runs time the same sequence."""
+    from dszoo.measurement.benchmark import timed_interleaved
+
+    def sequence() -> list[str]:
+        seen: list[str] = []
+        fns = {name: (lambda name=name: seen.append(name)) for name in "abcd"}
+        times = timed_interleaved(fns, 30, warmup=1, timer=lambda fn: (fn(), 0.001)[1])
+        assert {k: len(v) for k, v in times.items()} == dict.fromkeys("abcd", 30)
+        return seen[-120:]  # the timed calls, after each one's warm-up
+
+    timed = sequence()
+    assert timed == sequence() and all(sorted(timed[i:i + 4]) == list("abcd") for i in range(0, 120, 4))
+    followers = {timed[i + 1] for i in range(119) if timed[i] == "d" and i % 4 != 3}  # within a round
+    assert followers == set("abc")
+
+
 def test_a_ceiling_bounds_every_row_and_results_are_written_as_they_come(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from dszoo.measurement import benchmark as bench

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import platform
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -99,15 +100,20 @@ def settle(fn: Callable[[], object], warmup: int, timer: Callable[[Callable[[], 
 
 def timed_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
                       timer: Callable[[Callable[[], object]], float] = host_timer) -> dict[str, list[float]]:
-    """Like ``timed`` for several callables, run round-robin so that drift in the machine's
-    speed (other load, frequency) affects them alike and their ratios stay fair; ``timer`` times
-    one call (on a GPU: ``device_benchmark.device_timer``)."""
+    """Like ``timed`` for several callables, run in rounds so that drift in the machine's speed
+    (other load, frequency) affects them alike and their ratios stay fair; ``timer`` times one
+    call (on a GPU: ``device_benchmark.device_timer``). Each round takes them in a new order
+    (seeded, so a run is repeatable): in a fixed order each callable would always run after the
+    same neighbour and inherit what that one left in the caches (after the bare GEMMs' large
+    matrices, nothing of its own), which moved the eager ratio of a small network by several percent."""
     for fn in fns.values():
         settle(fn, warmup, timer)
     out: dict[str, list[float]] = {k: [] for k in fns}
+    order, shuffle = list(fns), random.Random(0).shuffle
     for _ in range(repeats):
-        for key, fn in fns.items():
-            out[key].append(timer(fn))
+        shuffle(order)
+        for key in order:
+            out[key].append(timer(fns[key]))
     return out
 
 
