@@ -8,7 +8,7 @@ time of an inference row is the sum over its conv and linear layers of max(2 x M
 FLOP/s, least bytes moved / memory bandwidth): the fastest any layer-at-a-time execution could
 run on this machine, with both rates measured in the same run. The ``gemms`` row of each
 model and batch times its ungrouped layers as bare matrix products (``LayerGemms``) in the same
-round-robin: how fast this machine's BLAS runs the model's own GEMM shapes, and so the most of
+shuffled rounds: how fast this machine's BLAS runs the model's own GEMM shapes, and so the most of
 the ceiling a forward pass can reach if those layers run no faster. With ``profile_top``, the
 largest batch of each model is also run under ``torch.profiler`` and its top operators kept,
 and then with oneDNN's verbose log on, which names the kernels inside fused partitions, to say
@@ -16,7 +16,7 @@ where the time goes.
 
 With ``precisions`` the optimized path is also timed in int8 (``dszoo.quantize``, calibrated on
 random batches: speed only; accuracy is measured on real data elsewhere) and bf16 (where the CPU
-has it), in the same round-robin. Their fractions and rooflines use their own ceilings, measured
+has it), in the same rounds. Their fractions and rooflines use their own ceilings, measured
 the same way as the fp32 one: the int8 ceiling is a large square linear layer through the same
 int8 path (the oneDNN kernel int8 models run on; ``torch._int_mm`` takes a slow generic path
 here), the bf16 ceiling a large square bf16 product; an int8 layer moves a quarter of the fp32

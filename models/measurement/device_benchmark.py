@@ -4,7 +4,7 @@ on GPUs without it) with channels-last, and our ``optimize_for_inference`` in fp
 inference at each batch size and the training step as ``dszoo-train --amp`` runs it.
 
 GPU work is asynchronous, so each call is timed with CUDA events recorded around it (a host
-clock would time the launch); calls run round-robin so drift affects every variant alike. The
+clock would time the launch); calls run in shuffled rounds so drift affects every variant alike. The
 device's matrix-product rate (fp32 and bf16, large squares) and its device-to-device copy
 bandwidth are measured in the same run, and each inference row gets a roofline time: the sum
 over its conv and linear layers of max(2 x MACs / product rate, bytes / bandwidth), bf16 layers

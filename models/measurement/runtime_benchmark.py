@@ -1,7 +1,7 @@
 """Latency of each model in every runtime it deploys to, side by side in one run: PyTorch eager,
 our optimized fp32 and int8 (``optimize_for_inference``), and each runtime of
 ``dszoo.deployment.runtimes`` in fp32 and int8, every file exported and checked as
-``dszoo-export`` does, then timed round-robin on the same inputs (medians). The table a user
+``dszoo-export`` does, then timed in shuffled rounds on the same inputs (medians). The table a user
 reads to choose a model and a runtime for a latency budget on their own machine.
 """
 from __future__ import annotations
