@@ -83,9 +83,11 @@ def test_every_timm_counterpart_loads_bit_identically_and_back(tmp_path: Path, o
     which the meta-device test above checks for every model): timm's weights (random, with random
     BatchNorm statistics) give identical logits, max difference 0, and export_to_timm gives timm's
     state dict back tensor for tensor."""
-    theirs = random_timm(TIMM_NAMES[ours])
-    torch.save(theirs.state_dict(), tmp_path / "timm.pth")
-    model = create_model(ours, pretrained=tmp_path / "timm.pth").eval()
+    from safetensors.torch import save_file
+
+    theirs = random_timm(TIMM_NAMES[ours])  # each file format is read in test_timm_weights_give_identical_logits
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(tmp_path / "timm.safetensors"))
+    model = create_model(ours, pretrained=tmp_path / "timm.safetensors").eval()
     x = torch.randn(2, 3, *small_input_size(model.cfg)[1:])
     with torch.no_grad():
         assert torch.equal(model(x), theirs(x))

@@ -334,12 +334,16 @@ def test_a_pattern_is_known_by_its_options_and_input_shapes_or_not_kept() -> Non
     assert key(torch.nn.Identity(), one, False, shapes) is None  # no function to read
 
 
-def test_torchaos_rewrite_for_an_absent_kind_of_convolution_changes_nothing() -> None:
+def test_torchaos_rewrite_for_an_absent_kind_of_convolution_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the skipping of test_qat_rewrites_conv_batchnorm_only_for_the_convolutions_the_graph_has
     relies on: torchao's fusion and folding helpers, run for
-    each kind of convolution ds_cnn_s does not contain, leave its graph's code as it was."""
+    each kind of convolution ds_cnn_s does not contain, leave its graph's code as it was. Their
+    pattern graphs traced without TorchDynamo, as quantization traces them (the graphs torchao's
+    strict export makes: test_torchaos_pattern_graphs_are_exported_once_a_process)."""
     from torchao.quantization.pt2e import qat_utils
 
+    monkeypatch.setattr(qat_utils, "_get_aten_graph_module_for_pattern", quantize_module._exported_once(
+        qat_utils._get_aten_graph_module_for_pattern, without_dynamo=True))
     qat, x = _qat_graph_of_ds_cnn_s()
     qat.train()
     qat(x)
