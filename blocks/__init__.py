@@ -16,6 +16,7 @@ from .layers import (
     create_act,
     create_conv2d,
     create_norm,
+    inert,
     pair,
 )
 from .attention import MobileMultiQueryAttention, MultiQueryAttention2d
@@ -30,6 +31,7 @@ from .separable import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, s
 
 __all__ = [
     "ACTIVATIONS",
+    "inert",
     "CepstralMeanNorm",
     "NORMS",
     "Conv2dSame",

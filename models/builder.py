@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 from .blocks import (NORMS, CepstralMeanNorm, ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual,
                      GhostBottleneck, InvertedResidual, MaxPool, MobileMultiQueryAttention, MobileOneBlock,
                      NormLinearClassifier, RepConv, RepViTBlock, ResidualConv, SeparableConv2d, ShuffleUnit,
-                     SqueezeExcite, UniversalInvertedResidual, XceptionBlock, pair, standard_conv)
+                     SqueezeExcite, UniversalInvertedResidual, XceptionBlock, inert, pair, standard_conv)
 from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
 
@@ -531,7 +531,19 @@ class ZooNet(nn.Module):
         return x, out
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(torch.flatten(self.head_conv(self.pooled_norm(self.global_pool(x))), 1))
+        """Pool, the pooled features' norm and head conv (where the config has them), dropout and
+        the classifier (not with ``pre_logits``). Eager calls step past the ``inert`` layers."""
+        if torch.jit.is_scripting():
+            x = self.head_drop(torch.flatten(self.head_conv(self.pooled_norm(self.global_pool(x))), 1))
+        else:
+            layers = self._modules
+            x = layers["global_pool"](x)
+            for name in ("pooled_norm", "head_conv"):
+                if not inert(layers[name]):
+                    x = layers[name](x)
+            x = torch.flatten(x, 1)
+            if not inert(layers["head_drop"]):
+                x = layers["head_drop"](x)
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from blocks import (
     add_shortcut,
     channel_shuffle,
     create_conv2d,
+    inert,
 )
 from dszoo import count_macs, count_params
 from dszoo.profile import layer_traffic
@@ -191,6 +192,20 @@ def test_a_norm_or_act_set_after_construction_is_applied() -> None:
         block.norm = nn.BatchNorm2d(8).eval()
         block.norm.running_mean.fill_(1.0)
         assert torch.equal(block(x), F.relu(block.norm(block.conv(x))))
+
+
+def test_only_a_layer_that_gives_back_its_input_unseen_is_stepped_past() -> None:
+    """inert: an identity, or a dropout that drops nothing (evaluation mode, rate 0), without
+    hooks of its own; a hooked identity norm is called, so its hook fires."""
+    assert inert(nn.Identity()) and inert(nn.Dropout(0.5).eval()) and inert(nn.Dropout(0.0).train())
+    assert not inert(nn.Dropout(0.5).train()) and not inert(nn.ReLU()) and not inert(nn.Dropout2d(0.0))
+    block = ConvNormAct(4, 8, norm=None, act=None).eval()
+    seen = []
+    block.norm.register_forward_hook(lambda module, args, out: seen.append(out))
+    assert not inert(block.norm)
+    with torch.no_grad():
+        out = block(torch.randn(1, 4, 5, 5))
+    assert len(seen) == 1 and torch.equal(seen[0], out)
 
 
 def test_a_residual_sum_is_written_into_the_branch_only_where_nothing_records_it() -> None:

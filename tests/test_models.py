@@ -261,6 +261,20 @@ def test_inference_without_gradients_computes_what_a_recorded_forward_does(name:
     torch.testing.assert_close(inferred, recorded.detach())
 
 
+def test_the_heads_dropout_drops_while_training_and_its_hooks_fire() -> None:
+    """forward_head steps past an inert dropout only: at a rate above 0 in training mode it drops
+    features, and a hook on it fires in either mode."""
+    model = create_model("mobilenet_v1_025", num_classes=4, drop_rate=0.5)
+    features = torch.ones(64, model.num_features, 1, 1)
+    seen = []
+    model.head_drop.register_forward_hook(lambda module, args, out: seen.append(out))
+    with torch.no_grad():
+        trained = model.train().forward_head(features, pre_logits=True)
+        evaluated = model.eval().forward_head(features, pre_logits=True)
+    assert set(trained.unique().tolist()) == {0.0, 2.0} and torch.equal(evaluated, torch.ones_like(evaluated))
+    assert [t.shape for t in seen] == [trained.shape, evaluated.shape]
+
+
 @pytest.mark.parametrize("name", mechanism_cover())
 def test_separable_false_replaces_every_separable_conv(name: str) -> None:
     sep = create_shallow(name)
