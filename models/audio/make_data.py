@@ -12,7 +12,6 @@ rule puts every word of a speaker in one split: test speakers never occur in tra
 """
 from __future__ import annotations
 
-import hashlib
 import time
 import wave as wavmodule
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import numpy as np
 
 from .engines import ENGINES, clip_problem, find_engines, why_missing
 from .manifest import GENERATING, MANIFEST, interrupted_dataset, is_respelled, read_manifest, write_manifest
-from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, which_set
+from .speech_commands import BACKGROUND_NOISE, KEYWORDS, SAMPLE_RATE, generated_speaker_id, generated_speaker_split
 from .synth import ACCENTS, FOREIGN_VOICES, VARIANTS, Speaker, loud_part, max_speakers, speakers
 
 __all__ = ["ACCENTS", "FOREIGN_VOICES", "GENERATING", "MANIFEST", "OTHER_WORDS", "RESPELLINGS", "VARIANTS",
@@ -45,7 +44,7 @@ clips are the keyword's, for training only (``is_respelled``)."""
 
 def speaker_id(speaker: Speaker) -> str:
     """Eight hex digits naming a speaker, as the real dataset names its speakers."""
-    return hashlib.sha1(speaker.name.encode()).hexdigest()[:8]
+    return generated_speaker_id(speaker.name)
 
 
 def _trimmed(wave: np.ndarray) -> np.ndarray:
@@ -123,7 +122,7 @@ class SpeakerPlan:
 
     @property
     def ident(self) -> str:
-        return hashlib.sha1(self.name.encode()).hexdigest()[:8]
+        return generated_speaker_id(self.name)
 
 
 def plan_speakers(engines: Sequence[str], speakers_count: int, seed: int,
@@ -165,7 +164,7 @@ def generate_speech_data(root: Path, *, speakers_count: int = 200, words: Sequen
     dropped: dict[tuple[str, str], list[str]] = {}
     said = spoken_texts(words, respell)
     for plan in plans:
-        by_split[which_set(f"{plan.ident}_nohash_0.wav")].append(plan.name)
+        by_split[generated_speaker_split(plan.name)].append(plan.name)
         engine = next(e for e in found if e.name == plan.engine)
         written = len(rows)
         for s, setting in enumerate(plan.settings):

@@ -55,6 +55,17 @@ def which_set(filename: str, validation_percentage: float = 10.0, testing_percen
     return "training"
 
 
+def generated_speaker_id(name: str) -> str:
+    """Eight hex digits naming a generated speaker in its clips' file names (``<id>_nohash_<n>.wav``),
+    as the real dataset names its speakers: the start of the SHA-1 of ``name``."""
+    return hashlib.sha1(name.encode()).hexdigest()[:8]
+
+
+def generated_speaker_split(name: str) -> str:
+    """The split (``which_set``) a generated speaker called ``name`` lands in."""
+    return which_set(f"{generated_speaker_id(name)}_nohash_0.wav")
+
+
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
 """Sample rates a WAV file may declare: telephone-band to studio audio; anything else is a broken
 or hostile header (a 1 s file claiming 10 MHz would cost gigabytes to resample)."""
