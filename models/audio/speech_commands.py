@@ -30,7 +30,8 @@ from .manifest import GENERATING, interrupted_dataset, is_respelled, read_manife
 from .mfcc import MFCC
 
 __all__ = ["BACKGROUND_NOISE", "KEYWORDS", "SILENCE", "SpeechCommands", "UNKNOWN", "as_mono_float",
-           "build_speech_commands", "decode_wav", "generated_speaker_id", "generated_speaker_split", "read_wav", "read_wav_16k", "split_rule", "which_set"]
+           "build_speech_commands", "decode_wav", "generated_speaker_id", "generated_speaker_split", "read_wav",
+           "read_wav_16k", "split_rule", "which_set"]
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
