@@ -16,7 +16,10 @@ from .layers import (
     create_act,
     create_conv2d,
     create_norm,
+    calls_unwatched,
     inert,
+    run_sequence,
+    unhooked,
     pair,
 )
 from .attention import MobileMultiQueryAttention, MultiQueryAttention2d
@@ -31,7 +34,10 @@ from .separable import DepthwiseSeparableConv, SeparableConv2d, XceptionBlock, s
 
 __all__ = [
     "ACTIVATIONS",
+    "calls_unwatched",
     "inert",
+    "run_sequence",
+    "unhooked",
     "CepstralMeanNorm",
     "NORMS",
     "Conv2dSame",

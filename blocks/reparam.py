@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .layers import ActLike, ConvNormAct, IntPair, NormLike, create_act, create_conv2d, create_drop_path, create_norm, pair
+from .layers import (ActLike, ConvNormAct, IntPair, NormLike, create_act, create_conv2d, create_drop_path, create_norm,
+                     inert, pair)
 from .mobile import SEFactory
 
 __all__ = ["MobileOneBlock", "RepConv", "check_foldable", "fold_batchnorm_into_kernel"]
@@ -111,7 +112,9 @@ class RepConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reparameterized:
             out = self.reparam_conv(x)
-            if not isinstance(self.se, nn.Identity):  # an identity's call is pure Python overhead
+            if torch.jit.is_scripting():
+                out = self.se(out)
+            elif not inert(self.se):  # an identity's call is pure Python overhead
                 out = self.se(out)
             return self.act(out)
         out = x

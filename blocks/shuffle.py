@@ -14,7 +14,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from .layers import ActLike, ConvNormAct, IntPair, NormLike, pair
+from .layers import ActLike, ConvNormAct, IntPair, NormLike, pair, run_sequence
 
 __all__ = ["ShuffleUnit", "channel_shuffle"]
 
@@ -75,9 +75,16 @@ class ShuffleUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample:
-            out = torch.cat((self.shortcut(x), self.branch(x)), dim=1)
-        else:
-            # two slices, not chunk(): ExecuTorch plans chunk's split outputs for the traced batch only
+            left, right = x, x
+        else:  # two slices, not chunk(): ExecuTorch plans chunk's split outputs for the traced batch only
             half = x.shape[1] // 2
-            out = torch.cat((x.narrow(1, 0, half), self.branch(x.narrow(1, half, half))), dim=1)
-        return channel_shuffle(out, 2)
+            left, right = x.narrow(1, 0, half), x.narrow(1, half, half)
+        if torch.jit.is_scripting():
+            if self.downsample:
+                left = self.shortcut(left)
+            right = self.branch(right)
+        else:
+            if self.downsample:
+                left = run_sequence(self.shortcut, left)
+            right = run_sequence(self.branch, right)
+        return channel_shuffle(torch.cat((left, right), dim=1), 2)

@@ -18,7 +18,8 @@ from torch.overrides import TorchFunctionMode
 from .blocks import (NORMS, CepstralMeanNorm, ConvNeXtBlock, ConvNormAct, DepthwiseSeparableConv, FusedInvertedResidual,
                      GhostBottleneck, InvertedResidual, MaxPool, MobileMultiQueryAttention, MobileOneBlock,
                      NormLinearClassifier, RepConv, RepViTBlock, ResidualConv, SeparableConv2d, ShuffleUnit,
-                     SqueezeExcite, UniversalInvertedResidual, XceptionBlock, inert, pair, standard_conv)
+                     SqueezeExcite, UniversalInvertedResidual, XceptionBlock, calls_unwatched, inert, pair, run_sequence,
+                     standard_conv)
 from .blocks.layers import Conv2dSame, NormLike, PooledLinear
 from .blocks.mobile import SEFactory
 
@@ -473,10 +474,12 @@ class ZooNet(nn.Module):
         self.check_input(x)
         if self.input_norm is not None:
             x = self.input_norm(x)
-        x = self.stem(x)
-        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+        if torch.jit.is_scripting():
+            return self.stages(self.stem(x))
+        x = run_sequence(self.stem, x)
+        if self.grad_checkpointing and self.training:
             return self._checkpointed_stages(x)
-        return self.stages(x)
+        return run_sequence(self.stages, x)
 
     @torch.jit.unused
     def _checkpointed_stages(self, x: torch.Tensor) -> torch.Tensor:
@@ -532,8 +535,11 @@ class ZooNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool, the pooled features' norm and head conv (where the config has them), dropout and
-        the classifier (not with ``pre_logits``). Eager calls step past the ``inert`` layers."""
+        the classifier (not with ``pre_logits``). Where nothing watches module calls
+        (``calls_unwatched``), eager calls step past the ``inert`` layers."""
         if torch.jit.is_scripting():
+            x = self.head_drop(torch.flatten(self.head_conv(self.pooled_norm(self.global_pool(x))), 1))
+        elif not calls_unwatched(x):
             x = self.head_drop(torch.flatten(self.head_conv(self.pooled_norm(self.global_pool(x))), 1))
         else:
             layers = self._modules

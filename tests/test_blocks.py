@@ -18,9 +18,11 @@ from blocks import (
     ShuffleUnit,
     XceptionBlock,
     add_shortcut,
+    calls_unwatched,
     channel_shuffle,
     create_conv2d,
     inert,
+    run_sequence,
 )
 from dszoo import count_macs, count_params
 from dszoo.profile import layer_traffic
@@ -195,10 +197,16 @@ def test_a_norm_or_act_set_after_construction_is_applied() -> None:
 
 
 def test_only_a_layer_that_gives_back_its_input_unseen_is_stepped_past() -> None:
-    """inert: an identity, or a dropout that drops nothing (evaluation mode, rate 0), without
-    hooks of its own; a hooked identity norm is called, so its hook fires."""
+    """inert: an identity, or a dropout that drops nothing (evaluation mode, rate 0), those classes
+    themselves, without hooks of their own; a hooked identity norm is called, so its hook fires."""
     assert inert(nn.Identity()) and inert(nn.Dropout(0.5).eval()) and inert(nn.Dropout(0.0).train())
     assert not inert(nn.Dropout(0.5).train()) and not inert(nn.ReLU()) and not inert(nn.Dropout2d(0.0))
+
+    class Shifted(nn.Identity):  # a subclass may do more than give its input back
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 1
+
+    assert not inert(Shifted())
     block = ConvNormAct(4, 8, norm=None, act=None).eval()
     seen = []
     block.norm.register_forward_hook(lambda module, args, out: seen.append(out))
@@ -206,6 +214,84 @@ def test_only_a_layer_that_gives_back_its_input_unseen_is_stepped_past() -> None
     with torch.no_grad():
         out = block(torch.randn(1, 4, 5, 5))
     assert len(seen) == 1 and torch.equal(seen[0], out)
+
+
+class _Probe(nn.Module):
+    """Doubles its input where a call on it could skip the module-call machinery, else triples it:
+    what a tracer or compiler records shows what ``calls_unwatched`` said while it traced."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if calls_unwatched(x) else x * 3
+
+
+def _run_watched_by(how: str, x: torch.Tensor) -> torch.Tensor:
+    probe = _Probe()
+    if how == "eager":
+        return probe(x)
+    if how == "global hook":
+        handle = nn.modules.module.register_module_forward_hook(lambda module, args, out: None)
+        try:
+            return probe(x)
+        finally:
+            handle.remove()
+    if how == "jit.trace":
+        return torch.jit.trace(probe, x, check_trace=False)(x)
+    if how == "fx":
+        return torch.fx.symbolic_trace(probe)(x)
+    if how == "torch.export":
+        return torch.export.export(probe, (x,)).module()(x)
+    if how == "torch.compile":
+        torch._dynamo.reset()
+        return torch.compile(probe, backend="eager", fullgraph=True)(x)
+    return probe(nn.Parameter(x)).detach()  # a tensor subclass
+
+
+@pytest.mark.parametrize("how, unwatched", [("eager", True), ("global hook", False), ("jit.trace", False), ("fx", False),
+                                            ("torch.export", False), ("torch.compile", False), ("tensor subclass", False)])
+def test_only_a_plain_eager_call_with_no_one_watching_is_unwatched(how: str, unwatched: bool) -> None:
+    """calls_unwatched: the fast path of Module.__call__ is open to a plain tensor only, with no
+    tracer, compiler or global module hook that would see (or record) each layer's call."""
+    x = torch.randn(2, 3)
+    assert torch.equal(_run_watched_by(how, x), x * (2 if unwatched else 3))
+
+
+def test_layers_called_directly_still_fire_their_hooks_and_give_the_same_outputs() -> None:
+    """ConvNormAct and run_sequence call a layer's forward directly only where it has no hooks
+    and nothing watches; a hook added later fires, and a global hook sees every layer called."""
+    torch.manual_seed(0)
+    inner = nn.Sequential(ConvNormAct(4, 4, 1, padding=0), ConvNormAct(4, 4, 3, groups=4, act=None))
+    net = nn.Sequential(ConvNormAct(4, 4, 3), inner, nn.ReLU()).eval()
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        plain = net[2](inner[1].act(inner[1].norm(inner[1].conv(inner[0](net[0](x))))))
+        assert torch.equal(run_sequence(net, x), plain)
+        seen = []
+        inner[1].conv.register_forward_pre_hook(lambda module, args: (args[0] * 0,))
+        inner[1].norm.register_forward_hook(lambda module, args, out: seen.append(out))
+        zeroed = run_sequence(net, x)
+        assert len(seen) == 1 and torch.equal(zeroed, torch.relu(seen[0]))
+        assert torch.equal(seen[0], inner[1].norm(torch.zeros_like(seen[0])))
+        called = []
+        handle = nn.modules.module.register_module_forward_hook(lambda module, args, out: called.append(module))
+        try:
+            assert torch.equal(run_sequence(net, x), zeroed)
+        finally:
+            handle.remove()
+    assert set(map(id, called)) == set(map(id, net.modules()))
+
+
+def test_a_sequence_of_another_kind_is_called_as_it_is() -> None:
+    """run_sequence walks nn.Sequential itself only: a subclass's own forward is called."""
+    class Reversed(nn.Sequential):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for layer in reversed(self):
+                x = layer(x)
+            return x
+
+    layers = Reversed(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3))
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        assert torch.equal(run_sequence(layers, x), layers[0](layers[1](layers[2](x))))
 
 
 def test_a_residual_sum_is_written_into_the_branch_only_where_nothing_records_it() -> None:
