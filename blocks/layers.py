@@ -325,10 +325,14 @@ def calls_unwatched(x: object) -> bool:
 
 
 def unhooked(layer: nn.Module) -> bool:
-    """Whether ``layer`` has no hooks of its own and is not compiled (``Module.compile``): its
-    ``forward`` is all a call would run (where ``calls_unwatched``)."""
+    """Whether ``layer`` has no hooks of its own, is not compiled (``Module.compile``) and its class
+    keeps ``Module.__call__``: its ``forward`` is all a call would run (where ``calls_unwatched``)."""
     return not (layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
-                or layer._backward_pre_hooks or layer._compiled_call_impl is not None)
+                or layer._backward_pre_hooks or layer._compiled_call_impl is not None
+                or type(layer).__call__ is not _module_call)
+
+
+_module_call = nn.Module.__call__
 
 
 def run_sequence(layers: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from blocks import (
     create_conv2d,
     inert,
     run_sequence,
+    unhooked,
 )
 from dszoo import count_macs, count_params
 from dszoo.profile import layer_traffic
@@ -280,18 +281,25 @@ def test_layers_called_directly_still_fire_their_hooks_and_give_the_same_outputs
     assert set(map(id, called)) == set(map(id, net.modules()))
 
 
-def test_a_sequence_of_another_kind_is_called_as_it_is() -> None:
-    """run_sequence walks nn.Sequential itself only: a subclass's own forward is called."""
+def test_a_sequence_of_another_kind_or_a_layer_with_its_own_call_is_called_as_it_is() -> None:
+    """run_sequence walks nn.Sequential itself only (a subclass's own forward is called), and a
+    layer whose class overrides ``__call__`` is called through it."""
     class Reversed(nn.Sequential):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             for layer in reversed(self):
                 x = layer(x)
             return x
 
+    class Negated(nn.Identity):
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            return -super().__call__(x)
+
     layers = Reversed(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3))
     x = torch.randn(2, 3)
     with torch.no_grad():
         assert torch.equal(run_sequence(layers, x), layers[0](layers[1](layers[2](x))))
+        assert torch.equal(run_sequence(nn.Sequential(nn.Sequential(Negated()), nn.ReLU()), x), torch.relu(-x))
+    assert not unhooked(Negated()) and unhooked(nn.Identity())
 
 
 def test_a_residual_sum_is_written_into_the_branch_only_where_nothing_records_it() -> None:
