@@ -289,7 +289,7 @@ class ConvNormAct(nn.Module):
         of Python (with ``run_sequence``, 2-4% of ShuffleNetV2 x0.5's time at batch 1). Checked per
         call, so a layer swapped in or hooked later is applied and its hooks fire; hooks, tracers,
         compilers and TorchScript see the plain chain."""
-        if torch.jit.is_scripting():
+        if torch.jit.is_scripting():  # compiled alone: TorchScript cannot skip the other operand of an `or`
             return self.act(self.norm(self.conv(x)))
         if not calls_unwatched(x):
             return self.act(self.norm(self.conv(x)))
@@ -306,8 +306,8 @@ class ConvNormAct(nn.Module):
 def inert(layer: nn.Module) -> bool:
     """Whether calling ``layer`` would give back its input and nothing would see the call: an
     ``nn.Identity``, or an ``nn.Dropout`` in evaluation mode or at rate 0 (those classes, not
-    subclasses), without hooks of its own.
-    Eager forwards step past such a layer (a module call costs about a microsecond of Python)."""
+    subclasses), without hooks of its own. Eager forwards step past such a layer (a module call
+    costs about a microsecond of Python)."""
     kind = type(layer)  # the classes themselves: a subclass may do more in its forward
     if kind is not nn.Identity and not (kind is nn.Dropout and (not layer.training or layer.p == 0)):
         return False
